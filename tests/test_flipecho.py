@@ -1,0 +1,159 @@
+"""
+End to end: real `twistd -n flipecho` processes, real signals, real sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import SUBREAPER, reap
+from harness import Load, pid_alive, read_pidfile, wait_for, wait_for_upgrade
+
+UPGRADES = 10
+
+
+def echo(port: int, line: bytes = b"hello\n", host: str = "127.0.0.1") -> bytes:
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(line)
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+def test_upgrades_under_load_lose_nothing(flip) -> None:
+    """
+    Short-lived and lock-step long-lived clients run through 10 upgrades: no refused
+    or reset connection, no wrong echo, no lost message; the pid file follows the
+    serving process; one process is left; SIGQUIT exits 0 and removes the pid file.
+    """
+    server = flip()
+    port = server.port
+    toNew, toGone = [], []
+    with Load("127.0.0.1", port, short=4, long=4) as load:
+        wait_for(lambda: load.stats.exchanges > 50, 10, what="load to start")
+        for _ in range(UPGRADES):
+            old = server.serving()
+            before = load.stats.exchanges
+            os.kill(old, signal.SIGHUP)
+            new, tNew, tGone = wait_for_upgrade(server.pidfile, old, timeout=30)
+            server.track(new)
+            toNew.append(tNew)
+            toGone.append(tGone)
+            assert server.alive() == [new]
+            wait_for(lambda: load.stats.exchanges > before + 20, 10, what="traffic")
+    short, long = load.short_stats, load.long_stats
+    print(
+        f"\nshort: {short}\nlong: {long}\n"
+        f"SIGHUP->new ready: median {statistics.median(toNew) * 1000:.0f} ms,"
+        f" max {max(toNew) * 1000:.0f} ms; SIGHUP->old gone: median"
+        f" {statistics.median(toGone) * 1000:.0f} ms, max {max(toGone) * 1000:.0f} ms"
+    )
+    assert short.errors_total() == 0, short
+    assert long.errors_total() == 0, long
+    assert long.lost == 0, long
+    assert short.connections > 100 and long.exchanges > 100
+    # Every upgrade closed the long-lived connections, each with a reply.
+    assert long.closed_by_server >= UPGRADES
+
+    final = server.serving()
+    logText = server.logText()
+    assert f"[pid {final}]" in logText
+    for step in ("started generation", "is ready; this process will exit",
+                 "stopped listening", "draining", "finished"):
+        assert step in logText, step
+    os.kill(final, signal.SIGQUIT)
+    if SUBREAPER:
+        assert reap(final, 30) == 0
+    else:
+        wait_for(lambda: not pid_alive(final), 30, what="final exit")
+    assert not server.pidfile.exists()
+    assert server.alive() == []
+
+
+def test_sigquit_and_sigterm_stop_gracefully(flip) -> None:
+    server = flip()
+    pid = server.serving()
+    assert echo(server.port) == b"hello\n"
+    server.proc.send(signal.SIGQUIT)
+    assert server.proc.wait_exit(20) == 0
+    assert not server.pidfile.exists()
+    assert not pid_alive(pid)
+
+
+def test_failed_child_keeps_parent_serving(flip, tmp_path: Path) -> None:
+    fault = tmp_path / "fault"
+    server = flip(env={"FLIPAPP_FAULT": str(fault)}, app=True)
+    pid = server.serving()
+    fault.write_text("exit")
+    os.kill(pid, signal.SIGHUP)
+    wait_for(
+        lambda: "upgrade failed" in server.logText(), 20, what="the upgrade to fail"
+    )
+    assert "exited with status 3 before it was ready" in server.logText()
+    assert server.serving() == pid
+    assert echo(server.port) == b"hello\n"
+    # Once the fault is gone, the next upgrade works.
+    fault.unlink()
+    os.kill(pid, signal.SIGHUP)
+    new, _, _ = wait_for_upgrade(server.pidfile, pid, timeout=30)
+    server.track(new)
+    assert echo(server.port) == b"hello\n"
+
+
+def test_hanging_child_is_killed_after_timeout(flip, tmp_path: Path) -> None:
+    fault = tmp_path / "fault"
+    server = flip(
+        "--upgrade-timeout", "1.5", env={"FLIPAPP_FAULT": str(fault)}, app=True
+    )
+    pid = server.serving()
+    fault.write_text("hang")
+    os.kill(pid, signal.SIGHUP)
+    wait_for(lambda: "started generation 2 as pid" in server.logText(), 10, what="spawn")
+    child = int(server.logText().split("started generation 2 as pid ")[1].split()[0])
+    server.track(child)
+    # SIGHUP while the upgrade is in progress is refused, no second child.
+    os.kill(pid, signal.SIGHUP)
+    wait_for(lambda: "upgrade refused: upgrade in progress" in server.logText(), 10,
+             what="refusal")
+    assert server.logText().count("started generation") == 1
+    wait_for(lambda: "not ready within 1.5 s; killed it" in server.logText(), 10,
+             what="the timeout")
+    wait_for(lambda: not pid_alive(child), 10, what="the child to die")
+    assert server.serving() == pid
+    assert echo(server.port) == b"hello\n"
+
+
+def test_unix_socket_across_upgrades(flip, tmp_path: Path) -> None:
+    path = tmp_path / "echo.sock"
+    server = flip("--listen", f"unix:{path}", "--listen", "tcp:0:interface=127.0.0.1")
+    mode = path.stat().st_mode & 0o777
+
+    def unixEcho() -> bytes:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(str(path))
+            s.sendall(b"over unix\n")
+            return s.recv(100)
+
+    assert unixEcho() == b"over unix\n"
+    for _ in range(3):
+        old = server.serving()
+        os.kill(old, signal.SIGHUP)
+        new, _, _ = wait_for_upgrade(server.pidfile, old, timeout=30)
+        server.track(new)
+        assert path.exists()
+        assert path.stat().st_mode & 0o777 == mode
+        assert unixEcho() == b"over unix\n"
+    server.signal(signal.SIGQUIT)
+    wait_for(lambda: not path.exists(), 20, what="the unix path to be removed")

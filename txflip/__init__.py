@@ -1,0 +1,44 @@
+"""
+txflip: zero-downtime, graceful process upgrades for Twisted servers.
+
+On SIGHUP a running server starts a new copy of its own command line, hands it its
+listening sockets, waits until it serves, then stops accepting, drains its
+connections at a clean boundary, and exits.
+"""
+
+from ._drain import ConnectionTracker, IDrainable
+from ._errors import (
+    ChildFailed,
+    HandoffError,
+    ListenError,
+    NotReady,
+    ParentAlive,
+    PidFileError,
+    Stopping,
+    TxflipError,
+    UpgradeError,
+    UpgradeInProgress,
+    UpgradeTimeout,
+)
+from ._fds import Listener
+from ._upgrader import Upgrader
+from .service import UpgradeService
+
+__all__ = [
+    "ChildFailed",
+    "ConnectionTracker",
+    "HandoffError",
+    "IDrainable",
+    "ListenError",
+    "Listener",
+    "NotReady",
+    "ParentAlive",
+    "PidFileError",
+    "Stopping",
+    "TxflipError",
+    "UpgradeError",
+    "UpgradeInProgress",
+    "UpgradeService",
+    "UpgradeTimeout",
+    "Upgrader",
+]

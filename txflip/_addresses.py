@@ -1,0 +1,195 @@
+"""
+Listen descriptions: the strings users write (C{tcp:8080:interface=127.0.0.1}) and the
+canonical keys generations use to recognise the same listener.
+
+The syntax is Twisted's server endpoint syntax (colon-separated, backslash escapes,
+positional then C{key=value} arguments) for the kinds txflip can hand over: C{tcp},
+C{tcp6}, C{unix}, C{udp} and C{udp6}.  We parse it ourselves rather than through
+C{serverFromString} because txflip must create and own every socket: an endpoint's
+C{listenTCP} port would C{shutdown()} the socket the next generation shares.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from dataclasses import dataclass
+from typing import Literal
+
+from ._errors import ListenError
+
+Kind = Literal["tcp", "tcp6", "unix", "udp", "udp6"]
+KINDS: tuple[Kind, ...] = ("tcp", "tcp6", "unix", "udp", "udp6")
+
+_FAMILIES: dict[str, socket.AddressFamily] = {
+    "tcp": socket.AF_INET,
+    "udp": socket.AF_INET,
+    "tcp6": socket.AF_INET6,
+    "udp6": socket.AF_INET6,
+    "unix": socket.AF_UNIX,
+}
+_DEFAULT_INTERFACE = {"tcp": "0.0.0.0", "udp": "0.0.0.0", "tcp6": "::", "udp6": "::"}
+_ALLOWED = {
+    "tcp": ("port", {"interface", "backlog"}),
+    "tcp6": ("port", {"interface", "backlog"}),
+    "udp": ("port", {"interface"}),
+    "udp6": ("port", {"interface"}),
+    "unix": ("address", {"mode", "backlog", "lockfile"}),
+}
+DEFAULT_BACKLOG = 128
+
+
+@dataclass(frozen=True)
+class ListenSpec:
+    """
+    One listener as asked for: what kind of socket, bound where.
+
+    C{port} may be 0 ("any free port"); the bound port is known only once bound, and
+    L{ListenSpec.bound} makes the spec of what was actually bound.
+    """
+
+    kind: Kind
+    host: str = ""
+    port: int = 0
+    path: str = ""
+    backlog: int = DEFAULT_BACKLOG
+    mode: int = 0o666
+
+    @property
+    def family(self) -> socket.AddressFamily:
+        return _FAMILIES[self.kind]
+
+    @property
+    def socktype(self) -> socket.SocketKind:
+        if self.kind.startswith("udp"):
+            return socket.SOCK_DGRAM
+        return socket.SOCK_STREAM
+
+    @property
+    def stream(self) -> bool:
+        return self.socktype == socket.SOCK_STREAM
+
+    @property
+    def key(self) -> str:
+        """
+        The canonical name of this address, e.g. C{tcp:127.0.0.1:8080},
+        C{tcp6:[::1]:8080}, C{unix:/run/app.sock}: two specs with the same key
+        describe the same socket.
+        """
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.kind}:{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return self.key
+
+    def bindAddress(self) -> str | tuple[str, int]:
+        if self.kind == "unix":
+            return self.path
+        return (self.host, self.port)
+
+    def bound(self, sockname: object) -> ListenSpec:
+        """
+        The spec of the socket actually bound: the real port where 0 was asked for.
+        """
+        if self.kind == "unix" or not isinstance(sockname, tuple):
+            return self
+        return ListenSpec(
+            self.kind, self.host, int(sockname[1]), "", self.backlog, self.mode
+        )
+
+
+def _split(description: str) -> list[str]:
+    """
+    Split on colons not escaped with a backslash, as Twisted's endpoint parser does.
+    """
+    parts: list[str] = []
+    current: list[str] = []
+    chars = iter(description)
+    for ch in chars:
+        if ch == "\\":
+            current.append(next(chars, "\\"))
+        elif ch == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    return parts
+
+
+def _int(description: str, name: str, value: str, low: int, high: int) -> int:
+    try:
+        number = int(value, 0) if name == "mode" else int(value)
+    except ValueError:
+        number = -1
+    if not low <= number <= high:
+        raise ListenError(
+            f"bad listen description {description!r}: {name}={value!r} is not a"
+            f" number from {low} to {high}"
+        )
+    return number
+
+
+def parseListen(description: str, cwd: str | None = None) -> ListenSpec:
+    """
+    Parse one listen description.
+
+    @param cwd: the directory relative Unix paths are resolved against; every
+        generation resolves them against the first generation's directory, so that
+        they name the same socket.
+    @raise ListenError: with a one-line reason when the description is not usable.
+    """
+    kind, *rest = _split(description.strip())
+    if kind not in _ALLOWED:
+        raise ListenError(
+            f"bad listen description {description!r}: unknown kind {kind!r}"
+            " (txflip can hand over tcp, tcp6, unix, udp and udp6)"
+        )
+    positionalName, keywords = _ALLOWED[kind]
+    args: dict[str, str] = {}
+    positional = [positionalName]
+    for part in rest:
+        name, eq, value = part.partition("=")
+        if not eq:
+            if not positional:
+                raise ListenError(
+                    f"bad listen description {description!r}: unexpected {part!r}"
+                )
+            name, value = positional.pop(), part
+        elif name == positionalName:
+            positional = []
+        elif name not in keywords:
+            raise ListenError(
+                f"bad listen description {description!r}: unknown option {name!r}"
+                f" for {kind} (allowed: {', '.join(sorted(keywords))})"
+            )
+        args[name] = value
+    if positionalName not in args or not args[positionalName]:
+        raise ListenError(
+            f"bad listen description {description!r}: missing the {positionalName}"
+        )
+    backlog = DEFAULT_BACKLOG
+    if "backlog" in args:
+        backlog = _int(description, "backlog", args["backlog"], 1, 65535)
+    if kind == "unix":
+        mode = _int(description, "mode", args.get("mode", "0o666"), 0, 0o777)
+        path = os.path.join(cwd or os.getcwd(), args["address"])
+        return ListenSpec(
+            "unix", path=os.path.normpath(path), backlog=backlog, mode=mode
+        )
+    port = _int(description, "port", args["port"], 0, 65535)
+    host = args.get("interface") or _DEFAULT_INTERFACE[kind]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    want = 6 if kind.endswith("6") else 4
+    if address is None or address.version != want:
+        raise ListenError(
+            f"bad listen description {description!r}: interface {host!r} is not an"
+            f" IPv{want} address"
+        )
+    return ListenSpec(kind, host=address.compressed, port=port, backlog=backlog)  # type: ignore[arg-type]

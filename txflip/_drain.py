@@ -1,0 +1,228 @@
+"""
+Draining: ending every open connection at a clean application boundary.
+
+txflip cannot know where a protocol's requests begin and end, so protocols opt in by
+providing L{IDrainable} (directly, or through an adapter registered with
+C{twisted.python.components.registerAdapter}).  The contract protects the one thing
+that matters: no client loses a message.  A connection is never closed while a
+request of its client may be on the wire; it closes I{with a reply} (reply and FIN
+leave together), or, when idle for the whole idle grace, at the boundary.
+
+Protocols that do not provide L{IDrainable} are left alone: they are closed by their
+clients, or at the drain timeout.
+
+We do not call C{stopProducing}: in Twisted's producer contract it means "your
+consumer is gone, stop now", and protocols that implement it (twisted.web's
+C{HTTPChannel} among them) abort when it is called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from zope.interface import Attribute, Interface, directlyProvides, providedBy
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    ITransport,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+DEFAULT_IDLE_GRACE = 1.0
+DEFAULT_DRAIN_TIMEOUT = 30.0
+
+
+class IDrainable(Interface):
+    """
+    A protocol that can end its connection at an application boundary.
+
+    txflip calls L{startDraining} once when the process begins to drain (for a
+    connection accepted after that, right after C{connectionMade}), then
+    L{closeIfIdle} once when the idle grace is over.  The protocol closes the
+    connection itself, with C{transport.loseConnection()}.
+    """
+
+    draining = Attribute("True once startDraining has been called (optional).")
+
+    def startDraining() -> None:
+        """
+        From now on, close the connection right after writing the reply to the
+        request in progress, or to the next request if none is in progress.  A
+        connection that has not completed its first exchange is served that
+        exchange.  Do not close now: the client may be sending.
+        """
+
+    def closeIfIdle() -> None:
+        """
+        The idle grace is over.  If no request is in progress (nothing received that
+        is not yet answered, not even part of a request), close now; otherwise go on
+        and close with the reply.
+        """
+
+
+class _Tracked(Protocol):
+    """
+    Sits between the transport and the application's protocol only to learn when the
+    connection ends.  The application's protocol is given the real transport, so
+    its writes do not pass through here.
+    """
+
+    def __init__(self, tracker: ConnectionTracker, wrapped: IProtocol) -> None:
+        self._tracker = tracker
+        self.wrapped = wrapped
+        # Offer whatever the wrapped protocol offers (half-close, TLS handshake
+        # notifications, ...): the transport asks us, __getattr__ answers.
+        directlyProvides(self, providedBy(wrapped))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
+
+    def makeConnection(self, transport: ITransport) -> None:
+        self.transport = transport
+        self.connected = 1
+        self._tracker._register(self)
+        self.wrapped.makeConnection(transport)
+        if self._tracker.draining:
+            self._tracker._startDraining(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.wrapped.dataReceived(data)
+
+    def connectionLost(
+        self, reason: Failure = Protocol.connectionLost.__defaults__[0]
+    ) -> None:  # type: ignore[index]
+        self.connected = 0
+        try:
+            self.wrapped.connectionLost(reason)
+        finally:
+            self._tracker._unregister(self)
+
+
+class ConnectionTracker(Factory):
+    """
+    A factory wrapper that knows every live connection of the factory it wraps, and
+    drains them.
+    """
+
+    _log = Logger()
+
+    def __init__(self, wrappedFactory: IProtocolFactory, clock: IReactorTime) -> None:
+        self.wrappedFactory = wrappedFactory
+        self._clock = clock
+        self._live: set[_Tracked] = set()
+        self.draining = False
+        self._drained: list[Deferred[int]] = []
+        self._calls: list[IDelayedCall] = []
+        self._cut = 0
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def logPrefix(self) -> str:
+        prefix: Callable[[], str] | None = getattr(
+            self.wrappedFactory, "logPrefix", None
+        )
+        return prefix() if prefix is not None else type(self.wrappedFactory).__name__
+
+    def doStart(self) -> None:
+        self.wrappedFactory.doStart()
+
+    def doStop(self) -> None:
+        self.wrappedFactory.doStop()
+
+    def buildProtocol(self, addr: IAddress) -> IProtocol | None:  # type: ignore[override]
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        return _Tracked(self, wrapped)
+
+    def _register(self, tracked: _Tracked) -> None:
+        self._live.add(tracked)
+
+    def _unregister(self, tracked: _Tracked) -> None:
+        self._live.discard(tracked)
+        if self.draining and not self._live:
+            self._finish()
+
+    def _startDraining(self, tracked: _Tracked) -> None:
+        drainable = IDrainable(tracked.wrapped, None)
+        if drainable is not None:
+            drainable.startDraining()
+
+    def drain(
+        self,
+        idleGrace: float = DEFAULT_IDLE_GRACE,
+        timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    ) -> Deferred[int]:
+        """
+        Ask every connection to end at its boundary; close idle ones after
+        C{idleGrace} seconds; abort what is left after C{timeout} seconds.
+
+        @return: fires once no connection is left, with the number that had to be
+            aborted at the timeout.
+        """
+        waiter: Deferred[int] = Deferred()
+        self._drained.append(waiter)
+        if self.draining:
+            return waiter
+        self.draining = True
+        self._log.info("txflip: draining {count} connections", count=len(self._live))
+        for tracked in list(self._live):
+            self._startDraining(tracked)
+        if not self._live:
+            self._finish()
+            return waiter
+        self._calls = [
+            self._clock.callLater(idleGrace, self._idleGraceOver),
+            self._clock.callLater(timeout, self._deadline),
+        ]
+        return waiter
+
+    def _idleGraceOver(self) -> None:
+        for tracked in list(self._live):
+            drainable = IDrainable(tracked.wrapped, None)
+            if drainable is not None:
+                drainable.closeIfIdle()
+
+    def _deadline(self) -> None:
+        self._cut = len(self._live)
+        self._log.warn(
+            "txflip: drain timeout: aborting {count} connections", count=self._cut
+        )
+        for tracked in list(self._live):
+            transport: Any = tracked.transport
+            abort = getattr(transport, "abortConnection", None)
+            if abort is not None:
+                abort()
+            else:
+                transport.loseConnection()
+
+    def _finish(self) -> None:
+        for call in self._calls:
+            if call.active():
+                call.cancel()
+        self._calls = []
+        waiters, self._drained = self._drained, []
+        for waiter in waiters:
+            waiter.callback(self._cut)
+
+
+def drainAll(
+    trackers: list[ConnectionTracker], idleGrace: float, timeout: float
+) -> Deferred[list[int]]:
+    """
+    Drain several trackers at once.
+    """
+    from twisted.internet.defer import gatherResults
+
+    if not trackers:
+        return succeed([])
+    return gatherResults([t.drain(idleGrace, timeout) for t in trackers])

@@ -1,0 +1,73 @@
+"""
+The exceptions txflip raises.
+
+Each carries a message meant to be shown to an operator as it is: one line, saying what
+went wrong and, where it helps, what to do.  Callers print C{str(error)}, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+
+class TxflipError(Exception):
+    """
+    Base class of every error txflip raises on purpose.
+    """
+
+
+class ListenError(TxflipError):
+    """
+    A listener could not be created: bad description, address in use, a path that is
+    not a socket, and so on.
+    """
+
+
+class HandoffError(TxflipError):
+    """
+    The state handed over by the previous generation is unusable: a malformed fd table,
+    an fd that is closed, not a socket, or not the kind of socket it claims to be.
+    """
+
+
+class PidFileError(TxflipError):
+    """
+    The pid file cannot be written, or names another live server.
+    """
+
+
+class UpgradeError(TxflipError):
+    """
+    An upgrade was refused or failed; the current generation keeps serving.
+    """
+
+
+class NotReady(UpgradeError):
+    def __init__(self) -> None:
+        super().__init__("process is not ready yet")
+
+
+class ParentAlive(UpgradeError):
+    def __init__(self) -> None:
+        super().__init__("previous generation hasn't exited yet")
+
+
+class UpgradeInProgress(UpgradeError):
+    def __init__(self) -> None:
+        super().__init__("upgrade in progress")
+
+
+class Stopping(UpgradeError):
+    def __init__(self) -> None:
+        super().__init__("terminating")
+
+
+class ChildFailed(UpgradeError):
+    """
+    The next generation exited, or was killed, before it became ready.
+    """
+
+
+class UpgradeTimeout(UpgradeError):
+    """
+    The next generation did not become ready within the upgrade timeout.
+    """

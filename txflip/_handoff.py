@@ -1,0 +1,294 @@
+"""
+The wire between two generations.
+
+The parent starts the child with three kinds of inherited file descriptors, and one
+environment variable (L{MARKER}) that says which is which:
+
+  - C{ready}: the write end of a pipe; the child writes C{ready\\n} to it once it
+    serves, which is the parent's cue to stop accepting and drain;
+  - C{parent}: the read end of a pipe whose write end only the parent holds; it
+    reads end-of-file when the parent has exited, which is the child's cue that it
+    may now upgrade in turn;
+  - one per listening socket, described by kind and address so that the child can
+    match them against its own configuration.
+
+The table is JSON: small, readable in C{/proc/PID/environ} when debugging, and easy to
+validate field by field.  Every fd it names is checked before use (open, a socket, of
+the declared family and type, bound to the declared address): a child that cannot
+trust its table refuses to start, and its parent keeps serving.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import stat
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from zope.interface import implementer
+
+from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor
+from twisted.python.failure import Failure
+
+from ._addresses import KINDS, ListenSpec
+from ._errors import HandoffError
+
+#: The environment variable that marks a process as a txflip child.
+MARKER = "TXFLIP_HANDOFF"
+VERSION = 1
+READY_FD = 3
+PARENT_FD = 4
+FIRST_LISTENER_FD = 5
+READY_MESSAGE = b"ready\n"
+
+
+@dataclass(frozen=True)
+class InheritedListener:
+    """
+    A listening socket handed over by the parent, validated.
+
+    @ivar spec: what it is bound to now (real port).
+    @ivar requested: what the parent's configuration asked for (port 0 stays 0), so
+        that a child with the same configuration finds the same socket.
+    """
+
+    spec: ListenSpec
+    requested: ListenSpec
+    sock: socket.socket
+
+
+@dataclass
+class Handoff:
+    """
+    What a child learns from its parent.
+    """
+
+    generation: int
+    readyFD: int
+    parentFD: int
+    listeners: list[InheritedListener] = field(default_factory=list)
+
+
+def encode(generation: int, listeners: list[tuple[ListenSpec, ListenSpec]]) -> str:
+    """
+    The marker's value for a child of generation C{generation} inheriting
+    C{listeners} (bound spec, requested spec) at fds 5, 6, ... in order.
+    """
+    table = {
+        "version": VERSION,
+        "generation": generation,
+        "ready": READY_FD,
+        "parent": PARENT_FD,
+        "listeners": [
+            {
+                "fd": FIRST_LISTENER_FD + index,
+                "kind": bound.kind,
+                "host": bound.host,
+                "port": bound.port,
+                "path": bound.path,
+                "requestedPort": requested.port,
+            }
+            for index, (bound, requested) in enumerate(listeners)
+        ],
+    }
+    return json.dumps(table, separators=(",", ":"))
+
+
+def _field(table: dict[str, Any], name: str, kind: type, where: str) -> Any:
+    if name not in table:
+        raise HandoffError(f"malformed handoff table: {where} has no {name!r}")
+    value = table[name]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise HandoffError(
+            f"malformed handoff table: {where} {name!r} is not a {kind.__name__}"
+        )
+    return value
+
+
+def _checkPipe(fd: int, name: str) -> None:
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        raise HandoffError(f"handoff {name} fd {fd} is closed") from None
+    if not stat.S_ISFIFO(mode):
+        raise HandoffError(f"handoff {name} fd {fd} is not a pipe")
+
+
+def _adoptSocket(fd: int, spec: ListenSpec) -> socket.socket:
+    """
+    Take ownership of inherited fd C{fd} after checking it is what C{spec} says.
+    """
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        raise HandoffError(f"inherited fd {fd} ({spec}) is closed") from None
+    if not stat.S_ISSOCK(mode):
+        raise HandoffError(f"inherited fd {fd} ({spec}) is not a socket")
+    sock = socket.socket(fileno=fd)
+    try:
+        if sock.family != spec.family or sock.type != spec.socktype:
+            raise HandoffError(
+                f"inherited fd {fd} is a {sock.family.name}/{sock.type.name} socket,"
+                f" not {spec.family.name}/{spec.socktype.name} as declared ({spec})"
+            )
+        if spec.stream and hasattr(socket, "SO_ACCEPTCONN"):
+            if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                raise HandoffError(f"inherited fd {fd} ({spec}) is not listening")
+        actual = spec.bound(sock.getsockname())
+        if spec.kind == "unix":
+            name = sock.getsockname()
+            if isinstance(name, bytes):
+                name = os.fsdecode(name)
+            if name != spec.path:
+                raise HandoffError(
+                    f"inherited fd {fd} is bound to {name!r}, not {spec.path!r}"
+                )
+        elif actual.port != spec.port:
+            raise HandoffError(
+                f"inherited fd {fd} is bound to port {actual.port}, not {spec}"
+            )
+    except BaseException:
+        sock.detach()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def decode(value: str) -> Handoff:
+    """
+    Parse and validate the marker's value, taking ownership of the fds it names.
+
+    @raise HandoffError: with a one-line reason; no fd has been taken then.
+    """
+    try:
+        table = json.loads(value)
+    except ValueError as e:
+        raise HandoffError(f"malformed handoff table: not JSON ({e})") from None
+    if not isinstance(table, dict):
+        raise HandoffError("malformed handoff table: not a JSON object")
+    version = _field(table, "version", int, "table")
+    if version != VERSION:
+        raise HandoffError(
+            f"handoff table version {version} is not supported (expected {VERSION});"
+            " upgrade between incompatible txflip versions with a full restart"
+        )
+    generation = _field(table, "generation", int, "table")
+    readyFD = _field(table, "ready", int, "table")
+    parentFD = _field(table, "parent", int, "table")
+    entries = _field(table, "listeners", list, "table")
+    seen = {readyFD, parentFD}
+    if len(seen) != 2 or min(seen) < 3 or generation < 2:
+        raise HandoffError("malformed handoff table: bad generation or pipe fds")
+    parsed: list[tuple[int, ListenSpec, ListenSpec]] = []
+    for index, entry in enumerate(entries):
+        where = f"listener #{index}"
+        if not isinstance(entry, dict):
+            raise HandoffError(f"malformed handoff table: {where} is not an object")
+        fd = _field(entry, "fd", int, where)
+        if fd < 3 or fd in seen:
+            raise HandoffError(f"malformed handoff table: {where} has bad fd {fd}")
+        seen.add(fd)
+        kind = _field(entry, "kind", str, where)
+        if kind not in KINDS:
+            raise HandoffError(f"malformed handoff table: {where} kind {kind!r}")
+        port = _field(entry, "port", int, where)
+        requestedPort = _field(entry, "requestedPort", int, where)
+        if not (0 < port < 65536 or kind == "unix") or requestedPort not in (0, port):
+            raise HandoffError(f"malformed handoff table: {where} has bad port")
+        spec = ListenSpec(
+            kind,
+            host=_field(entry, "host", str, where),
+            port=port,
+            path=_field(entry, "path", str, where),
+        )
+        requested = dataclasses.replace(spec, port=requestedPort)
+        parsed.append((fd, spec, requested))
+    _checkPipe(readyFD, "ready")
+    _checkPipe(parentFD, "parent")
+    listeners: list[InheritedListener] = []
+    try:
+        for fd, spec, requested in parsed:
+            listeners.append(InheritedListener(spec, requested, _adoptSocket(fd, spec)))
+    except BaseException:
+        for listener in listeners:
+            listener.sock.detach()
+        raise
+    return Handoff(generation, readyFD, parentFD, listeners)
+
+
+def fromEnvironment(environ: MutableMapping[str, str]) -> Handoff | None:
+    """
+    Read and remove the marker, so that the application's own subprocesses never
+    believe they are a txflip child.
+
+    @return: L{None} for a first generation.
+    """
+    value = environ.pop(MARKER, None)
+    if value is None:
+        return None
+    return decode(value)
+
+
+def tellParentReady(handoff: Handoff) -> None:
+    """
+    Tell the parent we serve.  A parent that is already gone is not an error: there
+    is no one left to tell.
+    """
+    try:
+        os.write(handoff.readyFD, READY_MESSAGE)
+    except OSError:
+        pass
+    finally:
+        os.close(handoff.readyFD)
+
+
+@implementer(IReadDescriptor)
+class ParentWatcher:
+    """
+    Watches the C{parent} pipe and calls C{onExit} once, when the parent is gone.
+
+    A pipe whose writer closed is reported by epoll as hang-up, not readable, and
+    Twisted then calls L{connectionLost} rather than L{doRead}: both count as
+    end-of-file here, or the child would never learn that its parent exited.
+    """
+
+    def __init__(
+        self, reactor: IReactorFDSet, fd: int, onExit: Callable[[], None]
+    ) -> None:
+        self._reactor = reactor
+        self._fd = fd
+        self._onExit: Callable[[], None] | None = onExit
+        os.set_blocking(fd, False)
+        reactor.addReader(self)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def logPrefix(self) -> str:
+        return "txflip-parent"
+
+    def doRead(self) -> Failure | None:
+        try:
+            data = os.read(self._fd, 512)
+        except BlockingIOError:
+            return None
+        except OSError:
+            data = b""
+        if not data:
+            self._finish()
+        return None
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._onExit is None:
+            return
+        onExit, self._onExit = self._onExit, None
+        self._reactor.removeReader(self)
+        os.close(self._fd)
+        onExit()

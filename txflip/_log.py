@@ -1,0 +1,129 @@
+"""
+Logging for processes that replace themselves: every line carries the PID that wrote
+it, and generations sharing one log file append to it without overwriting each other.
+
+twistd's own log file (C{twisted.python.logfile.LogFile}) opens an existing file
+C{rb+} and seeks to its end: two generations writing it keep separate offsets and
+overwrite each other's lines, and both would rotate it.  Here the file is opened
+C{O_APPEND} and each event is one C{write()}; rotation is left to the operator's
+logrotate (C{copytruncate}, or C{postrotate kill -USR1}: we reopen the file on
+SIGUSR1).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from twisted.logger import (
+    FileLogObserver,
+    ILogObserver,
+    LogEvent,
+    formatEventAsClassicLogText,
+)
+
+
+def formatWithPID(event: LogEvent) -> str | None:
+    """
+    Twisted's classic text line, with C{[pid N]} after the timestamp, e.g.
+    C{2026-11-25T14:00:00+0000 [pid 4242] [-] txflip: generation 2 ready}.
+    """
+    text = formatEventAsClassicLogText(event)
+    if text is None:
+        return None
+    stamp, sep, rest = text.partition(" [")
+    return f"{stamp} [pid {os.getpid()}]{sep and ' ['}{rest}"
+
+
+class AppendFile:
+    """
+    A minimal text file for L{FileLogObserver}: C{O_APPEND}, one C{write()} per
+    event, reopened on demand.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self._fd = self._open()
+
+    def _open(self) -> int:
+        return os.open(
+            self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
+        )
+
+    def write(self, text: str) -> None:
+        data = text.encode("utf-8", "replace")
+        while data:
+            written = os.write(self._fd, data)
+            data = data[written:]
+
+    def flush(self) -> None:
+        pass
+
+    def reopen(self) -> None:
+        fd = self._open()
+        os.close(self._fd)
+        self._fd = fd
+
+
+def pidObserver(outFile: TextIO | AppendFile) -> ILogObserver:
+    return FileLogObserver(outFile, formatWithPID)  # type: ignore[arg-type]
+
+
+def twistdObserverFactory(
+    logfile: str | None, nodaemon: bool, syslog: bool, prefix: str
+) -> Callable[[], Any]:
+    """
+    An observer factory for twistd's C{logger} setting that makes the same choices
+    twistd would (syslog, stdout, or a log file, default C{twistd.log} for a daemon),
+    with the PID on every line.
+
+    @param nodaemon: whether the I{first} generation ran in the foreground; later
+        generations always do, but log where it did.
+    """
+
+    def factory() -> Any:
+        if syslog:
+            from twisted.python import syslog as txsyslog
+            import syslog as stdsyslog
+
+            return txsyslog.SyslogObserver(prefix, options=stdsyslog.LOG_PID).emit
+        if logfile == "-" or (nodaemon and not logfile):
+            return pidObserver(sys.stdout)
+        target = AppendFile(logfile or "twistd.log")
+        if hasattr(signal, "SIGUSR1") and not signal.getsignal(signal.SIGUSR1):
+
+            def reopen(signum: int, frame: object) -> None:
+                from twisted.internet import reactor
+
+                reactor.callFromThread(target.reopen)  # type: ignore[attr-defined]
+
+            signal.signal(signal.SIGUSR1, reopen)
+        return pidObserver(target)
+
+    return factory
+
+
+#: The factory twistd's C{logger} setting points at (twistd only takes a dotted
+#: name, resolved after our options are parsed); L{UpgradeOptions} fills it in.
+_configured: Callable[[], Any] | None = None
+
+
+def configureTwistd(factory: Callable[[], Any]) -> str:
+    """
+    Make C{factory} the one twistd will call; return the dotted name to give it.
+    """
+    global _configured
+    _configured = factory
+    return f"{__name__}.twistdObserver"
+
+
+def twistdObserver() -> Any:
+    """
+    twistd's C{logger}: the observer configured by L{configureTwistd}.
+    """
+    if _configured is None:
+        return pidObserver(sys.stdout)
+    return _configured()

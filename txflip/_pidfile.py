@@ -1,0 +1,120 @@
+"""
+The pid file: always names the generation that serves.
+
+Each generation writes it when it becomes ready, atomically (a temporary file in the
+same directory, then C{rename}), so a reader never sees it empty or half-written and a
+symlink planted at the path is replaced, never followed.  Only a final stop removes it,
+and only while it still names us: an old generation exiting after an upgrade leaves
+its successor's file alone.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+
+from ._errors import PidFileError
+
+
+def pidAlive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class PidFile:
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+
+    def __repr__(self) -> str:
+        return f"PidFile({self.path!r})"
+
+    def read(self) -> int | None:
+        """
+        The pid the file names, or L{None} when missing or not a pid.
+        """
+        try:
+            with open(self.path, "rb") as f:
+                text = f.read(64)
+        except OSError:
+            return None
+        try:
+            pid = int(text.strip())
+        except ValueError:
+            return None
+        return pid if pid > 0 else None
+
+    def check(self, allowed: tuple[int, ...] = ()) -> None:
+        """
+        Refuse to start when the file names another live process (one not in
+        C{allowed}), and make sure we will be able to write it.
+
+        @raise PidFileError: with a one-line reason.
+        """
+        pid = self.read()
+        if pid is not None and pid not in allowed and pid != os.getpid():
+            if pidAlive(pid):
+                raise PidFileError(
+                    f"another server is running, PID {pid} (pid file {self.path});"
+                    " stop it, or use another --pidfile"
+                )
+        directory = os.path.dirname(self.path)
+        if not os.path.isdir(directory):
+            raise PidFileError(
+                f"cannot write pid file {self.path}: directory {directory} does not"
+                " exist"
+            )
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise PidFileError(
+                f"cannot write pid file {self.path}: directory {directory} is not"
+                " writable"
+            )
+
+    def write(self, pid: int) -> None:
+        """
+        Atomically make the file name C{pid}, mode 0644.
+
+        @raise PidFileError: with a one-line reason.
+        """
+        directory, name = os.path.split(self.path)
+        try:
+            fd, temporary = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
+        except OSError as e:
+            raise PidFileError(
+                f"cannot write pid file {self.path}: {e.strerror}"
+            ) from None
+        try:
+            os.fchmod(fd, 0o644)
+            os.write(fd, f"{pid}\n".encode())
+            os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            os.replace(temporary, self.path)
+        except OSError as e:
+            if fd != -1:
+                os.close(fd)
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+            raise PidFileError(
+                f"cannot write pid file {self.path}: {e.strerror}"
+            ) from None
+
+    def removeIfOurs(self, pid: int) -> bool:
+        """
+        Remove the file if it names C{pid}.
+        """
+        if self.read() != pid:
+            return False
+        try:
+            os.unlink(self.path)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise
+        return True

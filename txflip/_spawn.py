@@ -1,0 +1,184 @@
+"""
+Starting the next generation and waiting for it to say it serves.
+
+The child runs the same interpreter with the full original command line
+(C{sys.orig_argv}) in the directory the first generation started in, with our
+environment plus the handoff marker, sharing our stdin/stdout/stderr.  Its fds are
+placed with C{spawnProcess(childFDs=...)}: 3 is a pipe we read (it writes C{ready}),
+4 a pipe only we hold the write end of (it reads EOF when we exit), 5 onwards the
+listening sockets.  Twisted closes every other fd in the child, so nothing else of
+ours leaks into it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import IDelayedCall, IProcessTransport
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+
+from . import _handoff
+from ._addresses import ListenSpec
+from ._errors import ChildFailed, Stopping, UpgradeTimeout
+
+
+@dataclass(frozen=True)
+class Command:
+    """
+    How to start a generation: executable, argv, working directory.
+    """
+
+    executable: str
+    args: tuple[str, ...]
+    cwd: str
+
+    @classmethod
+    def current(cls, cwd: str | None = None) -> Command:
+        """
+        This process's own command line, as the interpreter received it.
+        """
+        args = tuple(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
+        return cls(sys.executable, args, cwd or os.getcwd())
+
+
+def describeExit(pid: int, reason: Failure) -> str:
+    """
+    C{child pid=N exited with status 3} / C{... was killed by SIGKILL}.
+    """
+    value = reason.value
+    signum = getattr(value, "signal", None)
+    status = getattr(value, "exitCode", None)
+    if signum:
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        return f"child pid={pid} was killed by {name} before it was ready"
+    return f"child pid={pid} exited with status {status} before it was ready"
+
+
+class _ChildProtocol(ProcessProtocol):
+    """
+    Turns the child's process events into one outcome: ready, or failed.
+    """
+
+    def __init__(self, attempt: SpawnAttempt) -> None:
+        self._attempt = attempt
+        self._buffer = b""
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == _handoff.READY_FD:
+            self._buffer += data
+            if _handoff.READY_MESSAGE in self._buffer:
+                self._attempt._childReady()
+            elif len(self._buffer) > 64:
+                self._attempt._fail(
+                    ChildFailed(
+                        f"child pid={self._attempt.pid} sent garbage on the ready pipe"
+                    )
+                )
+
+    def processEnded(self, reason: Failure) -> None:
+        self._attempt._childEnded(reason)
+
+
+class SpawnAttempt:
+    """
+    One attempt at starting the next generation.
+
+    L{result} fires with the child's pid once it is ready, or fails with
+    L{ChildFailed}, L{UpgradeTimeout} or L{Stopping}.  A failure is only reported once
+    the child is gone (reaped), so that a failed attempt never leaves a second
+    process behind when the next one starts.
+    """
+
+    def __init__(
+        self,
+        reactor: object,
+        command: Command,
+        environ: Mapping[str, str],
+        generation: int,
+        listeners: Sequence[tuple[ListenSpec, socket.socket, ListenSpec]],
+        timeout: float,
+    ) -> None:
+        self.result: Deferred[int] = Deferred()
+        self._reactor = reactor
+        self._failure: Exception | None = None
+        self._ready = False
+        env = dict(environ)
+        env[_handoff.MARKER] = _handoff.encode(
+            generation, [(bound, requested) for bound, _, requested in listeners]
+        )
+        childFDs: dict[int, int | str] = {0: 0, 1: 1, 2: 2}
+        childFDs[_handoff.READY_FD] = "r"
+        childFDs[_handoff.PARENT_FD] = "w"
+        for index, (_, sock, _) in enumerate(listeners):
+            childFDs[_handoff.FIRST_LISTENER_FD + index] = sock.fileno()
+        self._process: IProcessTransport = reactor.spawnProcess(  # type: ignore[attr-defined]
+            _ChildProtocol(self),
+            command.executable,
+            list(command.args),
+            env=env,
+            path=command.cwd,
+            childFDs=childFDs,
+        )
+        self.pid: int = self._process.pid or 0
+        self._timeout: IDelayedCall | None = reactor.callLater(  # type: ignore[attr-defined]
+            timeout, self._timedOut, timeout
+        )
+
+    def _childReady(self) -> None:
+        if self._ready or self._failure is not None:
+            return
+        self._ready = True
+        self._cancelTimeout()
+        self.result.callback(self.pid)
+
+    def _timedOut(self, timeout: float) -> None:
+        self._timeout = None
+        self._fail(
+            UpgradeTimeout(
+                f"child pid={self.pid} was not ready within {timeout:g} s; killed it"
+            )
+        )
+
+    def _fail(self, error: Exception) -> None:
+        """
+        Give up on the child: kill it, and report C{error} once it is reaped.
+        """
+        if self._ready or self._failure is not None:
+            return
+        self._failure = error
+        self._cancelTimeout()
+        try:
+            self._process.signalProcess("KILL")
+        except ProcessExitedAlready:
+            pass
+
+    def cancel(self) -> Deferred[int]:
+        """
+        We are stopping: kill the child unless it is already ready.
+        """
+        self._fail(Stopping())
+        return self.result
+
+    def _childEnded(self, reason: Failure) -> None:
+        self._cancelTimeout()
+        if self._ready:
+            return
+        if self._failure is None:
+            self._failure = ChildFailed(describeExit(self.pid, reason))
+        self.result.errback(Failure(self._failure))
+
+    def _cancelTimeout(self) -> None:
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = None

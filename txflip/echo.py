@@ -1,0 +1,109 @@
+"""
+flipecho: a line echo server that upgrades gracefully, the demo of txflip.
+
+Each line received is written back.  While draining, a connection is closed right
+after the echo of its last complete line (reply and FIN leave together), never
+while part of a line is still to come.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zope.interface import implementer
+
+from twisted.application.service import IService
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.python import usage
+
+from ._addresses import parseListen
+from ._drain import IDrainable
+from ._errors import ListenError
+from .twistd import UpgradeOptions, makeUpgradeService
+
+DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
+MAX_LINE = 1 << 20
+
+
+@implementer(IDrainable)
+class Echo(Protocol):
+    """
+    Writes back every complete line, as received (delimiter C{\\n}).
+    """
+
+    draining = False
+    _pending = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        pending = self._pending + data
+        end = pending.rfind(b"\n") + 1
+        self._pending = pending[end:]
+        if end:
+            self.transport.write(pending[:end])  # type: ignore[union-attr]
+        if len(self._pending) > MAX_LINE:
+            self.transport.write(b"error: line too long\n")  # type: ignore[union-attr]
+            self.transport.loseConnection()  # type: ignore[union-attr]
+        elif self.draining and end and not self._pending:
+            # At a boundary, right after a reply: close with it.
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def startDraining(self) -> None:
+        self.draining = True
+
+    def closeIfIdle(self) -> None:
+        if not self._pending:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+class EchoDatagram(DatagramProtocol):
+    """
+    Writes every datagram back to its sender.
+    """
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.transport.write(datagram, addr)  # type: ignore[union-attr]
+
+
+class Options(UpgradeOptions):
+    synopsis = "[--listen DESCRIPTION ...] [options]"
+    longdesc = (
+        "A line echo server that upgrades with zero downtime on SIGHUP and stops"
+        " gracefully on SIGQUIT.  Default listener: " + DEFAULT_LISTEN + "."
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """
+        Where to listen (repeatable): tcp:PORT[:interface=IP], tcp6:PORT[:interface=IP6],
+        unix:PATH[:mode=0666], udp:PORT[:interface=IP], udp6:...
+        """
+        try:
+            parseListen(description)
+        except ListenError as e:
+            raise usage.UsageError(str(e)) from None
+        self["listen"].append(description)
+
+    opt_l = opt_listen
+
+    def postOptions(self) -> None:
+        if not self["listen"]:
+            self["listen"] = [DEFAULT_LISTEN]
+        super().postOptions()
+
+
+def makeService(options: Options) -> IService:
+    service = makeUpgradeService(options)
+    factory = Factory.forProtocol(Echo)
+    try:
+        for description in options["listen"]:
+            if description.startswith("udp"):
+                service.listenDatagram(description, EchoDatagram())
+            else:
+                service.listen(description, factory)
+    except ListenError as e:
+        service.upgrader.listeners.close(unlink=False)
+        raise SystemExit(f"txflip: {e}") from None
+    return service

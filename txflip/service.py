@@ -1,0 +1,237 @@
+"""
+The twisted.application glue: a service that owns an L{Upgrader}, serves protocol
+factories on its listeners, upgrades on SIGHUP, stops gracefully on SIGQUIT (and on
+twistd's SIGTERM/SIGINT shutdown), and drains every connection before the process
+exits.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ._addresses import ListenSpec
+from ._drain import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE, ConnectionTracker
+from ._errors import (
+    NotReady,
+    ParentAlive,
+    Stopping,
+    TxflipError,
+    UpgradeInProgress,
+)
+from ._fds import Listener
+from ._upgrader import Upgrader
+
+
+class UpgradeService(Service):
+    """
+    Serve factories on txflip listeners, with graceful upgrades.
+
+    Listeners are bound (or inherited) when you call L{listen}, so that a port in use
+    is reported before the process daemonizes; they start accepting in
+    L{privilegedStartService}, and the generation declares itself ready once the
+    reactor runs.
+
+    @ivar upgrader: the L{Upgrader} of this process.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        upgrader: Upgrader,
+        *,
+        drainTimeout: float = DEFAULT_DRAIN_TIMEOUT,
+        idleGrace: float = DEFAULT_IDLE_GRACE,
+        reactor: Any = None,
+        installSignalHandlers: bool = True,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
+        self.upgrader = upgrader
+        self.drainTimeout = drainTimeout
+        self.idleGrace = idleGrace
+        self._reactor = reactor
+        self._installSignals = installSignalHandlers
+        self._streams: list[tuple[Listener, ConnectionTracker]] = []
+        self._datagrams: list[tuple[Listener, DatagramProtocol]] = []
+        self._adopted = False
+        self._stopping: Deferred[None] | None = None
+        self._failed = False
+
+    @property
+    def connections(self) -> int:
+        """
+        How many connections are open now.
+        """
+        return sum(len(tracker) for _, tracker in self._streams)
+
+    def listen(
+        self, description: str | ListenSpec, factory: IProtocolFactory
+    ) -> Listener:
+        """
+        Serve C{factory} on C{description}, tracking its connections for draining.
+
+        @raise ListenError: bad description or address not available.
+        """
+        listener = self.upgrader.listen(description)
+        tracker = ConnectionTracker(factory, self._reactor)
+        self._streams.append((listener, tracker))
+        if self._adopted:
+            listener.adoptStream(self._reactor, tracker)
+        return listener
+
+    def listenDatagram(
+        self, description: str | ListenSpec, protocol: DatagramProtocol
+    ) -> Listener:
+        """
+        Serve datagram C{protocol} on a C{udp}/C{udp6} description.
+        """
+        listener = self.upgrader.listen(description)
+        if listener.spec.stream:
+            from ._errors import ListenError
+
+            raise ListenError(f"cannot serve datagrams on {listener.spec}")
+        self._datagrams.append((listener, protocol))
+        if self._adopted:
+            listener.adoptDatagram(self._reactor, protocol)
+        return listener
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self._installSignals:
+            self._installSignalHandlers()
+        self._adopt()
+
+    def startService(self) -> None:
+        super().startService()
+        self._adopt()
+        self.upgrader.whenParentExited().addCallback(self._parentExited)
+        self.upgrader.whenExit().addCallback(self._exit)
+        self._reactor.callWhenRunning(self._ready)
+
+    def _adopt(self) -> None:
+        if self._adopted:
+            return
+        self._adopted = True
+        for listener, tracker in self._streams:
+            listener.adoptStream(self._reactor, tracker)
+            self._logListening(listener)
+        for listener, protocol in self._datagrams:
+            listener.adoptDatagram(self._reactor, protocol)
+            self._logListening(listener)
+
+    def _logListening(self, listener: Listener) -> None:
+        self._log.info(
+            "txflip: listening on {spec} ({how})",
+            spec=listener.spec,
+            how="inherited" if listener.inherited else "new",
+        )
+
+    def _installSignalHandlers(self) -> None:
+        def later(handler: Any) -> Any:
+            # A signal handler only hands over to the reactor.
+            return lambda signum, frame: self._reactor.callFromThread(handler)
+
+        signal.signal(signal.SIGHUP, later(self._onHUP))
+        signal.signal(signal.SIGQUIT, later(self._onQUIT))
+
+    def _onHUP(self) -> None:
+        self._log.info("txflip: SIGHUP: upgrading")
+        self.upgrade().addErrback(lambda f: None)
+
+    def _onQUIT(self) -> None:
+        self._log.info("txflip: SIGQUIT: stopping gracefully")
+        self._stopReactor()
+
+    def upgrade(self) -> Deferred[int]:
+        """
+        Upgrade now; fires with the new pid, or fails (logged) with the reason.
+        """
+
+        def refused(reason: Failure) -> Failure:
+            if reason.check(NotReady, ParentAlive, UpgradeInProgress, Stopping):
+                self._log.warn(
+                    "txflip: upgrade refused: {reason}", reason=reason.getErrorMessage()
+                )
+            return reason
+
+        return self.upgrader.upgrade().addErrback(refused)
+
+    def _ready(self) -> None:
+        try:
+            self.upgrader.ready()
+        except TxflipError as e:
+            self.fatal(str(e))
+
+    def fatal(self, message: str) -> None:
+        """
+        Log C{message}, stop gracefully, and exit with status 1.
+        """
+        self._log.critical("txflip: {message}", message=message)
+        if not self._failed:
+            self._failed = True
+            self._reactor.addSystemEventTrigger("after", "shutdown", _exitFailed)
+        self._stopReactor()
+
+    def _parentExited(self, _: object) -> None:
+        if self.upgrader.hasParent:
+            self._log.info("txflip: previous generation exited; upgrades allowed")
+
+    def _exit(self, _: object) -> None:
+        self._stopReactor()
+
+    def _stopReactor(self) -> None:
+        if self._reactor.running and self._stopping is None:
+            self._reactor.stop()
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop accepting, drain every connection, then let the process exit.  After an
+        upgrade, only our copies of the listening sockets are closed; on a final
+        stop the Unix paths and the pid file are removed as well.
+        """
+        if self._stopping is None:
+            super().stopService()
+            self._stopping = ensureDeferred(self._stop())
+        return self._stopping
+
+    async def _stop(self) -> None:
+        await self.upgrader.stop()
+        final = self.upgrader.successor is None
+        await self.upgrader.listeners.stopListening()
+        self.upgrader.listeners.close(unlink=final)
+        self._log.info(
+            "txflip: stopped listening ({why})",
+            why="final stop" if final else f"pid {self.upgrader.successor} serves now",
+        )
+        trackers = [tracker for _, tracker in self._streams]
+        cut = 0
+        for tracker in trackers:
+            cut += await tracker.drain(self.idleGrace, self.drainTimeout)
+        pidFile = self.upgrader.pidFile
+        if final and pidFile is not None:
+            pidFile.removeIfOurs(os.getpid())
+        self._log.info(
+            "txflip: generation {generation} finished (pid {pid}){cut}",
+            generation=self.upgrader.generation,
+            pid=os.getpid(),
+            cut=f"; {cut} connections aborted at the drain timeout" if cut else "",
+        )
+
+
+def _exitFailed() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
