@@ -69,8 +69,13 @@ def test_upgrades_under_load_lose_nothing(flip) -> None:
     final = server.serving()
     logText = server.logText()
     assert f"[pid {final}]" in logText
-    for step in ("started generation", "is ready; this process will exit",
-                 "stopped listening", "draining", "finished"):
+    for step in (
+        "started generation",
+        "is ready; this process will exit",
+        "stopped listening",
+        "draining",
+        "finished",
+    ):
         assert step in logText, step
     os.kill(final, signal.SIGQUIT)
     if SUBREAPER:
@@ -119,16 +124,24 @@ def test_hanging_child_is_killed_after_timeout(flip, tmp_path: Path) -> None:
     pid = server.serving()
     fault.write_text("hang")
     os.kill(pid, signal.SIGHUP)
-    wait_for(lambda: "started generation 2 as pid" in server.logText(), 10, what="spawn")
+    wait_for(
+        lambda: "started generation 2 as pid" in server.logText(), 10, what="spawn"
+    )
     child = int(server.logText().split("started generation 2 as pid ")[1].split()[0])
     server.track(child)
     # SIGHUP while the upgrade is in progress is refused, no second child.
     os.kill(pid, signal.SIGHUP)
-    wait_for(lambda: "upgrade refused: upgrade in progress" in server.logText(), 10,
-             what="refusal")
+    wait_for(
+        lambda: "upgrade refused: upgrade in progress" in server.logText(),
+        10,
+        what="refusal",
+    )
     assert server.logText().count("started generation") == 1
-    wait_for(lambda: "not ready within 1.5 s; killed it" in server.logText(), 10,
-             what="the timeout")
+    wait_for(
+        lambda: "not ready within 1.5 s; killed it" in server.logText(),
+        10,
+        what="the timeout",
+    )
     wait_for(lambda: not pid_alive(child), 10, what="the child to die")
     assert server.serving() == pid
     assert echo(server.port) == b"hello\n"

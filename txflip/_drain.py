@@ -21,8 +21,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from zope.interface import Attribute, Interface, directlyProvides, providedBy
-
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IAddress,
@@ -32,9 +30,10 @@ from twisted.internet.interfaces import (
     IReactorTime,
     ITransport,
 )
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import Attribute, Interface, directlyProvides, providedBy
 
 DEFAULT_IDLE_GRACE = 1.0
 DEFAULT_DRAIN_TIMEOUT = 30.0
@@ -96,9 +95,7 @@ class _Tracked(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.wrapped.dataReceived(data)
 
-    def connectionLost(
-        self, reason: Failure = Protocol.connectionLost.__defaults__[0]
-    ) -> None:  # type: ignore[index]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = 0
         try:
             self.wrapped.connectionLost(reason)

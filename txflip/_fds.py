@@ -26,8 +26,7 @@ import os
 import socket
 import stat
 from dataclasses import dataclass, field
-
-from zope.interface import implementer
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
@@ -41,6 +40,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from ._addresses import ListenSpec
 from ._errors import ListenError
@@ -175,7 +175,7 @@ class UnixAcceptor:
                 return
             try:
                 adopt.adoptStreamConnection(
-                    conn.fileno(), socket.AF_UNIX, self._factory
+                    conn.fileno(), socket.AF_UNIX, cast(Any, self._factory)
                 )
             finally:
                 conn.close()
@@ -221,7 +221,7 @@ class Listener:
             self.port = acceptor
         else:
             self.port = reactor.adoptStreamPort(
-                self.sock.fileno(), self.spec.family, factory
+                self.sock.fileno(), self.spec.family, cast(Any, factory)
             )
         return self.port
 
@@ -234,7 +234,7 @@ class Listener:
         if self.spec.kind == "unix":
             raise ListenError(f"cannot serve {self.spec}: not a datagram listener")
         self.port = reactor.adoptDatagramPort(
-            self.sock.fileno(), self.spec.family, protocol
+            self.sock.fileno(), self.spec.family, protocol, maxPacketSize=65535
         )
         return self.port
 

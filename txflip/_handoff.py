@@ -29,10 +29,9 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from zope.interface import implementer
-
 from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from ._addresses import KINDS, ListenSpec
 from ._errors import HandoffError

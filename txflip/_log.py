@@ -86,8 +86,9 @@ def twistdObserverFactory(
 
     def factory() -> Any:
         if syslog:
-            from twisted.python import syslog as txsyslog
             import syslog as stdsyslog
+
+            from twisted.python import syslog as txsyslog
 
             return txsyslog.SyslogObserver(prefix, options=stdsyslog.LOG_PID).emit
         if logfile == "-" or (nodaemon and not logfile):

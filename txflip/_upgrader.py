@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from automat import TypeMachineBuilder, pep614
-
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -163,7 +162,7 @@ def _makeMachine() -> Any:
                 s.listeners.handoffTable(),
                 s.upgradeTimeout,
             )
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any reason to fail is reported
             c._childFailed(
                 Failure(ChildFailed(f"cannot start the next generation: {e}"))
             )

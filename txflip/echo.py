@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from zope.interface import implementer
-
 from twisted.application.service import IService
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.python import usage
+from zope.interface import implementer
 
 from ._addresses import parseListen
 from ._drain import IDrainable
@@ -25,10 +25,14 @@ DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 MAX_LINE = 1 << 20
 
 
-@implementer(IDrainable)
+@implementer(IDrainable, IHalfCloseableProtocol)
 class Echo(Protocol):
     """
     Writes back every complete line, as received (delimiter C{\\n}).
+
+    Half-close aware: a client that sends its line and then shuts down its sending
+    side (C{nc -N}, C{nc -q 1}) still gets the echo, including a last line without a
+    newline; then we close.
     """
 
     draining = False
@@ -46,6 +50,15 @@ class Echo(Protocol):
         elif self.draining and end and not self._pending:
             # At a boundary, right after a reply: close with it.
             self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def readConnectionLost(self) -> None:
+        if self._pending:
+            self.transport.write(self._pending)  # type: ignore[union-attr]
+            self._pending = b""
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def writeConnectionLost(self) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
 
     def startDraining(self) -> None:
         self.draining = True
