@@ -208,6 +208,10 @@ def decode(value: str) -> Handoff:
         parsed.append((fd, spec, requested))
     _checkPipe(readyFD, "ready")
     _checkPipe(parentFD, "parent")
+    # spawnProcess placed these fds without close-on-exec; nothing we start later
+    # (the application's own subprocesses) may inherit them.
+    for fd in (readyFD, parentFD, *(fd for fd, _, _ in parsed)):
+        os.set_inheritable(fd, False)
     listeners: list[InheritedListener] = []
     try:
         for fd, spec, requested in parsed:
