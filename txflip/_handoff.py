@@ -154,6 +154,7 @@ def _adoptSocket(fd: int, spec: ListenSpec) -> socket.socket:
         sock.detach()
         raise
     sock.setblocking(False)
+    sock.set_inheritable(False)
     return sock
 
 
@@ -208,10 +209,10 @@ def decode(value: str) -> Handoff:
         parsed.append((fd, spec, requested))
     _checkPipe(readyFD, "ready")
     _checkPipe(parentFD, "parent")
-    # spawnProcess placed these fds without close-on-exec; nothing we start later
+    # spawnProcess placed our fds without close-on-exec; nothing we start later
     # (the application's own subprocesses) may inherit them.
-    for fd in (readyFD, parentFD, *(fd for fd, _, _ in parsed)):
-        os.set_inheritable(fd, False)
+    os.set_inheritable(readyFD, False)
+    os.set_inheritable(parentFD, False)
     listeners: list[InheritedListener] = []
     try:
         for fd, spec, requested in parsed:
