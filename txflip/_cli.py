@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 #: Subcommand modules, in the order C{--help} lists them.
-SUBCOMMANDS = ("txflip._check",)
+SUBCOMMANDS = ("txflip._controlcli", "txflip._check")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -33,7 +33,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Attribute, Interface, directlyProvides, providedBy
+from zope.interface import Interface, directlyProvides, providedBy
 
 DEFAULT_IDLE_GRACE = 1.0
 DEFAULT_DRAIN_TIMEOUT = 30.0
@@ -48,8 +48,6 @@ class IDrainable(Interface):
     L{closeIfIdle} once when the idle grace is over.  The protocol closes the
     connection itself, with C{transport.loseConnection()}.
     """
-
-    draining = Attribute("True once startDraining has been called (optional).")
 
     def startDraining() -> None:
         """

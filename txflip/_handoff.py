@@ -43,6 +43,8 @@ READY_FD = 3
 PARENT_FD = 4
 FIRST_LISTENER_FD = 5
 READY_MESSAGE = b"ready\n"
+ERROR_PREFIX = b"error "
+MAX_ERROR = 1024
 
 
 @dataclass(frozen=True)
@@ -231,9 +233,11 @@ def fromEnvironment(environ: MutableMapping[str, str]) -> Handoff | None:
 
     @return: L{None} for a first generation.
     """
+    global _isChild
     value = environ.pop(MARKER, None)
     if value is None:
         return None
+    _isChild = True
     return decode(value)
 
 
@@ -248,6 +252,27 @@ def tellParentReady(handoff: Handoff) -> None:
         pass
     finally:
         os.close(handoff.readyFD)
+
+
+def tellParentError(message: str) -> None:
+    """
+    A child that cannot start says why on the ready pipe before exiting, so that its
+    parent reports the reason, not only an exit status.  Does nothing in a first
+    generation (or when fd 3 is not our pipe).
+    """
+    if not (_isChild or MARKER in os.environ):
+        return
+    data = ERROR_PREFIX + message.encode("utf-8", "replace")[:MAX_ERROR] + b"\n"
+    try:
+        if stat.S_ISFIFO(os.fstat(READY_FD).st_mode):
+            os.write(READY_FD, data)
+    except OSError:
+        pass
+
+
+#: Whether this process was started by a parent generation (set on reading the
+#: marker, which is then gone from the environment).
+_isChild = False
 
 
 @implementer(IReadDescriptor)

@@ -77,9 +77,14 @@ class _ChildProtocol(ProcessProtocol):
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD == _handoff.READY_FD:
             self._buffer += data
-            if _handoff.READY_MESSAGE in self._buffer:
-                self._attempt._childReady()
-            elif len(self._buffer) > 64:
+            while b"\n" in self._buffer:
+                line, self._buffer = self._buffer.split(b"\n", 1)
+                if line + b"\n" == _handoff.READY_MESSAGE:
+                    self._attempt._childReady()
+                elif line.startswith(_handoff.ERROR_PREFIX):
+                    error = line[len(_handoff.ERROR_PREFIX) :]
+                    self._attempt.childError = error.decode("utf-8", "replace")
+            if len(self._buffer) > _handoff.MAX_ERROR + 64:
                 self._attempt._fail(
                     ChildFailed(
                         f"child pid={self._attempt.pid} sent garbage on the ready pipe"
@@ -113,6 +118,8 @@ class SpawnAttempt:
         self._reactor = reactor
         self._failure: Exception | None = None
         self._ready = False
+        #: The reason the child gave for failing to start, if it gave one.
+        self.childError: str | None = None
         env = dict(environ)
         env[_handoff.MARKER] = _handoff.encode(
             generation, [(bound, requested) for bound, _, requested in listeners]
@@ -175,7 +182,10 @@ class SpawnAttempt:
         if self._ready:
             return
         if self._failure is None:
-            self._failure = ChildFailed(describeExit(self.pid, reason))
+            message = describeExit(self.pid, reason)
+            if self.childError:
+                message = f"{message}: {self.childError}"
+            self._failure = ChildFailed(message)
         self.result.errback(Failure(self._failure))
 
     def _cancelTimeout(self) -> None:

@@ -292,7 +292,13 @@ class Upgrader:
         handoff = _handoff.fromEnvironment(environ)
         self.hasParent = handoff is not None
         self.generation = handoff.generation if handoff is not None else 1
-        self.listeners = Listeners(handoff.listeners if handoff else None)
+        if handoff is not None:
+            self.listeners = Listeners(handoff.listeners)
+        else:
+            # A first generation may have been given sockets by systemd.
+            from .systemd import listenFDs
+
+            self.listeners = Listeners(listenFDs(environ))
         self._parentWaiters: list[Deferred[None]] | None = []
         pid = PidFile(pidFile) if pidFile else None
         if pid is not None:

@@ -19,7 +19,7 @@ from zope.interface import implementer
 from ._addresses import parseListen
 from ._drain import IDrainable
 from ._errors import ListenError
-from .twistd import UpgradeOptions, makeUpgradeService
+from .twistd import UpgradeOptions, failStartup, makeUpgradeService
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 MAX_LINE = 1 << 20
@@ -118,5 +118,5 @@ def makeService(options: Options) -> IService:
                 service.listen(description, factory)
     except ListenError as e:
         service.upgrader.listeners.close(unlink=False)
-        raise SystemExit(f"txflip: {e}") from None
+        failStartup(str(e))
     return service

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 from twisted.application.service import Service
@@ -19,6 +20,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from . import _handoff
 from ._addresses import ListenSpec
 from ._drain import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE, ConnectionTracker
 from ._errors import (
@@ -30,6 +32,7 @@ from ._errors import (
 )
 from ._fds import Listener
 from ._upgrader import Upgrader
+from .systemd import Notifier
 
 
 class UpgradeService(Service):
@@ -54,6 +57,7 @@ class UpgradeService(Service):
         idleGrace: float = DEFAULT_IDLE_GRACE,
         reactor: Any = None,
         installSignalHandlers: bool = True,
+        notifier: Notifier | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as globalReactor
@@ -65,10 +69,33 @@ class UpgradeService(Service):
         self._reactor = reactor
         self._installSignals = installSignalHandlers
         self._streams: list[tuple[Listener, ConnectionTracker]] = []
+        self._controls: list[tuple[Listener, ConnectionTracker]] = []
         self._datagrams: list[tuple[Listener, DatagramProtocol]] = []
         self._adopted = False
         self._stopping: Deferred[None] | None = None
         self._failed = False
+        self.notifier = notifier if notifier is not None else Notifier.fromEnvironment()
+        self.startedAt = time.time()
+        self.isReady = False
+        #: C{(when, outcome)} of the last upgrade this generation attempted.
+        self.lastUpgrade: tuple[float, str] | None = None
+
+    def status(self) -> dict[str, object]:
+        """
+        What C{txflip status} shows.
+        """
+        last = None
+        if self.lastUpgrade is not None:
+            last = {"at": self.lastUpgrade[0], "result": self.lastUpgrade[1]}
+        return {
+            "pid": os.getpid(),
+            "generation": self.upgrader.generation,
+            "ready": self.isReady,
+            "uptime": round(time.time() - self.startedAt, 3),
+            "connections": self.connections,
+            "listeners": [str(listener.spec) for listener in self.upgrader.listeners],
+            "lastUpgrade": last,
+        }
 
     @property
     def connections(self) -> int:
@@ -88,6 +115,21 @@ class UpgradeService(Service):
         listener = self.upgrader.listen(description)
         tracker = ConnectionTracker(factory, self._reactor)
         self._streams.append((listener, tracker))
+        if self._adopted:
+            listener.adoptStream(self._reactor, tracker)
+        return listener
+
+    def listenControl(self, path: str) -> Listener:
+        """
+        Open the control socket at C{path} (mode 0600) for C{txflip upgrade} and
+        C{txflip status}.
+        """
+        from ._control import ControlFactory
+
+        spec = ListenSpec("unix", path=os.path.abspath(path), mode=0o600)
+        listener = self.upgrader.listen(spec)
+        tracker = ConnectionTracker(ControlFactory(self), self._reactor)
+        self._controls.append((listener, tracker))
         if self._adopted:
             listener.adoptStream(self._reactor, tracker)
         return listener
@@ -125,7 +167,7 @@ class UpgradeService(Service):
         if self._adopted:
             return
         self._adopted = True
-        for listener, tracker in self._streams:
+        for listener, tracker in self._streams + self._controls:
             listener.adoptStream(self._reactor, tracker)
             self._logListening(listener)
         for listener, protocol in self._datagrams:
@@ -158,28 +200,50 @@ class UpgradeService(Service):
     def upgrade(self) -> Deferred[int]:
         """
         Upgrade now; fires with the new pid, or fails (logged) with the reason.
-        """
 
-        def refused(reason: Failure) -> Failure:
+        systemd hears C{RELOADING=1} now, and C{READY=1} from the new generation,
+        or from us again (with the reason) if the upgrade is refused or fails.
+        """
+        generation = self.upgrader.generation
+        self.notifier.reloading(f"upgrading: starting generation {generation + 1}")
+
+        def succeeded(pid: int) -> int:
+            self.lastUpgrade = (time.time(), f"succeeded: pid {pid} serves")
+            return pid
+
+        def failed(reason: Failure) -> Failure:
+            message = reason.getErrorMessage()
             if reason.check(NotReady, ParentAlive, UpgradeInProgress, Stopping):
-                self._log.warn(
-                    "txflip: upgrade refused: {reason}", reason=reason.getErrorMessage()
+                self._log.warn("txflip: upgrade refused: {reason}", reason=message)
+                message = f"refused: {message}"
+            else:
+                message = f"failed: {message}"
+                self.lastUpgrade = (time.time(), message)
+            if not reason.check(UpgradeInProgress, Stopping):
+                self.notifier.stillReady(
+                    f"upgrade {message}; serving (generation {generation})"
                 )
             return reason
 
-        return self.upgrader.upgrade().addErrback(refused)
+        return self.upgrader.upgrade().addCallbacks(succeeded, failed)
 
     def _ready(self) -> None:
         try:
             self.upgrader.ready()
         except TxflipError as e:
             self.fatal(str(e))
+            return
+        self.isReady = True
+        self.notifier.ready(
+            f"serving (generation {self.upgrader.generation}, pid {os.getpid()})"
+        )
 
     def fatal(self, message: str) -> None:
         """
         Log C{message}, stop gracefully, and exit with status 1.
         """
         self._log.critical("txflip: {message}", message=message)
+        _handoff.tellParentError(message)
         if not self._failed:
             self._failed = True
             self._reactor.addSystemEventTrigger("after", "shutdown", _exitFailed)
@@ -210,13 +274,15 @@ class UpgradeService(Service):
     async def _stop(self) -> None:
         await self.upgrader.stop()
         final = self.upgrader.successor is None
+        if final:
+            self.notifier.stopping(f"stopping: draining {self.connections} connections")
         await self.upgrader.listeners.stopListening()
         self.upgrader.listeners.close(unlink=final)
         self._log.info(
             "txflip: stopped listening ({why})",
             why="final stop" if final else f"pid {self.upgrader.successor} serves now",
         )
-        trackers = [tracker for _, tracker in self._streams]
+        trackers = [tracker for _, tracker in self._streams + self._controls]
         cut = 0
         for tracker in trackers:
             cut += await tracker.drain(self.idleGrace, self.drainTimeout)

@@ -19,7 +19,7 @@ C{self.parent} in C{postOptions}, which runs before twistd checks or writes anyt
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.python import usage
 
@@ -51,6 +51,13 @@ class UpgradeOptions(usage.Options):
     """
 
     optParameters: list[list[Any]] = [
+        [
+            "control",
+            None,
+            None,
+            "Path of a control socket (mode 0600) for `txflip upgrade` and"
+            " `txflip status`.",
+        ],
         [
             "upgrade-timeout",
             None,
@@ -98,6 +105,15 @@ class UpgradeOptions(usage.Options):
             )
 
 
+def failStartup(message: str) -> NoReturn:
+    """
+    Exit with C{message} on one line; a later generation also tells its parent,
+    whose failed upgrade then names the reason.
+    """
+    _handoff.tellParentError(message)
+    raise SystemExit(f"txflip: {message}")
+
+
 def makeUpgradeService(options: UpgradeOptions) -> UpgradeService:
     """
     The L{UpgradeService} configured by C{options}.
@@ -111,9 +127,16 @@ def makeUpgradeService(options: UpgradeOptions) -> UpgradeService:
             upgradeTimeout=options["upgrade-timeout"],
         )
     except TxflipError as e:
-        raise SystemExit(f"txflip: {e}") from None
-    return UpgradeService(
+        failStartup(str(e))
+    service = UpgradeService(
         upgrader,
         drainTimeout=options["drain-timeout"],
         idleGrace=options["idle-grace"],
     )
+    if options.get("control"):
+        try:
+            service.listenControl(options["control"])
+        except TxflipError as e:
+            upgrader.listeners.close(unlink=False)
+            failStartup(str(e))
+    return service

@@ -1,0 +1,172 @@
+"""
+End to end: systemd's notify protocol and socket activation, with a real
+NOTIFY_SOCKET datagram socket and a real socket passed at fd 3.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT, SUBREAPER, reap, twistdCommand
+from harness import pid_alive, read_pidfile, wait_for, wait_for_upgrade
+from test_flipecho import echo
+
+
+class NotifySocket:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.05)
+        self.messages: list[dict[str, str]] = []
+
+    def receive(self) -> list[dict[str, str]]:
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                return self.messages
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines())
+            self.messages.append(fields)
+
+    def waitFor(self, count: int, timeout: float = 30) -> list[dict[str, str]]:
+        wait_for(
+            lambda: len(self.receive()) >= count,
+            timeout,
+            what=f"{count} notifications (have {self.messages})",
+        )
+        return self.messages
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_notify_sequence_across_upgrades_and_a_failure(flip, tmp_path: Path) -> None:
+    notify = NotifySocket(tmp_path / "notify.sock")
+    fault = tmp_path / "fault"
+    try:
+        server = flip(
+            env={"NOTIFY_SOCKET": str(notify.path), "FLIPAPP_FAULT": str(fault)},
+            app=True,
+        )
+        pids = [server.serving()]
+        notify.waitFor(1)
+        for _ in range(2):
+            os.kill(pids[-1], signal.SIGHUP)
+            new, _, _ = wait_for_upgrade(server.pidfile, pids[-1], timeout=30)
+            server.track(new)
+            pids.append(new)
+        fault.write_text("exit")
+        os.kill(pids[-1], signal.SIGHUP)
+        messages = notify.waitFor(7)
+        os.kill(pids[-1], signal.SIGQUIT)
+        messages = notify.waitFor(8)
+    finally:
+        notify.close()
+    keys = [sorted(m) for m in messages]
+    ready, reloading = (
+        ["MAINPID", "READY", "STATUS"],
+        ["MONOTONIC_USEC", "RELOADING", "STATUS"],
+    )
+    assert keys == [
+        ready,
+        reloading,
+        ready,
+        reloading,
+        ready,
+        reloading,
+        ["READY", "STATUS"],
+        ["STATUS", "STOPPING"],
+    ], messages
+    assert [m["MAINPID"] for m in messages if "MAINPID" in m] == [str(p) for p in pids]
+    assert messages[0]["STATUS"] == f"serving (generation 1, pid {pids[0]})"
+    assert messages[1]["STATUS"] == "upgrading: starting generation 2"
+    assert "upgrade failed: child pid=" in messages[6]["STATUS"]
+    assert "exited with status 3" in messages[6]["STATUS"]
+    assert messages[6]["STATUS"].endswith("serving (generation 3)")
+    usec = [int(m["MONOTONIC_USEC"]) for m in messages if "MONOTONIC_USEC" in m]
+    assert usec == sorted(usec) and usec[0] > 0
+    assert messages[7]["STATUS"].startswith("stopping: draining")
+
+
+def test_abstract_notify_socket(flip, tmp_path: Path) -> None:
+    name = f"txflip-test-{os.getpid()}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind("\0" + name)
+    sock.settimeout(10)
+    try:
+        server = flip(env={"NOTIFY_SOCKET": "@" + name})
+        message = sock.recv(4096).decode()
+    finally:
+        sock.close()
+    assert f"MAINPID={server.serving()}\nREADY=1\n" in message
+
+
+def test_socket_activation(tmp_path: Path) -> None:
+    """
+    Start flipecho the way systemd does: LISTEN_* set, a listening socket at fd 3.
+    """
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    port = listening.getsockname()[1]
+    fd = listening.fileno()
+    # LISTEN_PID must be the pid of the exec'ed process: set it in the child
+    # between fork and exec, as systemd does.
+    launcher = (
+        "import os, sys\n"
+        f"os.dup2({fd}, 3)\n"
+        "os.environ['LISTEN_PID'] = str(os.getpid())\n"
+        "os.execv(sys.argv[1], sys.argv[1:])\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "LISTEN_FDS": "1",
+        "LISTEN_FDNAMES": "echo",
+    }
+    log = open(tmp_path / "server.log", "wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            launcher,
+            *twistdCommand(),
+            "-n",
+            "flipecho",
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+        ],
+        cwd=tmp_path,
+        env=env,
+        pass_fds=(fd,),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    listening.close()
+    pidfile = tmp_path / "twistd.pid"
+    pids = [proc.pid]
+    try:
+        wait_for(lambda: read_pidfile(pidfile) == proc.pid, 20, what="ready")
+        text = (tmp_path / "server.log").read_text()
+        assert f"listening on tcp:127.0.0.1:{port} (inherited)" in text
+        assert echo(port) == b"hello\n"
+        os.kill(proc.pid, signal.SIGHUP)
+        new, _, _ = wait_for_upgrade(pidfile, proc.pid, timeout=30)
+        pids.append(new)
+        assert echo(port) == b"hello\n"
+        os.kill(new, signal.SIGQUIT)
+        if SUBREAPER:
+            assert reap(new, 30) == 0
+        wait_for(lambda: not pid_alive(new), 30, what="exit")
+    finally:
+        for pid in pids:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(10)
+        log.close()

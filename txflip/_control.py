@@ -1,0 +1,135 @@
+"""
+The control socket: how C{txflip upgrade} and C{txflip status} talk to a running
+service, and learn whether an upgrade worked.
+
+The wire is one request line (C{upgrade} or C{status}) and one JSON reply line,
+after which the service closes the connection.  The socket is a Unix stream socket,
+mode 0600, handed over to each generation like any other listener; on Linux the
+peer's credentials are checked too (same uid, or root).  Whatever arrives that is
+not a request -- garbage, an oversized line, a client too slow to finish its line --
+gets an error reply or a close, and never affects the service.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+from typing import TYPE_CHECKING, Any
+
+from zope.interface import implementer
+
+from twisted.internet.interfaces import IAddress, IDelayedCall
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.python.failure import Failure
+
+from ._drain import IDrainable
+
+if TYPE_CHECKING:
+    from .service import UpgradeService
+
+MAX_REQUEST = 1024
+REQUEST_TIMEOUT = 5.0
+COMMANDS = ("upgrade", "status")
+
+
+def peerUID(transport: Any) -> int | None:
+    """
+    The uid of the process at the other end of a Unix socket, where the platform
+    tells (Linux); L{None} elsewhere.
+    """
+    option = getattr(socket, "SO_PEERCRED", None)
+    handle = getattr(transport, "getHandle", lambda: None)()
+    if option is None or handle is None:
+        return None
+    try:
+        credentials = handle.getsockopt(
+            socket.SOL_SOCKET, option, struct.calcsize("3i")
+        )
+    except OSError:
+        return None
+    _pid, uid, _gid = struct.unpack("3i", credentials)
+    return int(uid)
+
+
+@implementer(IDrainable)
+class ControlProtocol(Protocol):
+    def __init__(self, service: UpgradeService) -> None:
+        self._service = service
+        self._buffer = b""
+        self._busy = False
+        self._timeout: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        uid = peerUID(self.transport)
+        if uid is not None and uid not in (0, os.getuid()):
+            self._reply({"ok": False, "error": "permission denied"})
+            return
+        clock = self._service._reactor
+        self._timeout = clock.callLater(REQUEST_TIMEOUT, self._tooSlow)
+
+    def _tooSlow(self) -> None:
+        self._timeout = None
+        self._reply({"ok": False, "error": "request timed out"})
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._busy:
+            return
+        self._buffer += data
+        line, newline, _ = self._buffer.partition(b"\n")
+        if not newline:
+            if len(self._buffer) > MAX_REQUEST:
+                self._reply({"ok": False, "error": "request too long"})
+            return
+        self._busy = True
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = None
+        command = line.strip().decode("ascii", "replace")
+        if command == "status":
+            self._reply({"ok": True, **self._service.status()})
+        elif command == "upgrade":
+            self._service.upgrade().addCallbacks(
+                lambda pid: self._reply({"ok": True, "pid": pid}),
+                lambda reason: self._reply(
+                    {"ok": False, "error": reason.getErrorMessage()}
+                ),
+            )
+        else:
+            self._reply(
+                {
+                    "ok": False,
+                    "error": f"unknown command (expected one of: {', '.join(COMMANDS)})",
+                }
+            )
+
+    def _reply(self, message: dict[str, Any]) -> None:
+        if self.transport is None or not self.connected:
+            return
+        self._busy = True
+        self.transport.write(json.dumps(message).encode() + b"\n")
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.connected = False
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = None
+
+    def startDraining(self) -> None:
+        """
+        We always close with the reply; nothing more to do.
+        """
+
+    def closeIfIdle(self) -> None:
+        if not self._busy and self.transport is not None:
+            self.transport.loseConnection()
+
+
+class ControlFactory(Factory):
+    def __init__(self, service: UpgradeService) -> None:
+        self._service = service
+
+    def buildProtocol(self, addr: IAddress | None) -> ControlProtocol:
+        return ControlProtocol(self._service)
