@@ -80,7 +80,8 @@ class ControlProtocol(Protocol):
         line, newline, _ = self._buffer.partition(b"\n")
         if not newline:
             if len(self._buffer) > MAX_REQUEST:
-                self._reply({"ok": False, "error": "request too long"})
+                self._buffer = b""
+                self._reply({"ok": False, "error": "request too long"}, unread=True)
             return
         self._busy = True
         if self._timeout is not None and self._timeout.active():
@@ -104,12 +105,23 @@ class ControlProtocol(Protocol):
                 }
             )
 
-    def _reply(self, message: dict[str, Any]) -> None:
+    def _reply(self, message: dict[str, Any], unread: bool = False) -> None:
+        """
+        Write C{message} and close.  With C{unread} (the client may still be
+        sending), close only our sending side and discard what still arrives: closing
+        a socket with unread input resets it, and the client would lose the reply.
+        """
         if self.transport is None or not self.connected:
             return
         self._busy = True
         self.transport.write(json.dumps(message).encode() + b"\n")
-        self.transport.loseConnection()
+        if unread:
+            transport: Any = self.transport
+            transport.loseWriteConnection()
+            clock = self._service._reactor
+            self._timeout = clock.callLater(REQUEST_TIMEOUT, transport.abortConnection)
+        else:
+            self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = False

@@ -1,0 +1,136 @@
+"""
+End to end: `txflip upgrade` and `txflip status` against a running flipecho, through
+its control socket or its pid file; bad input on the control socket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import ROOT
+from harness import pid_alive, wait_for
+from test_flipecho import echo
+
+
+def txflip(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "txflip", *args],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_upgrade_and_status_through_control_socket(flip, tmp_path: Path) -> None:
+    control = tmp_path / "control.sock"
+    fault = tmp_path / "fault"
+    server = flip(
+        "--control", str(control), env={"FLIPAPP_FAULT": str(fault)}, app=True
+    )
+    assert stat.S_IMODE(control.stat().st_mode) == 0o600
+    first = server.serving()
+
+    status = txflip("status", "--control", str(control), "--json")
+    assert status.returncode == 0, status
+    state = json.loads(status.stdout)
+    assert state["pid"] == first and state["generation"] == 1 and state["ready"]
+    assert state["lastUpgrade"] is None
+
+    done = txflip("upgrade", "--control", str(control))
+    assert done.returncode == 0, done
+    second = int(done.stdout)
+    server.track(second)
+    # The command returns once the new generation serves: the pid file says so.
+    assert server.serving() == second
+    assert echo(server.port) == b"hello\n"
+
+    # Right away: the previous generation may still be draining.
+    wait_for(lambda: not pid_alive(first), 30, what="the old generation to exit")
+    fault.write_text("exit")
+    failed = txflip("upgrade", "--control", str(control))
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("txflip upgrade: upgrade failed: child pid=")
+    assert "exited with status 3" in failed.stderr
+    assert len(failed.stderr.splitlines()) == 1
+    assert server.serving() == second
+
+    human = txflip("status", "--control", str(control))
+    assert human.returncode == 0, human
+    assert f"pid          {second}" in human.stdout
+    assert "generation   2" in human.stdout
+    assert "last upgrade failed: child pid=" in human.stdout
+
+    server.signal(signal.SIGQUIT)
+    wait_for(lambda: not control.exists(), 30, what="the control socket to go")
+
+
+def test_upgrade_with_pid_file(flip, tmp_path: Path) -> None:
+    server = flip()
+    old = server.serving()
+    done = txflip("upgrade", "--pid-file", str(server.pidfile))
+    assert done.returncode == 0, done
+    new = int(done.stdout)
+    server.track(new)
+    assert new != old and server.serving() == new
+
+
+def test_upgrade_errors_are_one_line(tmp_path: Path) -> None:
+    missing = txflip("upgrade", "--control", str(tmp_path / "nope.sock"))
+    assert missing.returncode == 1
+    assert missing.stderr.startswith("txflip upgrade: cannot reach the control socket")
+    (tmp_path / "bad.pid").write_text("garbage")
+    bad = txflip("upgrade", "--pid-file", str(tmp_path / "bad.pid"))
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == f"txflip upgrade: no pid in {tmp_path / 'bad.pid'}"
+
+
+def test_upgrade_timeout_with_pid_file(flip, tmp_path: Path) -> None:
+    fault = tmp_path / "fault"
+    server = flip(
+        "--upgrade-timeout", "30", env={"FLIPAPP_FAULT": str(fault)}, app=True
+    )
+    fault.write_text("hang")
+    result = txflip("upgrade", "--pid-file", str(server.pidfile), "--timeout", "1")
+    assert result.returncode == 1
+    assert "timed out after 1 s" in result.stderr
+    # Clean up the hanging child now rather than after 30 s.
+    server.signal(signal.SIGQUIT)
+
+
+def test_garbage_on_control_socket(flip, tmp_path: Path) -> None:
+    control = tmp_path / "control.sock"
+    server = flip("--control", str(control), "--idle-grace", "0.2")
+    pid = server.serving()
+
+    def exchange(payload: bytes, shutdown: bool = False) -> bytes:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(str(control))
+            s.sendall(payload)
+            if shutdown:
+                s.shutdown(socket.SHUT_WR)
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+            return data
+
+    assert b"unknown command" in exchange(b"\x00\xff garbage\n")
+    assert b"request too long" in exchange(b"x" * 100_000)
+    assert exchange(b"", shutdown=True) in (b"",)
+    # A client that sends half a line and waits is answered with a timeout.
+    start = time.monotonic()
+    assert b"request timed out" in exchange(b"stat")
+    assert time.monotonic() - start < 8
+    # The service is unaffected.
+    assert server.serving() == pid
+    assert echo(server.port) == b"hello\n"
+    assert json.loads(exchange(b"status\n"))["pid"] == pid
