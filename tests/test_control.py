@@ -134,3 +134,24 @@ def test_garbage_on_control_socket(flip, tmp_path: Path) -> None:
     assert server.serving() == pid
     assert echo(server.port) == b"hello\n"
     assert json.loads(exchange(b"status\n"))["pid"] == pid
+
+
+def test_concurrent_upgrade_requests_share_one_upgrade(flip, tmp_path: Path) -> None:
+    """
+    A second `txflip upgrade` while one runs waits for the same outcome instead of
+    failing with "upgrade in progress" (systemd may reload while an operator does).
+    """
+    control = tmp_path / "control.sock"
+    server = flip("--control", str(control))
+    command = [sys.executable, "-m", "txflip", "upgrade", "--control", str(control)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    wait_for(lambda: "started generation 2" in server.logText(), 20, what="spawn")
+    second = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=60
+    )
+    out, _ = first.communicate(timeout=60)
+    assert first.returncode == 0 and second.returncode == 0
+    assert int(out) == int(out2) == server.serving()
+    server.track(int(out))
+    assert server.logText().count("started generation") == 1

@@ -91,7 +91,7 @@ class ControlProtocol(Protocol):
         if command == "status":
             self._reply({"ok": True, **self._service.status()})
         elif command == "upgrade":
-            self._service.upgrade().addCallbacks(
+            self._service.upgrade(join=True).addCallbacks(
                 lambda pid: self._reply({"ok": True, "pid": pid}),
                 lambda reason: self._reply(
                     {"ok": False, "error": reason.getErrorMessage()}

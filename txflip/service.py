@@ -79,6 +79,8 @@ class UpgradeService(Service):
         self.isReady = False
         #: C{(when, outcome)} of the last upgrade this generation attempted.
         self.lastUpgrade: tuple[float, str] | None = None
+        #: While an upgrade runs: who else waits for its outcome.
+        self._joiners: list[Deferred[int]] | None = None
 
     def status(self) -> dict[str, object]:
         """
@@ -197,13 +199,21 @@ class UpgradeService(Service):
         self._log.info("txflip: SIGQUIT: stopping gracefully")
         self._stopReactor()
 
-    def upgrade(self) -> Deferred[int]:
+    def upgrade(self, join: bool = False) -> Deferred[int]:
         """
         Upgrade now; fires with the new pid, or fails (logged) with the reason.
 
         systemd hears C{RELOADING=1} now, and C{READY=1} from the new generation,
         or from us again (with the reason) if the upgrade is refused or fails.
+
+        @param join: if an upgrade is already in progress, wait for its outcome
+            instead of being refused (what C{txflip upgrade} wants).
         """
+        if join and self._joiners is not None:
+            self._log.info("txflip: upgrade requested: joins the upgrade in progress")
+            joined: Deferred[int] = Deferred()
+            self._joiners.append(joined)
+            return joined
         generation = self.upgrader.generation
         self.notifier.reloading(f"upgrading: starting generation {generation + 1}")
 
@@ -225,7 +235,18 @@ class UpgradeService(Service):
                 )
             return reason
 
-        return self.upgrader.upgrade().addCallbacks(succeeded, failed)
+        upgrading = self.upgrader.upgrade().addCallbacks(succeeded, failed)
+        if not upgrading.called:
+            self._joiners = []
+
+            def finished(result: Any) -> Any:
+                joiners, self._joiners = self._joiners or [], None
+                for joiner in joiners:
+                    joiner.callback(result)
+                return result
+
+            upgrading.addBoth(finished)
+        return upgrading
 
     def _ready(self) -> None:
         try:
