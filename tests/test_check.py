@@ -1,0 +1,265 @@
+"""
+C{txflip check}, end to end: real servers, real signals, the real command.
+
+It must see downtime where there is some (a naive server that restarts on SIGHUP)
+and none where there is none (flipecho), report a missed upgrade, and refuse bad
+input with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socketserver
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT
+from harness import ServerProcess, free_port, pid_alive, read_pidfile, wait_for
+
+from txflip import _check
+from txflip._cli import main
+
+HOST = "127.0.0.1"
+
+
+def check(*args: str, timeout: float = 60) -> tuple[int, dict[str, Any], str]:
+    """
+    Run C{python -m txflip check ... --json}; its status, JSON report and stderr.
+    """
+    done = subprocess.run(
+        [sys.executable, "-m", "txflip", "check", *args, "--json"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.stdout, done.stderr
+    return done.returncode, json.loads(done.stdout), done.stderr
+
+
+def test_flipecho_upgrades_without_errors(flip) -> None:
+    server = flip()
+    status, report, stderr = check(
+        "--port", str(server.port), "--pid-file", str(server.pidfile),
+        "--short-clients", "4", "--long-clients", "2",
+        "--duration", "3", "--upgrades", "2", "--upgrade-timeout", "20",
+    )  # fmt: skip
+    server.track(server.serving())
+    assert status == 0, (report, stderr)
+    assert report["ok"]
+    assert report["short"]["errors"] == 0, report["short"]
+    assert report["total"]["errors"] == 0, report["total"]
+    assert report["total"]["lost_lines"] == 0
+    assert report["short"]["connections"] > 100
+    assert report["long"]["lines"] > 100
+    assert report["upgrades_completed"] == 2
+    pids = [u["old_pid"] for u in report["upgrades"]] + [server.serving()]
+    assert len(set(pids)) == 3
+    for upgrade in report["upgrades"]:
+        assert 0 < upgrade["to_new_s"] <= upgrade["to_old_gone_s"] < 20
+    assert report["upgrade_latency_s"]["sighup_to_new_pid"]["p50"] > 0
+    assert report["total"]["connect_latency_s"]["p99"] > 0
+    assert report["throughput"]["lines_per_s"] > 0
+
+
+@pytest.fixture
+def naive(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """
+    tests/naive_server.py: restarts its server when SIGHUP kills it.
+    """
+    port, pidfile = free_port(), tmp_path / "naive.pid"
+    script = ROOT / "tests" / "naive_server.py"
+    argv = [sys.executable, script, str(port), pidfile]
+    with ServerProcess(argv, tmp_path / "naive.log") as wrapper:
+        wait_for(
+            lambda: read_pidfile(pidfile),
+            10,
+            what=f"the naive server ({wrapper.log_text()})",
+        )
+        yield port, pidfile
+        wrapper.send(signal.SIGTERM)
+
+
+def test_naive_restart_is_caught(naive: tuple[int, Path]) -> None:
+    port, pidfile = naive
+    status, report, _ = check(
+        "--port", str(port), "--pid-file", str(pidfile),
+        "--short-clients", "4", "--long-clients", "2",
+        "--duration", "2", "--upgrades", "2", "--upgrade-timeout", "10",
+    )  # fmt: skip
+    assert status == 1
+    assert not report["ok"]
+    # Every restart is seen as a completed upgrade, and as errors.
+    assert report["upgrades_completed"] == 2, report["failures"]
+    short = report["short"]["errors_by_kind"]
+    assert short["refused"] + short["reset"] > 0, report["short"]
+    assert report["total"]["errors"] >= report["total"]["lost_lines"]
+    assert report["failures"] == []
+
+
+def test_max_errors_tolerates(naive: tuple[int, Path]) -> None:
+    port, pidfile = naive
+    status, report, _ = check(
+        "--port", str(port), "--pid-file", str(pidfile), "--short-clients", "2",
+        "--long-clients", "0", "--duration", "1", "--upgrades", "1",
+        "--max-errors", "1000000",
+    )  # fmt: skip
+    assert report["total"]["errors"] > 0
+    assert status == 0 and report["ok"]
+
+
+class _Echo(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        for line in self.rfile:
+            self.wfile.write(line)
+
+
+@pytest.fixture
+def echo_port() -> Iterator[int]:
+    """
+    A healthy in-process echo server (no upgrades).
+    """
+    server = socketserver.ThreadingTCPServer((HOST, 0), _Echo)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def test_missed_upgrade_is_reported(
+    echo_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """
+    A process that ignores SIGHUP: the upgrade times out and the check fails,
+    in the table, with the reason.  No pid file: C{--pid}.
+    """
+    code = "import signal, time; signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+    code += "print('ready', flush=True); time.sleep(30)"
+    deaf = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert deaf.stdout is not None and deaf.stdout.readline() == "ready\n"
+        status = main(
+            ["check", "--port", str(echo_port), "--pid", str(deaf.pid),
+             "--short-clients", "1", "--long-clients", "1", "--duration", "0.5",
+             "--upgrades", "1", "--upgrade-timeout", "0.5"]
+        )  # fmt: skip
+    finally:
+        deaf.kill()
+        deaf.wait()
+    out = capsys.readouterr().out
+    assert status == 1
+    assert (
+        f"upgrade 1: no new pid and pid {deaf.pid} still running 0.5 s after SIGHUP"
+        in out
+    )
+    assert "FAILED: 0 errors (max 0), 0 lost lines, 0/1 upgrades completed" in out
+    assert "connect latency" in out and "lines echoed" in out
+
+
+def test_load_only_without_pid(
+    echo_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(
+        ["check", "--port", str(echo_port), "--upgrades", "0", "--duration", "0.3",
+         "--short-clients", "1", "--long-clients", "1", "--json"]
+    )  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert report["upgrades"] == [] and report["total"]["lines"] > 0
+
+
+def _deadPid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert not pid_alive(child.pid)
+    return child.pid
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--pid-file", "{tmp}/missing.pid"],
+            "cannot read pid file {tmp}/missing.pid: No such file or directory",
+        ),
+        (
+            ["--pid-file", "{tmp}/garbage.pid"],
+            "pid file {tmp}/garbage.pid does not hold a pid: b'garbage'",
+        ),
+        (["--pid", "{dead}"], "no process with pid {dead}"),
+        (
+            ["--upgrades", "0"],
+            "cannot connect to 127.0.0.1:{port}: connection refused",
+        ),
+        ([], "upgrades need the server's pid: give --pid-file or --pid"),
+        (
+            ["--pid", "{me}", "--short-clients", "0", "--long-clients", "0"],
+            "nothing to do: --short-clients and --long-clients are 0",
+        ),
+    ],
+)
+def test_bad_input_is_one_line(
+    args: list[str],
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "garbage.pid").write_text("garbage")
+    values = {
+        "tmp": str(tmp_path),
+        "dead": str(_deadPid()),
+        "me": str(os.getpid()),
+        "port": str(free_port()),
+    }
+    argv = ["check", "--port", values["port"], "--duration", "0.2"]
+    status = main(argv + [a.format(**values) for a in args])
+    captured = capsys.readouterr()
+    assert status == 2
+    assert captured.out == ""
+    assert captured.err == f"txflip check: {message.format(**values)}\n"
+
+
+def test_not_an_echo_server(capsys: pytest.CaptureFixture[str]) -> None:
+    class Upper(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(self.rfile.readline().upper())
+
+    with socketserver.TCPServer((HOST, 0), Upper) as server:
+        threading.Thread(target=server.handle_request, daemon=True).start()
+        port = server.server_address[1]
+        status = main(["check", "--port", str(port), "--upgrades", "0"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith(f"txflip check: 127.0.0.1:{port} does not echo lines")
+    assert err.count("\n") == 1
+
+
+def test_latencies_quantiles() -> None:
+    latencies = _check.Latencies()
+    assert latencies.quantile(0.5) is None
+    for ms in range(1, 101):
+        latencies.add(ms / 1000)
+    latencies.add(0)
+    assert latencies.count == 101 and latencies.max == 0.1
+    assert latencies.quantile(0.5) == pytest.approx(0.050, rel=0.02)
+    assert latencies.quantile(0.99) == pytest.approx(0.099, rel=0.02)
+    assert latencies.quantile(1.0) == 0.1
+    merged = latencies.merge(latencies)
+    assert merged.count == 202 and merged.quantile(0.5) == latencies.quantile(0.5)
+
+
+def test_upgrades_are_spaced_over_the_run() -> None:
+    assert _check.upgrade_times(10, 1) == [5]
+    assert _check.upgrade_times(8, 3) == [2, 4, 6]
+    assert _check.upgrade_times(8, 0) == []
