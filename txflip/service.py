@@ -154,12 +154,13 @@ class UpgradeService(Service):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        if self._installSignals:
-            self._installSignalHandlers()
+        self._installSignalHandlers()
         self._adopt()
 
     def startService(self) -> None:
         super().startService()
+        # Outside twistd, privilegedStartService may never have been called.
+        self._installSignalHandlers()
         self._adopt()
         self.upgrader.whenParentExited().addCallback(self._parentExited)
         self.upgrader.whenExit().addCallback(self._exit)
@@ -184,6 +185,10 @@ class UpgradeService(Service):
         )
 
     def _installSignalHandlers(self) -> None:
+        if not self._installSignals:
+            return
+        self._installSignals = False
+
         def later(handler: Any) -> Any:
             # A signal handler only hands over to the reactor.
             return lambda signum, frame: self._reactor.callFromThread(handler)
