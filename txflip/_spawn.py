@@ -23,6 +23,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall, IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import _handoff
@@ -49,9 +50,9 @@ class Command:
         return cls(sys.executable, args, cwd or os.getcwd())
 
 
-def describeExit(pid: int, reason: Failure) -> str:
+def _howItEnded(reason: Failure) -> str:
     """
-    C{child pid=N exited with status 3} / C{... was killed by SIGKILL}.
+    C{exited with status 3} / C{was killed by SIGKILL}.
     """
     value = reason.value
     signum = getattr(value, "signal", None)
@@ -61,8 +62,15 @@ def describeExit(pid: int, reason: Failure) -> str:
             name = signal.Signals(signum).name
         except ValueError:
             name = f"signal {signum}"
-        return f"child pid={pid} was killed by {name} before it was ready"
-    return f"child pid={pid} exited with status {status} before it was ready"
+        return f"was killed by {name}"
+    return f"exited with status {status}"
+
+
+def describeExit(pid: int, reason: Failure) -> str:
+    """
+    C{child pid=N exited with status 3} / C{... was killed by SIGKILL}.
+    """
+    return f"child pid={pid} {_howItEnded(reason)} before it was ready"
 
 
 class _ChildProtocol(ProcessProtocol):
@@ -103,7 +111,12 @@ class SpawnAttempt:
     L{ChildFailed}, L{UpgradeTimeout} or L{Stopping}.  A failure is only reported once
     the child is gone (reaped), so that a failed attempt never leaves a second
     process behind when the next one starts.
+
+    A child that ends after it was ready has taken over: nothing is undone, but if
+    we are still here (draining) we say so, since nobody serves once we exit.
     """
+
+    _log = Logger()
 
     def __init__(
         self,
@@ -180,6 +193,21 @@ class SpawnAttempt:
     def _childEnded(self, reason: Failure) -> None:
         self._cancelTimeout()
         if self._ready:
+            how = _howItEnded(reason)
+            if how == "exited with status 0":
+                self._log.info(
+                    "txflip: pid {pid}, which replaced this generation, {how}",
+                    pid=self.pid,
+                    how=how,
+                )
+            else:
+                self._log.critical(
+                    "txflip: pid {pid}, which replaced this generation, {how} after"
+                    " it was ready; nothing serves once this generation exits:"
+                    " restart the service",
+                    pid=self.pid,
+                    how=how,
+                )
             return
         if self._failure is None:
             message = describeExit(self.pid, reason)
