@@ -72,6 +72,9 @@ class Handoff:
     readyFD: int
     parentFD: int
     listeners: list[InheritedListener] = field(default_factory=list)
+    #: The parent's pid, when its table says (it may have exited before we could
+    #: ask C{getppid()}).
+    parentPID: int | None = None
 
 
 def encode(generation: int, listeners: list[tuple[ListenSpec, ListenSpec]]) -> str:
@@ -84,6 +87,7 @@ def encode(generation: int, listeners: list[tuple[ListenSpec, ListenSpec]]) -> s
         "generation": generation,
         "ready": READY_FD,
         "parent": PARENT_FD,
+        "parentPid": os.getpid(),
         "listeners": [
             {
                 "fd": FIRST_LISTENER_FD + index,
@@ -182,6 +186,11 @@ def decode(value: str) -> Handoff:
     readyFD = _field(table, "ready", int, "table")
     parentFD = _field(table, "parent", int, "table")
     entries = _field(table, "listeners", list, "table")
+    parentPID = (
+        _field(table, "parentPid", int, "table") if "parentPid" in table else None
+    )
+    if parentPID is not None and parentPID <= 0:
+        raise HandoffError("malformed handoff table: bad parentPid")
     seen = {readyFD, parentFD}
     if len(seen) != 2 or min(seen) < 3 or generation < 2:
         raise HandoffError("malformed handoff table: bad generation or pipe fds")
@@ -223,7 +232,7 @@ def decode(value: str) -> Handoff:
         for listener in listeners:
             listener.sock.detach()
         raise
-    return Handoff(generation, readyFD, parentFD, listeners)
+    return Handoff(generation, readyFD, parentFD, listeners, parentPID)
 
 
 def fromEnvironment(environ: MutableMapping[str, str]) -> Handoff | None:

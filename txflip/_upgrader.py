@@ -315,7 +315,9 @@ class Upgrader:
             self._log,
         )
         self._machine: _Generation = _Machine(self._core)
-        self._parentPID = os.getppid()
+        # The parent may be gone already (killed while we started): then getppid()
+        # names whoever adopted us, and only the table knows who the parent was.
+        self._parentPID = (handoff and handoff.parentPID) or os.getppid()
         if handoff is None:
             self._parentExited()
         else:
