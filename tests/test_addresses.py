@@ -263,21 +263,10 @@ def test_messageIsOneLineEvenWithNewlines() -> None:
 # --- bugs -------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: mode is parsed with int(value, 0), so the octal spelling that"
-    " Twisted's unix endpoint and flipecho's own --listen help use (mode=0666,"
-    " mode=660) is refused or misread",
-)
 @pytest.mark.parametrize("mode, expected", [("0666", 0o666), ("600", 0o600)])
 def test_modeIsOctalAsInTwisted(mode: str, expected: int) -> None:
     assert parseListen(f"unix:/x.sock:mode={mode}").mode == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an escaped '=' (backslash-equals) is unescaped by _split before the"
-    " name=value split, so a path containing '=' cannot be written",
-)
 def test_escapedEqualsInPath() -> None:
     assert parseListen(r"unix:/tmp/a\=b.sock").path == "/tmp/a=b.sock"

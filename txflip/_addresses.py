@@ -101,28 +101,34 @@ class ListenSpec:
         )
 
 
-def _split(description: str) -> list[str]:
+def _split(description: str) -> list[tuple[str | None, str]]:
     """
-    Split on colons not escaped with a backslash, as Twisted's endpoint parser does.
+    Split on colons not escaped with a backslash, as Twisted's endpoint parser
+    does, and each part on its first unescaped C{=}: C{(name, value)}, or
+    C{(None, value)} for a positional part.
     """
-    parts: list[str] = []
+    parts: list[tuple[str | None, str]] = []
+    name: str | None = None
     current: list[str] = []
     chars = iter(description)
     for ch in chars:
         if ch == "\\":
             current.append(next(chars, "\\"))
+        elif ch == "=" and name is None:
+            name, current = "".join(current), []
         elif ch == ":":
-            parts.append("".join(current))
-            current = []
+            parts.append((name, "".join(current)))
+            name, current = None, []
         else:
             current.append(ch)
-    parts.append("".join(current))
+    parts.append((name, "".join(current)))
     return parts
 
 
 def _int(description: str, name: str, value: str, low: int, high: int) -> int:
     try:
-        number = int(value, 0) if name == "mode" else int(value)
+        # Twisted reads a Unix socket's mode as octal (mode=0666).
+        number = int(value.removeprefix("0o"), 8) if name == "mode" else int(value)
     except ValueError:
         number = -1
     if not low <= number <= high:
@@ -142,7 +148,7 @@ def parseListen(description: str, cwd: str | None = None) -> ListenSpec:
         they name the same socket.
     @raise ListenError: with a one-line reason when the description is not usable.
     """
-    kind, *rest = _split(description.strip())
+    (_, kind), *rest = _split(description.strip())
     if kind not in _ALLOWED:
         raise ListenError(
             f"bad listen description {description!r}: unknown kind {kind!r}"
@@ -151,14 +157,13 @@ def parseListen(description: str, cwd: str | None = None) -> ListenSpec:
     positionalName, keywords = _ALLOWED[kind]
     args: dict[str, str] = {}
     positional = [positionalName]
-    for part in rest:
-        name, eq, value = part.partition("=")
-        if not eq:
+    for name, value in rest:
+        if name is None:
             if not positional:
                 raise ListenError(
-                    f"bad listen description {description!r}: unexpected {part!r}"
+                    f"bad listen description {description!r}: unexpected {value!r}"
                 )
-            name, value = positional.pop(), part
+            name = positional.pop()
         elif name == positionalName:
             positional = []
         elif name not in keywords:

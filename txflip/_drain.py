@@ -164,6 +164,8 @@ class ConnectionTracker(Factory):
         @return: fires once no connection is left, with the number that had to be
             aborted at the timeout.
         """
+        if self.draining and not self._live:
+            return succeed(self._cut)
         waiter: Deferred[int] = Deferred()
         self._drained.append(waiter)
         if self.draining:

@@ -73,10 +73,13 @@ def _clearStaleUnixPath(spec: ListenSpec) -> None:
             f"cannot listen on {spec}: the path exists and is not a socket"
         )
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.setblocking(False)  # a full accept queue must not hang us
     try:
         probe.connect(spec.path)
     except (ConnectionRefusedError, FileNotFoundError):
         os.unlink(spec.path)
+    except BlockingIOError:
+        raise ListenError(f"cannot listen on {spec}: address already in use") from None
     except OSError as e:
         raise _bindError(spec, e) from None
     else:
@@ -177,6 +180,8 @@ class UnixAcceptor:
                 adopt.adoptStreamConnection(
                     conn.fileno(), socket.AF_UNIX, cast(Any, self._factory)
                 )
+            except Exception:  # noqa: BLE001 - one bad connection must not stop us
+                _log.failure("txflip: cannot serve a connection on {spec}", spec=self)
             finally:
                 conn.close()
 

@@ -21,6 +21,7 @@ trust its table refuses to start, and its parent keeps serving.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import socket
@@ -44,6 +45,7 @@ PARENT_FD = 4
 FIRST_LISTENER_FD = 5
 READY_MESSAGE = b"ready\n"
 ERROR_PREFIX = b"error "
+MAX_FD = 2**31 - 1
 MAX_ERROR = 1024
 
 
@@ -152,9 +154,11 @@ def _adoptSocket(fd: int, spec: ListenSpec) -> socket.socket:
                 raise HandoffError(
                     f"inherited fd {fd} is bound to {name!r}, not {spec.path!r}"
                 )
-        elif actual.port != spec.port:
+        elif actual.port != spec.port or ipaddress.ip_address(
+            sock.getsockname()[0]
+        ) != ipaddress.ip_address(spec.host):
             raise HandoffError(
-                f"inherited fd {fd} is bound to port {actual.port}, not {spec}"
+                f"inherited fd {fd} is bound to {actual}, not {spec} as declared"
             )
     except BaseException:
         sock.detach()
@@ -172,7 +176,7 @@ def decode(value: str) -> Handoff:
     """
     try:
         table = json.loads(value)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise HandoffError(f"malformed handoff table: not JSON ({e})") from None
     if not isinstance(table, dict):
         raise HandoffError("malformed handoff table: not a JSON object")
@@ -192,7 +196,7 @@ def decode(value: str) -> Handoff:
     if parentPID is not None and parentPID <= 0:
         raise HandoffError("malformed handoff table: bad parentPid")
     seen = {readyFD, parentFD}
-    if len(seen) != 2 or min(seen) < 3 or generation < 2:
+    if len(seen) != 2 or not all(3 <= fd <= MAX_FD for fd in seen) or generation < 2:
         raise HandoffError("malformed handoff table: bad generation or pipe fds")
     parsed: list[tuple[int, ListenSpec, ListenSpec]] = []
     for index, entry in enumerate(entries):
@@ -200,7 +204,7 @@ def decode(value: str) -> Handoff:
         if not isinstance(entry, dict):
             raise HandoffError(f"malformed handoff table: {where} is not an object")
         fd = _field(entry, "fd", int, where)
-        if fd < 3 or fd in seen:
+        if not 3 <= fd <= MAX_FD or fd in seen:
             raise HandoffError(f"malformed handoff table: {where} has bad fd {fd}")
         seen.add(fd)
         kind = _field(entry, "kind", str, where)
@@ -210,12 +214,20 @@ def decode(value: str) -> Handoff:
         requestedPort = _field(entry, "requestedPort", int, where)
         if not (0 < port < 65536 or kind == "unix") or requestedPort not in (0, port):
             raise HandoffError(f"malformed handoff table: {where} has bad port")
-        spec = ListenSpec(
-            kind,
-            host=_field(entry, "host", str, where),
-            port=port,
-            path=_field(entry, "path", str, where),
-        )
+        host = _field(entry, "host", str, where)
+        path = _field(entry, "path", str, where)
+        if kind == "unix":
+            if not path.startswith("/") or not path.isprintable():
+                raise HandoffError(f"malformed handoff table: {where} has bad path")
+        else:
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                address = None
+            if address is None or address.version != (6 if "6" in kind else 4):
+                raise HandoffError(f"malformed handoff table: {where} has bad host")
+            host = address.compressed
+        spec = ListenSpec(kind, host=host, port=port, path=path)
         requested = dataclasses.replace(spec, port=requestedPort)
         parsed.append((fd, spec, requested))
     _checkPipe(readyFD, "ready")

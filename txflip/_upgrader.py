@@ -117,13 +117,7 @@ def _makeMachine() -> Any:
     @pep614(Starting.upon(_Generation.ready).to(WaitingForParent))
     @pep614(StartingAlone.upon(_Generation.ready).to(Ready))
     def becomeReady(c: _Generation, s: _Core) -> None:
-        closed = s.listeners.closeUnclaimed()
-        for spec in closed:
-            s.log.info(
-                "txflip: closed inherited {spec}: not configured any more", spec=spec
-            )
-        if s.pidFile is not None:
-            s.pidFile.write(os.getpid())
+        # Upgrader.ready() has written the pid file: what can fail is done.
         if s.handoff is not None:
             _handoff.tellParentReady(s.handoff)
         s.log.info(
@@ -300,6 +294,7 @@ class Upgrader:
 
             self.listeners = Listeners(listenFDs(environ))
         self._parentWaiters: list[Deferred[None]] | None = []
+        self._declaredReady = False
         pid = PidFile(pidFile) if pidFile else None
         if pid is not None:
             pid.check(allowed=(os.getppid(),) if handoff is not None else ())
@@ -375,8 +370,18 @@ class Upgrader:
         drains.
 
         @raise PidFileError: the pid file cannot be written (the parent is then not
-            told, so it keeps serving).
+            told, so it keeps serving, and this generation is still not ready).
         """
+        if not self._declaredReady and self._core.exitWaiters is not None:
+            # The steps that can fail come before the state changes.
+            for spec in self.listeners.closeUnclaimed():
+                self._log.info(
+                    "txflip: closed inherited {spec}: not configured any more",
+                    spec=spec,
+                )
+            if self._core.pidFile is not None:
+                self._core.pidFile.write(os.getpid())
+            self._declaredReady = True
         self._machine.ready()
 
     def upgrade(self) -> Deferred[int]:

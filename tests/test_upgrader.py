@@ -1,0 +1,662 @@
+"""
+Unit tests for txflip._upgrader.Upgrader: what is allowed when, with a fake
+reactor and a fake SpawnAttempt whose outcome the test decides.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+
+from txflip import _handoff, _upgrader
+from txflip._addresses import parseListen
+from txflip._errors import (
+    ChildFailed,
+    NotReady,
+    ParentAlive,
+    PidFileError,
+    Stopping,
+    UpgradeInProgress,
+)
+from txflip._fds import bindSocket
+from txflip._handoff import MARKER, ParentWatcher
+from txflip._spawn import Command
+from txflip._upgrader import Upgrader
+
+COMMAND = Command("/nonexistent/python", ("python", "-m", "app"), "/")
+
+
+class FakeAttempt:
+    """
+    Stands in for L{txflip._spawn.SpawnAttempt}: records how it was made; the
+    test fires C{result}.
+    """
+
+    made: list[FakeAttempt] = []
+    cancelSynchronously = True
+    failToStart: Exception | None = None
+
+    def __init__(
+        self,
+        reactor: Any,
+        command: Command,
+        environ: Any,
+        generation: int,
+        listeners: Any,
+        timeout: float,
+    ) -> None:
+        if self.failToStart is not None:
+            raise self.failToStart
+        self.reactor = reactor
+        self.command = command
+        self.environ = dict(environ)
+        self.generation = generation
+        self.listeners = list(listeners)
+        self.timeout = timeout
+        self.result: Deferred[int] = Deferred()
+        self.pid = 50000 + len(self.made)
+        self.cancelled = 0
+        self.made.append(self)
+
+    def cancel(self) -> Deferred[int]:
+        self.cancelled += 1
+        if self.cancelSynchronously and not self.result.called:
+            self.result.errback(Failure(Stopping()))
+        return self.result
+
+    def ready(self) -> None:
+        self.result.callback(self.pid)
+
+    def fail(self, error: Exception) -> None:
+        self.result.errback(Failure(error))
+
+
+@pytest.fixture
+def attempts(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[FakeAttempt]]:
+    made: list[FakeAttempt] = []
+    monkeypatch.setattr(FakeAttempt, "made", made)
+    monkeypatch.setattr(_upgrader, "SpawnAttempt", FakeAttempt)
+    yield made
+
+
+@pytest.fixture(autouse=True)
+def _notAChild(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Reading a handoff marks this process as a txflip child (module global): undo
+    that after each test, so that other tests' tellParentError() stays quiet.
+    """
+    monkeypatch.setattr(_handoff, "_isChild", False, raising=False)
+
+
+@pytest.fixture
+def reactor() -> MemoryReactorClock:
+    return MemoryReactorClock()
+
+
+def firstGeneration(reactor: MemoryReactorClock, **kwargs: Any) -> Upgrader:
+    return Upgrader(reactor, environ={}, command=COMMAND, **kwargs)
+
+
+def outcome(d: Deferred[Any]) -> Any:
+    """
+    The result of a fired Deferred (a Failure is returned, and consumed).
+    """
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, "Deferred has not fired"
+    return results[0]
+
+
+def failsWith(d: Deferred[Any], kind: type[Exception]) -> Exception:
+    result = outcome(d)
+    assert isinstance(result, Failure), result
+    assert isinstance(result.value, kind), result.value
+    message = str(result.value)
+    assert message and len(message.splitlines()) == 1
+    return result.value
+
+
+# --- first generation -------------------------------------------------------------
+
+
+def test_firstGeneration(reactor: MemoryReactorClock) -> None:
+    upgrader = firstGeneration(reactor)
+    assert upgrader.generation == 1
+    assert not upgrader.hasParent
+    assert upgrader.successor is None
+    assert upgrader.pidFile is None
+    assert outcome(upgrader.whenParentExited()) is None
+    assert not upgrader.whenExit().called
+
+
+def test_upgradeTimeoutMustBePositive(reactor: MemoryReactorClock) -> None:
+    with pytest.raises(ValueError):
+        firstGeneration(reactor, upgradeTimeout=0)
+
+
+def test_upgradeBeforeReady(
+    reactor: MemoryReactorClock, attempts: list[FakeAttempt]
+) -> None:
+    upgrader = firstGeneration(reactor)
+    error = failsWith(upgrader.upgrade(), NotReady)
+    assert str(error) == "process is not ready yet"
+    assert attempts == []
+
+
+def test_upgradeAfterReadySpawns(
+    reactor: MemoryReactorClock, attempts: list[FakeAttempt]
+) -> None:
+    environ: dict[str, str] = {"KEEP": "me"}
+    upgrader = Upgrader(reactor, environ=environ, command=COMMAND, upgradeTimeout=12.5)
+    listener = upgrader.listen("tcp:0:interface=127.0.0.1")
+    try:
+        upgrader.ready()
+        d = upgrader.upgrade()
+        assert not d.called
+        [attempt] = attempts
+        assert attempt.reactor is reactor
+        assert attempt.command == COMMAND
+        assert attempt.generation == 2
+        assert attempt.timeout == 12.5
+        assert attempt.environ == {"KEEP": "me"}
+        assert attempt.listeners == [(listener.spec, listener.sock, listener.requested)]
+    finally:
+        upgrader.listeners.close(unlink=True)
+
+
+def test_secondUpgradeWhileInProgress(
+    reactor: MemoryReactorClock, attempts: list[FakeAttempt]
+) -> None:
+    upgrader = firstGeneration(reactor)
+    upgrader.ready()
+    first = upgrader.upgrade()
+    error = failsWith(upgrader.upgrade(), UpgradeInProgress)
+    assert str(error) == "upgrade in progress"
+    assert len(attempts) == 1
+    assert not first.called
+
+
+def test_childFailsThenUpgradeAllowedAgain(
+    reactor: MemoryReactorClock, attempts: list[FakeAttempt]
+) -> None:
+    upgrader = firstGeneration(reactor)
+    upgrader.ready()
+    exit = upgrader.whenExit()
+    d = upgrader.upgrade()
+    problem = ChildFailed("child pid=50000 exited with status 1 before it was ready")
+    attempts[0].fail(problem)
+    assert failsWith(d, ChildFailed) is problem
+    assert not exit.called
+    assert upgrader.successor is None
+    # Ready again: another upgrade starts another attempt.
+    again = upgrader.upgrade()
+    assert len(attempts) == 2
+    assert attempts[1].generation == 2
+    attempts[1].ready()
+    assert outcome(again) == attempts[1].pid
+
+
+def test_childReady(reactor: MemoryReactorClock, attempts: list[FakeAttempt]) -> None:
+    upgrader = firstGeneration(reactor)
+    upgrader.ready()
+    exitBefore = upgrader.whenExit()
+    d = upgrader.upgrade()
+    attempts[0].ready()
+    assert outcome(d) == attempts[0].pid
+    assert upgrader.successor == attempts[0].pid
+    assert outcome(exitBefore) is None
+    assert outcome(upgrader.whenExit()) is None
+    assert str(failsWith(upgrader.upgrade(), Stopping)) == "terminating"
+    assert len(attempts) == 1
+    assert outcome(upgrader.stop()) is None
+
+
+def test_spawnRaises(
+    reactor: MemoryReactorClock,
+    attempts: list[FakeAttempt],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    upgrader = firstGeneration(reactor)
+    upgrader.ready()
+    monkeypatch.setattr(FakeAttempt, "failToStart", OSError("no such file"))
+    error = failsWith(upgrader.upgrade(), ChildFailed)
+    assert str(error) == "cannot start the next generation: no such file"
+    monkeypatch.setattr(FakeAttempt, "failToStart", None)
+    upgrader.upgrade()
+    assert len(attempts) == 1
+
+
+# --- stop ----------------------------------------------------------------------------
+
+
+def test_stopWhenReady(
+    reactor: MemoryReactorClock, attempts: list[FakeAttempt]
+) -> None:
+    upgrader = firstGeneration(reactor)
+    upgrader.ready()
+    exit = upgrader.whenExit()
+    assert outcome(upgrader.stop()) is None
+    assert outcome(exit) is None
+    failsWith(upgrader.upgrade(), Stopping)
+    assert outcome(upgrader.stop()) is None
+    assert attempts == []
+
+
+def test_stopBeforeReady(
+    reactor: MemoryReactorClock, attempts: list[FakeAttempt]
+) -> None:
+    upgrader = firstGeneration(reactor)
+    assert outcome(upgrader.stop()) is None
+    assert outcome(upgrader.whenExit()) is None
+    upgrader.ready()
+    failsWith(upgrader.upgrade(), Stopping)
+
+
+def test_stopDuringUpgrade(
+    reactor: MemoryReactorClock, attempts: list[FakeAttempt]
+) -> None:
+    upgrader = firstGeneration(reactor)
+    upgrader.ready()
+    exit = upgrader.whenExit()
+    d = upgrader.upgrade()
+    stopped = upgrader.stop()
+    assert attempts[0].cancelled == 1
+    assert outcome(stopped) is None
+    failsWith(d, Stopping)
+    assert outcome(exit) is None
+    assert upgrader.successor is None
+    failsWith(upgrader.upgrade(), Stopping)
+    assert len(attempts) == 1
+
+
+def test_stopDuringUpgradeWaitsForChild(
+    reactor: MemoryReactorClock,
+    attempts: list[FakeAttempt],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    As the real SpawnAttempt does, the outcome of cancel() comes once the child
+    is reaped: stop() and the upgrade's Stopping wait for it.
+    """
+    monkeypatch.setattr(FakeAttempt, "cancelSynchronously", False)
+    upgrader = firstGeneration(reactor)
+    upgrader.ready()
+    d = upgrader.upgrade()
+    stopped = upgrader.stop()
+    assert attempts[0].cancelled == 1
+    assert not stopped.called and not d.called
+    # A second stop while the first waits.
+    assert outcome(upgrader.stop()) is None
+    attempts[0].fail(Stopping())
+    assert outcome(stopped) is None
+    failsWith(d, Stopping)
+    assert outcome(upgrader.whenExit()) is None
+
+
+# --- a child generation ----------------------------------------------------------------
+
+
+class Parent:
+    """
+    The pipes a parent generation would give its child.
+    """
+
+    def __init__(self) -> None:
+        self.readyR, self.readyW = os.pipe()
+        self.parentR, self.parentW = os.pipe()
+        self.open = {self.readyR, self.readyW, self.parentR, self.parentW}
+
+    def marker(
+        self, listeners: list[dict[str, Any]] | None = None, **extra: Any
+    ) -> str:
+        return json.dumps(
+            {
+                "version": 1,
+                "generation": 4,
+                "ready": self.readyW,
+                "parent": self.parentR,
+                "listeners": listeners or [],
+                **extra,
+            }
+        )
+
+    def exit(self) -> None:
+        self.close(self.parentW)
+
+    def close(self, fd: int) -> None:
+        if fd in self.open:
+            self.open.discard(fd)
+            os.close(fd)
+
+    def readReady(self) -> bytes:
+        os.set_blocking(self.readyR, False)
+        try:
+            return os.read(self.readyR, 100)
+        except BlockingIOError:
+            return b""
+
+
+@pytest.fixture
+def parent() -> Iterator[Parent]:
+    p = Parent()
+    yield p
+    for fd in list(p.open):
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        # Only the parent's own ends: the child's ends are the Upgrader's, closed
+        # by it (or below, if the test never got that far).
+        os.close(fd)
+
+
+def watcher(reactor: MemoryReactorClock) -> ParentWatcher:
+    [found] = [r for r in reactor.getReaders() if isinstance(r, ParentWatcher)]
+    return found
+
+
+def childGeneration(
+    reactor: MemoryReactorClock, parent: Parent, **kwargs: Any
+) -> tuple[Upgrader, dict[str, str]]:
+    extra = {"parentPid": kwargs.pop("parentPid")} if "parentPid" in kwargs else {}
+    environ = {
+        "OTHER": "x",
+        MARKER: parent.marker(kwargs.pop("listeners", None), **extra),
+    }
+    upgrader = Upgrader(reactor, environ=environ, command=COMMAND, **kwargs)
+    # The Upgrader took the child's ends.
+    parent.open -= {parent.readyW, parent.parentR}
+    return upgrader, environ
+
+
+def parentGone(reactor: MemoryReactorClock, upgrader: Upgrader) -> None:
+    """
+    The parent closes its end; we are never reparented here (our parent process
+    does not exit), so the Upgrader gives up waiting for that after 5 s.
+    """
+    exited = upgrader.whenParentExited()
+    watcher(reactor).doRead()
+    for _ in range(2000):
+        if exited.called:
+            break
+        reactor.advance(0.005)
+    assert outcome(exited) is None
+
+
+def test_childRefusesUpgradeUntilParentExits(
+    reactor: MemoryReactorClock, attempts: list[FakeAttempt], parent: Parent
+) -> None:
+    upgrader, environ = childGeneration(reactor, parent)
+    assert upgrader.hasParent
+    assert upgrader.generation == 4
+    assert environ == {"OTHER": "x"}
+    failsWith(upgrader.upgrade(), NotReady)
+    upgrader.ready()
+    assert parent.readReady() == b"ready\n"
+    error = failsWith(upgrader.upgrade(), ParentAlive)
+    assert str(error) == "previous generation hasn't exited yet"
+    exited = upgrader.whenParentExited()
+    assert not exited.called
+    parent.exit()
+    parentGone(reactor, upgrader)
+    assert outcome(exited) is None
+    assert outcome(upgrader.whenParentExited()) is None
+    upgrader.upgrade()
+    [attempt] = attempts
+    assert attempt.generation == 5
+    assert MARKER not in attempt.environ
+
+
+def test_childParentExitsBeforeReady(
+    reactor: MemoryReactorClock, attempts: list[FakeAttempt], parent: Parent
+) -> None:
+    upgrader, _ = childGeneration(reactor, parent)
+    parent.exit()
+    parentGone(reactor, upgrader)
+    failsWith(upgrader.upgrade(), NotReady)
+    upgrader.ready()
+    upgrader.upgrade()
+    assert len(attempts) == 1
+
+
+def test_childReparentedEndsWaitAtOnce(
+    reactor: MemoryReactorClock,
+    attempts: list[FakeAttempt],
+    parent: Parent,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    Once the parent pipe is closed and we have a new parent process, the
+    previous generation has exited: no waiting for the 5 s limit.
+    """
+    upgrader, _ = childGeneration(reactor, parent)
+    upgrader.ready()
+    exited = upgrader.whenParentExited()
+    parent.exit()
+    monkeypatch.setattr(os, "getppid", lambda: 1)
+    watcher(reactor).doRead()
+    assert outcome(exited) is None
+    upgrader.upgrade()
+    assert len(attempts) == 1
+
+
+def test_childParentAlreadyGoneAtStart(
+    reactor: MemoryReactorClock, attempts: list[FakeAttempt], parent: Parent
+) -> None:
+    """
+    The table names the parent's pid; if our parent process is already someone
+    else (the parent was killed while we started), the pipe's end means the
+    parent has exited: no waiting.
+    """
+    with open("/proc/sys/kernel/pid_max") as f:
+        gonePID = int(f.read())  # never allocated
+    upgrader, _ = childGeneration(reactor, parent, parentPid=gonePID)
+    upgrader.ready()
+    exited = upgrader.whenParentExited()
+    parent.exit()
+    watcher(reactor).doRead()
+    assert outcome(exited) is None
+    upgrader.upgrade()
+    assert len(attempts) == 1
+
+
+def test_childParentPipeHangUpAsConnectionLost(
+    reactor: MemoryReactorClock, attempts: list[FakeAttempt], parent: Parent
+) -> None:
+    upgrader, _ = childGeneration(reactor, parent)
+    upgrader.ready()
+    parent.exit()
+    exited = upgrader.whenParentExited()
+    watcher(reactor).connectionLost(None)  # type: ignore[arg-type]
+    assert reactor.getReaders() == []
+    reactor.advance(5.1)
+    for _ in range(10):
+        reactor.advance(0.005)
+    assert outcome(exited) is None
+
+
+def test_childInheritsAndClosesUnclaimedAtReady(
+    reactor: MemoryReactorClock,
+    attempts: list[FakeAttempt],
+    parent: Parent,
+    tmp_path: Path,
+) -> None:
+    kept = bindSocket(parseListen("tcp:0:interface=127.0.0.1"))
+    path = str(tmp_path / "old.sock")
+    dropped = bindSocket(parseListen(f"unix:{path}"))
+    keptPort = kept.getsockname()[1]
+    entries = [
+        {
+            "fd": kept.detach(),
+            "kind": "tcp",
+            "host": "127.0.0.1",
+            "port": keptPort,
+            "path": "",
+            "requestedPort": 0,
+        },
+        {
+            "fd": dropped.detach(),
+            "kind": "unix",
+            "host": "",
+            "port": 0,
+            "path": path,
+            "requestedPort": 0,
+        },
+    ]
+    upgrader, _ = childGeneration(reactor, parent, listeners=entries)
+    try:
+        listener = upgrader.listen("tcp:0:interface=127.0.0.1")
+        assert listener.inherited and listener.spec.port == keptPort
+        assert os.path.exists(path)
+        upgrader.ready()
+        assert not os.path.exists(path)  # not configured any more: closed, unlinked
+        parent.exit()
+        parentGone(reactor, upgrader)
+        upgrader.upgrade()
+        assert attempts[0].listeners == [
+            (listener.spec, listener.sock, listener.requested)
+        ]
+    finally:
+        upgrader.listeners.close(unlink=True)
+
+
+# --- pid file ----------------------------------------------------------------------------
+
+
+def test_pidFileWrittenAtReady(
+    reactor: MemoryReactorClock, attempts: list[FakeAttempt], tmp_path: Path
+) -> None:
+    path = tmp_path / "app.pid"
+    upgrader = firstGeneration(reactor, pidFile=str(path))
+    assert upgrader.pidFile is not None and upgrader.pidFile.path == str(path)
+    assert not path.exists()
+    upgrader.ready()
+    assert path.read_text() == f"{os.getpid()}\n"
+
+
+def test_pidFileRewrittenOnFailedUpgrade(
+    reactor: MemoryReactorClock, attempts: list[FakeAttempt], tmp_path: Path
+) -> None:
+    path = tmp_path / "app.pid"
+    upgrader = firstGeneration(reactor, pidFile=str(path))
+    upgrader.ready()
+    d = upgrader.upgrade()
+    path.write_text(f"{attempts[0].pid}\n")  # the child wrote it, then died
+    attempts[0].fail(ChildFailed("child pid=50000 was killed by SIGKILL"))
+    failsWith(d, ChildFailed)
+    assert path.read_text() == f"{os.getpid()}\n"
+
+
+def test_pidFileLeftToSuccessor(
+    reactor: MemoryReactorClock, attempts: list[FakeAttempt], tmp_path: Path
+) -> None:
+    path = tmp_path / "app.pid"
+    upgrader = firstGeneration(reactor, pidFile=str(path))
+    upgrader.ready()
+    d = upgrader.upgrade()
+    path.write_text(f"{attempts[0].pid}\n")
+    attempts[0].ready()
+    outcome(d)
+    outcome(upgrader.stop())
+    assert path.read_text() == f"{attempts[0].pid}\n"
+
+
+def test_pidFileNamesLiveServer(reactor: MemoryReactorClock, tmp_path: Path) -> None:
+    path = tmp_path / "app.pid"
+    path.write_text(f"{os.getppid()}\n")
+    with pytest.raises(PidFileError, match="another server is running"):
+        firstGeneration(reactor, pidFile=str(path))
+
+
+def test_childAllowsParentInPidFile(
+    reactor: MemoryReactorClock, parent: Parent, tmp_path: Path
+) -> None:
+    path = tmp_path / "app.pid"
+    path.write_text(f"{os.getppid()}\n")
+    upgrader, _ = childGeneration(reactor, parent, pidFile=str(path))
+    upgrader.ready()
+    assert path.read_text() == f"{os.getpid()}\n"
+    parent.exit()
+    parentGone(reactor, upgrader)
+
+
+@pytest.fixture
+def vanishingDirectory(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """
+    (directory, pid file path): the test moves the directory away and back.
+    """
+    directory = tmp_path / "run"
+    directory.mkdir()
+    yield directory, directory / "app.pid"
+
+
+def test_failedReadyIsNotReady(
+    reactor: MemoryReactorClock,
+    attempts: list[FakeAttempt],
+    vanishingDirectory: tuple[Path, Path],
+) -> None:
+    directory, path = vanishingDirectory
+    upgrader = firstGeneration(reactor, pidFile=str(path))
+    directory.rename(directory.with_name("elsewhere"))
+    with pytest.raises(PidFileError):
+        upgrader.ready()
+    failsWith(upgrader.upgrade(), NotReady)
+
+
+def test_readyCanBeRetriedAfterPidFileError(
+    reactor: MemoryReactorClock,
+    attempts: list[FakeAttempt],
+    vanishingDirectory: tuple[Path, Path],
+) -> None:
+    directory, path = vanishingDirectory
+    upgrader = firstGeneration(reactor, pidFile=str(path))
+    moved = directory.with_name("elsewhere")
+    directory.rename(moved)
+    with pytest.raises(PidFileError):
+        upgrader.ready()
+    moved.rename(directory)
+    upgrader.ready()
+    assert path.read_text() == f"{os.getpid()}\n"
+
+
+def test_readyTwiceIsHarmless(
+    reactor: MemoryReactorClock, attempts: list[FakeAttempt], tmp_path: Path
+) -> None:
+    path = tmp_path / "app.pid"
+    upgrader = firstGeneration(reactor, pidFile=str(path))
+    upgrader.ready()
+    upgrader.ready()
+    upgrader.upgrade()
+    assert len(attempts) == 1
+
+
+def test_listenUsesFirstGenerationDirectory(
+    reactor: MemoryReactorClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    upgrader = firstGeneration(reactor)
+    monkeypatch.chdir("/")
+    listener = upgrader.listen("unix:rel.sock")
+    try:
+        assert listener.spec.path == str(tmp_path / "rel.sock")
+        assert os.path.exists(tmp_path / "rel.sock")
+    finally:
+        upgrader.listeners.close(unlink=True)
+
+
+def test_listenSpecObject(reactor: MemoryReactorClock) -> None:
+    upgrader = firstGeneration(reactor)
+    listener = upgrader.listen(parseListen("udp:0:interface=127.0.0.1"))
+    try:
+        assert listener.sock.type == socket.SOCK_DGRAM
+    finally:
+        upgrader.listeners.close(unlink=True)
