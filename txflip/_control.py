@@ -18,11 +18,10 @@ import socket
 import struct
 from typing import TYPE_CHECKING, Any
 
-from zope.interface import implementer
-
 from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from ._drain import IDrainable
 
