@@ -1,0 +1,850 @@
+"""
+End to end: faults injected into real flipecho generations (tests/flipapp.py), bad
+signals at bad times, clients that do not cooperate, and unusable start-up state.
+
+The rule each test checks: the service keeps serving and no client sees an error,
+unless the fault itself kills a process that holds connections (then only that
+process's own connections may fail, and nothing is ever refused).  Where a fault
+cannot be survived (a new generation that crashes right after it said it was
+ready), the test pins down the behaviour the README documents.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import select
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, Flip, reap, twistdCommand
+from harness import Load, pid_alive, read_pidfile, wait_for, wait_for_upgrade
+from test_flipecho import echo
+from test_twistd import oneLineError, run
+
+LOCALHOST = "127.0.0.1"
+TCP0 = "tcp:0:interface=127.0.0.1"
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+def waitLog(server: Flip, text: str, timeout: float = 20.0, count: int = 1) -> str:
+    """
+    Wait until C{text} is in the server's log C{count} times; return the log.
+    """
+    try:
+        wait_for(
+            lambda: server.logText().count(text) >= count, timeout, what=repr(text)
+        )
+    except AssertionError as e:
+        raise AssertionError(f"{e}; log tail:\n{server.logText()[-3000:]}") from None
+    return server.logText()
+
+
+def waitLine(server: Flip, pid: int, text: str, timeout: float = 20.0) -> str:
+    """
+    Wait until pid C{pid} has logged a line containing C{text}; return that line.
+    """
+    line = re.compile(rf"^.*\[pid {pid}\] \[[^\]]*\] .*{re.escape(text)}.*$", re.M)
+    try:
+        match = wait_for(lambda: line.search(server.logText()), timeout, what=text)
+    except AssertionError as e:
+        raise AssertionError(
+            f"{e} from pid {pid}; log tail:\n{server.logText()[-3000:]}"
+        ) from None
+    return match.group(0)
+
+
+def spawned(server: Flip, generation: int) -> int:
+    """
+    The pid of the latest process started as C{generation} (tracked for cleanup).
+    """
+    text = waitLog(server, f"started generation {generation} as pid ")
+    pid = int(re.findall(rf"started generation {generation} as pid (\d+)", text)[-1])
+    server.track(pid)
+    return pid
+
+
+def session(server: Flip) -> list[tuple[int, str]]:
+    """
+    Every process (pid, state) in the server's session, zombies included: the first
+    generation is the session leader and every later generation descends from it.
+    """
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if int(fields[3]) == server.proc.pid:
+            found.append((int(name), fields[0].decode()))
+    return sorted(found)
+
+
+def reapExited(server: Flip) -> None:
+    """
+    Collect the exit status of the generations that are gone: the first is our
+    child, later ones became our children (subreaper) when their parent exited.
+    """
+    server.proc.poll()
+    for pid in server.pids:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+
+def alone(server: Flip, pid: int) -> None:
+    """
+    C{pid} is the only process left of the service: no stray generation, no zombie.
+    """
+
+    def check() -> bool:
+        reapExited(server)
+        processes = session(server)
+        return len(processes) == 1 and processes[0][0] == pid and processes[0][1] != "Z"
+
+    try:
+        wait_for(check, 10, what=f"pid {pid} to be the only process")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; session: {session(server)}") from None
+
+
+def upgradeWorks(server: Flip) -> int:
+    """
+    A normal upgrade succeeds now; return the new pid.
+    """
+    old = server.serving()
+    os.kill(old, signal.SIGHUP)
+    new, _, _ = wait_for_upgrade(server.pidfile, old, timeout=30)
+    server.track(new)
+    assert echo(server.port) == b"hello\n"
+    return new
+
+
+def trafficFlows(load: Load, exchanges: int = 20) -> None:
+    before = load.stats.exchanges
+    wait_for(
+        lambda: load.stats.exchanges > before + exchanges, 10, what="client traffic"
+    )
+
+
+class PartialRequest:
+    """
+    A client in the middle of a request (part of a line sent): draining waits for
+    it, which keeps an old generation alive until the test finishes the line.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection((LOCALHOST, port), timeout=10)
+        self.sock.sendall(b"first\n")
+        assert self.sock.recv(100) == b"first\n"
+        self.sock.sendall(b"half a li")
+
+    def finish(self) -> bytes:
+        """
+        Send the rest of the line; return everything up to the server's close.
+        """
+        self.sock.sendall(b"ne\n")
+        data = b""
+        while chunk := self.sock.recv(4096):
+            data += chunk
+        return data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def fault(tmp_path: Path) -> Path:
+    """
+    The file flipapp reads its fault from (absent: no fault).
+    """
+    return tmp_path / "fault"
+
+
+@pytest.fixture
+def partial() -> Iterator[list[PartialRequest]]:
+    made: list[PartialRequest] = []
+    yield made
+    for each in made:
+        each.close()
+
+
+# --- the next generation fails before it is ready -------------------------------
+
+
+@pytest.mark.parametrize(
+    "mode, status",
+    [
+        ("exit", "exited with status 3"),
+        ("fail-in-makeservice", "exited with status 1"),
+        ("exit-before-ready", "exited with status 4"),
+    ],
+)
+def test_child_fails_during_startup_under_load(
+    flip, fault: Path, mode: str, status: str
+) -> None:
+    """
+    A new generation that exits non-zero while starting (before twistd runs, in the
+    application's makeService, or with its sockets adopted and its reactor running)
+    fails the upgrade; the old one serves on, no client notices, and the next upgrade
+    works.
+    """
+    server = flip(env={"FLIPAPP_FAULT": str(fault)}, app=True)
+    pid = server.serving()
+    with Load(LOCALHOST, server.port, short=2, long=2) as load:
+        trafficFlows(load)
+        fault.write_text(mode)
+        os.kill(pid, signal.SIGHUP)
+        child = spawned(server, 2)
+        text = waitLog(server, "upgrade failed")
+        assert f"child pid={child} {status} before it was ready" in text
+        assert f"still serving (pid {pid})" in text
+        assert server.serving() == pid
+        wait_for(lambda: not pid_alive(child), 10, what="the failed child to be gone")
+        trafficFlows(load)
+        fault.unlink()
+        upgradeWorks(server)
+        trafficFlows(load)
+    assert load.stats.errors_total() == 0, load.stats
+    alone(server, server.serving())
+
+
+def test_child_sigkilled_before_ready_under_load(flip, fault: Path) -> None:
+    server = flip(env={"FLIPAPP_FAULT": str(fault)}, app=True)
+    pid = server.serving()
+    with Load(LOCALHOST, server.port, short=2, long=2) as load:
+        trafficFlows(load)
+        fault.write_text("hang")
+        os.kill(pid, signal.SIGHUP)
+        child = spawned(server, 2)
+        os.kill(child, signal.SIGKILL)
+        text = waitLog(server, "upgrade failed")
+        assert f"child pid={child} was killed by SIGKILL before it was ready" in text
+        assert server.serving() == pid
+        trafficFlows(load)
+        fault.unlink()
+        upgradeWorks(server)
+    assert load.stats.errors_total() == 0, load.stats
+    alone(server, server.serving())
+
+
+@pytest.mark.parametrize("mode", ["hang", "block-at-ready"])
+def test_child_never_ready_times_out_under_load(flip, fault: Path, mode: str) -> None:
+    """
+    A new generation that never becomes ready is killed at the upgrade timeout:
+    whether it never got as far as running twistd (C{hang}), or adopted the sockets
+    and then blocked its reactor where it would say it is ready (C{block-at-ready}):
+    a generation accepts only in the reactor turn that declares it ready, so the
+    one that is killed held no client connection.
+    """
+    server = flip(
+        "--upgrade-timeout", "1.5", env={"FLIPAPP_FAULT": str(fault)}, app=True
+    )
+    pid = server.serving()
+    with Load(LOCALHOST, server.port, short=2, long=2) as load:
+        trafficFlows(load)
+        fault.write_text(mode)
+        os.kill(pid, signal.SIGHUP)
+        child = spawned(server, 2)
+        text = waitLog(server, "upgrade failed")
+        assert f"child pid={child} was not ready within 1.5 s; killed it" in text
+        wait_for(lambda: not pid_alive(child), 10, what="the child to be killed")
+        assert server.serving() == pid
+        trafficFlows(load)
+        fault.unlink()
+        upgradeWorks(server)
+    assert load.stats.errors_total() == 0, load.stats
+    alone(server, server.serving())
+
+
+# --- the next generation dies after it said it was ready -----------------------
+
+
+def test_child_crashes_right_after_ready(flip, fault: Path, partial) -> None:
+    """
+    Documented behaviour (README, "Failure modes"): once the new generation has said
+    it is ready, the handover is done.  If it dies right after, the old generation,
+    which has already stopped accepting, says so in its log, finishes its drain (its
+    open connections are served to the end) and exits; the service is then down
+    until a supervisor starts it again.  A fresh start works at once: the pid file
+    names a dead process, which does not count as a running server.
+    """
+    server = flip("--drain-timeout", "20", env={"FLIPAPP_FAULT": str(fault)}, app=True)
+    pid, port = server.serving(), server.port
+    client = PartialRequest(port)
+    partial.append(client)
+    fault.write_text("exit-after-ready")
+    os.kill(pid, signal.SIGHUP)
+    child = spawned(server, 2)
+    text = waitLog(server, "exited with status 7 after it was ready")
+    assert f"pid {child}, which replaced this generation," in text
+    assert read_pidfile(server.pidfile) == child
+    assert pid_alive(pid)
+    # The old generation still serves the connection it has, to the end.
+    assert client.finish() == b"half a line\n"
+    assert server.proc.wait_exit(20) == 0
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((LOCALHOST, port), timeout=5).close()
+    reapExited(server)
+    assert session(server) == []
+    # The supervisor's restart: the stale pid file does not stand in its way.
+    fault.unlink()
+    restarted = flip("--listen", f"tcp:{port}:interface=127.0.0.1")
+    assert restarted.serving() not in (pid, child)
+    assert echo(port) == b"hello\n"
+
+
+# --- the old generation is killed ----------------------------------------------
+
+
+def test_old_sigkilled_while_new_starts(flip, fault: Path, tmp_path: Path) -> None:
+    """
+    The new generation already holds the listening sockets: connections queue for
+    it while it starts, none is refused.  Only connections the killed process had
+    accepted can fail (one per client thread at most).  The new generation becomes
+    ready, takes the pid file, and upgrades in its turn.
+    """
+    gate = tmp_path / "go"
+    server = flip(env={"FLIPAPP_FAULT": str(fault)}, app=True)
+    pid = server.serving()
+    with Load(LOCALHOST, server.port, short=3, long=0) as load:
+        trafficFlows(load)
+        fault.write_text(f"gate:{gate}")
+        os.kill(pid, signal.SIGHUP)
+        child = spawned(server, 2)
+        os.kill(pid, signal.SIGKILL)
+        assert server.proc.wait_exit(10) == -signal.SIGKILL
+        fault.unlink()
+        gate.touch()
+        wait_for(
+            lambda: read_pidfile(server.pidfile) == child, 20, what="the child ready"
+        )
+        trafficFlows(load)
+        waitLine(server, child, "previous generation exited; upgrades allowed", 3)
+        upgradeWorks(server)
+        trafficFlows(load)
+    stats = load.stats
+    assert stats.refused == 0, stats
+    assert stats.errors_total() <= 3, stats
+    assert "Traceback" not in server.logText()
+    alone(server, server.serving())
+
+
+def test_old_sigkilled_after_new_is_ready(flip, partial) -> None:
+    """
+    Killing the old generation while it drains loses only its own connections; the
+    new one learns that its parent is gone and can upgrade.
+    """
+    server = flip("--drain-timeout", "20")
+    pid, port = server.serving(), server.port
+    partial.append(PartialRequest(port))
+    with Load(LOCALHOST, port, short=2, long=0) as load:
+        trafficFlows(load)
+        os.kill(pid, signal.SIGHUP)
+        child = spawned(server, 2)
+        waitLine(server, pid, "txflip: draining")
+        wait_for(lambda: read_pidfile(server.pidfile) == child, 10, what="handover")
+        os.kill(pid, signal.SIGKILL)
+        assert server.proc.wait_exit(10) == -signal.SIGKILL
+        waitLine(server, child, "previous generation exited; upgrades allowed", 3)
+        trafficFlows(load)
+        upgradeWorks(server)
+        trafficFlows(load)
+    assert load.stats.errors_total() == 0, load.stats
+    # The killed process's own connection is lost: closed without its echo.
+    try:
+        assert partial[0].finish() == b""
+    except ConnectionResetError:
+        pass
+    alone(server, server.serving())
+
+
+# --- signals at bad times --------------------------------------------------------
+
+
+def test_sighup_storm(flip) -> None:
+    """
+    50 SIGHUPs within 100 ms: one upgrade runs, every other SIGHUP that reached the
+    process is refused with its reason, and no extra process is ever started.
+    """
+    server = flip()
+    pid = server.serving()
+    with Load(LOCALHOST, server.port, short=2, long=2) as load:
+        trafficFlows(load)
+        # Paced (one every 1.6 ms), so that the kernel does not merge them all
+        # into one pending signal before the server runs.
+        start = time.monotonic()
+        for n in range(50):
+            os.kill(pid, signal.SIGHUP)
+            while time.monotonic() < start + (n + 1) * 0.0016:
+                pass
+        assert time.monotonic() - start < 0.1
+        most = 0
+
+        def upgraded() -> int | None:
+            nonlocal most
+            most = max(most, len(session(server)))
+            now = read_pidfile(server.pidfile)
+            return now if now != pid and not pid_alive(pid) else None
+
+        new = wait_for(upgraded, 30, what="the upgrade")
+        assert most <= 2
+        server.track(new)
+        trafficFlows(load)
+    assert load.stats.errors_total() == 0, load.stats
+    text = server.logText()
+    received = text.count(
+        f"[pid {pid}] [txflip.service.UpgradeService#info] txflip: SIGHUP: upgrading"
+    )
+    refused = len(
+        re.findall(
+            rf"\[pid {pid}\] .*upgrade refused: (upgrade in progress|terminating)", text
+        )
+    )
+    print(f"\n{received} of 50 SIGHUPs reached pid {pid}, {refused} refused")
+    assert text.count("started generation") == 1
+    assert received >= 1
+    assert refused == received - 1, text
+    alone(server, new)
+
+
+def test_sigquit_during_upgrade(flip, fault: Path, tmp_path: Path) -> None:
+    """
+    SIGQUIT while the next generation starts: it is killed, the old one drains its
+    connections (each closed with a reply) and exits 0, the pid file is removed, no
+    process is left.
+    """
+    gate = tmp_path / "go"
+    server = flip(env={"FLIPAPP_FAULT": str(fault)}, app=True)
+    pid = server.serving()
+    with Load(LOCALHOST, server.port, short=0, long=3) as load:
+        trafficFlows(load)
+        fault.write_text(f"gate:{gate}")
+        os.kill(pid, signal.SIGHUP)
+        child = spawned(server, 2)
+        os.kill(pid, signal.SIGQUIT)
+        waitLine(server, pid, f"stopping: killing starting child pid {child}")
+        assert server.proc.wait_exit(20) == 0
+        load.stop()
+    assert not pid_alive(child)
+    assert not server.pidfile.exists()
+    reapExited(server)
+    assert session(server) == []
+    stats = load.stats
+    # Each long-lived client was closed with a reply; what failed afterwards is
+    # only reconnecting to a service that has stopped.
+    assert stats.lost == 0 and stats.closed_by_server >= 3, stats
+    assert stats.errors_total() == stats.refused, stats
+
+
+def test_sighup_during_drain(flip, partial) -> None:
+    """
+    While the old generation drains, SIGHUP to it is refused ("terminating"), and to
+    the new one too ("previous generation hasn't exited yet"); nothing is started.
+    Once the old one has exited, the new one upgrades.
+    """
+    server = flip("--drain-timeout", "20")
+    pid = server.serving()
+    client = PartialRequest(server.port)
+    partial.append(client)
+    os.kill(pid, signal.SIGHUP)
+    child = spawned(server, 2)
+    waitLine(server, pid, "txflip: draining")
+    os.kill(pid, signal.SIGHUP)
+    waitLine(server, pid, "upgrade refused: terminating")
+    os.kill(child, signal.SIGHUP)
+    waitLine(server, child, "upgrade refused: previous generation hasn't exited yet")
+    assert server.logText().count("started generation") == 1
+    assert sorted(p for p, _ in session(server)) == sorted([pid, child])
+    assert client.finish() == b"half a line\n"
+    assert server.proc.wait_exit(20) == 0
+    waitLine(server, child, "previous generation exited; upgrades allowed")
+    upgradeWorks(server)
+    alone(server, server.serving())
+
+
+# --- clients that do not cooperate -----------------------------------------------
+
+
+class Streamer(threading.Thread):
+    """
+    A client that never stops sending (a line that never ends, a byte at a time),
+    until the server cuts it off.
+    """
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.create_connection((LOCALHOST, port), timeout=10)
+        self.stop = threading.Event()
+        self.cutAt: float | None = None
+        self.sent = 0
+
+    def run(self) -> None:
+        try:
+            while not self.stop.wait(0.02):
+                self.sock.sendall(b"x")
+                self.sent += 1
+        except OSError:
+            self.cutAt = time.monotonic()
+        finally:
+            self.sock.close()
+
+
+def test_drain_deadline_cuts_uncooperative_clients(flip) -> None:
+    """
+    A client that never stops sending and one that never reads its replies are
+    aborted at the drain timeout, and the old generation then exits.
+    """
+    server = flip("--drain-timeout", "2", "--idle-grace", "0.2")
+    pid, port = server.serving(), server.port
+    streamer = Streamer(port)
+    streamer.start()
+    deaf = socket.create_connection((LOCALHOST, port), timeout=10)
+    try:
+        # Several MB of lines whose echoes pile up unread: the server can never
+        # flush them, so it can never close this connection cleanly.
+        deaf.sendall((b"x" * 1023 + b"\n") * 8192)
+        wait_for(lambda: streamer.sent > 5, 10, what="the streamer to stream")
+        os.kill(pid, signal.SIGHUP)
+        new = spawned(server, 2)
+        wait_for(lambda: read_pidfile(server.pidfile) == new, 20, what="handover")
+        handover = time.monotonic()
+        assert server.proc.wait_exit(20) == 0
+        exited = time.monotonic() - handover
+        assert 1.5 < exited < 6, exited
+        text = waitLine(server, pid, "2 connections aborted at the drain timeout")
+        assert "drain timeout: aborting 2 connections" in server.logText(), text
+        streamer.join(10)
+        assert streamer.cutAt is not None
+        assert 1.5 < streamer.cutAt - handover < 6
+        with pytest.raises(ConnectionResetError):
+            deaf.settimeout(5)
+            while deaf.recv(1 << 20):
+                pass
+    finally:
+        streamer.stop.set()
+        deaf.close()
+    assert echo(port) == b"hello\n"
+    alone(server, new)
+
+
+# --- an unusable pid file or address: at first start, or for a later generation --
+
+
+def test_pidfile_parent_is_a_file_at_first_start(tmp_path: Path) -> None:
+    """
+    As root, permission bits stop nothing: a parent that is a regular file does.
+    """
+    blocker = tmp_path / "run"
+    blocker.write_text("not a directory")
+    result = run(
+        ["-n", f"--pidfile={blocker}/echo.pid", "flipecho", "--listen", TCP0],
+        tmp_path,
+    )
+    line = oneLineError(result)
+    assert f"cannot write pid file {blocker}/echo.pid" in line
+    assert blocker.read_text() == "not a directory"
+
+
+def failedUpgrade(server: Flip, reason: str, pid: int | None = None) -> str:
+    """
+    SIGHUP; the upgrade fails for C{reason}, stated in the old generation's log
+    line; it serves on.
+    """
+    pid = pid or server.serving()
+    os.kill(pid, signal.SIGHUP)
+    child = spawned(server, 2)
+    line = waitLine(server, pid, "upgrade failed")
+    assert f"child pid={child} exited with status 1 before it was ready" in line
+    assert reason in line, line
+    assert "Traceback" not in server.logText()
+    wait_for(lambda: not pid_alive(child), 10, what="the failed child to be gone")
+    assert echo(server.port) == b"hello\n"
+    return line
+
+
+@contextlib.contextmanager
+def flipWithPidfile(tmp_path: Path, pidfile: Path) -> Iterator[Flip]:
+    """
+    Like the C{flip} fixture, with twistd's C{--pidfile}.
+    """
+    argv = [*twistdCommand(), "-n", f"--pidfile={pidfile}", "flipecho"]
+    server = Flip(tmp_path, [*argv, "--listen", TCP0], None)
+    server.pidfile = pidfile
+    server.track(server.proc.pid)
+    try:
+        server.waitReady()
+        yield server
+    finally:
+        for pid in server.alive():
+            os.kill(pid, signal.SIGKILL)
+        server.proc.close()
+        reapExited(server)
+
+
+def test_pidfile_directory_gone_for_later_generation(tmp_path: Path) -> None:
+    """
+    The pid file's directory was replaced by a file: the next generation cannot
+    write it, so the upgrade fails with that reason.  Once the directory is back,
+    the next upgrade works.
+    """
+    runDir = tmp_path / "run"
+    runDir.mkdir()
+    pidfile = runDir / "echo.pid"
+    with flipWithPidfile(tmp_path, pidfile) as server:
+        pid = server.serving()
+        moved = tmp_path / "run.moved"
+        runDir.rename(moved)
+        runDir.write_text("in the way")
+        failedUpgrade(server, f"cannot write pid file {pidfile}", pid)
+        assert runDir.read_text() == "in the way"
+        assert read_pidfile(moved / "echo.pid") == pid
+        runDir.unlink()
+        moved.rename(runDir)
+        upgradeWorks(server)
+        alone(server, server.serving())
+
+
+def test_address_in_use_for_later_generation(flip, fault: Path) -> None:
+    """
+    A later generation whose configuration adds an address someone else holds:
+    the upgrade fails with that reason, and the other holder is left alone.
+    """
+    server = flip(env={"FLIPAPP_FAULT": str(fault)}, app=True)
+    with socket.socket() as taken:
+        taken.bind((LOCALHOST, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        fault.write_text(f"listen:tcp:{port}:interface=127.0.0.1")
+        failedUpgrade(
+            server, f"cannot listen on tcp:127.0.0.1:{port}: address already in use"
+        )
+        with socket.create_connection((LOCALHOST, port), timeout=5):
+            taken.settimeout(5)
+            taken.accept()[0].close()
+    fault.unlink()
+    upgradeWorks(server)
+    alone(server, server.serving())
+
+
+def test_unix_path_is_a_file_for_later_generation(flip, fault: Path) -> None:
+    server = flip(env={"FLIPAPP_FAULT": str(fault)}, app=True)
+    precious = fault.parent / "data.txt"
+    precious.write_text("precious")
+    fault.write_text(f"listen:unix:{precious}")
+    failedUpgrade(server, "the path exists and is not a socket")
+    assert precious.read_text() == "precious"
+    fault.unlink()
+    upgradeWorks(server)
+    alone(server, server.serving())
+
+
+# --- bad input on the handoff --------------------------------------------------------
+
+
+def startWithHandoff(
+    tmp_path: Path, table: str | None, placed: dict[int, int], port: int
+) -> tuple[int, str, bytes]:
+    """
+    Start C{twistd -n flipecho} as if it were a later generation: the handoff
+    marker set to C{table}, and C{placed} fds (ours -> its number) in place.
+
+    @return: exit status, everything it wrote to stdout/stderr, and what it wrote
+        on its ready pipe (fd 3) if we placed one.
+    """
+    out, outW = os.pipe()
+    readyR, readyW = os.pipe()
+    placed = {**placed}
+    if 3 in placed and placed[3] == -1:
+        placed[3] = readyW
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    if table is not None:
+        env["TXFLIP_HANDOFF"] = table
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    actions = [
+        (os.POSIX_SPAWN_DUP2, devnull, 0),
+        (os.POSIX_SPAWN_DUP2, outW, 1),
+        (os.POSIX_SPAWN_DUP2, outW, 2),
+        *((os.POSIX_SPAWN_DUP2, fd, number) for number, fd in placed.items()),
+    ]
+    argv = [
+        *twistdCommand(),
+        "-n",
+        "--pidfile=",
+        "flipecho",
+        "--listen",
+        f"tcp:{port}:interface=127.0.0.1",
+    ]
+    pid = os.posix_spawn(argv[0], argv, env, file_actions=actions)
+    for fd in (outW, readyW, devnull):
+        os.close(fd)
+    output = b""
+    try:
+        deadline = time.monotonic() + 30
+        while chunk := _readBefore(out, deadline):
+            output += chunk
+        status = reap(pid, max(deadline - time.monotonic(), 1))
+    finally:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(out)
+    os.set_blocking(readyR, False)
+    try:
+        told = os.read(readyR, 4096)
+    except BlockingIOError:
+        told = b""
+    os.close(readyR)
+    assert status is not None
+    return status, output.decode("utf-8", "replace"), told
+
+
+def _readBefore(fd: int, deadline: float) -> bytes:
+    ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
+    if not ready:
+        raise AssertionError("the process neither finished nor closed its output")
+    return os.read(fd, 65536)
+
+
+def table(port: int, listeners: int = 1, fd: int = 5, **changes: object) -> str:
+    entries = [
+        {
+            "fd": fd + n,
+            "kind": "tcp",
+            "host": LOCALHOST,
+            "port": port,
+            "path": "",
+            "requestedPort": port,
+        }
+        for n in range(listeners)
+    ]
+    wire: dict[str, object] = {
+        "version": 1,
+        "generation": 2,
+        "ready": 3,
+        "parent": 4,
+        "listeners": entries,
+    }
+    wire.update(changes)
+    return json.dumps(wire)
+
+
+@pytest.fixture
+def handoffFDs() -> Iterator[dict[str, int]]:
+    """
+    Things to place in a would-be child: the parent pipe's read end, a listening
+    TCP socket (and its port), and odd fds.
+    """
+    made: list[socket.socket] = []
+    fds: dict[str, int] = {}
+    parentR, parentW = os.pipe()
+    fds["parent"], fds["parentW"] = parentR, parentW
+
+    def sock(family: int, kind: int, listen: bool) -> socket.socket:
+        s = socket.socket(family, kind)
+        made.append(s)
+        s.bind(("::1" if family == socket.AF_INET6 else LOCALHOST, 0))
+        if listen:
+            s.listen()
+        return s
+
+    tcp = sock(socket.AF_INET, socket.SOCK_STREAM, True)
+    fds["tcp"], fds["port"] = tcp.fileno(), tcp.getsockname()[1]
+    fds["tcp6"] = sock(socket.AF_INET6, socket.SOCK_STREAM, True).fileno()
+    fds["udp"] = sock(socket.AF_INET, socket.SOCK_DGRAM, False).fileno()
+    fds["bound"] = sock(socket.AF_INET, socket.SOCK_STREAM, False).fileno()
+    fds["file"] = os.open(os.devnull, os.O_RDONLY)
+    yield fds
+    for s in made:
+        s.close()
+    for name in ("parent", "parentW", "file"):
+        os.close(fds[name])
+
+
+# (what is at fd 5 in the child, the table, the reason expected)
+BAD_HANDOFFS = {
+    "truncated": (None, lambda p: table(p)[:40], "malformed handoff table: not JSON"),
+    "wrong version": (
+        "tcp",
+        lambda p: table(p, version=2),
+        "handoff table version 2 is not supported",
+    ),
+    # fd 60 (nothing there): a lower free number might be an fd of twistd's own.
+    "listener fd closed": (
+        None,
+        lambda p: table(p, fd=60),
+        "inherited fd 60 (tcp:127.0.0.1:{port}) is closed",
+    ),
+    "not a socket": (
+        "file",
+        table,
+        "inherited fd 5 (tcp:127.0.0.1:{port}) is not a socket",
+    ),
+    "other family": (
+        "tcp6",
+        table,
+        "inherited fd 5 is a AF_INET6/SOCK_STREAM socket, not AF_INET/SOCK_STREAM",
+    ),
+    "other type": (
+        "udp",
+        table,
+        "inherited fd 5 is a AF_INET/SOCK_DGRAM socket, not AF_INET/SOCK_STREAM",
+    ),
+    "not listening": ("bound", table, "is not listening"),
+    "other port": (
+        "tcp",
+        lambda p: table(p + 1 if p < 65535 else p - 1),
+        "inherited fd 5 is bound to tcp:127.0.0.1:{port}, not",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_HANDOFFS))
+def test_bad_handoff_is_one_line(
+    tmp_path: Path, handoffFDs: dict[str, int], case: str
+) -> None:
+    """
+    A marker whose table is malformed or names the wrong fds: one line naming the
+    problem, a non-zero exit, no traceback; and the reason goes up the ready pipe,
+    so that the parent's failed upgrade says it too.  No fallback: the parent still
+    serves, which is the safe outcome.
+    """
+    at5, makeTable, reason = BAD_HANDOFFS[case]
+    port = handoffFDs["port"]
+    placed = {3: -1, 4: handoffFDs["parent"]}
+    if at5 is not None:
+        placed[5] = handoffFDs[at5]
+    status, output, told = startWithHandoff(tmp_path, makeTable(port), placed, port)
+    reason = reason.format(port=port)
+    assert status != 0, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    assert "Traceback" not in output
+    assert reason in lines[0], output
+    assert told.startswith(b"error ") and reason.encode() in told, told
+
+
+def test_stale_marker_without_fds(tmp_path: Path) -> None:
+    """
+    A marker copied into an environment where no parent placed anything (an
+    operator's shell): the fds it names are not there, one line says so.
+    """
+    status, output, _ = startWithHandoff(tmp_path, table(8080), {}, 8080)
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert status != 0 and len(lines) == 1, output
+    # fd 3 is whatever twistd opened first (closed, or not a pipe): never used.
+    assert "handoff ready fd 3 is " in lines[0]
