@@ -16,7 +16,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import Interface, directlyProvides, implementer
 
 from txflip._drain import ConnectionTracker, IDrainable, drainAll
 from txflip.echo import MAX_LINE, Echo
@@ -522,6 +522,41 @@ def test_trackedOffersWrappedInterfaces() -> None:
     t.protocol.readConnectionLost()
     assert t.protocol.wrapped.readLost
     assert IDrainable.providedBy(Harness().connect().protocol)
+
+
+def test_trackedDeclaresNoMoreThanWrapped() -> None:
+    """
+    Interfaces are declared once per protocol class: a protocol without half-close
+    does not look half-closeable, and adapting a tracked protocol works.
+    """
+    t = Harness(Plain).connect()
+    assert not IHalfCloseableProtocol.providedBy(t.protocol)
+    assert IHalfCloseableProtocol(t.protocol, None) is None
+    assert not hasattr(t.protocol, "readConnectionLost")
+    echo = Harness().connect().protocol
+    assert IHalfCloseableProtocol(echo, None) is echo
+
+
+def test_trackedInstanceDeclarationsAndConform() -> None:
+    """
+    What one protocol instance provides beyond its class is offered too, and a
+    protocol's own C{__conform__} still answers adaptation.
+    """
+
+    class IExtra(Interface):
+        pass
+
+    class Conforming(Plain):
+        def __init__(self) -> None:
+            directlyProvides(self, IExtra)
+
+        def __conform__(self, interface: Any) -> Any:
+            return "conformed" if interface is IHalfCloseableProtocol else None
+
+    t = Harness(Conforming).connect()
+    assert IExtra.providedBy(t.protocol)
+    assert not IExtra.providedBy(Harness(Plain).connect().protocol)
+    assert IHalfCloseableProtocol(t.protocol) == "conformed"
 
 
 def test_wrappedConnectionLostErrorStillUnregisters() -> None:
