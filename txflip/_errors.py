@@ -15,7 +15,7 @@ class TxflipError(Exception):
     """
 
 
-class ListenError(TxflipError):
+class ListenError(TxflipError, ValueError):
     """
     A listener could not be created: bad description, address in use, a path that is
     not a socket, and so on.

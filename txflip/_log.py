@@ -12,6 +12,7 @@ SIGUSR1).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -125,6 +126,20 @@ def twistdObserver() -> Any:
     """
     twistd's C{logger}: the observer configured by L{configureTwistd}.
     """
-    if _configured is None:
-        return pidObserver(sys.stdout)
-    return _configured()
+    if _configured is not None:
+        return _configured()
+    # A later generation of a flip: endpoint process, started with our --logger:
+    # the first generation's settings are in the environment.
+    encoded = os.environ.get("TXFLIP_TWISTD")
+    if encoded is not None:
+        try:
+            settings = json.loads(encoded)
+            return twistdObserverFactory(
+                settings["logfile"],
+                bool(settings["nodaemon"]),
+                bool(settings["syslog"]),
+                settings["prefix"],
+            )()
+        except (ValueError, KeyError, TypeError):
+            pass
+    return pidObserver(sys.stdout)

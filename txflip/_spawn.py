@@ -40,6 +40,8 @@ class Command:
     executable: str
     args: tuple[str, ...]
     cwd: str
+    #: Variables added to the child's environment.
+    extraEnv: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def current(cls, cwd: str | None = None) -> Command:
@@ -134,6 +136,7 @@ class SpawnAttempt:
         #: The reason the child gave for failing to start, if it gave one.
         self.childError: str | None = None
         env = dict(environ)
+        env.update(command.extraEnv)
         env[_handoff.MARKER] = _handoff.encode(
             generation, [(bound, requested) for bound, _, requested in listeners]
         )

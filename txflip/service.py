@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
@@ -68,8 +69,9 @@ class UpgradeService(Service):
         self.idleGrace = idleGrace
         self._reactor = reactor
         self._installSignals = installSignalHandlers
-        self._streams: list[tuple[Listener, ConnectionTracker]] = []
-        self._controls: list[tuple[Listener, ConnectionTracker]] = []
+        # (listener, tracker, what the listener serves: the tracker, maybe wrapped)
+        self._streams: list[tuple[Listener, ConnectionTracker, IProtocolFactory]] = []
+        self._controls: list[tuple[Listener, ConnectionTracker, IProtocolFactory]] = []
         self._datagrams: list[tuple[Listener, DatagramProtocol]] = []
         self._adopted = False
         self._stopping: Deferred[None] | None = None
@@ -104,21 +106,32 @@ class UpgradeService(Service):
         """
         How many connections are open now.
         """
-        return sum(len(tracker) for _, tracker in self._streams)
+        return sum(len(tracker) for _, tracker, _ in self._streams)
 
     def listen(
-        self, description: str | ListenSpec, factory: IProtocolFactory
+        self,
+        description: str | ListenSpec | Listener,
+        factory: IProtocolFactory,
+        wrap: Callable[[IProtocolFactory], IProtocolFactory] | None = None,
     ) -> Listener:
         """
         Serve C{factory} on C{description}, tracking its connections for draining.
 
+        @param wrap: wraps the tracking factory before it serves, e.g. in TLS, so
+            that what is tracked and drained is the application's protocol.
         @raise ListenError: bad description or address not available.
         """
-        listener = self.upgrader.listen(description)
+        listener = (
+            description
+            if isinstance(description, Listener)
+            else self.upgrader.listen(description)
+        )
         tracker = ConnectionTracker(factory, self._reactor)
-        self._streams.append((listener, tracker))
+        served = tracker if wrap is None else wrap(tracker)
+        self._streams.append((listener, tracker, served))
         if self._adopted:
-            listener.adoptStream(self._reactor, tracker)
+            listener.adoptStream(self._reactor, served)
+            self._logListening(listener)
         return listener
 
     def listenControl(self, path: str) -> Listener:
@@ -131,7 +144,7 @@ class UpgradeService(Service):
         spec = ListenSpec("unix", path=os.path.abspath(path), mode=0o600)
         listener = self.upgrader.listen(spec)
         tracker = ConnectionTracker(ControlFactory(self), self._reactor)
-        self._controls.append((listener, tracker))
+        self._controls.append((listener, tracker, tracker))
         if self._adopted:
             listener.adoptStream(self._reactor, tracker)
         return listener
@@ -170,8 +183,8 @@ class UpgradeService(Service):
         if self._adopted:
             return
         self._adopted = True
-        for listener, tracker in self._streams + self._controls:
-            listener.adoptStream(self._reactor, tracker)
+        for listener, _, served in self._streams + self._controls:
+            listener.adoptStream(self._reactor, served)
             self._logListening(listener)
         for listener, protocol in self._datagrams:
             listener.adoptDatagram(self._reactor, protocol)
@@ -308,7 +321,7 @@ class UpgradeService(Service):
             "txflip: stopped listening ({why})",
             why="final stop" if final else f"pid {self.upgrader.successor} serves now",
         )
-        trackers = [tracker for _, tracker in self._streams + self._controls]
+        trackers = [tracker for _, tracker, _ in self._streams + self._controls]
         cut = 0
         for tracker in trackers:
             cut += await tracker.drain(self.idleGrace, self.drainTimeout)

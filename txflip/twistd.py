@@ -18,15 +18,21 @@ C{self.parent} in C{postOptions}, which runs before twistd checks or writes anyt
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import sys
+from collections.abc import MutableMapping
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from twisted.python import usage
 
-from . import _handoff
+from . import _handoff, _log
 from ._drain import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE
 from ._errors import TxflipError
 from ._log import configureTwistd, twistdObserverFactory
+from ._spawn import Command
 from ._upgrader import DEFAULT_UPGRADE_TIMEOUT, Upgrader
 from .service import UpgradeService
 
@@ -140,3 +146,137 @@ def makeUpgradeService(options: UpgradeOptions) -> UpgradeService:
             upgrader.listeners.close(unlink=False)
             failStartup(str(e))
     return service
+
+
+# --- for code that cannot subclass UpgradeOptions: the flip: endpoint -------------
+
+#: Carries the first generation's twistd settings to later generations.
+SETTINGS_VARIABLE = "TXFLIP_TWISTD"
+
+
+@dataclass(frozen=True)
+class TwistdSettings:
+    """
+    What later generations must know of the first generation's twistd options.
+
+    @ivar nodaemon: whether the I{first} generation ran in the foreground (it
+        decides where logs go; later generations always run in the foreground).
+    @ivar ownLogger: the user gave C{--logger}; we leave logging alone.
+    """
+
+    pidfile: str | None
+    logfile: str | None
+    nodaemon: bool
+    syslog: bool
+    prefix: str
+    ownLogger: bool
+
+    def observerFactory(self) -> Any:
+        return twistdObserverFactory(
+            self.logfile, self.nodaemon, self.syslog, self.prefix or "twisted"
+        )
+
+
+def _runner() -> Any:
+    """
+    The twistd application runner that is building this process's application, if
+    any: C{makeService} (where endpoint descriptions are parsed) is called from its
+    C{run()}, so it is on the stack.
+    """
+    from twisted.application.app import ApplicationRunner
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, ApplicationRunner):
+            return candidate
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+def _subcommandIndex(config: Any, args: list[str]) -> int:
+    """
+    Where the subcommand (C{web}, C{flipecho}) stands in twistd's arguments: after
+    the options twistd itself parsed.
+    """
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            return index + 1
+        if arg.startswith("--"):
+            name = arg[2:]
+            takesValue = "=" not in name and f"{name}=" in config.longOpt
+            index += 2 if takesValue else 1
+        elif arg.startswith("-") and len(arg) > 1:
+            letters, step = arg[1:], 1
+            for position, letter in enumerate(letters):
+                found = config.shortOpt.find(letter)
+                if found >= 0 and config.shortOpt[found + 1 : found + 2] == ":":
+                    step = 2 if position == len(letters) - 1 else 1
+                    break
+            index += step
+        else:
+            return index
+    return index
+
+
+def takeOverTwistd(
+    environ: MutableMapping[str, str],
+) -> tuple[TwistdSettings, Command] | None:
+    """
+    Adapt a running twistd for upgrades from inside C{makeService}, where options
+    can no longer be changed the public way.
+
+    In the first generation we find twistd's runner and take the pid file over
+    (twistd has checked it already; it will now neither write it nor remove it at
+    exit), and give its logger our PID-stamped observer.  Later generations are
+    started with C{--pidfile= --nodaemon} (and our C{--logger}) inserted before the
+    subcommand, so twistd's own pid check never refuses them, and learn the real
+    settings from L{SETTINGS_VARIABLE}.
+
+    @return: L{None} when this process is not twistd.
+    """
+    encoded = environ.get(SETTINGS_VARIABLE)
+    if encoded is not None:
+        try:
+            settings = TwistdSettings(**json.loads(encoded))
+        except (ValueError, TypeError):
+            failStartup(f"malformed {SETTINGS_VARIABLE} in the environment")
+    else:
+        runner = _runner()
+        if runner is None:
+            return None
+        config = runner.config
+        settings = TwistdSettings(
+            pidfile=os.path.abspath(config["pidfile"])
+            if config.get("pidfile")
+            else None,
+            logfile=config.get("logfile") or None,
+            nodaemon=bool(config.get("nodaemon")),
+            syslog=bool(config.get("syslog")),
+            prefix=config.get("prefix") or "twisted",
+            ownLogger=bool(config.get("logger")),
+        )
+        config["pidfile"] = ""
+        if not settings.ownLogger:
+            runner.logger._observerFactory = settings.observerFactory()
+        environ[SETTINGS_VARIABLE] = json.dumps(dataclasses.asdict(settings))
+        args = list(sys.argv[1:])
+        position = _subcommandIndex(config, args)
+        current = Command.current()
+        insertAt = len(current.args) - len(args) + position
+        overrides = ["--pidfile=", "--nodaemon"]
+        if not settings.ownLogger:
+            overrides.append(f"--logger={_log.__name__}.twistdObserver")
+        command = dataclasses.replace(
+            current,
+            args=(*current.args[:insertAt], *overrides, *current.args[insertAt:]),
+            extraEnv=((SETTINGS_VARIABLE, environ[SETTINGS_VARIABLE]),),
+        )
+        return settings, command
+    # A later generation: its command line already has the overrides.
+    command = dataclasses.replace(
+        Command.current(), extraEnv=((SETTINGS_VARIABLE, encoded),)
+    )
+    return settings, command

@@ -1,4 +1,13 @@
+"""
+txflip's plugins: the flipecho twistd plugin and the flip: endpoint parser.
+
+Imported by every twistd (and twistd --help): nothing heavy here, no reactor.
+"""
+
 from twisted.application.service import ServiceMaker
+from twisted.internet.interfaces import IStreamServerEndpointStringParser
+from twisted.plugin import IPlugin
+from zope.interface import implementer
 
 flipecho = ServiceMaker(
     "flipecho",
@@ -6,3 +15,20 @@ flipecho = ServiceMaker(
     "A line echo server that upgrades with zero downtime on SIGHUP.",
     "flipecho",
 )
+
+
+@implementer(IPlugin, IStreamServerEndpointStringParser)
+class _FlipParser:
+    """
+    C{flip:<description>}: the wrapped server endpoint's socket survives upgrades.
+    """
+
+    prefix = "flip"
+
+    def parseStreamServer(self, reactor, *args, **kwargs):  # type: ignore[no-untyped-def]
+        from txflip._endpoint import parseFlip
+
+        return parseFlip(reactor, *args, **kwargs)
+
+
+flipEndpoint = _FlipParser()
