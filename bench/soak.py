@@ -1,0 +1,560 @@
+"""
+Soak: many consecutive upgrades of flipecho under load, and what they leave behind.
+
+    python bench/soak.py                 # 1,000 upgrades (about 7 minutes here)
+    python bench/soak.py --upgrades 50   # the version tests/test_soak.py runs
+
+One C{twistd -n flipecho} is started in its own session and temporary directory.
+The clients of C{txflip check} (short-lived: connect, one line, close; long-lived:
+lock-step lines on one connection) run throughout, while the script sends SIGHUP to
+the serving process, waits for the upgrade to complete, and again, N times.  Then it
+stops the server with SIGQUIT.  It reports, and fails (exit status 1) unless:
+
+  - the short-lived clients saw no error at all, and no long-lived client lost a
+    line (errors of long-lived clients are reported; they can only be lost lines);
+  - each generation's open fds, other than its client connections, are as many as
+    the previous generation's (first and last printed), and its RSS stays flat
+    (last within 10% + 2 MiB of the first of the inherited generations);
+  - the pid file always named a live generation (polled every 2 ms), never missing;
+  - at most two generations at a time; each exited 0; none left afterwards, no
+    zombie, the pid file removed;
+  - no traceback and no failed or refused upgrade in the log.
+
+The script is the parent of the first generation and makes itself a child subreaper
+(Linux), so every later generation becomes its child when its parent exits: it
+collects each exit status, and no zombie is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import dataclasses
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # txflip from this checkout
+
+from txflip._check import Load, Stats, pid_alive, read_pidfile  # noqa: E402
+
+HOST = "127.0.0.1"
+PR_SET_CHILD_SUBREAPER = 36
+RSS_SLACK = (1.10, 2048)  # factor, KiB
+
+
+class SoakError(Exception):
+    pass
+
+
+def become_subreaper() -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+
+
+def wait_until(what: str, predicate: Callable[[], object], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SoakError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.002)
+
+
+# --- what a process holds ---------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """
+    One generation, sampled once its parent had exited (all alike, so comparable).
+    """
+
+    generation: int
+    pid: int
+    fds: int
+    connections: int
+    rss_kib: int
+
+    @property
+    def own_fds(self) -> int:
+        """Open fds other than client connections."""
+        return self.fds - self.connections
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """
+    The inodes of the sockets C{pid} holds: before any client connects, those are
+    the listening sockets, which every later generation inherits.
+    """
+    inodes = set()
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target)
+    return inodes
+
+
+def sample(generation: int, pid: int, listening: set[str]) -> Sample:
+    targets = []
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/{pid}/fd/{name}"))
+        except OSError:
+            pass
+    # Every other socket is a client connection.
+    live = sum(1 for t in targets if t.startswith("socket:[") and t not in listening)
+    rss = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+    return Sample(generation, pid, len(targets), live, rss)
+
+
+def session_processes(sid: int) -> list[tuple[int, str]]:
+    """
+    (pid, state) of every process in session C{sid}, zombies included.
+    """
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 3 and int(fields[3]) == sid:
+            found.append((int(name), fields[0].decode()))
+    return sorted(found)
+
+
+# --- watching ---------------------------------------------------------------------
+
+
+class Watcher(threading.Thread):
+    """
+    Polls the pid file (every 2 ms) and the session's processes (every 50 ms).
+    """
+
+    def __init__(self, pidfile: Path, sid: int) -> None:
+        super().__init__(name="soak-watcher", daemon=True)
+        self.pidfile = pidfile
+        self.sid = sid
+        self.problems: list[str] = []
+        self.most_processes = 0
+        self.looks = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        next_scan = 0.0
+        while not self._done.is_set():
+            self.looks += 1
+            pid = read_pidfile(self.pidfile)
+            if pid is None:
+                self.problem("the pid file is missing or unreadable")
+            elif not pid_alive(pid) and read_pidfile(self.pidfile) == pid:
+                self.problem(f"the pid file names pid {pid}, which is gone")
+            now = time.monotonic()
+            if now >= next_scan:
+                next_scan = now + 0.05
+                running = [p for p, s in session_processes(self.sid) if s != "Z"]
+                self.most_processes = max(self.most_processes, len(running))
+            self._done.wait(0.002)
+
+    def problem(self, text: str) -> None:
+        if len(self.problems) < 20:
+            self.problems.append(f"{time.strftime('%H:%M:%S')} {text}")
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(5)
+
+
+class LogTail:
+    """
+    Reads what the server appended to its log since the last look.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.text = ""
+
+    def read(self) -> str:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            new = f.read()
+        self.offset += len(new)
+        self.text += new.decode("utf-8", "replace")
+        return self.text
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
+        regex = re.compile(pattern, re.M)
+        found: list[re.Match[str]] = []
+
+        def look() -> bool:
+            match = regex.search(self.read())
+            if match:
+                found.append(match)
+            return bool(match)
+
+        wait_until(repr(pattern), look, timeout)
+        return found[0]
+
+    def forget(self) -> None:
+        """Drop what was read (keeps memory flat over a long soak)."""
+        self.text = ""
+
+
+# --- the server -------------------------------------------------------------------
+
+
+class Generations:
+    """
+    The first process (our child) and every later generation (our child once its
+    parent exits, as we are a subreaper): reaps them and keeps bad exit statuses.
+    """
+
+    def __init__(self, first: subprocess.Popen[bytes]) -> None:
+        self.first = first
+        self.pending: list[int] = []
+        self.bad_exits: list[str] = []
+        self.reaped = 0
+
+    def reap(self, pid: int, timeout: float = 10.0) -> None:
+        """
+        Wait for C{pid} to exit (it is exiting) and keep its status.
+        """
+        if pid == self.first.pid:
+            status = self.first.wait(timeout)
+        else:
+            result: list[int] = []
+
+            def exited() -> bool:
+                try:
+                    got, raw = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    result.append(0)  # not ours (no subreaper): not checkable
+                    return True
+                if got == pid:
+                    result.append(os.waitstatus_to_exitcode(raw))
+                    return True
+                return False
+
+            wait_until(f"pid {pid} to exit", exited, timeout)
+            status = result[0]
+        self.reaped += 1
+        if status != 0:
+            self.bad_exits.append(f"pid {pid} exited with status {status}")
+
+
+@contextmanager
+def flipecho(directory: Path, extra: list[str]) -> Iterator[subprocess.Popen[bytes]]:
+    """
+    Start C{twistd -n flipecho} in C{directory}, in its own session; on the way out,
+    SIGKILL whatever is left of its session.
+    """
+    twistd = shutil.which("twistd", path=os.path.dirname(sys.executable))
+    if twistd is None:
+        raise SoakError("twistd is not installed next to this interpreter")
+    argv = [sys.executable, twistd, "-n", "flipecho"]
+    argv += ["--listen", f"tcp:0:interface={HOST}", *extra]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    with open(directory / "server.log", "ab") as log:
+        process = subprocess.Popen(
+            argv,
+            cwd=directory,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield process
+    finally:
+        for pid, _ in session_processes(process.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+# --- the soak ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Result:
+    upgrades: int
+    seconds: float
+    short: Stats
+    long: Stats
+    samples: list[Sample]
+    upgrade_seconds: list[float]
+    pidfile_problems: list[str]
+    pidfile_looks: int
+    most_processes: int
+    bad_exits: list[str]
+    left_behind: list[tuple[int, str]]
+    pidfile_left: bool
+    log_problems: list[str]
+
+    @property
+    def inherited(self) -> list[Sample]:
+        """The samples of generations 2 and later (all started the same way)."""
+        return [s for s in self.samples if s.generation > 1] or self.samples
+
+    def failures(self) -> list[str]:
+        failed = []
+        if self.short.errors_total():
+            failed.append(f"short-lived clients saw errors: {self.short}")
+        if self.long.lost:
+            failed.append(f"long-lived clients lost lines: {self.long}")
+        own = {s.own_fds for s in self.inherited}
+        if len(own) != 1 or self.samples[-1].own_fds > self.samples[0].own_fds:
+            counts = [(s.generation, s.own_fds) for s in self.samples]
+            failed.append(f"fd counts (other than connections) vary: {counts}")
+        first, last = self.inherited[0].rss_kib, self.inherited[-1].rss_kib
+        if last > first * RSS_SLACK[0] + RSS_SLACK[1]:
+            failed.append(f"RSS grew from {first} KiB to {last} KiB")
+        if self.pidfile_problems:
+            failed.append("pid file: " + "; ".join(self.pidfile_problems))
+        if self.most_processes > 2:
+            failed.append(f"{self.most_processes} generations at once")
+        if self.bad_exits:
+            failed.append("bad exits: " + "; ".join(self.bad_exits[:10]))
+        if self.left_behind:
+            failed.append(f"processes left behind: {self.left_behind}")
+        if self.pidfile_left:
+            failed.append("the pid file was not removed by the final stop")
+        failed += self.log_problems
+        return failed
+
+    def summary(self) -> str:
+        def mib(kib: int) -> str:
+            return f"{kib / 1024:.1f} MiB"
+
+        first, last = self.samples[0], self.samples[-1]
+        rss = [s.rss_kib for s in self.inherited]
+        times = sorted(self.upgrade_seconds)
+        lines = [
+            f"upgrades: {self.upgrades} in {self.seconds:.0f} s"
+            f" ({self.seconds / max(self.upgrades, 1):.2f} s each);"
+            f" SIGHUP to old generation gone: median"
+            f" {statistics.median(times) * 1000:.0f} ms,"
+            f" p99 {times[int(len(times) * 0.99) - 1] * 1000:.0f} ms,"
+            f" max {times[-1] * 1000:.0f} ms"
+            if times
+            else f"upgrades: 0 in {self.seconds:.0f} s",
+            f"short-lived clients: {self.short}",
+            f"long-lived clients: {self.long}",
+            f"open fds (first / last generation): {first.fds} / {last.fds},"
+            f" of which client connections {first.connections} / {last.connections};"
+            f" other fds {first.own_fds} / {last.own_fds}"
+            f" (all generations: {sorted({s.own_fds for s in self.samples})})",
+            f"RSS (first / last generation): {mib(first.rss_kib)} / {mib(last.rss_kib)};"
+            f" generations 2..{last.generation}: min {mib(min(rss))},"
+            f" median {mib(int(statistics.median(rss)))}, max {mib(max(rss))}",
+            f"pid file: {self.pidfile_looks} looks,"
+            f" {len(self.pidfile_problems)} problems;"
+            f" most generations at once: {self.most_processes};"
+            f" exits not 0: {len(self.bad_exits)};"
+            f" left behind: {len(self.left_behind)}",
+        ]
+        failed = self.failures()
+        lines.append("FAILED:\n  " + "\n  ".join(failed) if failed else "OK")
+        return "\n".join(lines)
+
+    def as_json(self) -> dict[str, object]:
+        first, last = self.samples[0], self.samples[-1]
+        return {
+            "upgrades": self.upgrades,
+            "seconds": round(self.seconds, 1),
+            "short_errors": self.short.errors_total(),
+            "short_exchanges": self.short.exchanges,
+            "long_errors": self.long.errors_total(),
+            "long_lost": self.long.lost,
+            "fds_first": first.fds,
+            "fds_last": last.fds,
+            "own_fds_first": first.own_fds,
+            "own_fds_last": last.own_fds,
+            "rss_kib_first": first.rss_kib,
+            "rss_kib_last": last.rss_kib,
+            "pidfile_problems": self.pidfile_problems,
+            "most_processes": self.most_processes,
+            "bad_exits": self.bad_exits,
+            "left_behind": self.left_behind,
+            "failures": self.failures(),
+        }
+
+
+def soak(
+    upgrades: int,
+    *,
+    short: int = 4,
+    long: int = 2,
+    upgrade_timeout: float = 30.0,
+    server_args: list[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Result:
+    """
+    Run the soak; raise L{SoakError} if the server cannot be started or an upgrade
+    does not complete in C{upgrade_timeout} seconds.
+    """
+    become_subreaper()
+    directory = Path(tempfile.mkdtemp(prefix="txflip-soak-"))
+    pidfile = directory / "twistd.pid"
+    try:
+        with flipecho(directory, server_args or []) as first:
+            return _soak(
+                first,
+                directory,
+                pidfile,
+                upgrades,
+                short,
+                long,
+                upgrade_timeout,
+                progress,
+            )
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _soak(
+    first: subprocess.Popen[bytes],
+    directory: Path,
+    pidfile: Path,
+    upgrades: int,
+    short: int,
+    long: int,
+    upgrade_timeout: float,
+    progress: Callable[[str], None] | None,
+) -> Result:
+    log = LogTail(directory / "server.log")
+    generations = Generations(first)
+    log.wait_for(rf"\[pid {first.pid}\] .*generation 1 ready", 30)
+    port = int(log.wait_for(r"listening on tcp:127\.0\.0\.1:(\d+)", 5).group(1))
+    listening = socket_inodes(first.pid)
+    samples = [sample(1, first.pid, listening)]
+    times: list[float] = []
+    problems: list[str] = []
+    watcher = Watcher(pidfile, first.pid)
+    watcher.start()
+    started = time.monotonic()
+    load = Load(HOST, port, short, long)
+    load.start()
+    try:
+        wait_until("the load to flow", lambda: load.stats.exchanges > 50, 10)
+        serving = first.pid
+        for generation in range(2, upgrades + 2):
+            log.forget()
+            hup = time.monotonic()
+            os.kill(serving, signal.SIGHUP)
+            new: list[int] = []
+
+            def handed_over(old: int = serving, found: list[int] = new) -> bool:
+                pid = read_pidfile(pidfile)
+                if pid is not None and pid != old and not found:
+                    found.append(pid)
+                return bool(found) and not pid_alive(old)
+
+            wait_until(
+                f"upgrade to generation {generation}", handed_over, upgrade_timeout
+            )
+            times.append(time.monotonic() - hup)
+            generations.reap(serving)
+            serving = new[0]
+            # Sampled once the new generation knows its parent is gone (its parent
+            # pipe closed), so that every sample is taken in the same state.
+            log.wait_for(
+                rf"\[pid {serving}\] .*previous generation exited", upgrade_timeout
+            )
+            samples.append(sample(generation, serving, listening))
+            if progress is not None and (generation - 1) % 50 == 0:
+                progress(
+                    f"{generation - 1} upgrades, {time.monotonic() - started:.0f} s,"
+                    f" fds {samples[-1].own_fds}+{samples[-1].connections},"
+                    f" RSS {samples[-1].rss_kib} KiB, errors"
+                    f" {load.short_stats.errors_total()}/{load.long_stats.errors_total()}"
+                )
+    finally:
+        load.stop()
+        watcher.stop()
+    seconds = time.monotonic() - started
+    os.kill(serving, signal.SIGQUIT)
+    generations.reap(serving, 30)
+    wait_until("the session to end", lambda: not session_processes(first.pid), 10)
+    text = (directory / "server.log").read_text(errors="replace")
+    for bad in ("Traceback", "Unhandled", "upgrade failed", "upgrade refused"):
+        if bad in text:
+            problems.append(f"the log says {bad!r}")
+    return Result(
+        upgrades,
+        seconds,
+        load.short_stats,
+        load.long_stats,
+        samples,
+        times,
+        watcher.problems,
+        watcher.looks,
+        watcher.most_processes,
+        generations.bad_exits,
+        session_processes(first.pid),
+        pidfile.exists(),
+        problems,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
+    parser.add_argument("--upgrades", type=int, default=1000)
+    parser.add_argument("--short-clients", type=int, default=4)
+    parser.add_argument("--long-clients", type=int, default=2)
+    parser.add_argument("--json", action="store_true", help="print JSON too")
+    args = parser.parse_args(argv)
+    print(
+        f"soak: {args.upgrades} upgrades of flipecho, {args.short_clients} short-lived"
+        f" and {args.long_clients} long-lived clients",
+        flush=True,
+    )
+    try:
+        result = soak(
+            args.upgrades,
+            short=args.short_clients,
+            long=args.long_clients,
+            progress=lambda line: print(f"  {line}", flush=True),
+        )
+    except SoakError as e:
+        print(f"soak: {e}", file=sys.stderr)
+        return 1
+    print(result.summary())
+    if args.json:
+        print(json.dumps(result.as_json()))
+    return 1 if result.failures() else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
