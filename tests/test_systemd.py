@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, SUBREAPER, reap, twistdCommand
 from harness import pid_alive, read_pidfile, wait_for, wait_for_upgrade
 from test_flipecho import echo
@@ -107,9 +109,11 @@ def test_abstract_notify_socket(flip, tmp_path: Path) -> None:
     assert f"MAINPID={server.serving()}\nREADY=1\n" in message
 
 
-def test_socket_activation(tmp_path: Path) -> None:
+@pytest.mark.parametrize("byName", [False, True], ids=["by-address", "by-name"])
+def test_socket_activation(tmp_path: Path, byName: bool) -> None:
     """
-    Start flipecho the way systemd does: LISTEN_* set, a listening socket at fd 3.
+    Start flipecho the way systemd does: LISTEN_* set, a listening socket at fd 3,
+    asked for by its address or by its name (systemd:name=echo).
     """
     listening = socket.socket()
     listening.bind(("127.0.0.1", 0))
@@ -140,7 +144,7 @@ def test_socket_activation(tmp_path: Path) -> None:
             "-n",
             "flipecho",
             "--listen",
-            f"tcp:{port}:interface=127.0.0.1",
+            "systemd:name=echo" if byName else f"tcp:{port}:interface=127.0.0.1",
         ],
         cwd=tmp_path,
         env=env,

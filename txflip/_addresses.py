@@ -198,3 +198,22 @@ def parseListen(description: str, cwd: str | None = None) -> ListenSpec:
             f" IPv{want} address"
         )
     return ListenSpec(kind, host=address.compressed, port=port, backlog=backlog)  # type: ignore[arg-type]
+
+
+def systemdAlias(description: str) -> str:
+    """
+    The alias a C{systemd:} description (Twisted's syntax: C{systemd:domain=INET:
+    index=0} or C{systemd:domain=INET:name=web}) asks for: C{index=0} or
+    C{name=web}.
+
+    @raise ListenError: neither an index nor a name.
+    """
+    args = dict(_split(description)[1:])
+    if args.get("name"):
+        return f"name={args['name']}"
+    index = args.get("index", "")
+    if not index.isdigit():
+        raise ListenError(
+            f"bad listen description {description!r}: give index=N or name=NAME"
+        )
+    return f"index={int(index)}"

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from . import _web  # noqa: F401 - registers the drain adapter for twisted.web
-from ._addresses import ListenSpec, parseListen
+from ._addresses import ListenSpec, parseListen, systemdAlias
 from ._errors import ListenError, TxflipError
 from ._fds import Listener
 from ._upgrader import Upgrader
@@ -128,7 +128,7 @@ class FlipServerEndpoint:
     def __init__(
         self,
         process: _FlipProcess,
-        spec: ListenSpec,
+        spec: ListenSpec | str,
         tlsContext: Any = None,
     ) -> None:
         self._process = process
@@ -149,13 +149,16 @@ class FlipServerEndpoint:
         return succeed(_SharedPort(self._listener))
 
 
-def _innerSpec(reactor: Any, inner: str) -> tuple[ListenSpec, Any]:
+def _innerSpec(reactor: Any, inner: str) -> tuple[ListenSpec | str, Any]:
     """
     The socket an inner description asks for, and its TLS context if it is C{ssl:}.
     """
     kind = inner.split(":", 1)[0]
     if kind in ("tcp", "tcp6", "unix"):
         return parseListen(inner), None
+    if kind == "systemd":
+        systemdAlias(inner)  # checked now, claimed by the upgrader
+        return inner, None
     if kind == "ssl":
         from twisted.internet.endpoints import serverFromString
 
@@ -170,8 +173,8 @@ def _innerSpec(reactor: Any, inner: str) -> tuple[ListenSpec, Any]:
         )
         return spec, endpoint._sslContextFactory
     raise ListenError(
-        f"bad listen description 'flip:{inner}': flip: wraps tcp, tcp6, unix and ssl"
-        " descriptions"
+        f"bad listen description 'flip:{inner}': flip: wraps tcp, tcp6, unix, ssl"
+        " and systemd descriptions"
     )
 
 

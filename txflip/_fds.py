@@ -203,6 +203,9 @@ class Listener:
     requested: ListenSpec
     sock: socket.socket
     inherited: bool
+    #: Other names it answers to (systemd's C{name=}/C{index=}), kept across
+    #: generations.
+    aliases: tuple[str, ...] = ()
     port: IListeningPort | None = field(default=None, repr=False)
     _stopping: Deferred[None] | None = field(default=None, repr=False)
     _pathID: tuple[int, int] | None = field(default=None, repr=False)
@@ -325,12 +328,41 @@ class Listeners:
                 raise ListenError(f"cannot listen on {spec}: listed twice")
         entry = self._claim(spec)
         if entry is not None:
-            listener = Listener(entry.spec, spec, entry.sock, inherited=True)
+            listener = Listener(entry.spec, spec, entry.sock, True, entry.aliases)
         else:
             sock = bindSocket(spec)
             listener = Listener(spec.bound(sock.getsockname()), spec, sock, False)
         self._listeners.append(listener)
         return listener
+
+    def listenAlias(self, alias: str) -> Listener:
+        """
+        The inherited listener known as C{alias} (C{name=web}, C{index=0}): one
+        systemd passed to the first generation, or the parent passed on.
+
+        @raise ListenError: nobody passed such a socket.
+        """
+        for existing in self._listeners:
+            if alias in existing.aliases:
+                return existing
+        for entry in self._unclaimed:
+            if alias in entry.aliases:
+                self._unclaimed.remove(entry)
+                listener = Listener(
+                    entry.spec, entry.requested, entry.sock, True, entry.aliases
+                )
+                self._listeners.append(listener)
+                return listener
+        raise ListenError(
+            f"cannot listen on systemd:{alias}: no such socket was passed by systemd"
+            " (LISTEN_FDS/LISTEN_FDNAMES) or by the previous generation"
+        )
+
+    def handoffAliases(self) -> list[tuple[str, ...]]:
+        """
+        The aliases of L{handoffTable}'s listeners, in the same order.
+        """
+        return [each.aliases for each in self._listeners if each.sock.fileno() != -1]
 
     def closeUnclaimed(self) -> list[ListenSpec]:
         """

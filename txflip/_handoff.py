@@ -62,6 +62,9 @@ class InheritedListener:
     spec: ListenSpec
     requested: ListenSpec
     sock: socket.socket
+    #: Names it can be asked for instead of its address (C{name=web},
+    #: C{index=0}: systemd's, kept across generations).
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass
@@ -79,7 +82,11 @@ class Handoff:
     parentPID: int | None = None
 
 
-def encode(generation: int, listeners: list[tuple[ListenSpec, ListenSpec]]) -> str:
+def encode(
+    generation: int,
+    listeners: list[tuple[ListenSpec, ListenSpec]],
+    aliases: list[tuple[str, ...]] | None = None,
+) -> str:
     """
     The marker's value for a child of generation C{generation} inheriting
     C{listeners} (bound spec, requested spec) at fds 5, 6, ... in order.
@@ -98,6 +105,7 @@ def encode(generation: int, listeners: list[tuple[ListenSpec, ListenSpec]]) -> s
                 "port": bound.port,
                 "path": bound.path,
                 "requestedPort": requested.port,
+                "aliases": list(aliases[index]) if aliases else [],
             }
             for index, (bound, requested) in enumerate(listeners)
         ],
@@ -198,7 +206,7 @@ def decode(value: str) -> Handoff:
     seen = {readyFD, parentFD}
     if len(seen) != 2 or not all(3 <= fd <= MAX_FD for fd in seen) or generation < 2:
         raise HandoffError("malformed handoff table: bad generation or pipe fds")
-    parsed: list[tuple[int, ListenSpec, ListenSpec]] = []
+    parsed: list[tuple[int, ListenSpec, ListenSpec, tuple[str, ...]]] = []
     for index, entry in enumerate(entries):
         where = f"listener #{index}"
         if not isinstance(entry, dict):
@@ -229,7 +237,12 @@ def decode(value: str) -> Handoff:
             host = address.compressed
         spec = ListenSpec(kind, host=host, port=port, path=path)
         requested = dataclasses.replace(spec, port=requestedPort)
-        parsed.append((fd, spec, requested))
+        names = entry.get("aliases", [])
+        if not isinstance(names, list) or not all(
+            isinstance(n, str) and n.isprintable() for n in names
+        ):
+            raise HandoffError(f"malformed handoff table: {where} has bad aliases")
+        parsed.append((fd, spec, requested, tuple(names)))
     _checkPipe(readyFD, "ready")
     _checkPipe(parentFD, "parent")
     # spawnProcess placed our fds without close-on-exec; nothing we start later
@@ -238,8 +251,10 @@ def decode(value: str) -> Handoff:
     os.set_inheritable(parentFD, False)
     listeners: list[InheritedListener] = []
     try:
-        for fd, spec, requested in parsed:
-            listeners.append(InheritedListener(spec, requested, _adoptSocket(fd, spec)))
+        for fd, spec, requested, names in parsed:
+            listeners.append(
+                InheritedListener(spec, requested, _adoptSocket(fd, spec), names)
+            )
     except BaseException:
         for listener in listeners:
             listener.sock.detach()

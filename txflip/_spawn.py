@@ -128,6 +128,7 @@ class SpawnAttempt:
         generation: int,
         listeners: Sequence[tuple[ListenSpec, socket.socket, ListenSpec]],
         timeout: float,
+        aliases: Sequence[tuple[str, ...]] | None = None,
     ) -> None:
         self.result: Deferred[int] = Deferred()
         self._reactor = reactor
@@ -138,7 +139,9 @@ class SpawnAttempt:
         env = dict(environ)
         env.update(command.extraEnv)
         env[_handoff.MARKER] = _handoff.encode(
-            generation, [(bound, requested) for bound, _, requested in listeners]
+            generation,
+            [(bound, requested) for bound, _, requested in listeners],
+            list(aliases) if aliases is not None else None,
         )
         childFDs: dict[int, int | str] = {0: 0, 1: 1, 2: 2}
         childFDs[_handoff.READY_FD] = "r"

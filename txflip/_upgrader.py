@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import _handoff
-from ._addresses import ListenSpec, parseListen
+from ._addresses import ListenSpec, parseListen, systemdAlias
 from ._errors import (
     ChildFailed,
     NotReady,
@@ -155,6 +155,7 @@ def _makeMachine() -> Any:
                 s.generation + 1,
                 s.listeners.handoffTable(),
                 s.upgradeTimeout,
+                s.listeners.handoffAliases(),
             )
         except Exception as e:  # noqa: BLE001 - any reason to fail is reported
             c._childFailed(
@@ -356,6 +357,8 @@ class Upgrader:
 
         @raise ListenError: bad description, or the address cannot be bound.
         """
+        if isinstance(description, str) and description.startswith("systemd:"):
+            return self.listeners.listenAlias(systemdAlias(description))
         spec = (
             description
             if isinstance(description, ListenSpec)

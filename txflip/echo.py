@@ -16,7 +16,7 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.python import usage
 from zope.interface import implementer
 
-from ._addresses import parseListen
+from ._addresses import parseListen, systemdAlias
 from ._drain import IDrainable
 from ._errors import ListenError
 from .twistd import UpgradeOptions, failStartup, makeUpgradeService
@@ -91,10 +91,14 @@ class Options(UpgradeOptions):
     def opt_listen(self, description: str) -> None:
         """
         Where to listen (repeatable): tcp:PORT[:interface=IP], tcp6:PORT[:interface=IP6],
-        unix:PATH[:mode=0666], udp:PORT[:interface=IP], udp6:...
+        unix:PATH[:mode=0666], udp:PORT[:interface=IP], udp6:..., or a socket passed
+        by systemd: systemd:name=NAME, systemd:index=N
         """
         try:
-            parseListen(description)
+            if description.startswith("systemd:"):
+                systemdAlias(description)
+            else:
+                parseListen(description)
         except ListenError as e:
             raise usage.UsageError(str(e)) from None
         self["listen"].append(description)

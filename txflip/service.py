@@ -23,7 +23,12 @@ from twisted.python.failure import Failure
 
 from . import _handoff
 from ._addresses import ListenSpec
-from ._drain import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE, ConnectionTracker
+from ._drain import (
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_IDLE_GRACE,
+    ConnectionTracker,
+    drainAll,
+)
 from ._errors import (
     NotReady,
     ParentAlive,
@@ -322,9 +327,8 @@ class UpgradeService(Service):
             why="final stop" if final else f"pid {self.upgrader.successor} serves now",
         )
         trackers = [tracker for _, tracker, _ in self._streams + self._controls]
-        cut = 0
-        for tracker in trackers:
-            cut += await tracker.drain(self.idleGrace, self.drainTimeout)
+        # All at once: one idle grace and one drain timeout for the whole process.
+        cut = sum(await drainAll(trackers, self.idleGrace, self.drainTimeout))
         pidFile = self.upgrader.pidFile
         if final and pidFile is not None:
             pidFile.removeIfOurs(os.getpid())

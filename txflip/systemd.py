@@ -147,7 +147,9 @@ def listenFDs(
     for variable in _LISTEN_VARIABLES:
         environ.pop(variable, None)
     listeners = []
-    for fd in found.inheritedDescriptors():
+    names = found.inheritedNamedDescriptors()
+    nameOf = {fd: name for name, fd in names.items()}
+    for index, fd in enumerate(found.inheritedDescriptors()):
         try:
             if not stat.S_ISSOCK(os.fstat(fd).st_mode):
                 raise OSError("not a socket")
@@ -162,5 +164,8 @@ def listenFDs(
             continue
         sock.setblocking(False)
         sock.set_inheritable(False)
-        listeners.append(InheritedListener(spec, spec, sock))
+        aliases: tuple[str, ...] = (f"index={index}",)
+        if fd in nameOf:
+            aliases += (f"name={nameOf[fd]}",)
+        listeners.append(InheritedListener(spec, spec, sock, aliases))
     return listeners
