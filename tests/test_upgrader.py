@@ -53,6 +53,7 @@ class FakeAttempt:
         generation: int,
         listeners: Any,
         timeout: float,
+        aliases: Any = None,
     ) -> None:
         if self.failToStart is not None:
             raise self.failToStart

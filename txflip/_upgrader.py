@@ -155,7 +155,7 @@ def _makeMachine() -> Any:
                 s.generation + 1,
                 s.listeners.handoffTable(),
                 s.upgradeTimeout,
-                s.listeners.handoffAliases(),
+                aliases=s.listeners.handoffAliases(),
             )
         except Exception as e:  # noqa: BLE001 - any reason to fail is reported
             c._childFailed(
