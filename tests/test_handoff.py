@@ -200,6 +200,7 @@ def test_encodeLayout() -> None:
     assert " " not in value
     wire = json.loads(value)
     assert wire.pop("parentPid") == os.getpid()
+    assert [each.pop("aliases") for each in wire["listeners"]] == [[], [], []]
     assert wire == {
         "version": 1,
         "generation": 7,
@@ -887,3 +888,15 @@ def test_parentWatcherConnectionLostIsEOF(fds: FDs) -> None:
     assert calls == [None]
     assert watcher not in reactor.getReaders()
     assert not isOpen(r)
+
+
+def test_aliasesRoundTrip(tmp_path: Any) -> None:
+    """
+    Names systemd gave a socket survive the handoff, so that a later generation
+    asking for systemd:name=web finds it.
+    """
+    tcp = ListenSpec("tcp", host="127.0.0.1", port=8080)
+    wire = json.loads(encode(2, [(tcp, tcp)], [("index=0", "name=web")]))
+    assert wire["listeners"][0]["aliases"] == ["index=0", "name=web"]
+    wire["listeners"][0]["aliases"] = "name=web"
+    refused(wire, "bad aliases")
