@@ -223,3 +223,74 @@ def test_plain_program_with_serverFromString(tmp_path: Path) -> None:
         if SUBREAPER:
             assert reap(second, 30) == 0
         assert not pidfile.exists()
+
+
+def _selfSigned(directory: Path) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    keyPath, certPath = directory / "key.pem", directory / "cert.pem"
+    keyPath.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    certPath.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return keyPath, certPath
+
+
+def test_flip_ssl_across_upgrade(tmp_path: Path) -> None:
+    """
+    flip:ssl: each generation builds its TLS context from its own arguments; the
+    listening socket is inherited.
+    """
+    import ssl
+
+    keyPath, certPath = _selfSigned(tmp_path)
+    port = free_port()
+    pidfile = tmp_path / "tls.pid"
+    description = (
+        f"flip:ssl:{port}:interface=127.0.0.1:privateKey={keyPath}:certKey={certPath}"
+        f":pidfile={pidfile}"
+    )
+    argv = [sys.executable, "-c", PLAIN, description]
+    context = ssl.create_default_context(cafile=str(certPath))
+    context.check_hostname = False
+
+    def echo() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall(b"secret\n")
+                return s.recv(100)
+
+    with ServerProcess(
+        argv, tmp_path / "tls.log", cwd=tmp_path, env={"PYTHONPATH": str(ROOT)}
+    ) as proc:
+        first = wait_for(lambda: read_pidfile(pidfile), 20, what="ready")
+        assert echo() == b"secret\n"
+        proc.send(signal.SIGHUP)
+        second, _, _ = wait_for_upgrade(pidfile, first, timeout=30)
+        proc.track(second)
+        assert echo() == b"secret\n"
+        os.kill(second, signal.SIGQUIT)
+        if SUBREAPER:
+            assert reap(second, 30) == 0
