@@ -5,6 +5,7 @@ End to end: real `twistd -n flipecho` processes, real signals, real sockets.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import statistics
@@ -170,3 +171,53 @@ def test_unix_socket_across_upgrades(flip, tmp_path: Path) -> None:
         assert unixEcho() == b"over unix\n"
     server.signal(signal.SIGQUIT)
     wait_for(lambda: not path.exists(), 20, what="the unix path to be removed")
+
+
+def test_listeners_drain_together(flip) -> None:
+    """
+    Every listener's connections drain at once, within one idle grace: while an
+    idle connection on the first listener holds its drain open, a connection on the
+    second is already draining (its next echo comes with the close).  Draining the
+    listeners one after the other took one idle grace per listener.
+    """
+    server = flip(
+        "--idle-grace",
+        "10",
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+    )
+    first, second = (
+        int(port)
+        for port in re.findall(r"listening on tcp:127\.0\.0\.1:(\d+)", server.logText())
+    )
+
+    def connect(port: int) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(b"hi\n")
+        assert sock.recv(100) == b"hi\n"
+        return sock
+
+    def closesWithEcho(sock: socket.socket) -> bool:
+        sock.sendall(b"again\n")
+        assert sock.recv(100) == b"again\n"
+        sock.settimeout(1)
+        try:
+            return sock.recv(100) == b""
+        except TimeoutError:
+            return False
+
+    idle, probe, other = connect(first), connect(first), connect(second)
+    with idle, probe, other:
+        old = server.serving()
+        os.kill(old, signal.SIGHUP)
+        new = wait_for(
+            lambda: (p := read_pidfile(server.pidfile)) != old and p, 30, what="ready"
+        )
+        server.track(new)
+        # The first listener drains (its idle connection keeps it from finishing)...
+        assert wait_for(lambda: closesWithEcho(probe) or None, 10, what="draining")
+        # ...and the second drains at the same time.
+        assert closesWithEcho(other)
+        assert pid_alive(old)
