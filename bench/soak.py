@@ -3,6 +3,11 @@ Soak: many consecutive upgrades of flipecho under load, and what they leave behi
 
     python bench/soak.py                 # 1,000 upgrades (about 7 minutes here)
     python bench/soak.py --upgrades 50   # the version tests/test_soak.py runs
+    python bench/soak.py --commit HEAD   # the code of a commit, not of the checkout
+
+Every new generation imports the code on disk (that is what an upgrade is for): in a
+checkout others are editing, use C{--commit}, which runs the server from a snapshot
+(C{git archive}) so that every generation runs the same code.
 
 One C{twistd -n flipecho} is started in its own session and temporary directory.
 The clients of C{txflip check} (short-lived: connect, one line, close; long-lived:
@@ -268,18 +273,37 @@ class Generations:
             self.bad_exits.append(f"pid {pid} exited with status {status}")
 
 
-@contextmanager
-def flipecho(directory: Path, extra: list[str]) -> Iterator[subprocess.Popen[bytes]]:
+def snapshot(commit: str, directory: Path) -> Path:
     """
-    Start C{twistd -n flipecho} in C{directory}, in its own session; on the way out,
-    SIGKILL whatever is left of its session.
+    Extract C{commit} of this checkout into C{directory}/src.
+    """
+    target = directory / "src"
+    target.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", commit],
+        capture_output=True,
+        check=False,
+    )
+    if archive.returncode != 0:
+        raise SoakError(f"git archive {commit}: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target
+
+
+@contextmanager
+def flipecho(
+    directory: Path, source: Path, extra: list[str]
+) -> Iterator[subprocess.Popen[bytes]]:
+    """
+    Start C{twistd -n flipecho} (txflip from C{source}) in C{directory}, in its own
+    session; on the way out, SIGKILL whatever is left of its session.
     """
     twistd = shutil.which("twistd", path=os.path.dirname(sys.executable))
     if twistd is None:
         raise SoakError("twistd is not installed next to this interpreter")
     argv = [sys.executable, twistd, "-n", "flipecho"]
     argv += ["--listen", f"tcp:0:interface={HOST}", *extra]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONPATH": str(source), "PYTHONUNBUFFERED": "1"}
     with open(directory / "server.log", "ab") as log:
         process = subprocess.Popen(
             argv,
@@ -418,17 +442,20 @@ def soak(
     long: int = 2,
     upgrade_timeout: float = 30.0,
     server_args: list[str] | None = None,
+    commit: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Result:
     """
-    Run the soak; raise L{SoakError} if the server cannot be started or an upgrade
-    does not complete in C{upgrade_timeout} seconds.
+    Run the soak (with the code of C{commit}, or of the checkout); raise
+    L{SoakError} if the server cannot be started or an upgrade does not complete in
+    C{upgrade_timeout} seconds.
     """
     become_subreaper()
     directory = Path(tempfile.mkdtemp(prefix="txflip-soak-"))
     pidfile = directory / "twistd.pid"
     try:
-        with flipecho(directory, server_args or []) as first:
+        source = snapshot(commit, directory) if commit else ROOT
+        with flipecho(directory, source, server_args or []) as first:
             return _soak(
                 first,
                 directory,
@@ -528,16 +555,31 @@ def _soak(
     )
 
 
+def resolve(commit: str) -> str:
+    result = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", commit],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result.stdout.strip() or commit
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     parser.add_argument("--upgrades", type=int, default=1000)
     parser.add_argument("--short-clients", type=int, default=4)
     parser.add_argument("--long-clients", type=int, default=2)
+    parser.add_argument(
+        "--commit", metavar="REV", help="run the server from a snapshot of REV"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON too")
     args = parser.parse_args(argv)
+    commit = resolve(args.commit) if args.commit else None
     print(
         f"soak: {args.upgrades} upgrades of flipecho, {args.short_clients} short-lived"
-        f" and {args.long_clients} long-lived clients",
+        f" and {args.long_clients} long-lived clients; code: "
+        + (f"commit {commit}" if commit else f"the checkout {ROOT}"),
         flush=True,
     )
     try:
@@ -545,6 +587,7 @@ def main(argv: list[str] | None = None) -> int:
             args.upgrades,
             short=args.short_clients,
             long=args.long_clients,
+            commit=commit,
             progress=lambda line: print(f"  {line}", flush=True),
         )
     except SoakError as e:

@@ -830,7 +830,7 @@ def test_bad_handoff_is_one_line(
         placed[5] = handoffFDs[at5]
     status, output, told = startWithHandoff(tmp_path, makeTable(port), placed, port)
     reason = reason.format(port=port)
-    assert status != 0, output
+    assert status == 1, output
     lines = [line for line in output.splitlines() if line.strip()]
     assert len(lines) == 1, output
     assert "Traceback" not in output
@@ -845,6 +845,6 @@ def test_stale_marker_without_fds(tmp_path: Path) -> None:
     """
     status, output, _ = startWithHandoff(tmp_path, table(8080), {}, 8080)
     lines = [line for line in output.splitlines() if line.strip()]
-    assert status != 0 and len(lines) == 1, output
+    assert status == 1 and len(lines) == 1, output
     # fd 3 is whatever twistd opened first (closed, or not a pipe): never used.
     assert "handoff ready fd 3 is " in lines[0]
