@@ -247,9 +247,9 @@ def test_child_never_ready_times_out_under_load(flip, fault: Path, mode: str) ->
     """
     A new generation that never becomes ready is killed at the upgrade timeout:
     whether it never got as far as running twistd (C{hang}), or adopted the sockets
-    and then blocked its reactor where it would say it is ready (C{block-at-ready}):
-    a generation accepts only in the reactor turn that declares it ready, so the
-    one that is killed held no client connection.
+    and then blocked its reactor where it would say it is ready (C{block-at-ready}).
+    A generation handles no I/O before the reactor turn that declares it ready, so
+    the one that is killed never accepted a client connection.
     """
     server = flip(
         "--upgrade-timeout", "1.5", env={"FLIPAPP_FAULT": str(fault)}, app=True
