@@ -422,11 +422,15 @@ def test_sighup_storm(flip) -> None:
     alone(server, new)
 
 
-def test_sigquit_during_upgrade(flip, fault: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGQUIT, signal.SIGTERM])
+def test_sigquit_during_upgrade(
+    flip, fault: Path, tmp_path: Path, stop: signal.Signals
+) -> None:
     """
-    SIGQUIT while the next generation starts: it is killed, the old one drains its
-    connections (each closed with a reply) and exits 0, the pid file is removed, no
-    process is left.
+    SIGQUIT (or twistd's SIGTERM) while the next generation starts: it is killed,
+    the old one drains its connections (each closed with a reply) and exits (0 for
+    SIGQUIT; after SIGTERM twistd ends by re-raising it), the pid file is removed,
+    no process is left.
     """
     gate = tmp_path / "go"
     server = flip(env={"FLIPAPP_FAULT": str(fault)}, app=True)
@@ -436,9 +440,10 @@ def test_sigquit_during_upgrade(flip, fault: Path, tmp_path: Path) -> None:
         fault.write_text(f"gate:{gate}")
         os.kill(pid, signal.SIGHUP)
         child = spawned(server, 2)
-        os.kill(pid, signal.SIGQUIT)
+        os.kill(pid, stop)
         waitLine(server, pid, f"stopping: killing starting child pid {child}")
-        assert server.proc.wait_exit(20) == 0
+        expected = 0 if stop == signal.SIGQUIT else -signal.SIGTERM
+        assert server.proc.wait_exit(20) == expected
         load.stop()
     assert not pid_alive(child)
     assert not server.pidfile.exists()
@@ -449,6 +454,28 @@ def test_sigquit_during_upgrade(flip, fault: Path, tmp_path: Path) -> None:
     # only reconnecting to a service that has stopped.
     assert stats.lost == 0 and stats.closed_by_server >= 3, stats
     assert stats.errors_total() == stats.refused, stats
+
+
+def test_sighup_to_a_starting_generation(flip, fault: Path, tmp_path: Path) -> None:
+    """
+    The limit the README states: a SIGHUP that reaches a new generation before it
+    has installed its handler (a process-group or terminal hangup) kills it.  The
+    upgrade fails with that reason; the old generation serves on.
+    """
+    gate = tmp_path / "go"
+    server = flip(env={"FLIPAPP_FAULT": str(fault)}, app=True)
+    pid = server.serving()
+    fault.write_text(f"gate:{gate}")
+    os.kill(pid, signal.SIGHUP)
+    child = spawned(server, 2)
+    os.kill(child, signal.SIGHUP)
+    line = waitLine(server, pid, "upgrade failed")
+    assert f"child pid={child} was killed by SIGHUP before it was ready" in line
+    assert server.serving() == pid
+    assert echo(server.port) == b"hello\n"
+    fault.unlink()
+    upgradeWorks(server)
+    alone(server, server.serving())
 
 
 def test_sighup_during_drain(flip, partial) -> None:
