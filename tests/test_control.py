@@ -142,15 +142,25 @@ def test_concurrent_upgrade_requests_share_one_upgrade(flip, tmp_path: Path) -> 
     failing with "upgrade in progress" (systemd may reload while an operator does).
     """
     control = tmp_path / "control.sock"
-    server = flip("--control", str(control))
+    fault, gate = tmp_path / "fault", tmp_path / "gate"
+    server = flip(
+        "--control", str(control), env={"FLIPAPP_FAULT": str(fault)}, app=True
+    )
+    # The next generation starts only once the gate exists: the test decides.
+    fault.write_text(f"gate:{gate}")
     command = [sys.executable, "-m", "txflip", "upgrade", "--control", str(control)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
     wait_for(lambda: "started generation 2" in server.logText(), 20, what="spawn")
-    second = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=60
+    second = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    wait_for(
+        lambda: "joins the upgrade in progress" in server.logText(),
+        20,
+        what="the second request to join",
     )
+    gate.write_text("")
     out, _ = first.communicate(timeout=60)
+    out2, _ = second.communicate(timeout=60)
     assert first.returncode == 0 and second.returncode == 0
     assert int(out) == int(out2) == server.serving()
     server.track(int(out))
