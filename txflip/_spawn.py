@@ -16,7 +16,8 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred
@@ -73,6 +74,33 @@ def describeExit(pid: int, reason: Failure) -> str:
     C{child pid=N exited with status 3} / C{... was killed by SIGKILL}.
     """
     return f"child pid={pid} {_howItEnded(reason)} before it was ready"
+
+
+@contextmanager
+def hangupsHeld() -> Iterator[None]:
+    """
+    Block SIGHUP while the child is started.  The child inherits the blocked mask,
+    so a hangup reaching it before it has a handler (a terminal or process-group
+    hangup) stays pending instead of killing it; L{releaseHangups} delivers it once
+    the handler is in place.  Here, a SIGHUP meanwhile is only delayed.
+    """
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def releaseHangups() -> None:
+    """
+    Unblock SIGHUP (blocked since we were spawned): call once the handler is
+    installed.
+    """
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
 
 class _ChildProtocol(ProcessProtocol):
@@ -148,14 +176,15 @@ class SpawnAttempt:
         childFDs[_handoff.PARENT_FD] = "w"
         for index, (_, sock, _) in enumerate(listeners):
             childFDs[_handoff.FIRST_LISTENER_FD + index] = sock.fileno()
-        self._process: IProcessTransport = reactor.spawnProcess(  # type: ignore[attr-defined]
-            _ChildProtocol(self),
-            command.executable,
-            list(command.args),
-            env=env,
-            path=command.cwd,
-            childFDs=childFDs,
-        )
+        with hangupsHeld():
+            self._process: IProcessTransport = reactor.spawnProcess(  # type: ignore[attr-defined]
+                _ChildProtocol(self),
+                command.executable,
+                list(command.args),
+                env=env,
+                path=command.cwd,
+                childFDs=childFDs,
+            )
         self.pid: int = self._process.pid or 0
         self._timeout: IDelayedCall | None = reactor.callLater(  # type: ignore[attr-defined]
             timeout, self._timedOut, timeout

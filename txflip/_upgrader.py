@@ -32,7 +32,7 @@ from ._errors import (
 )
 from ._fds import Listener, Listeners
 from ._pidfile import PidFile
-from ._spawn import Command, SpawnAttempt
+from ._spawn import Command, SpawnAttempt, releaseHangups
 
 DEFAULT_UPGRADE_TIMEOUT = 60.0
 
@@ -385,6 +385,9 @@ class Upgrader:
             if self._core.pidFile is not None:
                 self._core.pidFile.write(os.getpid())
             self._declaredReady = True
+            # For users without UpgradeService: SIGHUP was blocked since we were
+            # spawned; by now their handler is in place.
+            releaseHangups()
         self._machine.ready()
 
     def upgrade(self) -> Deferred[int]:

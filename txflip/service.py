@@ -37,6 +37,7 @@ from ._errors import (
     UpgradeInProgress,
 )
 from ._fds import Listener
+from ._spawn import releaseHangups
 from ._upgrader import Upgrader
 from .systemd import Notifier
 
@@ -213,6 +214,9 @@ class UpgradeService(Service):
 
         signal.signal(signal.SIGHUP, later(self._onHUP))
         signal.signal(signal.SIGQUIT, later(self._onQUIT))
+        # Our parent started us with SIGHUP blocked: a hangup that came early is
+        # delivered now, to the handler.
+        releaseHangups()
 
     def _onHUP(self) -> None:
         self._log.info("txflip: SIGHUP: upgrading")
