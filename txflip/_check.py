@@ -1035,7 +1035,11 @@ def run_check(
                 break
             if shown is not None:
                 shown.show(now - start, duration, load, len(done))
-            thread.join(0.25 if now >= end else max(min(0.25, end - now), 0.01))
+            wait = 0.25 if now >= end else max(min(0.25, end - now), 0.01)
+            if thread.is_alive():
+                thread.join(wait)
+            else:  # join() would return at once: no busy loop stealing the GIL
+                time.sleep(wait)
     finally:
         seconds = time.monotonic() - start
         stopped = load.stop()
