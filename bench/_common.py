@@ -1,0 +1,310 @@
+"""
+Shared by the benchmarks: the servers under comparison, processes, tables.
+
+Every server runs in its own session and temporary directory, with its log there;
+L{Running.stop} kills the whole session (every generation), so an interrupted
+benchmark leaves nothing listening.
+
+Servers import txflip from the checkout, or, with C{--commit REV} (L{options}), from
+a snapshot of that commit (C{git archive}): every new generation imports the code on
+disk, so in a checkout others are editing, a snapshot keeps a run on one version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import twisted
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT))  # txflip from this checkout
+
+from txflip._check import pid_alive, read_pidfile  # noqa: E402
+
+HOST = "127.0.0.1"
+
+#: Where the servers import txflip from: the checkout, or a snapshot (L{options}).
+CODE = ROOT
+_CODE_NAME = "the checkout"
+
+
+def options(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """
+    Parse the command line, with C{--commit REV}: run the servers on a snapshot.
+    """
+    global CODE, _CODE_NAME
+    parser.add_argument(
+        "--commit", metavar="REV", help="run the servers from a snapshot of REV"
+    )
+    args = parser.parse_args()
+    if args.commit:
+        rev = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", args.commit],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        target = Path(tempfile.mkdtemp(prefix="txflip-bench-src-"))
+        atexit.register(shutil.rmtree, target, ignore_errors=True)
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", rev], capture_output=True, check=True
+        )
+        subprocess.run(
+            ["tar", "-x", "-C", str(target)], input=archive.stdout, check=True
+        )
+        CODE, _CODE_NAME = target, f"commit {rev}"
+    return args
+
+
+def machine() -> str:
+    """One line saying where the numbers come from."""
+    model = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"{platform.system()} {platform.release()}, {os.cpu_count()} cores ({model}),"
+        f" Python {platform.python_version()}, Twisted {twisted.__version__}"
+    )
+
+
+def header(title: str, note: str = "") -> None:
+    print(f"== {title}")
+    print(f"   {machine()}; txflip from {_CODE_NAME}")
+    print("   a shared 2-core machine: medians of several runs, and ratios")
+    if note:
+        print(f"   {note}")
+    print()
+
+
+def raise_nofile(wanted: int) -> int:
+    """Raise our open-files limit (children inherit it); the limit we got."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def twistd() -> list[str]:
+    found = shutil.which("twistd", path=os.path.dirname(sys.executable))
+    if not found:
+        raise SystemExit("bench: twistd is not installed next to this Python")
+    return [sys.executable, found]
+
+
+def echo_once(port: int, timeout: float = 2.0) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout) as s:
+            s.sendall(b"ping\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(100)
+                if not chunk:
+                    return False
+                data += chunk
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(what: str, predicate: Callable[[], object], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"bench: timed out waiting for {what}")
+        time.sleep(0.001)
+
+
+@dataclass
+class Running:
+    """A server under test: its first process, pid file, port and directory."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    pidfile: Path
+    port: int
+    dir: Path
+    ports: tuple[int, ...] = ()
+
+    def serving(self) -> int | None:
+        return read_pidfile(self.pidfile)
+
+    def log(self) -> str:
+        return (self.dir / "server.log").read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 30.0) -> int:
+        def ready() -> bool:
+            pid = self.serving()
+            return pid is not None and pid_alive(pid) and echo_once(self.port)
+
+        try:
+            wait_until(f"{self.name} to serve", ready, timeout)
+        except RuntimeError:
+            tail = self.log()[-2000:]
+            raise RuntimeError(f"{self.name} did not start:\n{tail}") from None
+        pid = self.serving()
+        assert pid is not None
+        return pid
+
+    def upgrade(self, timeout: float = 30.0) -> tuple[int, float, float]:
+        """SIGHUP; (new pid, s to new pid in the pid file, s to old pid gone)."""
+        old = self.serving()
+        assert old is not None
+        started = time.monotonic()
+        os.kill(old, signal.SIGHUP)
+        new: int | None = None
+        to_new = to_gone = 0.0
+        while True:
+            now = time.monotonic()
+            if new is None:
+                pid = self.serving()
+                if pid is not None and pid != old and pid_alive(pid):
+                    new, to_new = pid, now - started
+            if not to_gone and not pid_alive(old):
+                to_gone = now - started
+            if new is not None and to_gone:
+                return new, to_new, to_gone
+            if now - started > timeout:
+                raise RuntimeError(f"{self.name}: upgrade not done in {timeout} s")
+            time.sleep(0.0005)
+
+    def stop(self) -> None:
+        pid = self.serving()
+        with contextlib.suppress(OSError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        if pid is not None and pid_alive(pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def command(
+    name: str, port: int, pidfile: Path, listens: Sequence[str] = ()
+) -> list[str]:
+    """How each server under comparison is started."""
+    if name == "flipecho":
+        listen = [f"tcp:{port}:interface={HOST}", *listens]
+        args = [a for each in listen for a in ("--listen", each)]
+        return [*twistd(), "-n", "--pidfile", str(pidfile), "flipecho", *args]
+    if name == "plain":
+        tac = BENCH / "plain_echo.tac"
+        return [*twistd(), "-n", "--pidfile", str(pidfile), "-y", str(tac)]
+    if name == "naive":
+        restart = [sys.executable, str(BENCH / "naive_restart.py")]
+        return restart + command("plain", port, pidfile)
+    if name == "reuseport":
+        script = BENCH / "reuseport_echo.py"
+        return [sys.executable, str(script), str(port), str(pidfile)]
+    if name == "pidecho":
+        script = BENCH / "pidecho.py"
+        return [sys.executable, str(script), str(port), str(pidfile)]
+    raise ValueError(name)
+
+
+def start(
+    name: str, listens: Sequence[str] = (), env: dict[str, str] | None = None
+) -> Running:
+    """Start server C{name} on a free port and wait until it echoes."""
+    port = free_port()
+    directory = Path(tempfile.mkdtemp(prefix=f"txflip-bench-{name}-"))
+    pidfile = directory / "server.pid"
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": str(CODE),
+        "BENCH_PORT": str(port),
+        **(env or {}),
+    }
+    with open(directory / "server.log", "wb") as log:
+        proc = subprocess.Popen(
+            command(name, port, pidfile, listens),
+            cwd=directory,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = Running(name, proc, pidfile, port, directory)
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+@contextlib.contextmanager
+def running(
+    name: str, listens: Sequence[str] = (), env: dict[str, str] | None = None
+) -> Iterator[Running]:
+    server = start(name, listens, env)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of C{pid} so far."""
+    stat = Path(f"/proc/{pid}/stat").read_bytes()
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain text table, first column left-aligned, the others right-aligned."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def line(row: list[str]) -> str:
+        first = row[0].ljust(widths[0])
+        rest = [cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True)]
+        return "  ".join([first, *rest]).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(cells[0]), rule, *(line(row) for row in cells[1:])])
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"

@@ -1,0 +1,103 @@
+"""
+(e) Scale: upgrade and drain time of flipecho with 1, 10, 100 listeners and 0, 1,000,
+5,000 open (idle) connections: how the cost grows.
+
+    python bench/scale.py [--listeners 1,10,100] [--connections 0,1000,5000] [--runs 3]
+
+For each combination: start flipecho with that many TCP listeners, open the
+connections (spread over the listeners, each echoes one line so that the server has
+accepted it), then SIGHUP and time SIGHUP -> new generation ready (the pid file) and
+SIGHUP -> old generation gone.  Idle connections are closed when the idle grace (1 s,
+flipecho's default) is over, so "drain" (ready -> old gone) is at least 1 s when
+there are connections.  Raises its open-files limit (and so the server's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import socket
+import time
+
+from _common import HOST, header, median, ms, options, raise_nofile, running, table
+
+TIMEOUT = 150.0
+
+
+def open_connections(ports: list[int], n: int) -> list[socket.socket]:
+    socks = []
+    for i in range(n):
+        sock = socket.create_connection((HOST, ports[i % len(ports)]), 10)
+        sock.sendall(b"x\n")
+        socks.append(sock)
+    for sock in socks:
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(100)
+            if not chunk:
+                raise RuntimeError("connection closed before its echo")
+            data += chunk
+    return socks
+
+
+def one(listeners: int, connections: int) -> tuple[float, float, float, int]:
+    """(s to ready, s to old gone, s to connect everything, drained count)."""
+    extra = ["tcp:0:interface=127.0.0.1"] * (listeners - 1)
+    with running("flipecho", extra) as server:
+        found = re.findall(r"listening on tcp:127\.0\.0\.1:(\d+)", server.log())
+        ports = sorted({int(p) for p in found})
+        assert len(ports) == listeners, (ports, server.log()[-2000:])
+        started = time.monotonic()
+        socks = open_connections(ports, connections)
+        connect = time.monotonic() - started
+        try:
+            _, to_new, to_gone = server.upgrade(TIMEOUT)
+        finally:
+            for sock in socks:
+                sock.close()
+        drained = re.findall(r"draining (\d+) connections", server.log())
+        return to_new, to_gone, connect, sum(int(n) for n in drained)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    parser.add_argument("--listeners", default="1,10,100")
+    parser.add_argument("--connections", default="0,1000,5000")
+    parser.add_argument("--runs", type=int, default=3)
+    args = options(parser)
+    listener_counts = [int(n) for n in args.listeners.split(",")]
+    connection_counts = [int(n) for n in args.connections.split(",")]
+    limit = raise_nofile(2 * max(connection_counts) + 1000)
+    header(
+        "(e) scale: upgrade and drain time vs listeners and open connections",
+        f"{args.runs} runs each, idle connections, idle grace 1 s; open files {limit}",
+    )
+    rows = []
+    for listeners in listener_counts:
+        for connections in connection_counts:
+            results = []
+            for _ in range(args.runs):
+                results.append(one(listeners, connections))
+                if results[-1][1] > 20:  # slow: one run says enough
+                    break
+            to_new = median([r[0] for r in results])
+            to_gone = median([r[1] for r in results])
+            row = [
+                f"{listeners}",
+                f"{connections}",
+                ms(to_new),
+                ms(to_gone),
+                ms(to_gone - to_new),
+                f"{max(r[3] for r in results)}",
+                f"{len(results)}",
+            ]
+            rows.append(row)
+            print("   " + "  ".join(row), flush=True)
+    print()
+    headers = ["listeners", "connections", "HUP->ready", "HUP->old gone"]
+    headers += ["drain (ready->gone)", "drained", "runs"]
+    print(table(headers, rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""
+(b) Steady-state cost: flipecho vs the plain Twisted echo server (same protocol,
+plain ``listenTCP``, no txflip).  Target: flipecho >= 97% of plain.
+
+    python bench/steady.py [--runs 6] [--seconds 4]
+
+Both servers run side by side; bench/loadgen.py (one epoll process) loads one at a
+time, alternating, as fast as it can: connections/s (connect, one line, its echo,
+close; 32 in flight) and lines/s (64 long-lived connections in lock step).  The
+server's CPU time per operation comes from /proc (it depends on how busy the server
+is: a busier server handles more events per poll).
+
+Last, in-process and precise: what txflip adds to one connection's life (build,
+connect, one line, half-close, close) through its ConnectionTracker, against the
+same protocol from a plain Factory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import _common
+from _common import BENCH, cpu_seconds, header, median, options, running, table
+
+MODES = {"connections": 32, "lines": 64}
+
+
+def load(mode: str, port: int, pid: int, seconds: float) -> tuple[float, float]:
+    """Run the load generator once: (operations per second, server CPU s per op)."""
+    concurrency = MODES[mode]
+    argv = [sys.executable, str(BENCH / "loadgen.py"), mode, str(port)]
+    argv += [str(seconds), str(concurrency)]
+    before = cpu_seconds(pid)
+    done = subprocess.run(
+        argv, capture_output=True, text=True, check=True, timeout=seconds + 60
+    )
+    cpu = cpu_seconds(pid) - before
+    result = json.loads(done.stdout)
+    if result["errors"]:
+        print(f"   ({result['errors']} errors in a {mode} run)")
+    return result["ops"] / result["seconds"], cpu / max(result["ops"], 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    parser.add_argument("--runs", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    args = options(parser)
+    header(
+        "(b) steady state: flipecho vs plain Twisted echo (target >= 97%)",
+        f"{args.runs} alternating runs of {args.seconds:g} s per server and mode",
+    )
+    rows = []
+    with running("plain") as plain, running("flipecho") as flip:
+        servers = {"plain": plain, "flipecho": flip}
+        for mode in MODES:
+            rates: dict[str, list[float]] = {name: [] for name in servers}
+            costs: dict[str, list[float]] = {name: [] for name in servers}
+            for server in servers.values():  # warm up
+                pid = server.serving()
+                assert pid is not None
+                load(mode, server.port, pid, 0.5)
+            for run in range(args.runs):
+                order = list(servers) if run % 2 == 0 else list(reversed(servers))
+                for name in order:
+                    server = servers[name]
+                    pid = server.serving()
+                    assert pid is not None
+                    rate, cost = load(mode, server.port, pid, args.seconds)
+                    rates[name].append(rate)
+                    costs[name].append(cost)
+            unit = "connections/s" if mode == "connections" else "lines/s"
+            plain_rate, flip_rate = median(rates["plain"]), median(rates["flipecho"])
+            plain_cost, flip_cost = median(costs["plain"]), median(costs["flipecho"])
+            rows.append(
+                [
+                    unit,
+                    f"{plain_rate:,.0f}",
+                    f"{flip_rate:,.0f}",
+                    f"{100 * flip_rate / plain_rate:.1f}%",
+                    f"{plain_cost * 1e6:.1f}",
+                    f"{flip_cost * 1e6:.1f}",
+                    f"{100 * plain_cost / flip_cost:.1f}%",
+                ]
+            )
+            spread = {
+                name: f"{min(values):,.0f}-{max(values):,.0f}"
+                for name, values in rates.items()
+            }
+            print(f"   {unit}: range plain {spread['plain']},"
+                  f" flipecho {spread['flipecho']}")  # fmt: skip
+    print()
+    headers = ["median", "plain", "flipecho", "flip/plain"]
+    headers += ["plain CPU us/op", "flip CPU us/op", "plain/flip CPU"]
+    print(table(headers, rows))
+    print()
+    plain_us, tracked_us = connection_life()
+    print(
+        f"   one connection's life in-process: plain Factory {plain_us:.2f} us,"
+        f" txflip ConnectionTracker {tracked_us:.2f} us:"
+        f" txflip adds {tracked_us - plain_us:.2f} us per connection"
+    )
+
+
+def connection_life() -> tuple[float, float]:
+    """Microseconds per connection's life: (plain factory, txflip tracker)."""
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "connection_life.py")],
+        env={**os.environ, "PYTHONPATH": str(_common.CODE)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(done.stdout)
+    return result["plain"], result["tracked"]
+
+
+if __name__ == "__main__":
+    main()
