@@ -246,6 +246,16 @@ def test_bad_input_is_one_line(
     assert captured.err == f"txflip check: {message.format(**values)}\n"
 
 
+@pytest.mark.parametrize("value", ["inf", "nan", "0", "-1", "x"])
+def test_every_run_ends(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["check", "--port", "1", "--duration", value])
+    assert exited.value.code == 2
+    assert f"expected a finite number of seconds >= 0.001, not '{value}'" in (
+        capsys.readouterr().err
+    )
+
+
 def test_not_an_echo_server(capsys: pytest.CaptureFixture[str]) -> None:
     class Upper(socketserver.StreamRequestHandler):
         def handle(self) -> None:

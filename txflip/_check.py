@@ -1071,7 +1071,8 @@ def _number(kind: Callable[[str], Any], low: float, what: str) -> Callable[[str]
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or not value >= low or value != value:
+        # Not NaN, not infinite: every run must end.
+        if value is None or not low <= value < math.inf:
             raise argparse.ArgumentTypeError(f"{what}, not {text!r}")
         return value
 
@@ -1080,7 +1081,7 @@ def _number(kind: Callable[[str], Any], low: float, what: str) -> Callable[[str]
 
 _count = _number(int, 0, "expected a whole number >= 0")
 _positive_int = _number(int, 1, "expected a whole number >= 1")
-_seconds = _number(float, 1e-3, "expected a number of seconds > 0")
+_seconds = _number(float, 1e-3, "expected a finite number of seconds >= 0.001")
 
 
 def _port(text: str) -> int:
