@@ -70,6 +70,26 @@ def test_flipecho_upgrades_without_errors(flip) -> None:
     assert report["throughput"]["lines_per_s"] > 0
 
 
+def test_flipecho_followed_by_pid(flip) -> None:
+    """
+    Without a pid file, each successor is found as a child of the old process.
+    """
+    server = flip()
+    first = server.serving()
+    status, report, stderr = check(
+        "--port", str(server.port), "--pid", str(first), "--short-clients", "2",
+        "--long-clients", "1", "--duration", "2", "--upgrades", "2",
+    )  # fmt: skip
+    server.track(server.serving())
+    assert status == 0, (report, stderr)
+    first_upgrade, second_upgrade = report["upgrades"]
+    assert first_upgrade["old_pid"] == first
+    assert second_upgrade["old_pid"] == first_upgrade["new_pid"]
+    assert second_upgrade["new_pid"] == server.serving()
+    assert first_upgrade["to_new_s"] is None  # unknown without a pid file
+    assert first_upgrade["to_old_gone_s"] > 0
+
+
 @pytest.fixture
 def naive(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """
