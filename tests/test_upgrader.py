@@ -661,3 +661,26 @@ def test_listenSpecObject(reactor: MemoryReactorClock) -> None:
         assert listener.sock.type == socket.SOCK_DGRAM
     finally:
         upgrader.listeners.close(unlink=True)
+
+
+def test_callbacksMayCallTheUpgraderAgain(
+    reactor: MemoryReactorClock, attempts: list[FakeAttempt]
+) -> None:
+    """
+    An upgrade's Deferred fires after the state machine's transition: a callback
+    that retries the upgrade, or stops, works (automat forbids re-entering a
+    transition that returns a value).
+    """
+    upgrader = firstGeneration(reactor)
+    upgrader.ready()
+    retried: list[Deferred[int]] = []
+    upgrader.upgrade().addErrback(lambda _: retried.append(upgrader.upgrade()))
+    attempts[0].fail(
+        ChildFailed("child pid=1 exited with status 1 before it was ready")
+    )
+    assert len(retried) == 1 and len(attempts) == 2
+    stopped: list[Deferred[None]] = []
+    upgrader.whenExit().addCallback(lambda _: stopped.append(upgrader.stop()))
+    attempts[1].ready()
+    assert outcome(retried[0]) == attempts[1].pid
+    assert len(stopped) == 1 and outcome(stopped[0]) is None

@@ -11,9 +11,9 @@ asynchronous step of which is a L{Deferred}.
 from __future__ import annotations
 
 import os
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from automat import TypeMachineBuilder, pep614
 from twisted.internet.defer import Deferred, fail, succeed
@@ -35,6 +35,7 @@ from ._pidfile import PidFile
 from ._spawn import Command, SpawnAttempt, releaseHangups
 
 DEFAULT_UPGRADE_TIMEOUT = 60.0
+T = TypeVar("T")
 
 
 class _Generation(Protocol):
@@ -84,6 +85,31 @@ class _Core:
     pending: Deferred[int] | None = None
     successor: int | None = None
     exitWaiters: list[Deferred[None]] | None = field(default_factory=list)
+    #: Deferreds to fire once the machine has finished its transition: their
+    #: callbacks may call the upgrader again, which automat forbids mid-transition.
+    outbox: list[Callable[[], object]] = field(default_factory=list)
+    depth: int = 0
+
+    def later(self, action: Callable[[], object]) -> None:
+        self.outbox.append(action)
+        if self.depth == 0:
+            self.flush()
+
+    def flush(self) -> None:
+        while self.outbox:
+            self.outbox.pop(0)()
+
+    def feed(self, method: Callable[..., T], *args: object) -> T:
+        """
+        Give the machine one input, then fire what it left in the outbox.
+        """
+        self.depth += 1
+        try:
+            return method(*args)
+        finally:
+            self.depth -= 1
+            if self.depth == 0:
+                self.flush()
 
     def finish(self) -> None:
         """
@@ -91,7 +117,7 @@ class _Core:
         """
         waiters, self.exitWaiters = self.exitWaiters, None
         for waiter in waiters or []:
-            waiter.callback(None)
+            self.later(lambda waiter=waiter: waiter.callback(None))  # type: ignore[misc]
 
 
 def _makeMachine() -> Any:
@@ -167,7 +193,10 @@ def _makeMachine() -> Any:
                 generation=s.generation + 1,
                 pid=s.attempt.pid,
             )
-            s.attempt.result.addCallbacks(c._childReady, c._childFailed)
+            s.attempt.result.addCallbacks(
+                lambda pid: s.feed(c._childReady, pid),
+                lambda reason: s.feed(c._childFailed, reason),
+            )
         return s.pending
 
     @pep614(Upgrading.upon(_Generation._childReady).to(Replaced))
@@ -178,7 +207,7 @@ def _makeMachine() -> Any:
         )
         pending, s.pending, s.attempt = s.pending, None, None
         assert pending is not None
-        pending.callback(pid)
+        s.later(lambda: pending.callback(pid))
         s.finish()
 
     @pep614(Upgrading.upon(_Generation._childFailed).to(Ready))
@@ -196,7 +225,7 @@ def _makeMachine() -> Any:
                 s.log.error("txflip: {error}", error=str(e))
         pending, s.pending, s.attempt = s.pending, None, None
         assert pending is not None
-        pending.errback(reason)
+        s.later(lambda: pending.errback(reason))
 
     @pep614(Starting.upon(_Generation.stop).to(Stopped))
     @pep614(StartingAlone.upon(_Generation.stop).to(Stopped))
@@ -222,9 +251,9 @@ def _makeMachine() -> Any:
         done: Deferred[None] = Deferred()
 
         def childGone(result: object) -> None:
-            pending.errback(Failure(Stopping()))
+            s.later(lambda: pending.errback(Failure(Stopping())))
             s.finish()
-            done.callback(None)
+            s.later(lambda: done.callback(None))
 
         # The machine's own callbacks on attempt.result see us Stopped and ignore it.
         attempt.cancel().addBoth(childGone)
@@ -388,7 +417,7 @@ class Upgrader:
             # For users without UpgradeService: SIGHUP was blocked since we were
             # spawned; by now their handler is in place.
             releaseHangups()
-        self._machine.ready()
+        self._core.feed(self._machine.ready)
 
     def upgrade(self) -> Deferred[int]:
         """
@@ -404,7 +433,7 @@ class Upgrader:
             # that an upgrade asked for right after the old pid vanished is not
             # refused.
             self._parentExited()
-        return self._machine.upgrade()
+        return self._core.feed(self._machine.upgrade)
 
     def _parentGone(self) -> bool:
         return self.hasParent and os.getppid() != self._parentPID
@@ -435,12 +464,12 @@ class Upgrader:
         """
         No more upgrades.  A child still starting is killed; fires once it is gone.
         """
-        return self._machine.stop()
+        return self._core.feed(self._machine.stop)
 
     def _parentExited(self) -> None:
         if self._parentWaiters is None:
             return
         waiters, self._parentWaiters = self._parentWaiters, None
-        self._machine.parentExited()
+        self._core.feed(self._machine.parentExited)
         for waiter in waiters or []:
             waiter.callback(None)
