@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from harness import ServerProcess, pid_alive, read_pidfile, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -670,6 +670,40 @@ def test_address_in_use_for_later_generation(flip, fault: Path) -> None:
     alone(server, server.serving())
 
 
+def test_failed_generation_leaves_parents_unix_path(
+    flip, fault: Path, tmp_path: Path
+) -> None:
+    """
+    A later generation that inherited a Unix socket and then fails to start (here:
+    another address of its configuration is taken) must not remove the path its
+    parent still serves.
+    """
+    path = tmp_path / "served.sock"
+    server = flip(
+        "--listen",
+        f"unix:{path}",
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+        env={"FLIPAPP_FAULT": str(fault)},
+        app=True,
+    )
+    with socket.socket() as taken:
+        taken.bind((LOCALHOST, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        fault.write_text(f"listen:tcp:{port}:interface=127.0.0.1")
+        failedUpgrade(server, "address already in use")
+    assert path.exists()
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(str(path))
+        s.sendall(b"still here\n")
+        assert s.recv(100) == b"still here\n"
+    fault.unlink()
+    upgradeWorks(server)
+    alone(server, server.serving())
+
+
 def test_unix_path_is_a_file_for_later_generation(flip, fault: Path) -> None:
     server = flip(env={"FLIPAPP_FAULT": str(fault)}, app=True)
     precious = fault.parent / "data.txt"

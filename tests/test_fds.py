@@ -767,3 +767,16 @@ def test_unixAcceptorSurvivesFailingConnection(tmp_path: Path) -> None:
         for c in clients:
             c.close()
         listener.close(unlink=True)
+
+
+def test_closeWithoutUnlinkKeepsUnclaimedPaths(tmp_path: Path) -> None:
+    """
+    A generation that fails before it serves closes what it inherited without
+    removing the Unix paths: its parent still serves them.
+    """
+    spec = parseListen(f"unix:{tmp_path / 'parent.sock'}")
+    sock = bindSocket(spec)
+    listeners = Listeners([InheritedListener(spec, spec, sock)])
+    listeners.close(unlink=False)
+    assert sock.fileno() == -1
+    assert os.path.exists(spec.path)

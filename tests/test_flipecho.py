@@ -9,10 +9,7 @@ import re
 import signal
 import socket
 import statistics
-import time
 from pathlib import Path
-
-import pytest
 
 from conftest import SUBREAPER, reap
 from harness import Load, pid_alive, read_pidfile, wait_for, wait_for_upgrade

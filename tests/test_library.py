@@ -10,8 +10,14 @@ import sys
 from pathlib import Path
 
 from conftest import ROOT, SUBREAPER, reap
-from harness import ServerProcess, free_port, pid_alive, read_pidfile, wait_for
-from harness import wait_for_upgrade
+from harness import (
+    ServerProcess,
+    free_port,
+    pid_alive,
+    read_pidfile,
+    wait_for,
+    wait_for_upgrade,
+)
 from test_flipecho import echo
 
 

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, SUBREAPER, reap, twistdCommand
 from harness import pid_alive, read_pidfile, wait_for, wait_for_upgrade
 from test_flipecho import echo

@@ -10,7 +10,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 from conftest import ROOT, SUBREAPER, reap, twistdCommand

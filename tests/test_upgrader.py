@@ -485,7 +485,7 @@ def test_childParentPipeHangUpAsConnectionLost(
     assert outcome(exited) is None
 
 
-def test_childInheritsAndClosesUnclaimedAtReady(
+def test_childInheritsAndClosesUnclaimedOnceParentGone(
     reactor: MemoryReactorClock,
     attempts: list[FakeAttempt],
     parent: Parent,
@@ -519,9 +519,11 @@ def test_childInheritsAndClosesUnclaimedAtReady(
         assert listener.inherited and listener.spec.port == keptPort
         assert os.path.exists(path)
         upgrader.ready()
-        assert not os.path.exists(path)  # not configured any more: closed, unlinked
+        # Kept while the parent lives: a listener may still be asked for late.
+        assert os.path.exists(path)
         parent.exit()
         parentGone(reactor, upgrader)
+        assert not os.path.exists(path)  # not configured any more: closed, unlinked
         upgrader.upgrade()
         assert attempts[0].listeners == [
             (listener.spec, listener.sock, listener.requested)
@@ -684,3 +686,29 @@ def test_callbacksMayCallTheUpgraderAgain(
     attempts[1].ready()
     assert outcome(retried[0]) == attempts[1].pid
     assert len(stopped) == 1 and outcome(stopped[0]) is None
+
+
+def test_lateListenAfterReadyStillInherits(
+    reactor: MemoryReactorClock, parent: Parent
+) -> None:
+    """
+    A listener asked for after ready (after an await, say) still gets the
+    inherited socket while the parent lives, instead of binding a second one.
+    """
+    sock = bindSocket(parseListen("tcp:0:interface=127.0.0.1"))
+    port = sock.getsockname()[1]
+    entry = {
+        "fd": sock.detach(),
+        "kind": "tcp",
+        "host": "127.0.0.1",
+        "port": port,
+        "path": "",
+        "requestedPort": port,
+    }
+    upgrader, _ = childGeneration(reactor, parent, listeners=[entry])
+    try:
+        upgrader.ready()
+        late = upgrader.listen(f"tcp:{port}:interface=127.0.0.1")
+        assert late.inherited and late.spec.port == port
+    finally:
+        upgrader.listeners.close(unlink=True)

@@ -63,14 +63,14 @@ class ControlProtocol(Protocol):
     def connectionMade(self) -> None:
         uid = peerUID(self.transport)
         if uid is not None and uid not in (0, os.getuid()):
-            self._reply({"ok": False, "error": "permission denied"})
+            self._reply({"ok": False, "error": "permission denied"}, unread=True)
             return
         clock = self._service._reactor
         self._timeout = clock.callLater(REQUEST_TIMEOUT, self._tooSlow)
 
     def _tooSlow(self) -> None:
         self._timeout = None
-        self._reply({"ok": False, "error": "request timed out"})
+        self._reply({"ok": False, "error": "request timed out"}, unread=True)
 
     def dataReceived(self, data: bytes) -> None:
         if self._busy:

@@ -96,13 +96,25 @@ def upgradeWithPidFile(path: str, timeout: float) -> int:
     )
 
 
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 1e6:
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {value!r}")
+    return seconds
+
+
 def runUpgrade(args: argparse.Namespace) -> int:
     try:
         if args.control:
             answer = request(args.control, "upgrade", args.timeout)
             if not answer.get("ok"):
                 raise CommandError(f"upgrade failed: {answer.get('error', 'unknown')}")
-            pid = answer["pid"]
+            pid = answer.get("pid")
+            if not isinstance(pid, int):
+                raise CommandError(f"the service sent an unreadable answer: {answer}")
         else:
             pid = upgradeWithPidFile(args.pid_file, args.timeout)
     except CommandError as e:
@@ -159,7 +171,7 @@ def register(subparsers: Any) -> None:
     )
     upgrade.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
         help=f"give up after this long (default {DEFAULT_TIMEOUT:g})",
@@ -174,5 +186,5 @@ def register(subparsers: Any) -> None:
     )
     status.add_argument("--control", metavar="PATH", required=True)
     status.add_argument("--json", action="store_true", help="print JSON")
-    status.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    status.add_argument("--timeout", type=_seconds, default=10.0, metavar="SECONDS")
     status.set_defaults(func=runStatus)

@@ -58,9 +58,10 @@ class IDrainable(Interface):
     def startDraining() -> None:
         """
         From now on, close the connection right after writing the reply to the
-        request in progress, or to the next request if none is in progress.  A
-        connection that has not completed its first exchange is served that
-        exchange.  Do not close now: the client may be sending.
+        request in progress, or to the next request if none is in progress (a
+        connection that has just been accepted is served its first request, if
+        it comes within the idle grace).  Do not close now: the client may be
+        sending.
         """
 
     def closeIfIdle() -> None:

@@ -364,14 +364,16 @@ class Listeners:
         """
         return [each.aliases for each in self._listeners if each.sock.fileno() != -1]
 
-    def closeUnclaimed(self) -> list[ListenSpec]:
+    def closeUnclaimed(self, unlink: bool = True) -> list[ListenSpec]:
         """
-        Close inherited sockets this generation's configuration did not ask for, and
-        unlink their Unix paths: nobody will serve them any more.
+        Close inherited sockets this generation's configuration did not ask for,
+        and (with C{unlink}) remove their Unix paths: nobody will serve them any
+        more.  A generation that fails before it serves passes C{unlink=False}: its
+        parent still serves those paths.
         """
         closed = []
         for entry in self._unclaimed:
-            Listener(entry.spec, entry.requested, entry.sock, True).close(unlink=True)
+            Listener(entry.spec, entry.requested, entry.sock, True).close(unlink)
             closed.append(entry.spec)
         self._unclaimed = []
         return closed
@@ -399,4 +401,4 @@ class Listeners:
         """
         for each in self._listeners:
             each.close(unlink)
-        self.closeUnclaimed()
+        self.closeUnclaimed(unlink)

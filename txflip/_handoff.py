@@ -282,6 +282,8 @@ def tellParentReady(handoff: Handoff) -> None:
     Tell the parent we serve.  A parent that is already gone is not an error: there
     is no one left to tell.
     """
+    global _readyPipeOpen
+    _readyPipeOpen = False
     try:
         os.write(handoff.readyFD, READY_MESSAGE)
     except OSError:
@@ -296,8 +298,8 @@ def tellParentError(message: str) -> None:
     parent reports the reason, not only an exit status.  Does nothing in a first
     generation (or when fd 3 is not our pipe).
     """
-    if not (_isChild or MARKER in os.environ):
-        return
+    if not (_isChild or MARKER in os.environ) or not _readyPipeOpen:
+        return  # a first generation, or fd 3 is closed (and may be anything now)
     data = ERROR_PREFIX + message.encode("utf-8", "replace")[:MAX_ERROR] + b"\n"
     try:
         if stat.S_ISFIFO(os.fstat(READY_FD).st_mode):
@@ -309,6 +311,8 @@ def tellParentError(message: str) -> None:
 #: Whether this process was started by a parent generation (set on reading the
 #: marker, which is then gone from the environment).
 _isChild = False
+#: Whether fd 3 is still our ready pipe (it is closed once we said "ready").
+_readyPipeOpen = True
 
 
 @implementer(IReadDescriptor)

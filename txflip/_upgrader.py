@@ -28,6 +28,7 @@ from ._errors import (
     ParentAlive,
     PidFileError,
     Stopping,
+    UpgradeError,
     UpgradeInProgress,
 )
 from ._fds import Listener, Listeners
@@ -405,15 +406,11 @@ class Upgrader:
             told, so it keeps serving, and this generation is still not ready).
         """
         if not self._declaredReady and self._core.exitWaiters is not None:
-            # The steps that can fail come before the state changes.
-            for spec in self.listeners.closeUnclaimed():
-                self._log.info(
-                    "txflip: closed inherited {spec}: not configured any more",
-                    spec=spec,
-                )
+            # The step that can fail comes before the state changes.
             if self._core.pidFile is not None:
                 self._core.pidFile.write(os.getpid())
             self._declaredReady = True
+            self._closeUnclaimed()
             # For users without UpgradeService: SIGHUP was blocked since we were
             # spawned; by now their handler is in place.
             releaseHangups()
@@ -427,6 +424,14 @@ class Upgrader:
             fires too), or fails with an L{UpgradeError} saying why; this process
             keeps serving then.
         """
+        if os.getpid() == 1:
+            return fail(
+                UpgradeError(
+                    "running as PID 1: when this process exits the kernel kills every"
+                    " process of its namespace, the new generation too; run under an"
+                    " init (docker run --init, tini)"
+                )
+            )
         if self._parentWaiters is not None and self._parentGone():
             # The parent is gone but we have not noticed yet (its pipe's EOF or
             # our reparenting is still to be seen by the reactor): notice now, so
@@ -466,10 +471,31 @@ class Upgrader:
         """
         return self._core.feed(self._machine.stop)
 
+    @property
+    def isReady(self) -> bool:
+        """
+        Whether L{ready} has succeeded: this generation serves.
+        """
+        return self._declaredReady
+
+    def _closeUnclaimed(self) -> None:
+        """
+        Close inherited sockets nobody asked for, once we serve I{and} the parent
+        is gone: until then a listener may still be asked for late (after an
+        C{await}), and the parent serves them anyway.
+        """
+        if not self._declaredReady or self._parentWaiters is not None:
+            return
+        for spec in self.listeners.closeUnclaimed():
+            self._log.info(
+                "txflip: closed inherited {spec}: not configured any more", spec=spec
+            )
+
     def _parentExited(self) -> None:
         if self._parentWaiters is None:
             return
         waiters, self._parentWaiters = self._parentWaiters, None
+        self._closeUnclaimed()
         self._core.feed(self._machine.parentExited)
         for waiter in waiters or []:
             waiter.callback(None)

@@ -230,8 +230,9 @@ class UpgradeService(Service):
         """
         Upgrade now; fires with the new pid, or fails (logged) with the reason.
 
-        systemd hears C{RELOADING=1} now, and C{READY=1} from the new generation,
-        or from us again (with the reason) if the upgrade is refused or fails.
+        systemd hears C{RELOADING=1} when the upgrade starts, and C{READY=1} from
+        the new generation, or from us again (with the reason) if it fails; a
+        refusal is C{RELOADING=1} and C{READY=1} at once.
 
         @param join: if an upgrade is already in progress, wait for its outcome
             instead of being refused (what C{txflip upgrade} wants).
@@ -242,7 +243,10 @@ class UpgradeService(Service):
             self._joiners.append(joined)
             return joined
         generation = self.upgrader.generation
-        self.notifier.reloading(f"upgrading: starting generation {generation + 1}")
+        upgrading = self.upgrader.upgrade()
+        accepted = not upgrading.called
+        if accepted:
+            self.notifier.reloading(f"upgrading: starting generation {generation + 1}")
 
         def succeeded(pid: int) -> int:
             self.lastUpgrade = (time.time(), f"succeeded: pid {pid} serves")
@@ -256,14 +260,17 @@ class UpgradeService(Service):
             else:
                 message = f"failed: {message}"
                 self.lastUpgrade = (time.time(), message)
-            if not reason.check(UpgradeInProgress, Stopping):
-                self.notifier.stillReady(
-                    f"upgrade {message}; serving (generation {generation})"
-                )
+            status = f"upgrade {message}; serving (generation {generation})"
+            if accepted:
+                self.notifier.stillReady(status)
+            elif not reason.check(UpgradeInProgress, Stopping):
+                # Refused at once: complete the reload systemd may have begun
+                # (Type=notify-reload), in one message.
+                self.notifier.reloadRefused(status)
             return reason
 
-        upgrading = self.upgrader.upgrade().addCallbacks(succeeded, failed)
-        if not upgrading.called:
+        upgrading.addCallbacks(succeeded, failed)
+        if accepted:
             self._joiners = []
 
             def finished(result: Any) -> Any:
@@ -305,7 +312,8 @@ class UpgradeService(Service):
         self._stopReactor()
 
     def _stopReactor(self) -> None:
-        if self._reactor.running and self._stopping is None:
+        # Not once stopService has begun: the reactor is stopping already.
+        if self._reactor.running and self.running:
             self._reactor.stop()
 
     def stopService(self) -> Deferred[None]:
@@ -322,10 +330,13 @@ class UpgradeService(Service):
     async def _stop(self) -> None:
         await self.upgrader.stop()
         final = self.upgrader.successor is None
+        # Unix paths are removed only by a generation that served them: one that
+        # failed before it was ready leaves them to its parent.
+        unlink = final and (self.upgrader.isReady or not self.upgrader.hasParent)
         if final:
             self.notifier.stopping(f"stopping: draining {self.connections} connections")
         await self.upgrader.listeners.stopListening()
-        self.upgrader.listeners.close(unlink=final)
+        self.upgrader.listeners.close(unlink=unlink)
         self._log.info(
             "txflip: stopped listening ({why})",
             why="final stop" if final else f"pid {self.upgrader.successor} serves now",

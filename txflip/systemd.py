@@ -8,6 +8,8 @@ starts with C{@}), one datagram per state change.  The sequence a unit sees:
   - upgrade begins (old generation): C{RELOADING=1}, C{MONOTONIC_USEC=<µs>};
   - new generation ready: C{MAINPID=<its pid>}, C{READY=1};
   - upgrade failed (old generation): C{READY=1} with a C{STATUS=} saying why;
+  - upgrade refused at once (not ready, previous generation alive): C{RELOADING=1}
+    and C{READY=1} in one message, with the reason;
   - graceful stop: C{STOPPING=1}.
 
 Each message carries a C{STATUS=} in words.  An old generation that has handed over
@@ -99,6 +101,14 @@ class Notifier:
     def reloading(self, status: str) -> None:
         self.notify(
             "RELOADING=1", f"MONOTONIC_USEC={monotonicUsec()}", f"STATUS={status}"
+        )
+
+    def reloadRefused(self, status: str) -> None:
+        self.notify(
+            "RELOADING=1",
+            f"MONOTONIC_USEC={monotonicUsec()}",
+            "READY=1",
+            f"STATUS={status}",
         )
 
     def stillReady(self, status: str) -> None:

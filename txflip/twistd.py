@@ -19,6 +19,7 @@ C{self.parent} in C{postOptions}, which runs before twistd checks or writes anyt
 from __future__ import annotations
 
 import dataclasses
+import getopt
 import json
 import os
 import sys
@@ -197,28 +198,14 @@ def _runner() -> Any:
 def _subcommandIndex(config: Any, args: list[str]) -> int:
     """
     Where the subcommand (C{web}, C{flipecho}) stands in twistd's arguments: after
-    the options twistd itself parsed.
+    the options twistd itself parsed, found the way twistd finds it (getopt, which
+    also accepts abbreviated long options).
     """
-    index = 0
-    while index < len(args):
-        arg = args[index]
-        if arg == "--":
-            return index + 1
-        if arg.startswith("--"):
-            name = arg[2:]
-            takesValue = "=" not in name and f"{name}=" in config.longOpt
-            index += 2 if takesValue else 1
-        elif arg.startswith("-") and len(arg) > 1:
-            letters, step = arg[1:], 1
-            for position, letter in enumerate(letters):
-                found = config.shortOpt.find(letter)
-                if found >= 0 and config.shortOpt[found + 1 : found + 2] == ":":
-                    step = 2 if position == len(letters) - 1 else 1
-                    break
-            index += step
-        else:
-            return index
-    return index
+    try:
+        _, rest = getopt.getopt(args, config.shortOpt, config.longOpt)
+    except getopt.GetoptError:
+        return len(args)
+    return len(args) - len(rest)
 
 
 def takeOverTwistd(
@@ -237,7 +224,9 @@ def takeOverTwistd(
 
     @return: L{None} when this process is not twistd.
     """
-    encoded = environ.get(SETTINGS_VARIABLE)
+    # Read once and removed: the application's own subprocesses must not believe
+    # they are a later generation of a twistd.
+    encoded = environ.pop(SETTINGS_VARIABLE, None)
     if encoded is not None:
         try:
             settings = TwistdSettings(**json.loads(encoded))
@@ -261,7 +250,7 @@ def takeOverTwistd(
         config["pidfile"] = ""
         if not settings.ownLogger:
             runner.logger._observerFactory = settings.observerFactory()
-        environ[SETTINGS_VARIABLE] = json.dumps(dataclasses.asdict(settings))
+        encoded = json.dumps(dataclasses.asdict(settings))
         args = list(sys.argv[1:])
         position = _subcommandIndex(config, args)
         current = Command.current()
@@ -272,7 +261,7 @@ def takeOverTwistd(
         command = dataclasses.replace(
             current,
             args=(*current.args[:insertAt], *overrides, *current.args[insertAt:]),
-            extraEnv=((SETTINGS_VARIABLE, environ[SETTINGS_VARIABLE]),),
+            extraEnv=((SETTINGS_VARIABLE, encoded),),
         )
         return settings, command
     # A later generation: its command line already has the overrides.
