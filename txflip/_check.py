@@ -35,6 +35,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
+from ._pidfile import pidAlive as pid_alive
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
@@ -72,36 +74,6 @@ def read_pidfile(path: str | os.PathLike[str]) -> int | None:
     except ValueError:
         return None
     return pid if pid > 0 else None
-
-
-def pid_alive(pid: int) -> bool:
-    """
-    Whether C{pid} runs; a zombie counts as dead.
-
-    An exited server that nobody reaped yet is a zombie, and for an upgrade "exited"
-    is what matters.
-    """
-    if pid <= 0:  # os.kill(0 or negative) would signal whole process groups
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        if os.path.isdir("/proc/self"):
-            return False
-    except OSError:
-        pass
-    else:
-        # "pid (comm) S ...": comm may contain ')' so split at the last one.
-        fields = stat[stat.rfind(b")") + 1 :].split()
-        return bool(fields) and fields[0] not in (b"Z", b"X")
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def children_of(pid: int) -> set[int]:

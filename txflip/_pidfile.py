@@ -18,6 +18,24 @@ from ._errors import PidFileError
 
 
 def pidAlive(pid: int) -> bool:
+    """
+    Whether C{pid} runs; a zombie counts as dead (an exited server nobody reaped
+    yet has exited, which is what matters here).
+    """
+    if pid <= 0:  # os.kill(0 or negative) would signal whole process groups
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        if os.path.isdir("/proc/self"):
+            return False
+    except OSError:
+        pass
+    else:
+        # "pid (comm) S ...": comm may contain ')' so split at the last one.
+        fields = stat[stat.rfind(b")") + 1 :].split()
+        return bool(fields) and fields[0] not in (b"Z", b"X")
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
