@@ -144,14 +144,15 @@ def _makeMachine() -> Any:
     @pep614(Starting.upon(_Generation.ready).to(WaitingForParent))
     @pep614(StartingAlone.upon(_Generation.ready).to(Ready))
     def becomeReady(c: _Generation, s: _Core) -> None:
-        # Upgrader.ready() has written the pid file: what can fail is done.
-        if s.handoff is not None:
-            _handoff.tellParentReady(s.handoff)
+        # Upgrader.ready() has written the pid file: what can fail is done.  Log
+        # first, so that the shared log tells the story in order.
         s.log.info(
             "txflip: generation {generation} ready (pid {pid})",
             generation=s.generation,
             pid=os.getpid(),
         )
+        if s.handoff is not None:
+            _handoff.tellParentReady(s.handoff)
 
     @pep614(Starting.upon(_Generation.upgrade).loop())
     @pep614(StartingAlone.upon(_Generation.upgrade).loop())
