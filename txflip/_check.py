@@ -31,10 +31,10 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
+from ._cli import argNumber, argSeconds
 from ._pidfile import pidAlive as pid_alive
 
 if TYPE_CHECKING:
@@ -1037,23 +1037,8 @@ def run_check(
 # --------------------------------------------------------------------------
 
 
-def _number(kind: Callable[[str], Any], low: float, what: str) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        # Not NaN, not infinite: every run must end.
-        if value is None or not low <= value < math.inf:
-            raise argparse.ArgumentTypeError(f"{what}, not {text!r}")
-        return value
-
-    return parse
-
-
-_count = _number(int, 0, "expected a whole number >= 0")
-_positive_int = _number(int, 1, "expected a whole number >= 1")
-_seconds = _number(float, 1e-3, "expected a finite number of seconds >= 0.001")
+_count = argNumber(int, 0, "expected a whole number >= 0")
+_positive_int = argNumber(int, 1, "expected a whole number >= 1")
 
 
 def _port(text: str) -> int:
@@ -1108,18 +1093,22 @@ def register(subparsers: Any) -> None:
         help="clients holding a connection, a line every --interval (default: 4)",
     )
     load.add_argument(
-        "--duration", type=_seconds, default=10.0, metavar="SECONDS", help="default: 10"
+        "--duration",
+        type=argSeconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="default: 10",
     )
     load.add_argument(
         "--interval",
-        type=_seconds,
+        type=argSeconds,
         default=0.005,
         metavar="SECONDS",
         help="long clients' pause between lines (default: 0.005)",
     )
     load.add_argument(
         "--io-timeout",
-        type=_seconds,
+        type=argSeconds,
         default=5.0,
         metavar="SECONDS",
         help="bound on each connect and each echo (default: 5)",
@@ -1134,7 +1123,7 @@ def register(subparsers: Any) -> None:
     )
     upgrades.add_argument(
         "--upgrade-timeout",
-        type=_seconds,
+        type=argSeconds,
         default=30.0,
         metavar="SECONDS",
         help="how long an upgrade may take, SIGHUP to old pid gone (default: 30)",

@@ -10,8 +10,33 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+def argNumber(
+    kind: Callable[[str], Any], low: float, what: str
+) -> Callable[[str], Any]:
+    """
+    An argparse type: C{kind(text)}, at least C{low}, finite (every run must end).
+    """
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value < math.inf:
+            raise argparse.ArgumentTypeError(f"{what}, not {text!r}")
+        return value
+
+    return parse
+
+
+#: Every duration the txflip command takes.
+argSeconds = argNumber(float, 1e-3, "expected a finite number of seconds >= 0.001")
 
 #: Subcommand modules, in the order C{--help} lists them.
 SUBCOMMANDS = ("txflip._controlcli", "txflip._check")

@@ -18,6 +18,7 @@ import sys
 import time
 from typing import Any
 
+from ._cli import argSeconds
 from ._pidfile import PidFile, pidAlive
 
 DEFAULT_TIMEOUT = 90.0
@@ -96,16 +97,6 @@ def upgradeWithPidFile(path: str, timeout: float) -> int:
     )
 
 
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not 0 < seconds < 1e6:
-        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {value!r}")
-    return seconds
-
-
 def runUpgrade(args: argparse.Namespace) -> int:
     try:
         if args.control:
@@ -171,7 +162,7 @@ def register(subparsers: Any) -> None:
     )
     upgrade.add_argument(
         "--timeout",
-        type=_seconds,
+        type=argSeconds,
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
         help=f"give up after this long (default {DEFAULT_TIMEOUT:g})",
@@ -186,5 +177,5 @@ def register(subparsers: Any) -> None:
     )
     status.add_argument("--control", metavar="PATH", required=True)
     status.add_argument("--json", action="store_true", help="print JSON")
-    status.add_argument("--timeout", type=_seconds, default=10.0, metavar="SECONDS")
+    status.add_argument("--timeout", type=argSeconds, default=10.0, metavar="SECONDS")
     status.set_defaults(func=runStatus)
