@@ -6,6 +6,9 @@ listening sockets, waits until it serves, then stops accepting, drains its
 connections at a clean boundary, and exits.
 """
 
+# Registers the IDrainable adapter for twisted.web's channels: every entry point
+# (UpgradeService, Upgrader, flip:, flipecho) imports this package first.
+from . import _web  # noqa: F401
 from ._drain import ConnectionTracker, IDrainable
 from ._errors import (
     ChildFailed,

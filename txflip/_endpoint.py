@@ -29,7 +29,6 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from . import _web  # noqa: F401 - registers the drain adapter for twisted.web
 from ._addresses import ListenSpec, parseListen, systemdAlias
 from ._errors import ListenError, TxflipError
 from ._fds import Listener

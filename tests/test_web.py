@@ -1,0 +1,235 @@
+"""
+End to end: draining twisted.web's HTTP/1.1 connections, with raw sockets so that
+what the server sends (headers, bodies, the close) is seen exactly: a response
+still being sent when the idle grace ends, requests pipelined during the drain,
+and a library user's own Site.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, twistdCommand
+from harness import ServerProcess, pid_alive, read_pidfile, wait_for
+
+BIG = 8 * 1024 * 1024
+SMALL = b"small\n"
+GET = b"GET /%s HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+class Web:
+    """
+    One HTTP server under test (twistd web with flip:, or tests/webapp.py).
+    """
+
+    def __init__(self, tmp: Path, argv: list[str], pidfile: Path) -> None:
+        self.pidfile = pidfile
+        self.logPath = tmp / "web.log"
+        self.proc = ServerProcess(
+            argv, self.logPath, cwd=tmp, env={"PYTHONPATH": str(ROOT)}
+        )
+        self.first = wait_for(lambda: read_pidfile(pidfile), 20, what="ready")
+        self.proc.track(self.first)
+
+    @property
+    def port(self) -> int:
+        text = self.proc.log_text()
+        return int(text.split("listening on tcp:127.0.0.1:")[1].split()[0])
+
+    def upgrade(self) -> int:
+        """
+        SIGHUP the first generation; return once it drains (its successor serves).
+        """
+        os.kill(self.first, signal.SIGHUP)
+        new = wait_for(
+            lambda: (p := read_pidfile(self.pidfile)) != self.first and p,
+            30,
+            what="the new generation",
+        )
+        self.proc.track(new)
+        wait_for(
+            lambda: "txflip: draining" in self.proc.log_text(), 20, what="the drain"
+        )
+        return new
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    directory = tmp_path / "site"
+    directory.mkdir()
+    (directory / "small.txt").write_bytes(SMALL)
+    (directory / "big.bin").write_bytes(os.urandom(BIG))
+    return directory
+
+
+@pytest.fixture
+def web(tmp_path: Path, site: Path) -> Iterator[object]:
+    """
+    C{web(idleGrace, drainTimeout, library=False)} -> a ready L{Web}.
+    """
+    started: list[Web] = []
+
+    def start(grace: float, timeout: float, library: bool = False) -> Web:
+        pidfile = tmp_path / "web.pid"
+        if library:
+            argv = [sys.executable, str(ROOT / "tests" / "webapp.py"), str(pidfile)]
+            argv += ["tcp:0:interface=127.0.0.1", str(site), str(grace), str(timeout)]
+        else:
+            settings = f"idleGrace={grace}:drainTimeout={timeout}"
+            argv = [*twistdCommand(), "-n", f"--pidfile={pidfile}", "web"]
+            argv += ["--listen", f"flip:tcp:0:interface=127.0.0.1:{settings}"]
+            argv += ["--path", str(site)]
+        server = Web(tmp_path, argv, pidfile)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.proc.close()
+
+
+class Reader:
+    """
+    HTTP/1.1 responses (with Content-Length) read off a raw socket.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def fill(self, size: int = 65536) -> bool:
+        chunk = self.sock.recv(size)
+        self.buffer += chunk
+        return bool(chunk)
+
+    def response(self, pace: float = 0.0) -> tuple[dict[bytes, bytes], bytes]:
+        while b"\r\n\r\n" not in self.buffer:
+            assert self.fill(), f"connection closed mid-headers: {self.buffer!r}"
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        assert lines[0] == b"HTTP/1.1 200 OK", lines[0]
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers[b"content-length"])
+        while len(self.buffer) < length:
+            assert self.fill(16384), "connection closed mid-body"
+            if pace:
+                time.sleep(pace)
+        body, self.buffer = self.buffer[:length], self.buffer[length:]
+        return headers, body
+
+    def closed(self) -> bool:
+        """
+        Whether the server closed cleanly (EOF with nothing more), within the
+        socket's timeout.
+        """
+        return not self.fill() and not self.buffer
+
+
+def connect(port: int, timeout: float) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    return sock
+
+
+def test_response_under_way_when_grace_ends_closes_after_it(web) -> None:
+    """
+    A keep-alive download still being sent when the idle grace ends is closed as
+    soon as it completes, not left idle until the drain timeout aborts it.
+    """
+    server = web(grace=0.5, timeout=60)
+    with connect(server.port, timeout=15) as sock:
+        reader = Reader(sock)
+        sock.sendall(GET % b"big.bin")
+        reader.fill()
+        server.upgrade()
+        # Not reading: the response stays under way past the end of the grace.
+        graceOver = time.monotonic() + 1.0
+        wait_for(lambda: time.monotonic() > graceOver, 5, what="the grace's end")
+        headers, body = reader.response()
+        assert len(body) == BIG and b"connection" not in headers
+        assert reader.closed(), "not closed after the response completed"
+    wait_for(lambda: not pid_alive(server.first), 15, what="the old generation exit")
+
+
+def test_requests_pipelined_during_drain_are_all_answered(web) -> None:
+    """
+    Three GETs pipelined in one segment during the drain: three responses, the
+    last with Connection: close, then the close.
+    """
+    server = web(grace=5, timeout=30)
+    with connect(server.port, timeout=10) as sock:
+        reader = Reader(sock)
+        sock.sendall(GET % b"small.txt")
+        assert reader.response()[1] == SMALL
+        server.upgrade()
+        sock.sendall((GET % b"small.txt") * 3)
+        answers = [reader.response() for _ in range(3)]
+        assert [body for _, body in answers] == [SMALL] * 3
+        assert [h.get(b"connection") for h, _ in answers] == [None, None, b"close"]
+        assert reader.closed()
+
+
+def test_library_site_drains_keepalive_connections(web) -> None:
+    """
+    UpgradeService.listen(..., Site(...)) after only C{import txflip}: an idle
+    keep-alive connection is closed at the end of the idle grace, not aborted at
+    the drain timeout.
+    """
+    server = web(grace=0.5, timeout=60, library=True)
+    with connect(server.port, timeout=15) as sock:
+        reader = Reader(sock)
+        sock.sendall(GET % b"small.txt")
+        assert reader.response()[1] == SMALL
+        server.upgrade()
+        assert reader.closed()
+    wait_for(lambda: not pid_alive(server.first), 15, what="the old generation exit")
+
+
+def test_import_txflip_registers_the_web_adapter() -> None:
+    code = (
+        "import txflip\n"
+        "from twisted.web.http import HTTPChannel\n"
+        "from twisted.web.server import Site\n"
+        "from twisted.web.resource import Resource\n"
+        "assert txflip.IDrainable(HTTPChannel(), None) is not None\n"
+        "protocol = Site(Resource()).buildProtocol(None)\n"
+        "assert txflip.IDrainable(protocol, None) is not None\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_private_attributes_read_by_the_adapter_exist() -> None:
+    """
+    txflip._web reads a few private attributes of twisted.web: fail loudly here,
+    not quietly in a drain, when Twisted renames them.
+    """
+    from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    from txflip import _web
+
+    channel = HTTPChannel()
+    for name in _web.PRIVATE:
+        assert hasattr(channel, name), name
+    protocol = Site(Resource()).buildProtocol(None)
+    assert isinstance(protocol, _GenericHTTPChannelProtocol)
+    assert isinstance(protocol._channel, HTTPChannel)
