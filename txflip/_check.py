@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
+import operator
 import os
 import select
 import signal
@@ -31,8 +33,9 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from ._cli import argNumber, argSeconds
 from ._pidfile import pidAlive as pid_alive
@@ -153,24 +156,26 @@ class Latencies:
 
 
 @dataclasses.dataclass
-class Stats:
+class Counters:
     """
-    Thread-safe counters for a group of load clients.
+    Thread-safe counters for a group of load clients; a subclass names its error
+    kinds (one C{int} field each, listed in C{kinds}) and its unit of work.
 
-    Every C{lost} line is also counted under the error kind that lost it, so
+    Every C{lost} exchange is also counted under the error kind that lost it, so
     L{errors_total} does not add C{lost} in again.  C{closed_by_server} counts clean
-    closes between exchanges (not errors).  C{exchanges} is the number of lines
-    echoed correctly.
+    closes between exchanges (not errors).  C{exchanges} is the number of exchanges
+    that went right.  Each L{Latencies} field is a distribution the report shows.
     """
+
+    #: The error kinds: names of C{int} fields.
+    kinds: ClassVar[tuple[str, ...]] = ()
+    #: What one exchange is, in the report: "lines", "requests".
+    unit: ClassVar[str] = "exchanges"
+    #: The report's label for C{exchanges}.
+    done_label: ClassVar[str] = "exchanges"
 
     connections: int = 0
     exchanges: int = 0
-    refused: int = 0
-    reset: int = 0
-    timeout: int = 0
-    short_read: int = 0
-    wrong_echo: int = 0
-    other: int = 0
     lost: int = 0
     closed_by_server: int = 0
     samples: list[str] = dataclasses.field(default_factory=list)
@@ -193,8 +198,8 @@ class Stats:
             self.connect_latency.add(seconds)
 
     def error(self, kind: str, detail: str, *, lost: bool = False) -> None:
-        """Count one error of C{kind} (and a lost line if C{lost})."""
-        assert kind in ERROR_KINDS, kind
+        """Count one error of C{kind} (and a lost exchange if C{lost})."""
+        assert kind in self.kinds, kind
         with self._lock:
             setattr(self, kind, getattr(self, kind) + 1)
             if lost:
@@ -205,34 +210,45 @@ class Stats:
     def errors_total(self) -> int:
         """Number of errors of all kinds."""
         with self._lock:
-            return sum(getattr(self, k) for k in ERROR_KINDS)
+            return sum(getattr(self, k) for k in self.kinds)
 
-    def snapshot(self) -> Stats:
+    def latencies(self) -> dict[str, Latencies]:
+        """Each distribution by name (C{connect_latency} is C{"connect"})."""
+        return {
+            f.name.removesuffix("_latency"): getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name.endswith("_latency")
+        }
+
+    def snapshot(self) -> Self:
         """A consistent copy that no longer changes."""
         with self._lock:
+            copies: dict[str, Any] = {
+                f"{name}_latency": latency.copy()
+                for name, latency in self.latencies().items()
+            }
             return dataclasses.replace(
-                self,
-                samples=list(self.samples),
-                connect_latency=self.connect_latency.copy(),
-                _lock=threading.Lock(),
+                self, samples=list(self.samples), _lock=threading.Lock(), **copies
             )
 
-    def __add__(self, other: Stats) -> Stats:
+    def __add__(self, other: Self) -> Self:
         a, b = self.snapshot(), other.snapshot()
-        merged = {
-            f.name: getattr(a, f.name) + getattr(b, f.name)
-            for f in dataclasses.fields(Stats)
-            if f.name not in ("samples", "connect_latency", "_lock")
-        }
-        return Stats(
-            **merged,
-            samples=(a.samples + b.samples)[:_MAX_SAMPLES],
-            connect_latency=a.connect_latency.merge(b.connect_latency),
-        )
+        merged: dict[str, Any] = {}
+        for f in dataclasses.fields(a):
+            mine, theirs = getattr(a, f.name), getattr(b, f.name)
+            if f.name == "_lock":
+                continue
+            if isinstance(mine, Latencies):
+                merged[f.name] = mine.merge(theirs)
+            elif isinstance(mine, list):
+                merged[f.name] = (mine + theirs)[:_MAX_SAMPLES]
+            else:
+                merged[f.name] = mine + theirs
+        return type(a)(**merged)
 
     def __str__(self) -> str:
         s = self.snapshot()
-        kinds = " ".join(f"{k}={getattr(s, k)}" for k in ERROR_KINDS)
+        kinds = " ".join(f"{k}={getattr(s, k)}" for k in s.kinds)
         text = (
             f"connections={s.connections} exchanges={s.exchanges} "
             f"errors={s.errors_total()} ({kinds}) lost={s.lost} "
@@ -243,12 +259,33 @@ class Stats:
         return text
 
 
+@dataclasses.dataclass
+class Stats(Counters):
+    """
+    The line-echo clients' counters; C{lost} counts lines sent but never echoed.
+    """
+
+    kinds: ClassVar[tuple[str, ...]] = ERROR_KINDS
+    unit: ClassVar[str] = "lines"
+    done_label: ClassVar[str] = "lines echoed"
+
+    refused: int = 0
+    reset: int = 0
+    timeout: int = 0
+    short_read: int = 0
+    wrong_echo: int = 0
+    other: int = 0
+
+
+CountersT = TypeVar("CountersT", bound=Counters)
+
+
 # --------------------------------------------------------------------------
 # Load clients
 # --------------------------------------------------------------------------
 
 
-def _classify(exc: BaseException) -> str:
+def classify(exc: BaseException) -> str:
     """The error kind of a socket exception."""
     if isinstance(exc, ConnectionRefusedError):
         return "refused"
@@ -280,28 +317,31 @@ def _exchange(sock: socket.socket, line: bytes, timeout: float) -> tuple[str, st
                 return "short_read", f"EOF after {buf!r} for {line!r}"
             buf += chunk
     except Exception as e:  # noqa: BLE001 - every failure must be counted
-        return _classify(e), f"{e!r} after {buf!r} for {line!r}"
+        return classify(e), f"{e!r} after {buf!r} for {line!r}"
     if buf != line:
         return "wrong_echo", f"sent {line!r} got {buf!r}"
     return "", ""
 
 
-class _Clients:
+class Clients(Generic[CountersT]):
     """
-    Common thread management: C{n_threads} loops until L{stop}.
+    Common thread management: C{n_threads} loops until L{stop}, counting into
+    C{stats}.  A subclass implements C{_run(idx)}.
     """
 
-    def __init__(self, host: str, port: int, n_threads: int, timeout: float) -> None:
+    def __init__(
+        self, host: str, port: int, n_threads: int, timeout: float, stats: CountersT
+    ) -> None:
         self.host = host
         self.port = port
         self.n_threads = n_threads
         self.timeout = timeout
-        self._stats = Stats()
+        self._stats = stats
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
     @property
-    def stats(self) -> Stats:
+    def stats(self) -> CountersT:
         """A point-in-time copy of the counters."""
         return self._stats.snapshot()
 
@@ -336,7 +376,7 @@ class _Clients:
         try:
             sock = socket.create_connection((self.host, self.port), self.timeout)
         except OSError as e:
-            self._stats.error(_classify(e), f"connect: {e!r}")
+            self._stats.error(classify(e), f"connect: {e!r}")
             return None
         self._stats.connected(time.monotonic() - started)
         return sock
@@ -365,7 +405,7 @@ class _Clients:
             raise AssertionError(f"{type(self).__name__} threads did not stop")
 
 
-class ShortClients(_Clients):
+class ShortClients(Clients[Stats]):
     """
     Threads doing connect / one echo / close in a tight loop.
 
@@ -376,7 +416,7 @@ class ShortClients(_Clients):
     def __init__(
         self, host: str, port: int, n_threads: int, *, timeout: float = 5.0
     ) -> None:
-        super().__init__(host, port, n_threads, timeout)
+        super().__init__(host, port, n_threads, timeout, Stats())
 
     def _run(self, idx: int) -> None:
         seq = 0
@@ -394,7 +434,7 @@ class ShortClients(_Clients):
             self._stop.wait(0.001)
 
 
-class LongClients(_Clients):
+class LongClients(Clients[Stats]):
     """
     Threads each holding one connection, doing lock-step echoes every C{interval}
     seconds.
@@ -415,7 +455,7 @@ class LongClients(_Clients):
         *,
         timeout: float = 5.0,
     ) -> None:
-        super().__init__(host, port, n_threads, timeout)
+        super().__init__(host, port, n_threads, timeout, Stats())
         self.interval = interval
 
     def _idle_check(self, sock: socket.socket) -> str:
@@ -427,7 +467,7 @@ class LongClients(_Clients):
             sock.settimeout(self.timeout)
             data = sock.recv(4096)
         except Exception as e:  # noqa: BLE001 - every failure must be counted
-            kind = _classify(e)
+            kind = classify(e)
             self._stats.error(kind, f"idle connection: {e!r}")
             return kind
         if not data:
@@ -745,23 +785,23 @@ def _p50_max(values: list[float]) -> dict[str, float | None]:
 class Report:
     """
     What a check saw; L{table} and L{as_json} show it, L{status} judges it.
+
+    C{groups} holds each kind of client's counters by name (echo: C{short} and
+    C{long}), C{clients} how many clients of each kind ran.
     """
 
-    host: str
-    port: int
+    target: str
     seconds: float
-    short_clients: int
-    long_clients: int
-    short: Stats
-    long: Stats
+    clients: dict[str, int]
+    groups: dict[str, Counters]
     upgrades_planned: int
     upgrades: list[Upgrade]
     max_errors: int
     stuck_threads: bool = False
 
     @property
-    def total(self) -> Stats:
-        return self.short + self.long
+    def total(self) -> Counters:
+        return functools.reduce(operator.add, self.groups.values())
 
     def upgrade_failures(self) -> list[str]:
         failures = [f"upgrade {u.number}: {u.error}" for u in self.upgrades if u.error]
@@ -775,12 +815,13 @@ class Report:
         return OK
 
     def verdict(self) -> str:
-        errors = self.total.errors_total()
+        total = self.total
         done = sum(u.ok for u in self.upgrades)
         word = "OK" if self.status() == OK else "FAILED"
         return (
-            f"{word}: {errors} errors (max {self.max_errors}), {self.total.lost} lost"
-            f" lines, {done}/{self.upgrades_planned} upgrades completed"
+            f"{word}: {total.errors_total()} errors (max {self.max_errors}),"
+            f" {total.lost} lost {total.unit},"
+            f" {done}/{self.upgrades_planned} upgrades completed"
         )
 
     def _latencies(self) -> dict[str, dict[str, float | None]]:
@@ -795,36 +836,35 @@ class Report:
         }
 
     def as_json(self) -> dict[str, Any]:
-        def group(stats: Stats) -> dict[str, Any]:
-            latency = stats.connect_latency
-            return {
+        def group(stats: Counters) -> dict[str, Any]:
+            shown: dict[str, Any] = {
                 "connections": stats.connections,
-                "lines": stats.exchanges,
+                stats.unit: stats.exchanges,
                 "errors": stats.errors_total(),
-                "errors_by_kind": {k: getattr(stats, k) for k in ERROR_KINDS},
-                "lost_lines": stats.lost,
+                "errors_by_kind": {k: getattr(stats, k) for k in stats.kinds},
+                f"lost_{stats.unit}": stats.lost,
                 "closed_by_server": stats.closed_by_server,
-                "connect_latency_s": {
+            }
+            for name, latency in stats.latencies().items():
+                shown[f"{name}_latency_s"] = {
                     "p50": _round(latency.quantile(0.5), 6),
                     "p99": _round(latency.quantile(0.99), 6),
                     "max": _round(latency.max if latency.count else None, 6),
-                },
-                "samples": stats.samples,
-            }
+                }
+            shown["samples"] = stats.samples
+            return shown
 
         total = self.total
         seconds = max(self.seconds, 1e-9)
         return {
-            "target": f"{self.host}:{self.port}",
+            "target": self.target,
             "seconds": round(self.seconds, 3),
-            "short_clients": self.short_clients,
-            "long_clients": self.long_clients,
-            "short": group(self.short),
-            "long": group(self.long),
+            **{f"{name}_clients": n for name, n in self.clients.items()},
+            **{name: group(stats) for name, stats in self.groups.items()},
             "total": group(total),
             "throughput": {
                 "connections_per_s": round(total.connections / seconds, 1),
-                "lines_per_s": round(total.exchanges / seconds, 1),
+                f"{total.unit}_per_s": round(total.exchanges / seconds, 1),
             },
             "upgrades_planned": self.upgrades_planned,
             "upgrades_completed": sum(u.ok for u in self.upgrades),
@@ -840,39 +880,42 @@ class Report:
         }
 
     def table(self) -> str:
-        short, long, total = self.short, self.long, self.total
+        total = self.total
+        columns = [*self.groups.values(), total]
+        kinds = " + ".join(f"{n} {name}" for name, n in self.clients.items())
         lines = [
-            f"txflip check: {self.host}:{self.port} for {self.seconds:.1f} s,"
-            f" {self.short_clients} short + {self.long_clients} long clients,"
+            f"txflip check: {self.target} for {self.seconds:.1f} s, {kinds} clients,"
             f" {self.upgrades_planned} upgrades",
             "",
-            f"{'':<22}{'short':>10}{'long':>10}{'total':>10}",
+            f"{'':<22}" + "".join(f"{name:>10}" for name in [*self.groups, "total"]),
         ]
 
         def row(label: str, name: str) -> None:
             values = [
                 s.errors_total() if name == "errors" else getattr(s, name)
-                for s in (short, long, total)
+                for s in columns
             ]
             lines.append(f"{label:<22}" + "".join(f"{v:>10}" for v in values))
 
         row("connections", "connections")
-        row("lines echoed", "exchanges")
+        row(total.done_label, "exchanges")
         row("errors", "errors")
-        for kind in ERROR_KINDS:
+        for kind in total.kinds:
             row(f"  {kind.replace('_', ' ')}", kind)
-        row("lost lines", "lost")
+        row(f"lost {total.unit}", "lost")
         row("closed by server", "closed_by_server")
-        latency = total.connect_latency
         seconds = max(self.seconds, 1e-9)
-        lines += [
-            "",
-            f"{'connect latency':<22}p50 {_ms(latency.quantile(0.5))}"
-            f"   p99 {_ms(latency.quantile(0.99))}"
-            f"   max {_ms(latency.max if latency.count else None)}",
+        lines.append("")
+        for name, latency in total.latencies().items():
+            lines.append(
+                f"{name + ' latency':<22}p50 {_ms(latency.quantile(0.5))}"
+                f"   p99 {_ms(latency.quantile(0.99))}"
+                f"   max {_ms(latency.max if latency.count else None)}"
+            )
+        lines.append(
             f"{'throughput':<22}{total.connections / seconds:.0f} connections/s"
-            f"   {total.exchanges / seconds:.0f} lines/s",
-        ]
+            f"   {total.exchanges / seconds:.0f} {total.unit}/s"
+        )
         if self.upgrades_planned:
             lines += [
                 "",
@@ -935,13 +978,14 @@ class _Progress:
         self._stream = stream
         self.enabled = stream.isatty()
 
-    def show(self, elapsed: float, duration: float, load: Load, upgrades: int) -> None:
+    def show(
+        self, elapsed: float, duration: float, stats: Counters, upgrades: int
+    ) -> None:
         if not self.enabled:
             return
-        stats = load.stats
         self._stream.write(
             f"\r{elapsed:5.1f}/{duration:.0f} s  connections {stats.connections}"
-            f"  lines {stats.exchanges}  errors {stats.errors_total()}"
+            f"  {stats.unit} {stats.exchanges}  errors {stats.errors_total()}"
             f"  lost {stats.lost}  upgrades {upgrades}\x1b[K"
         )
         self._stream.flush()
@@ -955,6 +999,85 @@ class _Progress:
 def upgrade_times(duration: float, n: int) -> list[float]:
     """When (seconds into the run) the C{n} upgrades are due: evenly spaced."""
     return [duration * (i + 1) / (n + 1) for i in range(n)]
+
+
+class Loader(Protocol):
+    """
+    What L{run_load} drives: client threads that count into C{stats}.
+    """
+
+    @property
+    def stats(self) -> Counters: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> bool: ...
+
+
+@dataclasses.dataclass
+class Run:
+    """
+    What L{run_load} saw: how long the load ran, the upgrades, and whether every
+    client thread stopped.
+    """
+
+    seconds: float
+    upgrades: list[Upgrade]
+    stopped: bool
+
+
+def run_load(
+    load: Loader,
+    *,
+    upgrade_one: Callable[[int], Upgrade] | None,
+    duration: float,
+    upgrades: int,
+    progress: IO[str] | None = None,
+) -> Run:
+    """
+    Run C{load} for C{duration} seconds with C{upgrades} upgrades spaced over it,
+    each done by C{upgrade_one(number)}.
+
+    An upgrade due while the previous one still runs waits for it; one that cannot
+    start before the end of the run is reported as not started.  An upgrade in
+    progress at the end keeps the load running until it completes or times out.
+    """
+    assert upgrade_one is not None or upgrades == 0
+    shown = _Progress(progress) if progress is not None else None
+    done: list[Upgrade] = []
+    start = time.monotonic()
+    end = start + duration
+
+    def upgrader() -> None:
+        for number, due in enumerate(upgrade_times(duration, upgrades), 1):
+            now = time.monotonic()
+            if now >= end or upgrade_one is None:
+                return
+            time.sleep(max(start + due - now, 0.0))
+            done.append(upgrade_one(number))
+
+    thread = threading.Thread(target=upgrader, name="txflip-check-upgrades")
+    thread.daemon = True
+    load.start()
+    try:
+        thread.start()
+        while True:
+            now = time.monotonic()
+            if now >= end and not thread.is_alive():
+                break
+            if shown is not None:
+                shown.show(now - start, duration, load.stats, len(done))
+            wait = 0.25 if now >= end else max(min(0.25, end - now), 0.01)
+            if thread.is_alive():
+                thread.join(wait)
+            else:  # join() would return at once: no busy loop stealing the GIL
+                time.sleep(wait)
+    finally:
+        seconds = time.monotonic() - start
+        stopped = load.stop()
+        if shown is not None:
+            shown.clear()
+    return Run(seconds, list(done), stopped)
 
 
 def run_check(
@@ -973,62 +1096,31 @@ def run_check(
     progress: IO[str] | None = None,
 ) -> Report:
     """
-    Run the load for C{duration} seconds with C{upgrades} upgrades spaced over it.
-
-    An upgrade due while the previous one still runs waits for it; one that cannot
-    start before the end of the run is reported as not started.  An upgrade in
-    progress at the end keeps the load running until it completes or times out.
+    The line-echo check: L{Load} through L{run_load}, upgrading C{server}.
     """
-    assert server is not None or upgrades == 0
-    shown = _Progress(progress) if progress is not None else None
-    done: list[Upgrade] = []
     load = Load(
         host, port, short_clients, long_clients, interval=interval, timeout=io_timeout
     )
-    start = time.monotonic()
-    end = start + duration
-
-    def upgrader() -> None:
-        for number, due in enumerate(upgrade_times(duration, upgrades), 1):
-            now = time.monotonic()
-            if now >= end or server is None:
-                return
-            time.sleep(max(start + due - now, 0.0))
-            done.append(upgrade(server, number, upgrade_timeout))
-
-    thread = threading.Thread(target=upgrader, name="txflip-check-upgrades")
-    thread.daemon = True
-    load.start()
-    try:
-        thread.start()
-        while True:
-            now = time.monotonic()
-            if now >= end and not thread.is_alive():
-                break
-            if shown is not None:
-                shown.show(now - start, duration, load, len(done))
-            wait = 0.25 if now >= end else max(min(0.25, end - now), 0.01)
-            if thread.is_alive():
-                thread.join(wait)
-            else:  # join() would return at once: no busy loop stealing the GIL
-                time.sleep(wait)
-    finally:
-        seconds = time.monotonic() - start
-        stopped = load.stop()
-        if shown is not None:
-            shown.clear()
+    run = run_load(
+        load,
+        upgrade_one=(
+            None
+            if server is None
+            else functools.partial(upgrade, server, timeout=upgrade_timeout)
+        ),
+        duration=duration,
+        upgrades=upgrades,
+        progress=progress,
+    )
     return Report(
-        host,
-        port,
-        seconds,
-        short_clients,
-        long_clients,
-        load.short_stats,
-        load.long_stats,
+        f"{host}:{port}",
+        run.seconds,
+        {"short": short_clients, "long": long_clients},
+        {"short": load.short_stats, "long": load.long_stats},
         upgrades,
-        list(done),
+        run.upgrades,
         max_errors,
-        stuck_threads=not stopped,
+        stuck_threads=not run.stopped,
     )
 
 
