@@ -114,20 +114,30 @@ class Flip:
 @pytest.fixture
 def flip(tmp_path: Path) -> Iterator[object]:
     """
-    Start flipecho: C{flip(*args, env=..., app=False)} -> a ready L{Flip}.  Every
+    Start flipecho: C{flip(*args, env=..., app=False, twistd=(...))} -> a ready
+    L{Flip}; C{twistd} are twistd's own options (C{--logfile=PATH}: the log read).  Every
     process it starts is killed (by pid) at the end of the test.
     """
     started: list[Flip] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, app: bool = False) -> Flip:
+    def start(
+        *args: str,
+        env: dict[str, str] | None = None,
+        app: bool = False,
+        twistd: tuple[str, ...] = (),
+    ) -> Flip:
         if app:
             argv = [sys.executable, str(ROOT / "tests" / "flipapp.py")]
         else:
             argv = twistdCommand()
-        argv += ["-n", "flipecho", *args]
+        argv += ["-n", *twistd, "flipecho", *args]
         if not any(a.startswith("--listen") for a in args):
             argv += ["--listen", "tcp:0:interface=127.0.0.1"]
         server = Flip(tmp_path, argv, env)
+        for arg in twistd:
+            if arg.startswith("--logfile="):
+                # The log is there; stdout gets only what precedes logging.
+                server.log = Path(arg.partition("=")[2])
         started.append(server)
         server.track(server.proc.pid)
         server.waitReady()

@@ -73,6 +73,24 @@ def pidObserver(outFile: TextIO | AppendFile) -> ILogObserver:
     return FileLogObserver(outFile, formatWithPID)  # type: ignore[arg-type]
 
 
+def reopenOnUSR1(target: AppendFile | None) -> None:
+    """
+    SIGUSR1 reopens C{target} (logrotate's C{postrotate kill -USR1}); with no file
+    it does nothing, so that a rotator or C{systemctl kill -s USR1} never kills a
+    generation.  An application's own SIGUSR1 handler is left alone.
+    """
+    if not hasattr(signal, "SIGUSR1") or signal.getsignal(signal.SIGUSR1):
+        return
+
+    def reopen(signum: int, frame: object) -> None:
+        if target is not None:
+            from twisted.internet import reactor
+
+            reactor.callFromThread(target.reopen)  # type: ignore[attr-defined]
+
+    signal.signal(signal.SIGUSR1, reopen)
+
+
 def twistdObserverFactory(
     logfile: str | None, nodaemon: bool, syslog: bool, prefix: str
 ) -> Callable[[], Any]:
@@ -93,16 +111,10 @@ def twistdObserverFactory(
 
             return txsyslog.SyslogObserver(prefix, options=stdsyslog.LOG_PID).emit
         if logfile == "-" or (nodaemon and not logfile):
+            reopenOnUSR1(None)
             return pidObserver(sys.stdout)
         target = AppendFile(logfile or "twistd.log")
-        if hasattr(signal, "SIGUSR1") and not signal.getsignal(signal.SIGUSR1):
-
-            def reopen(signum: int, frame: object) -> None:
-                from twisted.internet import reactor
-
-                reactor.callFromThread(target.reopen)  # type: ignore[attr-defined]
-
-            signal.signal(signal.SIGUSR1, reopen)
+        reopenOnUSR1(target)
         return pidObserver(target)
 
     return factory

@@ -76,31 +76,41 @@ def describeExit(pid: int, reason: Failure) -> str:
     return f"child pid={pid} {_howItEnded(reason)} before it was ready"
 
 
+#: The signals txflip or twistd handle: a new generation is started with them
+#: blocked, so that one reaching it before its handler is installed (a
+#: process-group signal: a terminal's hangup or Ctrl-C, ``systemctl kill``, a log
+#: rotator's SIGUSR1) waits for the handler instead of killing it.
+HELD = frozenset(
+    getattr(signal, name)
+    for name in ("SIGHUP", "SIGQUIT", "SIGTERM", "SIGINT", "SIGUSR1")
+    if hasattr(signal, name)
+)
+
+
 @contextmanager
-def hangupsHeld() -> Iterator[None]:
+def signalsHeld() -> Iterator[None]:
     """
-    Block SIGHUP while the child is started.  The child inherits the blocked mask,
-    so a hangup reaching it before it has a handler (a terminal or process-group
-    hangup) stays pending instead of killing it; L{releaseHangups} delivers it once
-    the handler is in place.  Here, a SIGHUP meanwhile is only delayed.
+    Block L{HELD} while the child is started.  The child inherits the blocked mask;
+    L{releaseSignals} delivers what came meanwhile once the handlers are in place.
+    Here, such a signal is only delayed.
     """
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def releaseHangups() -> None:
+def releaseSignals(*signums: int) -> None:
     """
-    Unblock SIGHUP (blocked since we were spawned): call once the handler is
-    installed.
+    Unblock C{signums} (by default all of L{HELD}), blocked since we were spawned:
+    call once their handlers are installed.
     """
     if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, set(signums) or HELD)
 
 
 class _ChildProtocol(ProcessProtocol):
@@ -176,7 +186,7 @@ class SpawnAttempt:
         childFDs[_handoff.PARENT_FD] = "w"
         for index, (_, sock, _) in enumerate(listeners):
             childFDs[_handoff.FIRST_LISTENER_FD + index] = sock.fileno()
-        with hangupsHeld():
+        with signalsHeld():
             self._process: IProcessTransport = reactor.spawnProcess(  # type: ignore[attr-defined]
                 _ChildProtocol(self),
                 command.executable,

@@ -33,7 +33,7 @@ from ._errors import (
 )
 from ._fds import Listener, Listeners
 from ._pidfile import PidFile
-from ._spawn import Command, SpawnAttempt, releaseHangups
+from ._spawn import Command, SpawnAttempt, releaseSignals
 
 DEFAULT_UPGRADE_TIMEOUT = 60.0
 T = TypeVar("T")
@@ -412,9 +412,9 @@ class Upgrader:
                 self._core.pidFile.write(os.getpid())
             self._declaredReady = True
             self._closeUnclaimed()
-            # For users without UpgradeService: SIGHUP was blocked since we were
-            # spawned; by now their handler is in place.
-            releaseHangups()
+            # The signals blocked since we were spawned: by now the reactor runs,
+            # with its SIGTERM/SIGINT handlers, and the application has its own.
+            releaseSignals()
         self._core.feed(self._machine.ready)
 
     def upgrade(self) -> Deferred[int]:

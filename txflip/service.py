@@ -37,7 +37,7 @@ from ._errors import (
     UpgradeInProgress,
 )
 from ._fds import Listener
-from ._spawn import releaseHangups
+from ._spawn import releaseSignals
 from ._upgrader import Upgrader
 from .systemd import Notifier
 
@@ -214,9 +214,9 @@ class UpgradeService(Service):
 
         signal.signal(signal.SIGHUP, later(self._onHUP))
         signal.signal(signal.SIGQUIT, later(self._onQUIT))
-        # Our parent started us with SIGHUP blocked: a hangup that came early is
-        # delivered now, to the handler.
-        releaseHangups()
+        # Our parent started us with these blocked: one that came early is
+        # delivered now, to its handler.  The others wait for the reactor's.
+        releaseSignals(signal.SIGHUP, signal.SIGQUIT)
 
     def _onHUP(self) -> None:
         self._log.info("txflip: SIGHUP: upgrading")

@@ -1,0 +1,102 @@
+"""
+End to end: signals that reach a generation while it starts, and SIGUSR1 at any
+time.  A process-group signal (C{systemctl kill -s USR1}, a log rotator, a
+terminal's Ctrl-C) reaches the starting generation too, before it has a handler:
+the parent starts it with every signal txflip or twistd handles blocked, and each
+waits for its handler.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from conftest import SUBREAPER, reap
+from harness import pid_alive, wait_for, wait_for_upgrade
+from test_faults import alone, fault, spawned, upgradeWorks, waitLine  # noqa: F401
+from test_flipecho import echo
+
+
+@pytest.mark.parametrize("logfile", [False, True])
+def test_sigusr1_to_a_starting_generation(
+    flip, fault: Path, tmp_path: Path, logfile: bool
+) -> None:
+    """
+    SIGUSR1 while the next generation has no handler yet: it is delivered once
+    the handler is installed, and the upgrade goes on.
+    """
+    args = (f"--logfile={tmp_path / 'echo.log'}",) if logfile else ()
+    gate = tmp_path / "go"
+    server = flip(env={"FLIPAPP_FAULT": str(fault)}, app=True, twistd=args)
+    pid = server.serving()
+    fault.write_text(f"gate:{gate}")
+    os.kill(pid, signal.SIGHUP)
+    child = spawned(server, 2)
+    os.kill(child, signal.SIGUSR1)
+    gate.write_text("")
+    new, _, _ = wait_for_upgrade(server.pidfile, pid, timeout=30)
+    assert new == child
+    server.track(new)
+    assert echo(server.port) == b"hello\n"
+    upgradeWorks(server)
+    alone(server, server.serving())
+
+
+@pytest.mark.parametrize("logfile", [False, True])
+def test_sigusr1_never_kills_a_generation(flip, tmp_path: Path, logfile: bool) -> None:
+    """
+    SIGUSR1 to the whole process group, at once and repeatedly through upgrades:
+    no generation dies of it, with or without --logfile (with one, the file is
+    reopened: a rotated log gets the next lines).
+    """
+    log = tmp_path / "echo.log"
+    server = flip(twistd=(f"--logfile={log}",) if logfile else ())
+    group = server.proc.pid
+    for delay in (0.0, 0.02, 0.06, 0.12):
+        old = server.serving()
+        os.kill(old, signal.SIGHUP)
+        deadline = time.monotonic() + delay
+        wait_for(lambda d=deadline: time.monotonic() >= d, 2, interval=0.002)
+        os.killpg(group, signal.SIGUSR1)
+        new, _, _ = wait_for_upgrade(server.pidfile, old, timeout=30)
+        server.track(new)
+        assert echo(server.port) == b"hello\n"
+    assert "killed by SIGUSR1" not in server.logText()
+    if logfile:
+        rotated = tmp_path / "echo.log.1"
+        log.rename(rotated)
+        os.kill(server.serving(), signal.SIGUSR1)
+        os.kill(server.serving(), signal.SIGHUP)
+        wait_for(lambda: log.exists() and "upgrade" in log.read_text(), 20)
+    alone(server, server.serving())
+
+
+@pytest.mark.parametrize("stop", [signal.SIGQUIT, signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_to_a_starting_generation_waits_for_its_handler(
+    flip, fault: Path, tmp_path: Path, stop: signal.Signals
+) -> None:
+    """
+    A stop signal that reaches the next generation before its handler is not lost
+    and does not kill it: once it serves (its parent then drains and exits), it
+    stops gracefully, as a signal to a running service would make it.
+    """
+    gate = tmp_path / "go"
+    server = flip(env={"FLIPAPP_FAULT": str(fault)}, app=True)
+    pid = server.serving()
+    fault.write_text(f"gate:{gate}")
+    os.kill(pid, signal.SIGHUP)
+    child = spawned(server, 2)
+    os.kill(child, stop)
+    gate.write_text("")
+    waitLine(server, child, f"generation 2 ready (pid {child})")
+    assert server.proc.wait_exit(20) == 0
+    if SUBREAPER:
+        # twistd re-raises SIGTERM/SIGINT after a graceful stop.
+        expected = 0 if stop == signal.SIGQUIT else -stop
+        assert reap(child, 30) == expected
+    wait_for(lambda: not pid_alive(child), 30, what="the graceful stop")
+    assert "before it was ready" not in server.logText()
+    assert not server.pidfile.exists()
