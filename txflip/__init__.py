@@ -6,9 +6,9 @@ listening sockets, waits until it serves, then stops accepting, drains its
 connections at a clean boundary, and exits.
 """
 
-# Registers the IDrainable adapter for twisted.web's channels: every entry point
-# (UpgradeService, Upgrader, flip:, flipecho) imports this package first.
-from . import _web  # noqa: F401
+# Registers the IDrainable and IMovable adapters for twisted.web's channels: every
+# entry point (UpgradeService, Upgrader, flip:, flipecho) imports this package first.
+from . import _moveweb, _web  # noqa: F401
 from ._drain import ConnectionTracker, IDrainable
 from ._errors import (
     ChildFailed,
@@ -24,19 +24,24 @@ from ._errors import (
     UpgradeTimeout,
 )
 from ._fds import Listener
+from ._movable import ConnectionMoved, ConnectionState, IMovable, StateRefused
 from ._upgrader import Upgrader
 from .service import UpgradeService
 
 __all__ = [
     "ChildFailed",
+    "ConnectionMoved",
+    "ConnectionState",
     "ConnectionTracker",
     "HandoffError",
     "IDrainable",
+    "IMovable",
     "ListenError",
     "Listener",
     "NotReady",
     "ParentAlive",
     "PidFileError",
+    "StateRefused",
     "Stopping",
     "TxflipError",
     "UpgradeError",

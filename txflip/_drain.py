@@ -19,7 +19,7 @@ C{HTTPChannel} among them) abort when it is called.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
@@ -40,6 +40,9 @@ from zope.interface import (
     implementedBy,
     providedBy,
 )
+
+if TYPE_CHECKING:
+    from ._moveout import Mover
 
 DEFAULT_IDLE_GRACE = 1.0
 DEFAULT_DRAIN_TIMEOUT = 30.0
@@ -99,7 +102,7 @@ class _Tracked(Protocol):
         self._tracker._register(self)
         self.wrapped.makeConnection(transport)
         if self._tracker.draining:
-            self._tracker._startDraining(self)
+            self._tracker._enter(self)
 
     def dataReceived(self, data: bytes) -> None:
         self.wrapped.dataReceived(data)
@@ -174,6 +177,10 @@ class ConnectionTracker(Factory):
         self._drained: list[Deferred[int]] = []
         self._calls: list[IDelayedCall] = []
         self._cut = 0
+        self._graceOver = False
+        #: While draining after an upgrade: what moves connections to the new
+        #: generation instead (connections it does not take drain here).
+        self.mover: Mover | None = None
 
     def __len__(self) -> int:
         return len(self._live)
@@ -204,6 +211,23 @@ class ConnectionTracker(Factory):
         if self.draining and not self._live:
             self._finish()
 
+    def _enter(self, tracked: _Tracked) -> None:
+        if self.mover is None or not self.mover.offer(self, tracked):
+            self._startDraining(tracked)
+
+    def fallBack(self, tracked: _Tracked) -> None:
+        """
+        C{tracked} was offered to the mover, which could not move it: drain it
+        here, as if it had never been offered.
+        """
+        if tracked not in self._live:
+            return
+        self._startDraining(tracked)
+        if self._graceOver:
+            drainable = IDrainable(tracked.wrapped, None)
+            if drainable is not None:
+                drainable.closeIfIdle()
+
     def _startDraining(self, tracked: _Tracked) -> None:
         drainable = IDrainable(tracked.wrapped, None)
         if drainable is not None:
@@ -213,10 +237,14 @@ class ConnectionTracker(Factory):
         self,
         idleGrace: float = DEFAULT_IDLE_GRACE,
         timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        mover: Mover | None = None,
     ) -> Deferred[int]:
         """
         Ask every connection to end at its boundary; close idle ones after
         C{idleGrace} seconds; abort what is left after C{timeout} seconds.
+
+        @param mover: offered every connection first; those it takes move to the
+            next generation, those it gives back drain.
 
         @return: fires once no connection is left, with the number that had to be
             aborted at the timeout.
@@ -228,9 +256,10 @@ class ConnectionTracker(Factory):
         if self.draining:
             return waiter
         self.draining = True
+        self.mover = mover
         self._log.info("txflip: draining {count} connections", count=len(self._live))
         for tracked in list(self._live):
-            self._startDraining(tracked)
+            self._enter(tracked)
         if not self._live:
             self._finish()
             return waiter
@@ -241,12 +270,22 @@ class ConnectionTracker(Factory):
         return waiter
 
     def _idleGraceOver(self) -> None:
+        self._graceOver = True
+        mover = self.mover
         for tracked in list(self._live):
+            if mover is not None and mover.holds(tracked):
+                continue
             drainable = IDrainable(tracked.wrapped, None)
             if drainable is not None:
                 drainable.closeIfIdle()
+        if mover is not None:
+            mover.giveUp(self)
 
     def _deadline(self) -> None:
+        if self.mover is not None:
+            # Connections in transit come back to us before anything is aborted:
+            # never abort a socket another process may serve.
+            self.mover.close("closed at the drain timeout")
         self._cut = len(self._live)
         self._log.warn(
             "txflip: drain timeout: aborting {count} connections", count=self._cut
@@ -270,13 +309,16 @@ class ConnectionTracker(Factory):
 
 
 def drainAll(
-    trackers: list[ConnectionTracker], idleGrace: float, timeout: float
+    trackers: list[ConnectionTracker],
+    idleGrace: float,
+    timeout: float,
+    mover: Mover | None = None,
 ) -> Deferred[list[int]]:
     """
-    Drain several trackers at once.
+    Drain several trackers at once (moving what C{mover} takes).
     """
     from twisted.internet.defer import gatherResults
 
     if not trackers:
         return succeed([])
-    return gatherResults([t.drain(idleGrace, timeout) for t in trackers])
+    return gatherResults([t.drain(idleGrace, timeout, mover) for t in trackers])

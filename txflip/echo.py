@@ -1,9 +1,10 @@
 """
 flipecho: a line echo server that upgrades gracefully, the demo of txflip.
 
-Each line received is written back.  While draining, a connection is closed right
-after the echo of its last complete line (reply and FIN leave together), never
-while part of a line is still to come.
+Each line received is written back.  After an upgrade, a connection moves to the
+new generation, with the part of a line received so far (the whole of its state);
+if it cannot move, it is closed right after the echo of its last complete line
+(reply and FIN leave together), never while part of a line is still to come.
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ from zope.interface import implementer
 from ._addresses import parseListen, systemdAlias
 from ._drain import IDrainable
 from ._errors import ListenError
+from ._movable import ConnectionState, IMovable, StateRefused
 from .twistd import UpgradeOptions, failStartup, makeUpgradeService
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 MAX_LINE = 1 << 20
+#: The layout of Echo's moved state: the bytes of a line not yet complete.
+STATE_VERSION = 1
 
 
-@implementer(IDrainable, IHalfCloseableProtocol)
+@implementer(IDrainable, IMovable, IHalfCloseableProtocol)
 class Echo(Protocol):
     """
     Writes back every complete line, as received (delimiter C{\\n}).
@@ -66,6 +70,16 @@ class Echo(Protocol):
     def closeIfIdle(self) -> None:
         if not self._pending:
             self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def exportState(self) -> ConnectionState | None:
+        # Every echo is written as soon as its line is complete: between two
+        # reads we are always at a boundary, and a partial line is all we hold.
+        return ConnectionState(STATE_VERSION, self._pending)
+
+    def importState(self, state: ConnectionState) -> None:
+        if state.version != STATE_VERSION:
+            raise StateRefused(f"unknown echo state version {state.version}")
+        self._pending = state.data
 
 
 class EchoDatagram(DatagramProtocol):

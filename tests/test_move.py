@@ -1,0 +1,323 @@
+"""
+Moving connections, in one process with the real reactor: a real TCP listener, real
+client sockets, a real socketpair as the moves channel between an "old" tracker
+(which drains) and a "new" one (which receives).  End-to-end tests with real
+generations are in test_move_upgrades.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.web.server import Site
+
+from txflip._drain import ConnectionTracker
+from txflip._fds import bindSocket
+from txflip._addresses import parseListen
+from txflip._movable import ConnectionState, IMovable, StateRefused
+from txflip._movein import Receiver
+from txflip._moveout import Mover
+from txflip._movetransport import checkPrivateAPI
+from txflip._movewire import (
+    Accepted,
+    FrameReader,
+    Move,
+    Refused,
+    WireError,
+    encodeAnswer,
+    encodeMove,
+)
+from txflip import _moveweb  # noqa: F401 - registers IMovable for HTTPChannel
+from txflip.echo import Echo
+
+KEY = "tcp:127.0.0.1:0"
+
+
+class NewEcho(Echo):
+    """The new generation's code: the same protocol, told apart by its class."""
+
+
+class RefusingEcho(Echo):
+    def importState(self, state: ConnectionState) -> None:
+        raise StateRefused("version from the future")
+
+
+class Plain(Protocol):
+    """No IMovable: must drain, never move."""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+
+def test_private_twisted_api_still_there() -> None:
+    assert checkPrivateAPI() is None
+
+
+def test_frames_round_trip_and_fds_in_order() -> None:
+    r, w = os.pipe()
+    reader = FrameReader()
+    data = encodeMove(7, "tcp:1.2.3.4:5", ConnectionState(3, b"partial")) + (
+        encodeAnswer(Refused(9, "no")) + encodeAnswer(Accepted(10))
+    )
+    # Byte by byte: frames complete only when all their bytes are in.
+    frames = reader.feed(data[:1], [r])
+    for i in range(1, len(data)):
+        frames += reader.feed(data[i : i + 1], [])
+    assert frames == [
+        Move(7, "tcp:1.2.3.4:5", ConnectionState(3, b"partial"), r),
+        Refused(9, "no"),
+        Accepted(10),
+    ]
+    reader.close()
+    os.close(r)
+    os.close(w)
+
+
+def test_bad_frames_break_the_channel() -> None:
+    with pytest.raises(WireError, match="without its socket"):
+        FrameReader().feed(encodeMove(1, "k", ConnectionState(1, b"")), [])
+    with pytest.raises(WireError, match="unknown frame kind"):
+        FrameReader().feed(b"\0\0\0\1Z", [])
+    with pytest.raises(WireError, match="bad frame length"):
+        FrameReader().feed(b"\xff\xff\xff\xff", [])
+
+
+class World:
+    """An old and a new tracker, a listener, clients, and the channel."""
+
+    def __init__(self, old: type[Protocol] | Factory, new: type[Protocol] | Factory):
+        self.old = ConnectionTracker(factory(old), reactor)
+        self.new = ConnectionTracker(factory(new), reactor)
+        self.sock = bindSocket(parseListen("tcp:0:interface=127.0.0.1"))
+        self.port = reactor.adoptStreamPort(
+            self.sock.fileno(), socket.AF_INET, self.old
+        )
+        self.address = self.sock.getsockname()
+        self.clients: list[socket.socket] = []
+        self.channel = socket.socketpair()
+
+    async def connect(self, count: int) -> None:
+        for i in range(count):
+            client = socket.socket()
+            client.setblocking(False)
+            client.connect_ex(self.address)
+            self.clients.append(client)
+            if i % 20 == 19:  # let the reactor accept: the backlog is small
+                await until(lambda: len(self.old) > i - 20, "accepts")
+        await until(lambda: len(self.old) == count, "connections accepted")
+
+    def start(self, trackers: dict[str, ConnectionTracker] | None = None) -> Any:
+        self.receiver = Receiver(
+            reactor, self.channel[1], (trackers or {KEY: self.new}).get
+        )
+        self.mover = Mover(reactor, self.channel[0], {self.old: KEY})
+        return self.old.drain(1.0, 10.0, self.mover)
+
+    receiver: Receiver | None = None
+    mover: Mover | None = None
+
+    def close(self) -> None:
+        self.port.stopListening()
+        for client in self.clients:
+            client.close()
+        for tracked in list(self.new._live) + list(self.old._live):
+            tracked.transport.abortConnection()
+        if self.receiver is not None:
+            self.receiver.close()
+        if self.mover is not None:
+            self.mover.close()
+        self.sock.close()
+
+
+def factory(what: type[Protocol] | Factory) -> Factory:
+    return what if isinstance(what, Factory) else Factory.forProtocol(what)
+
+
+async def until(predicate: Any, what: str, timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.005)):
+        if predicate():
+            return
+        await deferLater(reactor, 0.005, lambda: None)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def recvLine(client: socket.socket) -> bytes:
+    data = b""
+
+    def line() -> bool:
+        nonlocal data
+        try:
+            chunk = client.recv(4096)
+        except BlockingIOError:
+            return False
+        data += chunk
+        return data.endswith(b"\n") or not chunk
+
+    await until(line, "a line")
+    return data
+
+
+def openFDs() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_move_with_their_partial_line() -> None:
+    world = World(Echo, NewEcho)
+    try:
+        await world.connect(300)
+        for client in world.clients:
+            client.sendall(b"hello\n")
+            assert await recvLine(client) == b"hello\n"
+            client.sendall(b"par")
+        await deferLater(reactor, 0.05, lambda: None)
+        before = openFDs()
+        drained = world.start()
+        assert await drained == 0
+        assert world.mover.moved == 300 and world.receiver.accepted == 300
+        assert len(world.old) == 0 and len(world.new) == 300
+        assert {type(t.wrapped) for t in world.new._live} == {NewEcho}
+        # Each socket is open once (the new tracker's): the old copy and the one
+        # received are closed.
+        assert openFDs() == before
+        for client in world.clients:
+            client.sendall(b"tial\n")
+            assert await recvLine(client) == b"partial\n"
+    finally:
+        world.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_state_drains_in_the_old_tracker() -> None:
+    world = World(Echo, RefusingEcho)
+    try:
+        await world.connect(5)
+        drained = world.start()
+        await until(lambda: world.mover.refused == 5, "refusals")
+        assert len(world.new) == 0 and len(world.old) == 5
+        for client in world.clients:
+            # Served here still, then closed with the echo (drained as before).
+            client.sendall(b"last\n")
+            assert await recvLine(client) == b"last\n"
+        await drained
+        for client in world.clients:
+            assert await recvLine(client) == b""
+    finally:
+        world.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_protocol_without_the_interface_drains() -> None:
+    world = World(Plain, NewEcho)
+    try:
+        await world.connect(3)
+        drained = world.start()
+        await deferLater(reactor, 0.1, lambda: None)
+        assert world.mover.moved == 0 and len(world.new) == 0
+        for client in world.clients:
+            client.sendall(b"still here\n")
+            assert await recvLine(client) == b"still here\n"
+        assert not drained.called
+    finally:
+        world.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_listener_is_refused() -> None:
+    world = World(Echo, NewEcho)
+    try:
+        await world.connect(2)
+        world.start(trackers={"some other key": world.new})
+        await until(lambda: world.mover.refused == 2, "refusals")
+        assert len(world.old) == 2
+    finally:
+        world.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_broken_channel_brings_connections_back() -> None:
+    world = World(Echo, NewEcho)
+    try:
+        await world.connect(4)
+        for client in world.clients:
+            client.sendall(b"ab")
+        await deferLater(reactor, 0.05, lambda: None)
+        # The new generation is gone before it reads anything.
+        world.channel[1].close()
+        world.receiver = Receiver(reactor, socket.socketpair()[0], {}.get)
+        world.mover = Mover(reactor, world.channel[0], {world.old: KEY})
+        drained = world.old.drain(1.0, 10.0, world.mover)
+        await until(lambda: not world.mover._channel.open, "the channel to break")
+        assert len(world.old) == 4
+        for client in world.clients:
+            # The partial line was never lost: served here, closed with the echo.
+            client.sendall(b"c\n")
+            assert await recvLine(client) == b"abc\n"
+        await drained
+    finally:
+        world.close()
+
+
+def site(body: bytes) -> Factory:
+    from twisted.web.resource import Resource
+    from twisted.web.static import Data
+
+    root = Resource()
+    root.putChild(b"x", Data(body, "text/plain"))
+    return Site(root)
+
+
+async def httpGet(client: socket.socket) -> bytes:
+    client.sendall(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+    return await httpResponse(client)
+
+
+async def httpResponse(client: socket.socket) -> bytes:
+    data = b""
+
+    def response() -> bool:
+        nonlocal data
+        try:
+            data += client.recv(65536)
+        except BlockingIOError:
+            return False
+        head, _, body = data.partition(b"\r\n\r\n")
+        match = re.search(rb"(?i)content-length: (\d+)", head)
+        return match is not None and len(body) >= int(match.group(1))
+
+    await until(response, "a response")
+    return data
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_http_keepalive_connections_move() -> None:
+    world = World(site(b"old"), site(b"new"))
+    try:
+        await world.connect(20)
+        for client in world.clients:
+            assert (await httpGet(client)).endswith(b"old")
+        busy = world.clients[0]
+        busy.sendall(b"GET /x HTTP/1.1\r\nHo")  # half a request: not at a boundary
+        await deferLater(reactor, 0.05, lambda: None)
+        drained = world.start()
+        await until(lambda: world.mover.moved == 19, "19 moves")
+        assert len(world.old) == 1  # the one in the middle of a request
+        busy.sendall(b"st: h\r\n\r\n")
+        # Answered here, with keep-alive; then it moves too.
+        response = await httpResponse(busy)
+        assert response.endswith(b"old") and b"close" not in response.lower()
+        await until(lambda: world.mover.moved == 20, "the last move")
+        await drained
+        for client in world.clients:
+            response = await httpGet(client)
+            assert response.endswith(b"new") and b"close" not in response.lower()
+    finally:
+        world.close()
