@@ -14,14 +14,17 @@ failed assertion instead of a hung test run.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from txflip._check import (
     ERROR_KINDS,
@@ -49,6 +52,7 @@ __all__ = [
     "free_port",
     "pid_alive",
     "read_pidfile",
+    "txflip_check",
     "wait_for",
     "wait_for_upgrade",
 ]
@@ -56,6 +60,22 @@ __all__ = [
 T = TypeVar("T")
 
 _KILL_WAIT = 5.0  # seconds to wait for SIGKILLed processes to disappear
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def txflip_check(*args: str, timeout: float = 60) -> tuple[int, dict[str, Any], str]:
+    """
+    Run C{python -m txflip check ... --json}; its status, JSON report and stderr.
+    """
+    done = subprocess.run(
+        [sys.executable, "-m", "txflip", "check", *args, "--json"],
+        env={**os.environ, "PYTHONPATH": str(_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.stdout, done.stderr
+    return done.returncode, json.loads(done.stdout), done.stderr
 
 
 # --------------------------------------------------------------------------

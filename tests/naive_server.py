@@ -7,6 +7,8 @@ A deliberately naive "upgradable" line echo server, for proving that
 one: the restart most services do.  The server installs no ``SIGHUP`` handler,
 so a ``SIGHUP`` kills it on the spot; its listening socket and every open
 connection die with it, and nothing listens until the next one has started.
+``python naive_server.py --restart COMMAND...`` wraps any other server that
+SIGHUP kills (a plain ``twistd web``) the same way.
 
 Stdlib only, one thread, ``SO_REUSEADDR``; the pid file names the serving
 process (written atomically once it listens).  Both processes die after
@@ -70,9 +72,8 @@ def serve(port: int, pidfile: str) -> None:
                     pass
 
 
-def wrap(port: int, pidfile: str) -> int:
+def wrap(command: list[str]) -> int:
     signal.alarm(LIFETIME)
-    command = [sys.executable, __file__, "--serve", str(port), pidfile]
     running: list[subprocess.Popen[bytes]] = []
 
     def terminate(signum: int, frame: object) -> None:
@@ -91,5 +92,7 @@ def wrap(port: int, pidfile: str) -> int:
 if __name__ == "__main__":
     if sys.argv[1] == "--serve":
         serve(int(sys.argv[2]), sys.argv[3])
+    elif sys.argv[1] == "--restart":
+        sys.exit(wrap(sys.argv[2:]))
     else:
-        sys.exit(wrap(int(sys.argv[1]), sys.argv[2]))
+        sys.exit(wrap([sys.executable, __file__, "--serve", *sys.argv[1:3]]))

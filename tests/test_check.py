@@ -18,31 +18,24 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import ROOT
-from harness import ServerProcess, free_port, pid_alive, read_pidfile, wait_for
+from harness import (
+    ServerProcess,
+    free_port,
+    pid_alive,
+    read_pidfile,
+    wait_for,
+)
+from harness import (
+    txflip_check as check,
+)
 
 from txflip import _check
 from txflip._cli import main
 
 HOST = "127.0.0.1"
-
-
-def check(*args: str, timeout: float = 60) -> tuple[int, dict[str, Any], str]:
-    """
-    Run C{python -m txflip check ... --json}; its status, JSON report and stderr.
-    """
-    done = subprocess.run(
-        [sys.executable, "-m", "txflip", "check", *args, "--json"],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert done.stdout, done.stderr
-    return done.returncode, json.loads(done.stdout), done.stderr
 
 
 def test_flipecho_upgrades_without_errors(flip) -> None:
@@ -207,8 +200,8 @@ def test_waiting_costs_no_cpu(echo_port: int) -> None:
     """
     started = time.thread_time()
     report = _check.run_check(
-        HOST, echo_port, server=None, short_clients=1, long_clients=0,
-        duration=1.0, upgrades=0, upgrade_timeout=1, interval=0.005,
+        HOST, echo_port, upgrade_one=None, short_clients=1, long_clients=0,
+        duration=1.0, upgrades=0, interval=0.005,
         io_timeout=5, max_errors=0,
     )  # fmt: skip
     assert report.total.connections > 0
@@ -238,7 +231,7 @@ def _deadPid() -> int:
             ["--upgrades", "0"],
             "cannot connect to 127.0.0.1:{port}: connection refused",
         ),
-        ([], "upgrades need the server's pid: give --pid-file or --pid"),
+        ([], "upgrades need the server's pid: give --pid-file, --pid or --control"),
         (
             ["--pid", "{me}", "--short-clients", "0", "--long-clients", "0"],
             "nothing to do: --short-clients and --long-clients are 0",

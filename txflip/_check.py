@@ -159,7 +159,8 @@ class Latencies:
 class Counters:
     """
     Thread-safe counters for a group of load clients; a subclass names its error
-    kinds (one C{int} field each, listed in C{kinds}) and its unit of work.
+    kinds (C{int} fields: the common ones here, its own added; all listed in
+    C{kinds}, in the order the report shows them) and its unit of work.
 
     Every C{lost} exchange is also counted under the error kind that lost it, so
     L{errors_total} does not add C{lost} in again.  C{closed_by_server} counts clean
@@ -178,6 +179,11 @@ class Counters:
     exchanges: int = 0
     lost: int = 0
     closed_by_server: int = 0
+    # The error kinds every client can see:
+    refused: int = 0
+    reset: int = 0
+    timeout: int = 0
+    other: int = 0
     samples: list[str] = dataclasses.field(default_factory=list)
     connect_latency: Latencies = dataclasses.field(
         default_factory=Latencies, repr=False, compare=False
@@ -269,12 +275,8 @@ class Stats(Counters):
     unit: ClassVar[str] = "lines"
     done_label: ClassVar[str] = "lines echoed"
 
-    refused: int = 0
-    reset: int = 0
-    timeout: int = 0
     short_read: int = 0
     wrong_echo: int = 0
-    other: int = 0
 
 
 CountersT = TypeVar("CountersT", bound=Counters)
@@ -954,19 +956,27 @@ def _probe(host: str, port: int, timeout: float) -> None:
 
     @raise CheckError: with the reason.
     """
+    with connect_or_fail(host, port, timeout) as sock:
+        kind, detail = _exchange(sock, _PROBE, timeout)
+    if kind:
+        raise CheckError(f"{host}:{port} does not echo lines ({kind}: {detail})")
+
+
+def connect_or_fail(host: str, port: int, timeout: float) -> socket.socket:
+    """
+    A connection for a probe.
+
+    @raise CheckError: why there is none.
+    """
     where = f"{host}:{port}"
     try:
-        sock = socket.create_connection((host, port), timeout)
+        return socket.create_connection((host, port), timeout)
     except ConnectionRefusedError:
         raise CheckError(f"cannot connect to {where}: connection refused") from None
     except TimeoutError:
         raise CheckError(f"cannot connect to {where}: timed out") from None
     except OSError as e:
         raise CheckError(f"cannot connect to {where}: {e.strerror or e}") from None
-    with sock:
-        kind, detail = _exchange(sock, _PROBE, timeout)
-    if kind:
-        raise CheckError(f"{where} does not echo lines ({kind}: {detail})")
 
 
 class _Progress:
@@ -1084,30 +1094,26 @@ def run_check(
     host: str,
     port: int,
     *,
-    server: Server | None,
+    upgrade_one: Callable[[int], Upgrade] | None,
     short_clients: int,
     long_clients: int,
     duration: float,
     upgrades: int,
-    upgrade_timeout: float,
     interval: float,
     io_timeout: float,
     max_errors: int,
     progress: IO[str] | None = None,
 ) -> Report:
     """
-    The line-echo check: L{Load} through L{run_load}, upgrading C{server}.
+    The line-echo check: L{Load} through L{run_load}, upgrading the service with
+    C{upgrade_one(number)}.
     """
     load = Load(
         host, port, short_clients, long_clients, interval=interval, timeout=io_timeout
     )
     run = run_load(
         load,
-        upgrade_one=(
-            None
-            if server is None
-            else functools.partial(upgrade, server, timeout=upgrade_timeout)
-        ),
+        upgrade_one=upgrade_one,
         duration=duration,
         upgrades=upgrades,
         progress=progress,
@@ -1148,15 +1154,21 @@ def register(subparsers: Any) -> None:
         "check",
         help="prove that a running server upgrades without errors under load",
         description=(
-            "Load a line-echo server with short- and long-lived clients, upgrade it"
-            " with SIGHUP, and report every error, lost line and upgrade latency."
+            "Load a line-echo server (--port) or an HTTP server (--http URL) with"
+            " short- and long-lived clients, upgrade it with SIGHUP or through its"
+            " control socket, and report every error, lost line or request and"
+            " upgrade latency."
             " Exit status 1 when errors exceed --max-errors or an upgrade did not"
             " complete, 2 when the target is unusable."
         ),
     )
     target = parser.add_argument_group("target")
     target.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
-    target.add_argument("--port", type=_port, required=True)
+    where = target.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", type=_port, help="a line-echo server's port")
+    where.add_argument(
+        "--http", metavar="URL", help="an HTTP server: GET (or POST) this http:// URL"
+    )
     pid = target.add_mutually_exclusive_group()
     pid.add_argument(
         "--pid-file",
@@ -1168,6 +1180,11 @@ def register(subparsers: Any) -> None:
         type=_positive_int,
         metavar="N",
         help="the server's pid; successors are found as its children (Linux)",
+    )
+    pid.add_argument(
+        "--control",
+        metavar="PATH",
+        help="the service's control socket: upgrades say why they failed",
     )
     load = parser.add_argument_group("load")
     load.add_argument(
@@ -1182,7 +1199,27 @@ def register(subparsers: Any) -> None:
         type=_count,
         default=4,
         metavar="M",
-        help="clients holding a connection, a line every --interval (default: 4)",
+        help="clients holding a connection, a line (HTTP: a request) every"
+        " --interval (default: 4)",
+    )
+    load.add_argument(
+        "--post-bytes",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="HTTP: also POST N-byte bodies, sent in 4 pieces --interval apart",
+    )
+    load.add_argument(
+        "--upload-clients",
+        type=_count,
+        metavar="K",
+        help="HTTP: clients sending --post-bytes bodies (default: 2 with --post-bytes)",
+    )
+    load.add_argument(
+        "--expect-status",
+        metavar="LIST",
+        help="HTTP: statuses that count as right, like 200,204 or 2xx"
+        " (default: 2xx,3xx)",
     )
     load.add_argument(
         "--duration",
@@ -1236,8 +1273,11 @@ def main(args: argparse.Namespace) -> int:
     """
     Run C{txflip check}; the exit status.
     """
+    # Imported here: the HTTP check and the control socket build on this module.
+    from ._httpcheck import runHTTP
+
     try:
-        return _main(args)
+        return runHTTP(args) if args.http is not None else _main(args)
     except CheckError as e:
         print(f"txflip check: {e}", file=sys.stderr)
         return BAD_INPUT
@@ -1248,29 +1288,56 @@ def _main(args: argparse.Namespace) -> int:
         raise CheckError("nothing to do: --short-clients and --long-clients are 0")
     if args.short_clients + args.long_clients > 1000:
         raise CheckError("at most 1000 clients in all")
-    server: Server | None = None
-    if args.pid_file is not None or args.pid is not None:
-        server = Server(args.pid_file, args.pid)
-        server.validate()
-    elif args.upgrades:
-        raise CheckError("upgrades need the server's pid: give --pid-file or --pid")
+    for option in ("post_bytes", "upload_clients", "expect_status"):
+        if getattr(args, option):
+            raise CheckError(f"--{option.replace('_', '-')} needs --http")
+    upgrade_one = upgrader(args)
     _probe(args.host, args.port, args.io_timeout)
     report = run_check(
         args.host,
         args.port,
-        server=server,
+        upgrade_one=upgrade_one,
         short_clients=args.short_clients,
         long_clients=args.long_clients,
         duration=args.duration,
         upgrades=args.upgrades,
-        upgrade_timeout=args.upgrade_timeout,
         interval=args.interval,
         io_timeout=args.io_timeout,
         max_errors=args.max_errors,
         progress=sys.stderr,
     )
-    if args.json:
+    return show(report, args.json)
+
+
+def show(report: Report, as_json: bool) -> int:
+    """Print C{report}, as a table or JSON; the exit status."""
+    if as_json:
         print(json.dumps(report.as_json(), indent=2))
     else:
         print(report.table())
     return report.status()
+
+
+def upgrader(args: argparse.Namespace) -> Callable[[int], Upgrade] | None:
+    """
+    How to upgrade the service: through its control socket, or with C{SIGHUP}
+    to the pid that C{--pid-file} or C{--pid} names; checked now.
+
+    @raise CheckError: with the reason.
+    """
+    from ._checkcontrol import controlUpgrade, servingPid  # builds on this module
+
+    if args.control is not None:
+        servingPid(args.control, args.io_timeout)
+        return functools.partial(
+            controlUpgrade, args.control, timeout=args.upgrade_timeout
+        )
+    if args.pid_file is not None or args.pid is not None:
+        server = Server(args.pid_file, args.pid)
+        server.validate()
+        return functools.partial(upgrade, server, timeout=args.upgrade_timeout)
+    if args.upgrades:
+        raise CheckError(
+            "upgrades need the server's pid: give --pid-file, --pid or --control"
+        )
+    return None
