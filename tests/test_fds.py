@@ -20,8 +20,8 @@ from twisted.internet.protocol import Factory, Protocol
 
 from txflip._addresses import ListenSpec, parseListen
 from txflip._errors import ListenError
-from txflip._fds import Listener, Listeners, UnixAcceptor, bindSocket
-from txflip._handoff import InheritedListener
+from txflip._fds import Listener, Listeners, bindSocket
+from txflip._unix import UnixAcceptor
 
 
 def _hasIPv6Loopback() -> bool:
@@ -351,13 +351,13 @@ def test_closeNeverShutsDown(sockets: list[socket.socket]) -> None:
 
 def inherited(
     sockets: list[socket.socket], requested: ListenSpec, tmp_path: Path | None = None
-) -> InheritedListener:
+) -> Listener:
     """
     What a parent would pass: a real bound socket for C{requested}.
     """
     sock = bindSocket(requested)
     sockets.append(sock)
-    return InheritedListener(requested.bound(sock.getsockname()), requested, sock)
+    return Listener(requested.bound(sock.getsockname()), requested, sock, True)
 
 
 def test_listenBindsWhenNothingInherited(sockets: list[socket.socket]) -> None:
@@ -391,7 +391,12 @@ def test_listenPortZeroClaimsPortZeroEntry(sockets: list[socket.socket]) -> None
     assert listener.spec.port == entry.spec.port
     assert listener.requested.port == 0
     # The next generation is told the request was port 0 again.
-    assert listeners.handoffTable() == [(entry.spec, entry.sock, listener.requested)]
+    [passed] = listeners.forNextGeneration()
+    assert (passed.spec, passed.sock, passed.requested) == (
+        entry.spec,
+        entry.sock,
+        listener.requested,
+    )
 
 
 def test_listenPortZeroDoesNotClaimExplicitPort(
@@ -511,13 +516,13 @@ def test_closeUnclaimedClosesAndUnlinks(
     assert listeners.closeUnclaimed() == []
 
 
-def test_handoffTableSkipsClosed(sockets: list[socket.socket]) -> None:
+def test_forNextGenerationSkipsClosed(sockets: list[socket.socket]) -> None:
     listeners = Listeners()
     a = listeners.listen(parseListen("tcp:0:interface=127.0.0.1"))
     b = listeners.listen(parseListen("udp:0:interface=127.0.0.1"))
     sockets.extend([a.sock, b.sock])
     a.close(unlink=False)
-    assert listeners.handoffTable() == [(b.spec, b.sock, b.requested)]
+    assert listeners.forNextGeneration() == [b]
 
 
 def test_listenersClose(sockets: list[socket.socket], tmp_path: Path) -> None:
@@ -776,7 +781,7 @@ def test_closeWithoutUnlinkKeepsUnclaimedPaths(tmp_path: Path) -> None:
     """
     spec = parseListen(f"unix:{tmp_path / 'parent.sock'}")
     sock = bindSocket(spec)
-    listeners = Listeners([InheritedListener(spec, spec, sock)])
+    listeners = Listeners([Listener(spec, spec, sock, True)])
     listeners.close(unlink=False)
     assert sock.fileno() == -1
     assert os.path.exists(spec.path)

@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 
-from txflip import _handoff
 from txflip._addresses import ListenSpec
 from txflip._errors import HandoffError
+from txflip._fds import Listener
 from txflip._handoff import (
     MARKER,
     Handoff,
@@ -32,19 +32,26 @@ from txflip._handoff import (
     decode,
     encode,
     fromEnvironment,
+    plan,
     tellParentReady,
 )
 
 FIRST_HIGH_FD = 50
 
 
-@pytest.fixture(autouse=True)
-def _notAChild(monkeypatch: pytest.MonkeyPatch) -> None:
+def described(bound: ListenSpec, requested: ListenSpec) -> Listener:
     """
-    fromEnvironment() marks this process as a txflip child (module global): undo
-    that after each test, so that other tests' tellParentError() stays quiet.
+    A listener as the table describes it (its socket is never bound: encode()
+    only writes down what the listener says).
     """
-    monkeypatch.setattr(_handoff, "_isChild", False, raising=False)
+    return Listener(bound, requested, socket.socket(bound.family, bound.socktype))
+
+
+def describedAll(pairs: list[tuple[ListenSpec, ListenSpec]]) -> list[Listener]:
+    listeners = [described(bound, requested) for bound, requested in pairs]
+    for each in listeners:
+        each.sock.close()  # encode() reads no fd
+    return listeners
 
 
 def isOpen(fd: int) -> bool:
@@ -196,7 +203,7 @@ def test_encodeLayout() -> None:
     zero = ListenSpec("tcp", host="127.0.0.1", port=0)
     bound = ListenSpec("tcp", host="127.0.0.1", port=40000)
     unix = ListenSpec("unix", path="/run/x.sock")
-    value = encode(7, [(tcp, tcp), (bound, zero), (unix, unix)])
+    value = encode(7, describedAll([(tcp, tcp), (bound, zero), (unix, unix)]))
     assert " " not in value
     wire = json.loads(value)
     assert wire.pop("parentPid") == os.getpid()
@@ -239,7 +246,7 @@ def test_roundTrip(fds: FDs, tmp_path: Path) -> None:
         (unix, unix),
         (udp, ListenSpec("udp", host="127.0.0.1", port=0)),
     ]
-    wire = json.loads(encode(3, pairs))
+    wire = json.loads(encode(3, describedAll(pairs)))
     wire["ready"], wire["parent"] = readyW, parentR
     for each, fd in zip(wire["listeners"], [tcpFD, tcp6FD, unixFD, udpFD], strict=True):
         each["fd"] = fd
@@ -896,7 +903,46 @@ def test_aliasesRoundTrip(tmp_path: Any) -> None:
     asking for systemd:name=web finds it.
     """
     tcp = ListenSpec("tcp", host="127.0.0.1", port=8080)
-    wire = json.loads(encode(2, [(tcp, tcp)], [("index=0", "name=web")]))
+    [listener] = describedAll([(tcp, tcp)])
+    listener.aliases = ("index=0", "name=web")
+    wire = json.loads(encode(2, [listener]))
     assert wire["listeners"][0]["aliases"] == ["index=0", "name=web"]
     wire["listeners"][0]["aliases"] = "name=web"
     refused(wire, "bad aliases")
+
+
+def test_extraFDsPlacedAndNamed(fds: FDs) -> None:
+    """
+    Named extra fds (what a supervisor or a connection mover passes) go after the
+    listeners, in name order, and the child's table names them.
+    """
+    tcp = ListenSpec("tcp", host="127.0.0.1", port=8080)
+    listeners = describedAll([(tcp, tcp)])
+    movesR, _ = fds.pipe()
+    supervisorR, _ = fds.pipe()
+    value, childFDs = plan(2, listeners, {"supervisor": supervisorR, "moves": movesR})
+    wire = json.loads(value)
+    assert wire["fds"] == {"moves": 6, "supervisor": 7}
+    assert (childFDs[6], childFDs[7]) == (movesR, supervisorR)
+    assert (childFDs[3], childFDs[4]) == ("r", "w")
+    # As the child sees it (fds where they are in this process):
+    _readyR, readyW = fds.pipe()
+    parentR, _ = fds.pipe()
+    handoff = decode(
+        json.dumps(
+            table(readyW, parentR, [])
+            | {"fds": {"moves": movesR, "supervisor": supervisorR}}
+        )
+    )
+    assert handoff.extraFDs == {"moves": movesR, "supervisor": supervisorR}
+    assert not os.get_inheritable(movesR)
+
+
+def test_extraFDsChecked(fds: FDs) -> None:
+    _readyR, readyW = fds.pipe()
+    parentR, _ = fds.pipe()
+    base = table(readyW, parentR, [])
+    refused(base | {"fds": [3]}, "'fds' is not an object")
+    refused(base | {"fds": {"moves": "7"}}, "is not a int")
+    refused(base | {"fds": {"moves": readyW}}, "fd 'moves' is bad")
+    refused(base | {"fds": {"moves": FIRST_HIGH_FD + 900}}, "'moves'", "closed")

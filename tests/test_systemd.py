@@ -173,3 +173,17 @@ def test_socket_activation(tmp_path: Path, byName: bool) -> None:
                 os.kill(pid, signal.SIGKILL)
         proc.wait(10)
         log.close()
+
+
+def test_twistedStillKeepsSystemdSockets() -> None:
+    """
+    The one private Twisted read txflip cannot avoid: when
+    twisted.internet.endpoints is imported first it takes LISTEN_FDS from the
+    environment, and only C{_SystemdParser._sddaemon} keeps what it found.  If
+    Twisted moves it, txflip logs that systemd's sockets are ignored; this test
+    says so first.
+    """
+    from twisted.internet import endpoints
+    from twisted.python.systemd import ListenFDs
+
+    assert isinstance(endpoints._SystemdParser._sddaemon, ListenFDs)

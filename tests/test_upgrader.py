@@ -17,18 +17,20 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
-from txflip import _handoff, _upgrader
 from txflip._addresses import parseListen
 from txflip._errors import (
     ChildFailed,
     NotReady,
     ParentAlive,
     PidFileError,
+    Refused,
     Stopping,
+    TxflipError,
     UpgradeInProgress,
 )
 from txflip._fds import bindSocket
 from txflip._handoff import MARKER, ParentWatcher
+from txflip._process import ProcessState
 from txflip._spawn import Command
 from txflip._upgrader import Upgrader
 
@@ -53,7 +55,7 @@ class FakeAttempt:
         generation: int,
         listeners: Any,
         timeout: float,
-        aliases: Any = None,
+        extraFDs: Any,
     ) -> None:
         if self.failToStart is not None:
             raise self.failToStart
@@ -85,17 +87,7 @@ class FakeAttempt:
 def attempts(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[FakeAttempt]]:
     made: list[FakeAttempt] = []
     monkeypatch.setattr(FakeAttempt, "made", made)
-    monkeypatch.setattr(_upgrader, "SpawnAttempt", FakeAttempt)
     yield made
-
-
-@pytest.fixture(autouse=True)
-def _notAChild(monkeypatch: pytest.MonkeyPatch) -> None:
-    """
-    Reading a handoff marks this process as a txflip child (module global): undo
-    that after each test, so that other tests' tellParentError() stays quiet.
-    """
-    monkeypatch.setattr(_handoff, "_isChild", False, raising=False)
 
 
 @pytest.fixture
@@ -103,8 +95,17 @@ def reactor() -> MemoryReactorClock:
     return MemoryReactorClock()
 
 
+def makeUpgrader(reactor: MemoryReactorClock, **kwargs: Any) -> Upgrader:
+    """
+    An Upgrader with its own process state (one per process is allowed) that
+    starts L{FakeAttempt}s.
+    """
+    kwargs.setdefault("command", COMMAND)
+    return Upgrader(reactor, spawner=FakeAttempt, process=ProcessState(), **kwargs)
+
+
 def firstGeneration(reactor: MemoryReactorClock, **kwargs: Any) -> Upgrader:
-    return Upgrader(reactor, environ={}, command=COMMAND, **kwargs)
+    return makeUpgrader(reactor, environ={}, **kwargs)
 
 
 def outcome(d: Deferred[Any]) -> Any:
@@ -157,7 +158,7 @@ def test_upgradeAfterReadySpawns(
     reactor: MemoryReactorClock, attempts: list[FakeAttempt]
 ) -> None:
     environ: dict[str, str] = {"KEEP": "me"}
-    upgrader = Upgrader(reactor, environ=environ, command=COMMAND, upgradeTimeout=12.5)
+    upgrader = makeUpgrader(reactor, environ=environ, upgradeTimeout=12.5)
     listener = upgrader.listen("tcp:0:interface=127.0.0.1")
     try:
         upgrader.ready()
@@ -169,7 +170,7 @@ def test_upgradeAfterReadySpawns(
         assert attempt.generation == 2
         assert attempt.timeout == 12.5
         assert attempt.environ == {"KEEP": "me"}
-        assert attempt.listeners == [(listener.spec, listener.sock, listener.requested)]
+        assert attempt.listeners == [listener]
     finally:
         upgrader.listeners.close(unlink=True)
 
@@ -373,7 +374,7 @@ def childGeneration(
         "OTHER": "x",
         MARKER: parent.marker(kwargs.pop("listeners", None), **extra),
     }
-    upgrader = Upgrader(reactor, environ=environ, command=COMMAND, **kwargs)
+    upgrader = makeUpgrader(reactor, environ=environ, **kwargs)
     # The Upgrader took the child's ends.
     parent.open -= {parent.readyW, parent.parentR}
     return upgrader, environ
@@ -525,9 +526,7 @@ def test_childInheritsAndClosesUnclaimedOnceParentGone(
         parentGone(reactor, upgrader)
         assert not os.path.exists(path)  # not configured any more: closed, unlinked
         upgrader.upgrade()
-        assert attempts[0].listeners == [
-            (listener.spec, listener.sock, listener.requested)
-        ]
+        assert attempts[0].listeners == [listener]
     finally:
         upgrader.listeners.close(unlink=True)
 
@@ -712,3 +711,105 @@ def test_lateListenAfterReadyStillInherits(
         assert late.inherited and late.spec.port == port
     finally:
         upgrader.listeners.close(unlink=True)
+
+
+# --- the machine's shape ------------------------------------------------------------
+
+
+def test_secondUpgraderInOneProcessRefused(reactor: MemoryReactorClock) -> None:
+    """
+    The first Upgrader reads (and removes) the handoff marker: a second one would
+    believe it is a first generation, so it is refused.
+    """
+    process = ProcessState()
+    Upgrader(reactor, environ={}, command=COMMAND, process=process)
+    with pytest.raises(TxflipError, match="an Upgrader exists already"):
+        Upgrader(reactor, environ={}, command=COMMAND, process=process)
+
+
+def test_joinWaitsForTheUpgradeInProgress(
+    reactor: MemoryReactorClock, attempts: list[FakeAttempt]
+) -> None:
+    upgrader = firstGeneration(reactor)
+    upgrader.ready()
+    started: list[int] = []
+    first = upgrader.upgrade(onStart=started.append)
+    joined = upgrader.upgrade(join=True, onStart=started.append)
+    assert started == [2] and len(attempts) == 1
+    assert not joined.called
+    attempts[0].ready()
+    assert outcome(first) == outcome(joined) == attempts[0].pid
+
+
+def test_joinWhenIdleStartsAnUpgrade(
+    reactor: MemoryReactorClock, attempts: list[FakeAttempt]
+) -> None:
+    upgrader = firstGeneration(reactor)
+    upgrader.ready()
+    started: list[int] = []
+    d = upgrader.upgrade(join=True, onStart=started.append)
+    assert started == [2] and len(attempts) == 1
+    attempts[0].fail(ChildFailed("child pid=50000 exited with status 1"))
+    failsWith(d, ChildFailed)
+
+
+def test_refusalStartsNothing(
+    reactor: MemoryReactorClock, attempts: list[FakeAttempt]
+) -> None:
+    upgrader = firstGeneration(reactor)
+    started: list[int] = []
+    failsWith(upgrader.upgrade(onStart=started.append), Refused)
+    assert started == [] and attempts == []
+
+
+def test_isReadyFollowsTheMachine(
+    reactor: MemoryReactorClock, attempts: list[FakeAttempt]
+) -> None:
+    upgrader = firstGeneration(reactor)
+    assert not upgrader.isReady
+    upgrader.ready()
+    assert upgrader.isReady
+    upgrader.upgrade()
+    assert upgrader.isReady and upgrader.successor is None
+    attempts[0].ready()
+    assert upgrader.isReady and upgrader.successor == attempts[0].pid
+
+
+def test_stoppedBeforeReadyNeverServed(reactor: MemoryReactorClock) -> None:
+    upgrader = firstGeneration(reactor)
+    outcome(upgrader.stop())
+    upgrader.ready()
+    assert not upgrader.isReady
+
+
+def test_whenParentExitedAfterStopFails(
+    reactor: MemoryReactorClock, parent: Parent
+) -> None:
+    upgrader, _ = childGeneration(reactor, parent)
+    waiting = upgrader.whenParentExited()
+    outcome(upgrader.stop())
+    failsWith(upgrader.whenParentExited(), Stopping)
+    parent.exit()
+    watcher(reactor).doRead()
+    reactor.advance(5.1)
+    for _ in range(10):
+        reactor.advance(0.005)
+    assert outcome(waiting) is None
+
+
+def test_queriesFromCallbacks(
+    reactor: MemoryReactorClock, attempts: list[FakeAttempt]
+) -> None:
+    """
+    Deferreds fire after the transition: their callbacks may ask the upgrader
+    what it is (automat refuses a reentrant input that returns a value).
+    """
+    upgrader = firstGeneration(reactor)
+    upgrader.ready()
+    seen: list[object] = []
+    upgrader.whenExit().addCallback(
+        lambda _: seen.extend([upgrader.isReady, upgrader.successor])
+    )
+    upgrader.upgrade()
+    attempts[0].ready()
+    assert seen == [True, attempts[0].pid]

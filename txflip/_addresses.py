@@ -19,7 +19,9 @@ from typing import Literal
 
 from ._errors import ListenError
 
-Kind = Literal["tcp", "tcp6", "unix", "udp", "udp6"]
+Kind = Literal["tcp", "tcp6", "unix", "udp", "udp6", "systemd"]
+#: The kinds of socket a generation can bind and hand over (C{systemd:} names a
+#: socket systemd passed, of one of these kinds).
 KINDS: tuple[Kind, ...] = ("tcp", "tcp6", "unix", "udp", "udp6")
 
 _FAMILIES: dict[str, socket.AddressFamily] = {
@@ -46,7 +48,9 @@ class ListenSpec:
     One listener as asked for: what kind of socket, bound where.
 
     C{port} may be 0 ("any free port"); the bound port is known only once bound, and
-    L{ListenSpec.bound} makes the spec of what was actually bound.
+    L{ListenSpec.bound} makes the spec of what was actually bound.  A C{systemd}
+    spec binds nothing: it names (C{alias}, e.g. C{name=web}) a socket systemd
+    passed, which later generations inherit under the same name.
     """
 
     kind: Kind
@@ -55,6 +59,7 @@ class ListenSpec:
     path: str = ""
     backlog: int = DEFAULT_BACKLOG
     mode: int = 0o666
+    alias: str = ""
 
     @property
     def family(self) -> socket.AddressFamily:
@@ -79,6 +84,8 @@ class ListenSpec:
         """
         if self.kind == "unix":
             return f"unix:{self.path}"
+        if self.kind == "systemd":
+            return f"systemd:{self.alias}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.kind}:{host}:{self.port}"
 
@@ -149,10 +156,12 @@ def parseListen(description: str, cwd: str | None = None) -> ListenSpec:
     @raise ListenError: with a one-line reason when the description is not usable.
     """
     (_, kind), *rest = _split(description.strip())
+    if kind == "systemd":
+        return ListenSpec("systemd", alias=_systemdAlias(description, dict(rest)))
     if kind not in _ALLOWED:
         raise ListenError(
             f"bad listen description {description!r}: unknown kind {kind!r}"
-            " (txflip can hand over tcp, tcp6, unix, udp and udp6)"
+            " (txflip can hand over tcp, tcp6, unix, udp and udp6, and use systemd's)"
         )
     positionalName, keywords = _ALLOWED[kind]
     args: dict[str, str] = {}
@@ -200,7 +209,7 @@ def parseListen(description: str, cwd: str | None = None) -> ListenSpec:
     return ListenSpec(kind, host=address.compressed, port=port, backlog=backlog)  # type: ignore[arg-type]
 
 
-def systemdAlias(description: str) -> str:
+def _systemdAlias(description: str, args: dict[str | None, str]) -> str:
     """
     The alias a C{systemd:} description (Twisted's syntax: C{systemd:domain=INET:
     index=0} or C{systemd:domain=INET:name=web}) asks for: C{index=0} or
@@ -208,7 +217,6 @@ def systemdAlias(description: str) -> str:
 
     @raise ListenError: neither an index nor a name.
     """
-    args = dict(_split(description)[1:])
     if args.get("name"):
         return f"name={args['name']}"
     index = args.get("index", "")

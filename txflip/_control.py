@@ -16,21 +16,43 @@ import json
 import os
 import socket
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from typing import Protocol as TypingProtocol
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._drain import IDrainable
-
-if TYPE_CHECKING:
-    from .service import UpgradeService
+from ._reactor import Clock
 
 MAX_REQUEST = 1024
 REQUEST_TIMEOUT = 5.0
 COMMANDS = ("upgrade", "status")
+
+
+class Controlled(TypingProtocol):
+    """
+    What the control socket needs of the service it controls.
+    """
+
+    @property
+    def clock(self) -> Clock:
+        """
+        For the request timeouts.
+        """
+
+    def status(self) -> dict[str, object]:
+        """
+        What C{txflip status} shows.
+        """
+
+    def upgrade(self, join: bool = False) -> Deferred[int]:
+        """
+        Upgrade (joining one in progress): fires with the new pid.
+        """
 
 
 def peerUID(transport: Any) -> int | None:
@@ -54,8 +76,11 @@ def peerUID(transport: Any) -> int | None:
 
 @implementer(IDrainable)
 class ControlProtocol(Protocol):
-    def __init__(self, service: UpgradeService) -> None:
+    def __init__(
+        self, service: Controlled, requestTimeout: float = REQUEST_TIMEOUT
+    ) -> None:
         self._service = service
+        self._requestTimeout = requestTimeout
         self._buffer = b""
         self._busy = False
         self._timeout: IDelayedCall | None = None
@@ -65,8 +90,8 @@ class ControlProtocol(Protocol):
         if uid is not None and uid not in (0, os.getuid()):
             self._reply({"ok": False, "error": "permission denied"}, unread=True)
             return
-        clock = self._service._reactor
-        self._timeout = clock.callLater(REQUEST_TIMEOUT, self._tooSlow)
+        clock = self._service.clock
+        self._timeout = clock.callLater(self._requestTimeout, self._tooSlow)
 
     def _tooSlow(self) -> None:
         self._timeout = None
@@ -117,8 +142,10 @@ class ControlProtocol(Protocol):
         if unread:
             transport: Any = self.transport
             transport.loseWriteConnection()
-            clock = self._service._reactor
-            self._timeout = clock.callLater(REQUEST_TIMEOUT, transport.abortConnection)
+            clock = self._service.clock
+            self._timeout = clock.callLater(
+                self._requestTimeout, transport.abortConnection
+            )
         else:
             self.transport.loseConnection()
 
@@ -139,8 +166,16 @@ class ControlProtocol(Protocol):
 
 
 class ControlFactory(Factory):
-    def __init__(self, service: UpgradeService) -> None:
+    """
+    @param requestTimeout: how long a client may take to send its request (and
+        to read an error reply) before it is cut off.
+    """
+
+    def __init__(
+        self, service: Controlled, requestTimeout: float = REQUEST_TIMEOUT
+    ) -> None:
         self._service = service
+        self._requestTimeout = requestTimeout
 
     def buildProtocol(self, addr: IAddress | None) -> ControlProtocol:
-        return ControlProtocol(self._service)
+        return ControlProtocol(self._service, self._requestTimeout)

@@ -21,13 +21,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
     IProtocol,
     IProtocolFactory,
-    IReactorTime,
     ITransport,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -40,6 +39,8 @@ from zope.interface import (
     implementedBy,
     providedBy,
 )
+
+from ._reactor import Clock
 
 if TYPE_CHECKING:
     from ._moveout import Mover
@@ -169,7 +170,7 @@ class ConnectionTracker(Factory):
 
     _log = Logger()
 
-    def __init__(self, wrappedFactory: IProtocolFactory, clock: IReactorTime) -> None:
+    def __init__(self, wrappedFactory: IProtocolFactory, clock: Clock) -> None:
         self.wrappedFactory = wrappedFactory
         self._clock = clock
         self._live: set[_Tracked] = set()
@@ -317,8 +318,6 @@ def drainAll(
     """
     Drain several trackers at once (moving what C{mover} takes).
     """
-    from twisted.internet.defer import gatherResults
-
     if not trackers:
         return succeed([])
     return gatherResults([t.drain(idleGrace, timeout, mover) for t in trackers])

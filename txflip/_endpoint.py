@@ -29,7 +29,7 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ._addresses import ListenSpec, parseListen, systemdAlias
+from ._addresses import ListenSpec, parseListen
 from ._errors import ListenError, TxflipError
 from ._fds import Listener
 from ._upgrader import Upgrader
@@ -127,7 +127,7 @@ class FlipServerEndpoint:
     def __init__(
         self,
         process: _FlipProcess,
-        spec: ListenSpec | str,
+        spec: ListenSpec,
         tlsContext: Any = None,
     ) -> None:
         self._process = process
@@ -148,16 +148,13 @@ class FlipServerEndpoint:
         return succeed(_SharedPort(self._listener))
 
 
-def _innerSpec(reactor: Any, inner: str) -> tuple[ListenSpec | str, Any]:
+def _innerSpec(reactor: Any, inner: str) -> tuple[ListenSpec, Any]:
     """
     The socket an inner description asks for, and its TLS context if it is C{ssl:}.
     """
     kind = inner.split(":", 1)[0]
-    if kind in ("tcp", "tcp6", "unix"):
+    if kind in ("tcp", "tcp6", "unix", "systemd"):
         return parseListen(inner), None
-    if kind == "systemd":
-        systemdAlias(inner)  # checked now, claimed by the upgrader
-        return inner, None
     if kind == "ssl":
         from twisted.internet.endpoints import serverFromString
 

@@ -41,24 +41,39 @@ class UpgradeError(TxflipError):
     """
 
 
-class NotReady(UpgradeError):
+class Refused(UpgradeError):
+    """
+    An upgrade was refused at once, without starting anything: not now.
+    """
+
+
+class NotReady(Refused):
     def __init__(self) -> None:
         super().__init__("process is not ready yet")
 
 
-class ParentAlive(UpgradeError):
+class ParentAlive(Refused):
     def __init__(self) -> None:
         super().__init__("previous generation hasn't exited yet")
 
 
-class UpgradeInProgress(UpgradeError):
+class UpgradeInProgress(Refused):
     def __init__(self) -> None:
         super().__init__("upgrade in progress")
 
 
-class Stopping(UpgradeError):
+class Stopping(Refused):
     def __init__(self) -> None:
         super().__init__("terminating")
+
+
+class RunningAsInit(Refused):
+    def __init__(self) -> None:
+        super().__init__(
+            "running as PID 1: when this process exits the kernel kills every"
+            " process of its namespace, the new generation too; run under an"
+            " init (docker run --init, tini)"
+        )
 
 
 class ChildFailed(UpgradeError):

@@ -25,28 +25,17 @@ import errno
 import os
 import socket
 import stat
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import (
-    IAddress,
-    IListeningPort,
-    IProtocolFactory,
-    IReactorFDSet,
-    IReactorSocket,
-    IReadDescriptor,
-)
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import Logger
-from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from ._addresses import ListenSpec
 from ._errors import ListenError
-from ._handoff import InheritedListener
-
-_log = Logger()
+from ._reactor import Reactor
+from ._unix import UnixAcceptor
 
 _REASONS = {
     errno.EADDRINUSE: "address already in use",
@@ -120,89 +109,23 @@ def bindSocket(spec: ListenSpec) -> socket.socket:
     return sock
 
 
-@implementer(IReadDescriptor, IListeningPort)
-class UnixAcceptor:
-    """
-    A listening port for a shared Unix stream socket that never unlinks, chmods or
-    shuts down the socket: it only accepts, and hands each connection to the
-    reactor.
-    """
-
-    def __init__(
-        self, reactor: IReactorFDSet, sock: socket.socket, factory: IProtocolFactory
-    ) -> None:
-        self._reactor = reactor
-        self._sock = sock
-        self._factory = factory
-        self._listening = False
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
-
-    def logPrefix(self) -> str:
-        return f"txflip-unix:{self._sock.getsockname()}"
-
-    def startListening(self) -> None:
-        if not self._listening:
-            self._listening = True
-            self._factory.doStart()
-            self._reactor.addReader(self)
-
-    def stopListening(self) -> Deferred[None]:
-        if self._listening:
-            self._listening = False
-            self._reactor.removeReader(self)
-            self._factory.doStop()
-        return succeed(None)
-
-    def getHost(self) -> IAddress:
-        from twisted.internet.address import UNIXAddress
-
-        return UNIXAddress(self._sock.getsockname())
-
-    def doRead(self) -> None:
-        adopt: IReactorSocket = self._reactor  # type: ignore[assignment]
-        for _ in range(100):
-            try:
-                conn, _addr = self._sock.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return
-            except OSError as e:
-                # EMFILE and friends: leave the connection queued, try again on the
-                # next readiness; the next generation may take it meanwhile.
-                _log.warn(
-                    "txflip: accept on {path} failed: {e}",
-                    path=self._sock.getsockname(),
-                    e=e,
-                )
-                return
-            try:
-                adopt.adoptStreamConnection(
-                    conn.fileno(), socket.AF_UNIX, cast(Any, self._factory)
-                )
-            except Exception:  # noqa: BLE001 - one bad connection must not stop us
-                _log.failure("txflip: cannot serve a connection on {spec}", spec=self)
-            finally:
-                conn.close()
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.stopListening()
-
-
 @dataclass(eq=False)
 class Listener:
     """
-    One listening socket of this generation.
+    One listening socket of this generation: bound here, inherited from the
+    previous generation, or passed by systemd.  The same object describes it in the
+    handoff table, so there is one listener type from bind to handover.
 
     @ivar spec: the address it is bound to (the real port).
-    @ivar requested: the address the configuration asked for.
-    @ivar inherited: whether it came from the previous generation.
+    @ivar requested: the address the configuration asked for (port 0 stays 0), so
+        that a next generation with the same configuration finds the same socket.
+    @ivar inherited: whether it came from the previous generation (or systemd).
     """
 
     spec: ListenSpec
     requested: ListenSpec
     sock: socket.socket
-    inherited: bool
+    inherited: bool = False
     #: Other names it answers to (systemd's C{name=}/C{index=}), kept across
     #: generations.
     aliases: tuple[str, ...] = ()
@@ -217,30 +140,39 @@ class Listener:
         if self.spec.kind == "unix":
             self._pathID = _pathID(self.spec.path)
 
+    @property
+    def open(self) -> bool:
+        """
+        Whether we still hold its fd (and so can pass it on).
+        """
+        return self.sock.fileno() != -1
+
     def adoptStream(
-        self, reactor: IReactorSocket, factory: IProtocolFactory
+        self, reactor: Reactor, factory: IProtocolFactory
     ) -> IListeningPort:
         """
         Start accepting connections for C{factory}.
         """
         if self.spec.kind == "unix":
-            acceptor = UnixAcceptor(reactor, self.sock, factory)  # type: ignore[arg-type]
+            acceptor = UnixAcceptor(reactor, self.sock, factory)
             acceptor.startListening()
             self.port = acceptor
         else:
             self.port = reactor.adoptStreamPort(
-                self.sock.fileno(), self.spec.family, cast(Any, factory)
+                self.sock.fileno(), self.spec.family, factory
             )
         return self.port
 
     def adoptDatagram(
-        self, reactor: IReactorSocket, protocol: DatagramProtocol
+        self, reactor: Reactor, protocol: DatagramProtocol
     ) -> IListeningPort:
         """
         Start receiving datagrams for C{protocol}.
         """
-        if self.spec.kind == "unix":
-            raise ListenError(f"cannot serve {self.spec}: not a datagram listener")
+        if self.spec.stream:
+            raise ListenError(
+                f"cannot serve datagrams on {self.spec}: not a datagram listener"
+            )
         self.port = reactor.adoptDatagramPort(
             self.sock.fileno(), self.spec.family, protocol, maxPacketSize=65535
         )
@@ -269,7 +201,7 @@ class Listener:
         Close our fd, never C{shutdown()}.  Unlink the Unix path only when C{unlink}
         and it is still our socket (not one a successor bound at the same path).
         """
-        if self.sock.fileno() == -1:
+        if not self.open:
             return
         if unlink and self._pathID is not None:
             if _pathID(self.spec.path) == self._pathID:
@@ -290,17 +222,17 @@ class Listeners:
     upgrades).  Inherited listeners nobody asked for are closed by L{closeUnclaimed}.
     """
 
-    def __init__(self, inherited: list[InheritedListener] | None = None) -> None:
-        self._unclaimed: list[InheritedListener] = list(inherited or [])
+    def __init__(self, inherited: Sequence[Listener] = ()) -> None:
+        self._unclaimed: list[Listener] = list(inherited)
         self._listeners: list[Listener] = []
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Listener]:
         return iter(list(self._listeners))
 
     def __len__(self) -> int:
         return len(self._listeners)
 
-    def _claim(self, spec: ListenSpec) -> InheritedListener | None:
+    def _claim(self, spec: ListenSpec) -> Listener | None:
         def same(candidate: ListenSpec) -> bool:
             return (candidate.kind, candidate.host, candidate.path) == (
                 spec.kind,
@@ -319,28 +251,31 @@ class Listeners:
 
     def listen(self, spec: ListenSpec) -> Listener:
         """
-        The listener for C{spec}: inherited if the parent passed it, else bound now.
+        The listener for C{spec}: inherited if the parent passed it (or, for a
+        C{systemd:} description, systemd did), else bound now.
 
-        @raise ListenError: when binding fails.
+        @raise ListenError: when binding fails, or no such socket was passed.
         """
+        if spec.alias:
+            return self._listenAlias(spec.alias)
         for existing in self._listeners:
             if existing.requested == spec and spec.port != 0:
                 raise ListenError(f"cannot listen on {spec}: listed twice")
-        entry = self._claim(spec)
-        if entry is not None:
-            listener = Listener(entry.spec, spec, entry.sock, True, entry.aliases)
+        listener = self._claim(spec)
+        if listener is not None:
+            # What this generation's configuration asks for is what the next one
+            # will be matched against.
+            listener.requested = spec
         else:
             sock = bindSocket(spec)
-            listener = Listener(spec.bound(sock.getsockname()), spec, sock, False)
+            listener = Listener(spec.bound(sock.getsockname()), spec, sock)
         self._listeners.append(listener)
         return listener
 
-    def listenAlias(self, alias: str) -> Listener:
+    def _listenAlias(self, alias: str) -> Listener:
         """
         The inherited listener known as C{alias} (C{name=web}, C{index=0}): one
         systemd passed to the first generation, or the parent passed on.
-
-        @raise ListenError: nobody passed such a socket.
         """
         for existing in self._listeners:
             if alias in existing.aliases:
@@ -348,21 +283,12 @@ class Listeners:
         for entry in self._unclaimed:
             if alias in entry.aliases:
                 self._unclaimed.remove(entry)
-                listener = Listener(
-                    entry.spec, entry.requested, entry.sock, True, entry.aliases
-                )
-                self._listeners.append(listener)
-                return listener
+                self._listeners.append(entry)
+                return entry
         raise ListenError(
             f"cannot listen on systemd:{alias}: no such socket was passed by systemd"
             " (LISTEN_FDS/LISTEN_FDNAMES) or by the previous generation"
         )
-
-    def handoffAliases(self) -> list[tuple[str, ...]]:
-        """
-        The aliases of L{handoffTable}'s listeners, in the same order.
-        """
-        return [each.aliases for each in self._listeners if each.sock.fileno() != -1]
 
     def closeUnclaimed(self, unlink: bool = True) -> list[ListenSpec]:
         """
@@ -373,20 +299,16 @@ class Listeners:
         """
         closed = []
         for entry in self._unclaimed:
-            Listener(entry.spec, entry.requested, entry.sock, True).close(unlink)
+            entry.close(unlink)
             closed.append(entry.spec)
         self._unclaimed = []
         return closed
 
-    def handoffTable(self) -> list[tuple[ListenSpec, socket.socket, ListenSpec]]:
+    def forNextGeneration(self) -> list[Listener]:
         """
         What to pass to the next generation: every listener still open.
         """
-        return [
-            (each.spec, each.sock, each.requested)
-            for each in self._listeners
-            if each.sock.fileno() != -1
-        ]
+        return [each for each in self._listeners if each.open]
 
     async def stopListening(self) -> None:
         """

@@ -10,7 +10,10 @@ environment variable (L{MARKER}) that says which is which:
     reads end-of-file when the parent has exited, which is the child's cue that it
     may now upgrade in turn;
   - one per listening socket, described by kind and address so that the child can
-    match them against its own configuration.
+    match them against its own configuration;
+  - optional extra fds, each under a name in the table's C{fds} object (what a
+    supervisor or a connection mover passes along); the module that asked for a
+    name owns its fd.
 
 The table is JSON: small, readable in C{/proc/PID/environ} when debugging, and easy to
 validate field by field.  Every fd it names is checked before use (open, a socket, of
@@ -26,16 +29,18 @@ import json
 import os
 import socket
 import stat
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor
+from twisted.internet.interfaces import IReadDescriptor
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._addresses import KINDS, ListenSpec
 from ._errors import HandoffError
+from ._fds import Listener
+from ._reactor import Reactor
 
 #: The environment variable that marks a process as a txflip child.
 MARKER = "TXFLIP_HANDOFF"
@@ -49,24 +54,6 @@ MAX_FD = 2**31 - 1
 MAX_ERROR = 1024
 
 
-@dataclass(frozen=True)
-class InheritedListener:
-    """
-    A listening socket handed over by the parent, validated.
-
-    @ivar spec: what it is bound to now (real port).
-    @ivar requested: what the parent's configuration asked for (port 0 stays 0), so
-        that a child with the same configuration finds the same socket.
-    """
-
-    spec: ListenSpec
-    requested: ListenSpec
-    sock: socket.socket
-    #: Names it can be asked for instead of its address (C{name=web},
-    #: C{index=0}: systemd's, kept across generations).
-    aliases: tuple[str, ...] = ()
-
-
 @dataclass
 class Handoff:
     """
@@ -76,41 +63,67 @@ class Handoff:
     generation: int
     readyFD: int
     parentFD: int
-    listeners: list[InheritedListener] = field(default_factory=list)
+    listeners: list[Listener] = field(default_factory=list)
     #: The parent's pid, when its table says (it may have exited before we could
     #: ask C{getppid()}).
     parentPID: int | None = None
+    #: Extra fds by name (C{fds} in the table).
+    extraFDs: dict[str, int] = field(default_factory=dict)
+    #: Whether C{readyFD} is still our pipe (it is closed once we said ready).
+    readyOpen: bool = True
 
 
-def encode(
+def plan(
     generation: int,
-    listeners: list[tuple[ListenSpec, ListenSpec]],
-    aliases: list[tuple[str, ...]] | None = None,
-) -> str:
+    listeners: Sequence[Listener],
+    extraFDs: Mapping[str, int] | None = None,
+) -> tuple[str, dict[int, int | str]]:
     """
-    The marker's value for a child of generation C{generation} inheriting
-    C{listeners} (bound spec, requested spec) at fds 5, 6, ... in order.
+    How to start a child of generation C{generation} that inherits C{listeners}
+    (and C{extraFDs}, our fds by name): the marker's value, and the
+    C{spawnProcess} C{childFDs} that places every fd where the table says.
     """
+    childFDs: dict[int, int | str] = {0: 0, 1: 1, 2: 2, READY_FD: "r", PARENT_FD: "w"}
+    entries = []
+    for index, listener in enumerate(listeners):
+        fd = FIRST_LISTENER_FD + index
+        childFDs[fd] = listener.sock.fileno()
+        bound = listener.spec
+        entries.append(
+            {
+                "fd": fd,
+                "kind": bound.kind,
+                "host": bound.host,
+                "port": bound.port,
+                "path": bound.path,
+                "requestedPort": listener.requested.port,
+                "aliases": list(listener.aliases),
+            }
+        )
+    named = {}
+    for offset, (name, ours) in enumerate(sorted((extraFDs or {}).items())):
+        fd = FIRST_LISTENER_FD + len(entries) + offset
+        childFDs[fd] = ours
+        named[name] = fd
     table = {
         "version": VERSION,
         "generation": generation,
         "ready": READY_FD,
         "parent": PARENT_FD,
         "parentPid": os.getpid(),
-        "listeners": [
-            {
-                "fd": FIRST_LISTENER_FD + index,
-                "kind": bound.kind,
-                "host": bound.host,
-                "port": bound.port,
-                "path": bound.path,
-                "requestedPort": requested.port,
-                "aliases": list(aliases[index]) if aliases else [],
-            }
-            for index, (bound, requested) in enumerate(listeners)
-        ],
+        "listeners": entries,
     }
-    return json.dumps(table, separators=(",", ":"))
+    if named:
+        table["fds"] = named
+    return json.dumps(table, separators=(",", ":")), childFDs
+
+
+def encode(generation: int, listeners: Sequence[Listener]) -> str:
+    """
+    The marker's value for a child of generation C{generation} inheriting
+    C{listeners} at fds 5, 6, ... in order.
+    """
+    return plan(generation, listeners)[0]
 
 
 def _field(table: dict[str, Any], name: str, kind: type, where: str) -> Any:
@@ -243,23 +256,45 @@ def decode(value: str) -> Handoff:
         ):
             raise HandoffError(f"malformed handoff table: {where} has bad aliases")
         parsed.append((fd, spec, requested, tuple(names)))
+    extraFDs = _extraFDs(table.get("fds", {}), seen)
     _checkPipe(readyFD, "ready")
     _checkPipe(parentFD, "parent")
     # spawnProcess placed our fds without close-on-exec; nothing we start later
     # (the application's own subprocesses) may inherit them.
-    os.set_inheritable(readyFD, False)
-    os.set_inheritable(parentFD, False)
-    listeners: list[InheritedListener] = []
+    for fd in (readyFD, parentFD, *extraFDs.values()):
+        os.set_inheritable(fd, False)
+    listeners: list[Listener] = []
     try:
         for fd, spec, requested, names in parsed:
-            listeners.append(
-                InheritedListener(spec, requested, _adoptSocket(fd, spec), names)
-            )
+            sock = _adoptSocket(fd, spec)
+            listeners.append(Listener(spec, requested, sock, True, names))
     except BaseException:
         for listener in listeners:
             listener.sock.detach()
         raise
-    return Handoff(generation, readyFD, parentFD, listeners, parentPID)
+    return Handoff(generation, readyFD, parentFD, listeners, parentPID, extraFDs)
+
+
+def _extraFDs(named: object, seen: set[int]) -> dict[str, int]:
+    """
+    The table's C{fds} object: names to fds, each open and not named twice.
+    """
+    if not isinstance(named, dict):
+        raise HandoffError("malformed handoff table: 'fds' is not an object")
+    result = {}
+    for name, fd in named.items():
+        if not (isinstance(name, str) and name.isprintable()):
+            raise HandoffError("malformed handoff table: bad name in 'fds'")
+        fd = _field(named, name, int, "'fds'")
+        if not 3 <= fd <= MAX_FD or fd in seen:
+            raise HandoffError(f"malformed handoff table: fd {name!r} is bad: {fd}")
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise HandoffError(f"handoff fd {name!r} ({fd}) is closed") from None
+        seen.add(fd)
+        result[name] = fd
+    return result
 
 
 def fromEnvironment(environ: MutableMapping[str, str]) -> Handoff | None:
@@ -269,12 +304,8 @@ def fromEnvironment(environ: MutableMapping[str, str]) -> Handoff | None:
 
     @return: L{None} for a first generation.
     """
-    global _isChild
     value = environ.pop(MARKER, None)
-    if value is None:
-        return None
-    _isChild = True
-    return decode(value)
+    return None if value is None else decode(value)
 
 
 def tellParentReady(handoff: Handoff) -> None:
@@ -282,8 +313,7 @@ def tellParentReady(handoff: Handoff) -> None:
     Tell the parent we serve.  A parent that is already gone is not an error: there
     is no one left to tell.
     """
-    global _readyPipeOpen
-    _readyPipeOpen = False
+    handoff.readyOpen = False
     try:
         os.write(handoff.readyFD, READY_MESSAGE)
     except OSError:
@@ -292,27 +322,17 @@ def tellParentReady(handoff: Handoff) -> None:
         os.close(handoff.readyFD)
 
 
-def tellParentError(message: str) -> None:
+def tellParentError(readyFD: int, message: str) -> None:
     """
-    A child that cannot start says why on the ready pipe before exiting, so that its
-    parent reports the reason, not only an exit status.  Does nothing in a first
-    generation (or when fd 3 is not our pipe).
+    A child that cannot start says why on the ready pipe C{readyFD} before exiting,
+    so that its parent reports the reason, not only an exit status.
     """
-    if not (_isChild or MARKER in os.environ) or not _readyPipeOpen:
-        return  # a first generation, or fd 3 is closed (and may be anything now)
     data = ERROR_PREFIX + message.encode("utf-8", "replace")[:MAX_ERROR] + b"\n"
     try:
-        if stat.S_ISFIFO(os.fstat(READY_FD).st_mode):
-            os.write(READY_FD, data)
+        if stat.S_ISFIFO(os.fstat(readyFD).st_mode):
+            os.write(readyFD, data)
     except OSError:
         pass
-
-
-#: Whether this process was started by a parent generation (set on reading the
-#: marker, which is then gone from the environment).
-_isChild = False
-#: Whether fd 3 is still our ready pipe (it is closed once we said "ready").
-_readyPipeOpen = True
 
 
 @implementer(IReadDescriptor)
@@ -325,9 +345,7 @@ class ParentWatcher:
     end-of-file here, or the child would never learn that its parent exited.
     """
 
-    def __init__(
-        self, reactor: IReactorFDSet, fd: int, onExit: Callable[[], None]
-    ) -> None:
+    def __init__(self, reactor: Reactor, fd: int, onExit: Callable[[], None]) -> None:
         self._reactor = reactor
         self._fd = fd
         self._onExit: Callable[[], None] | None = onExit

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessExitedAlready
@@ -28,8 +28,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import _handoff
-from ._addresses import ListenSpec
 from ._errors import ChildFailed, Stopping, UpgradeTimeout
+from ._fds import Listener
+from ._reactor import Reactor
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,14 @@ class Command:
         """
         args = tuple(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
         return cls(sys.executable, args, cwd or os.getcwd())
+
+
+def _cleanExit(reason: Failure) -> bool:
+    """
+    Whether the process exited with status 0.
+    """
+    value = reason.value
+    return not getattr(value, "signal", None) and getattr(value, "exitCode", 1) == 0
 
 
 def _howItEnded(reason: Failure) -> str:
@@ -113,6 +122,41 @@ def releaseSignals(*signums: int) -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, set(signums) or HELD)
 
 
+class Attempt(Protocol):
+    """
+    One attempt at starting the next generation, as the L{Upgrader} sees it.
+    """
+
+    #: The child's pid.
+    pid: int
+    #: Fires with the child's pid once it is ready, or fails with an
+    #: L{UpgradeError} once it is gone.
+    result: Deferred[int]
+
+    def cancel(self) -> Deferred[int]:
+        """
+        Kill the child unless it is ready; L{result} fires once it is gone.
+        """
+
+
+class Spawner(Protocol):
+    """
+    How an L{Upgrader} starts the next generation (L{SpawnAttempt}, or a fake in
+    tests): the seam tableflip calls C{env}.
+    """
+
+    def __call__(
+        self,
+        reactor: Reactor,
+        command: Command,
+        environ: Mapping[str, str],
+        generation: int,
+        listeners: Sequence[Listener],
+        timeout: float,
+        extraFDs: Mapping[str, int],
+    ) -> Attempt: ...
+
+
 class _ChildProtocol(ProcessProtocol):
     """
     Turns the child's process events into one outcome: ready, or failed.
@@ -160,13 +204,13 @@ class SpawnAttempt:
 
     def __init__(
         self,
-        reactor: object,
+        reactor: Reactor,
         command: Command,
         environ: Mapping[str, str],
         generation: int,
-        listeners: Sequence[tuple[ListenSpec, socket.socket, ListenSpec]],
+        listeners: Sequence[Listener],
         timeout: float,
-        aliases: Sequence[tuple[str, ...]] | None = None,
+        extraFDs: Mapping[str, int],
     ) -> None:
         self.result: Deferred[int] = Deferred()
         self._reactor = reactor
@@ -176,18 +220,9 @@ class SpawnAttempt:
         self.childError: str | None = None
         env = dict(environ)
         env.update(command.extraEnv)
-        env[_handoff.MARKER] = _handoff.encode(
-            generation,
-            [(bound, requested) for bound, _, requested in listeners],
-            list(aliases) if aliases is not None else None,
-        )
-        childFDs: dict[int, int | str] = {0: 0, 1: 1, 2: 2}
-        childFDs[_handoff.READY_FD] = "r"
-        childFDs[_handoff.PARENT_FD] = "w"
-        for index, (_, sock, _) in enumerate(listeners):
-            childFDs[_handoff.FIRST_LISTENER_FD + index] = sock.fileno()
+        env[_handoff.MARKER], childFDs = _handoff.plan(generation, listeners, extraFDs)
         with signalsHeld():
-            self._process: IProcessTransport = reactor.spawnProcess(  # type: ignore[attr-defined]
+            self._process: IProcessTransport = reactor.spawnProcess(
                 _ChildProtocol(self),
                 command.executable,
                 list(command.args),
@@ -196,7 +231,7 @@ class SpawnAttempt:
                 childFDs=childFDs,
             )
         self.pid: int = self._process.pid or 0
-        self._timeout: IDelayedCall | None = reactor.callLater(  # type: ignore[attr-defined]
+        self._timeout: IDelayedCall | None = reactor.callLater(
             timeout, self._timedOut, timeout
         )
 
@@ -239,7 +274,7 @@ class SpawnAttempt:
         self._cancelTimeout()
         if self._ready:
             how = _howItEnded(reason)
-            if how == "exited with status 0":
+            if _cleanExit(reason):
                 self._log.info(
                     "txflip: pid {pid}, which replaced this generation, {how}",
                     pid=self.pid,

@@ -17,7 +17,7 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.python import usage
 from zope.interface import implementer
 
-from ._addresses import parseListen, systemdAlias
+from ._addresses import parseListen
 from ._drain import IDrainable
 from ._errors import ListenError
 from ._movable import ConnectionState, IMovable, StateRefused
@@ -109,10 +109,7 @@ class Options(UpgradeOptions):
         by systemd: systemd:name=NAME, systemd:index=N
         """
         try:
-            if description.startswith("systemd:"):
-                systemdAlias(description)
-            else:
-                parseListen(description)
+            parseListen(description)
         except ListenError as e:
             raise usage.UsageError(str(e)) from None
         self["listen"].append(description)

@@ -12,7 +12,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -21,8 +20,8 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from . import _handoff
 from ._addresses import ListenSpec
+from ._control import REQUEST_TIMEOUT, ControlFactory
 from ._drain import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_IDLE_GRACE,
@@ -30,13 +29,16 @@ from ._drain import (
     drainAll,
 )
 from ._errors import (
-    NotReady,
-    ParentAlive,
+    ListenError,
+    Refused,
     Stopping,
     TxflipError,
+    UpgradeError,
     UpgradeInProgress,
 )
 from ._fds import Listener
+from ._process import tellParentError
+from ._reactor import Reactor
 from ._spawn import releaseSignals
 from ._upgrader import Upgrader
 from .systemd import Notifier
@@ -62,15 +64,16 @@ class UpgradeService(Service):
         *,
         drainTimeout: float = DEFAULT_DRAIN_TIMEOUT,
         idleGrace: float = DEFAULT_IDLE_GRACE,
-        reactor: Any = None,
+        reactor: Reactor | None = None,
         installSignalHandlers: bool = True,
         notifier: Notifier | None = None,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            reactor = globalReactor
+        """
+        @param reactor: defaults to the upgrader's (the one reactor of the
+            process).
+        """
         self.upgrader = upgrader
+        reactor = upgrader.reactor if reactor is None else reactor
         self.drainTimeout = drainTimeout
         self.idleGrace = idleGrace
         self._reactor = reactor
@@ -84,11 +87,22 @@ class UpgradeService(Service):
         self._failed = False
         self.notifier = notifier if notifier is not None else Notifier.fromEnvironment()
         self.startedAt = time.time()
-        self.isReady = False
         #: C{(when, outcome)} of the last upgrade this generation attempted.
         self.lastUpgrade: tuple[float, str] | None = None
-        #: While an upgrade runs: who else waits for its outcome.
-        self._joiners: list[Deferred[int]] | None = None
+
+    @property
+    def isReady(self) -> bool:
+        """
+        Whether this generation serves (L{Upgrader.isReady}).
+        """
+        return self.upgrader.isReady
+
+    @property
+    def clock(self) -> Reactor:
+        """
+        The reactor, as the control socket's timeouts use it.
+        """
+        return self._reactor
 
     def status(self) -> dict[str, object]:
         """
@@ -140,16 +154,17 @@ class UpgradeService(Service):
             self._logListening(listener)
         return listener
 
-    def listenControl(self, path: str) -> Listener:
+    def listenControl(
+        self, path: str, requestTimeout: float = REQUEST_TIMEOUT
+    ) -> Listener:
         """
         Open the control socket at C{path} (mode 0600) for C{txflip upgrade} and
         C{txflip status}.
         """
-        from ._control import ControlFactory
-
         spec = ListenSpec("unix", path=os.path.abspath(path), mode=0o600)
         listener = self.upgrader.listen(spec)
-        tracker = ConnectionTracker(ControlFactory(self), self._reactor)
+        control = ControlFactory(self, requestTimeout)
+        tracker = ConnectionTracker(control, self._reactor)
         self._controls.append((listener, tracker, tracker))
         if self._adopted:
             listener.adoptStream(self._reactor, tracker)
@@ -163,9 +178,9 @@ class UpgradeService(Service):
         """
         listener = self.upgrader.listen(description)
         if listener.spec.stream:
-            from ._errors import ListenError
-
-            raise ListenError(f"cannot serve datagrams on {listener.spec}")
+            raise ListenError(
+                f"cannot serve datagrams on {listener.spec}: not a datagram listener"
+            )
         self._datagrams.append((listener, protocol))
         if self._adopted:
             listener.adoptDatagram(self._reactor, protocol)
@@ -208,7 +223,7 @@ class UpgradeService(Service):
             return
         self._installSignals = False
 
-        def later(handler: Any) -> Any:
+        def later(handler: Callable[[], None]) -> Callable[[int, object], None]:
             # A signal handler only hands over to the reactor.
             return lambda signum, frame: self._reactor.callFromThread(handler)
 
@@ -220,7 +235,15 @@ class UpgradeService(Service):
 
     def _onHUP(self) -> None:
         self._log.info("txflip: SIGHUP: upgrading")
-        self.upgrade().addErrback(lambda f: None)
+        self.upgrade().addErrback(self._upgradeBroke)
+
+    def _upgradeBroke(self, reason: Failure) -> None:
+        """
+        An upgrade's failure is reported where it happens; anything else is a bug,
+        and must not vanish with the signal.
+        """
+        if not reason.check(UpgradeError):
+            self._log.failure("txflip: SIGHUP: the upgrade broke", reason)
 
     def _onQUIT(self) -> None:
         self._log.info("txflip: SIGQUIT: stopping gracefully")
@@ -237,50 +260,35 @@ class UpgradeService(Service):
         @param join: if an upgrade is already in progress, wait for its outcome
             instead of being refused (what C{txflip upgrade} wants).
         """
-        if join and self._joiners is not None:
-            self._log.info("txflip: upgrade requested: joins the upgrade in progress")
-            joined: Deferred[int] = Deferred()
-            self._joiners.append(joined)
-            return joined
         generation = self.upgrader.generation
-        upgrading = self.upgrader.upgrade()
-        accepted = not upgrading.called
-        if accepted:
-            self.notifier.reloading(f"upgrading: starting generation {generation + 1}")
+        started: list[int] = []
 
-        def succeeded(pid: int) -> int:
-            self.lastUpgrade = (time.time(), f"succeeded: pid {pid} serves")
-            return pid
+        def start(nextGeneration: int) -> None:
+            started.append(nextGeneration)
+            self.notifier.reloading(f"upgrading: starting generation {nextGeneration}")
 
-        def failed(reason: Failure) -> Failure:
-            message = reason.getErrorMessage()
-            if reason.check(NotReady, ParentAlive, UpgradeInProgress, Stopping):
-                self._log.warn("txflip: upgrade refused: {reason}", reason=message)
-                message = f"refused: {message}"
-            else:
-                message = f"failed: {message}"
+        def finished(result: int | Failure) -> int | Failure:
+            if isinstance(result, Failure) and result.check(Refused):
+                message = f"refused: {result.getErrorMessage()}"
+                self._log.warn("txflip: upgrade {message}", message=message)
+                if not result.check(UpgradeInProgress, Stopping):
+                    # Complete the reload systemd may have begun
+                    # (Type=notify-reload), in one message.
+                    self.notifier.reloadRefused(
+                        f"upgrade {message}; serving (generation {generation})"
+                    )
+            elif started and isinstance(result, Failure):
+                message = f"failed: {result.getErrorMessage()}"
                 self.lastUpgrade = (time.time(), message)
-            status = f"upgrade {message}; serving (generation {generation})"
-            if accepted:
-                self.notifier.stillReady(status)
-            elif not reason.check(UpgradeInProgress, Stopping):
-                # Refused at once: complete the reload systemd may have begun
-                # (Type=notify-reload), in one message.
-                self.notifier.reloadRefused(status)
-            return reason
+                self.notifier.stillReady(
+                    f"upgrade {message}; serving (generation {generation})"
+                )
+            elif started:
+                self.lastUpgrade = (time.time(), f"succeeded: pid {result} serves")
+            # else: it joined an upgrade another request started and reports.
+            return result
 
-        upgrading.addCallbacks(succeeded, failed)
-        if accepted:
-            self._joiners = []
-
-            def finished(result: Any) -> Any:
-                joiners, self._joiners = self._joiners or [], None
-                for joiner in joiners:
-                    joiner.callback(result)
-                return result
-
-            upgrading.addBoth(finished)
-        return upgrading
+        return self.upgrader.upgrade(join, start).addBoth(finished)
 
     def _ready(self) -> None:
         try:
@@ -288,7 +296,6 @@ class UpgradeService(Service):
         except TxflipError as e:
             self.fatal(str(e))
             return
-        self.isReady = True
         self.notifier.ready(
             f"serving (generation {self.upgrader.generation}, pid {os.getpid()})"
         )
@@ -298,7 +305,7 @@ class UpgradeService(Service):
         Log C{message}, stop gracefully, and exit with status 1.
         """
         self._log.critical("txflip: {message}", message=message)
-        _handoff.tellParentError(message)
+        tellParentError(message)
         if not self._failed:
             self._failed = True
             self._reactor.addSystemEventTrigger("after", "shutdown", _exitFailed)

@@ -33,9 +33,10 @@ import time
 from collections.abc import MutableMapping
 
 from twisted.logger import Logger
+from twisted.python.systemd import ListenFDs
 
 from ._addresses import KINDS, ListenSpec
-from ._handoff import InheritedListener
+from ._fds import Listener
 
 _log = Logger()
 _LISTEN_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
@@ -65,10 +66,6 @@ class Notifier:
         cls, environ: MutableMapping[str, str] | None = None
     ) -> Notifier:
         return cls((os.environ if environ is None else environ).get("NOTIFY_SOCKET"))
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.address)
 
     def notify(self, *fields: str) -> None:
         """
@@ -132,9 +129,27 @@ def _spec(sock: socket.socket) -> ListenSpec | None:
     return None
 
 
+def _endpointsFDs() -> ListenFDs:
+    """
+    What C{twisted.internet.endpoints} took from the environment when it was
+    imported.  Only a private attribute holds it (C{_SystemdParser._sddaemon});
+    if Twisted moved it, say so instead of silently ignoring socket activation.
+    """
+    endpoints = sys.modules["twisted.internet.endpoints"]
+    found = getattr(getattr(endpoints, "_SystemdParser", None), "_sddaemon", None)
+    if not isinstance(found, ListenFDs):
+        _log.critical(
+            "txflip: cannot see the sockets systemd passed (LISTEN_FDS): this"
+            " Twisted no longer keeps them in _SystemdParser._sddaemon; systemd"
+            " sockets are ignored (import txflip before twisted.internet.endpoints)"
+        )
+        return ListenFDs([], ())
+    return found
+
+
 def listenFDs(
     environ: MutableMapping[str, str] | None = None,
-) -> list[InheritedListener]:
+) -> list[Listener]:
     """
     The sockets systemd passed to this process, as inherited listeners keyed by
     their real address; the variables are removed from the environment so that
@@ -143,17 +158,12 @@ def listenFDs(
     Twisted's C{twisted.internet.endpoints} reads (and removes) the same variables
     when it is imported; if it was imported first, we ask it what it found.
     """
-    from twisted.python.systemd import ListenFDs
-
     if environ is None:
         environ = os.environ
     if "LISTEN_FDS" in environ or "twisted.internet.endpoints" not in sys.modules:
         found = ListenFDs.fromEnvironment(environ)
     else:
-        parser = getattr(
-            sys.modules["twisted.internet.endpoints"], "_SystemdParser", None
-        )
-        found = getattr(parser, "_sddaemon", None) or ListenFDs([], ())
+        found = _endpointsFDs()
     for variable in _LISTEN_VARIABLES:
         environ.pop(variable, None)
     listeners = []
@@ -177,5 +187,5 @@ def listenFDs(
         aliases: tuple[str, ...] = (f"index={index}",)
         if fd in nameOf:
             aliases += (f"name={nameOf[fd]}",)
-        listeners.append(InheritedListener(spec, spec, sock, aliases))
+        listeners.append(Listener(spec, spec, sock, True, aliases))
     return listeners

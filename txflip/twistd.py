@@ -33,6 +33,7 @@ from . import _handoff, _log
 from ._drain import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE
 from ._errors import TxflipError
 from ._log import configureTwistd, twistdObserverFactory
+from ._process import tellParentError
 from ._spawn import Command
 from ._upgrader import DEFAULT_UPGRADE_TIMEOUT, Upgrader
 from .service import UpgradeService
@@ -117,7 +118,7 @@ def failStartup(message: str) -> NoReturn:
     Exit with C{message} on one line; a later generation also tells its parent,
     whose failed upgrade then names the reason.
     """
-    _handoff.tellParentError(message)
+    tellParentError(message)
     raise SystemExit(f"txflip: {message}")
 
 

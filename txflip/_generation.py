@@ -1,0 +1,158 @@
+"""
+The vocabulary of one generation's state machine: its inputs (L{_Generation}), the
+data its states carry (L{_Upgrade}, L{_Killing}; C{Replaced} carries the
+successor's pid), and the core every transition shares (L{_Core}).  The rules are
+in L{txflip._machine}; the diagram and the public API in L{txflip._upgrader}.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from . import _handoff
+from ._fds import Listeners
+from ._pidfile import PidFile
+from ._reactor import Reactor
+from ._spawn import Attempt, Command, Spawner
+
+T = TypeVar("T")
+#: Called with the next generation's number when a request starts an upgrade.
+OnStart = Callable[[int], object]
+
+
+class _Generation(Protocol):
+    def ready(self) -> None:
+        "Write the pid file (this may raise), then declare that we serve."
+
+    def _served(self) -> None:
+        "The pid file is written: tell the parent, we serve."
+
+    def parentExited(self) -> None:
+        "The previous generation is gone."
+
+    def upgrade(self, result: Deferred[int], onStart: OnStart | None) -> None:
+        "Start the next generation; C{result} fires with its pid once it is ready."
+
+    def join(self, result: Deferred[int], onStart: OnStart | None) -> None:
+        "As L{upgrade}, but an upgrade in progress is waited for, not refused."
+
+    def _spawned(self, attempt: Attempt, result: Deferred[int]) -> None:
+        "The next generation is starting."
+
+    def _childReady(self, pid: int) -> None:
+        "The child we started says it serves."
+
+    def _childFailed(self, reason: Failure) -> None:
+        "The child we started is gone without becoming ready."
+
+    def stop(self, result: Deferred[None]) -> None:
+        "Stop for good: no more upgrades; a starting child is killed."
+
+    def _kill(self, upgrade: _Upgrade, result: Deferred[None]) -> None:
+        "Stopping while a child starts: kill it."
+
+    def _childGone(self) -> None:
+        "The child killed by L{stop} is reaped."
+
+    def whenExit(self, result: Deferred[None]) -> None:
+        "C{result} fires when this process should exit."
+
+    def whenParentExited(self, result: Deferred[None]) -> None:
+        "C{result} fires once the previous generation has exited."
+
+    def isReady(self) -> bool:
+        "Whether this generation has declared that it serves."
+
+    def successor(self) -> int | None:
+        "The pid of the generation that replaced us, once one has."
+
+
+@dataclass
+class _Upgrade:
+    """
+    An upgrade in progress: the starting child, and who waits for its outcome.
+    """
+
+    attempt: Attempt
+    waiters: list[Deferred[int]]
+
+
+@dataclass
+class _Killing:
+    upgrade: _Upgrade
+    stopped: Deferred[None]
+
+
+@dataclass
+class _Core:
+    reactor: Reactor
+    listeners: Listeners
+    handoff: _handoff.Handoff | None
+    pidFile: PidFile | None
+    command: Command
+    environ: MutableMapping[str, str]
+    upgradeTimeout: float
+    generation: int
+    spawner: Spawner
+    #: The parent's pid (L{None} for a first generation).
+    parentPID: int | None
+    log: Logger
+    #: Named fds to pass to the next generation besides the listeners.
+    extraFDs: dict[str, int] = field(default_factory=dict)
+    exitWaiters: list[Deferred[None]] = field(default_factory=list)
+    parentWaiters: list[Deferred[None]] = field(default_factory=list)
+    #: What to do once the machine has finished its transition (settle
+    #: Deferreds): their callbacks may call the upgrader again.
+    outbox: list[Callable[[], object]] = field(default_factory=list)
+    depth: int = 0
+
+    def later(self, action: Callable[[], object]) -> None:
+        assert self.depth, "an input reached the machine without _Core.feed"
+        self.outbox.append(action)
+
+    def feed(self, method: Callable[..., T], *args: object) -> T:
+        """
+        Give the machine one input (every input goes through here), then do what
+        the transition left in the outbox.
+        """
+        self.depth += 1
+        try:
+            return method(*args)
+        finally:
+            self.depth -= 1
+            while self.depth == 0 and self.outbox:
+                self.outbox.pop(0)()
+
+    def settle(self, waiters: list[Deferred[T]], result: T | Failure) -> None:
+        """
+        Fire every one of C{waiters} with C{result}, once the transition is over.
+        """
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                self.later(lambda waiter=waiter: waiter.errback(result))  # type: ignore[misc]
+            else:
+                self.later(lambda waiter=waiter: waiter.callback(result))  # type: ignore[misc]
+        waiters.clear()
+
+    def fail(self, result: Deferred[T], error: Exception) -> None:
+        self.settle([result], Failure(error))
+
+    def parentGone(self) -> bool:
+        """
+        Whether our parent process is no longer the parent generation, though its
+        pipe's end (or our reparenting) is still to be seen by the reactor.
+        """
+        return self.parentPID is not None and os.getppid() != self.parentPID
+
+    def closeUnclaimed(self) -> None:
+        for spec in self.listeners.closeUnclaimed():
+            self.log.info(
+                "txflip: closed inherited {spec}: not configured any more", spec=spec
+            )

@@ -1,0 +1,346 @@
+"""
+The rules of one generation's life: which input moves which state where, and what
+it does on the way (the diagram is in L{txflip._upgrader}).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from automat import TypeMachineBuilder, pep614
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from . import _handoff
+from ._errors import (
+    ChildFailed,
+    NotReady,
+    ParentAlive,
+    PidFileError,
+    RunningAsInit,
+    Stopping,
+    UpgradeInProgress,
+)
+from ._generation import OnStart, _Core, _Generation, _Killing, _Upgrade
+from ._spawn import releaseSignals
+
+
+def _makeMachine() -> Callable[[_Core], _Generation]:
+    machine = TypeMachineBuilder(_Generation, _Core)
+    Starting = machine.state("Starting")
+    StartingAlone = machine.state("StartingAlone")
+    WaitingForParent = machine.state("WaitingForParent")
+    Ready = machine.state("Ready")
+    Upgrading = machine.state(
+        "Upgrading", lambda c, s, attempt, result: _Upgrade(attempt, [result])
+    )
+    Killing = machine.state(
+        "Killing", lambda c, s, upgrade, result: _Killing(upgrade, result)
+    )
+    Replaced = machine.state("Replaced", lambda c, s, pid: pid)
+    Stopped = machine.state("Stopped")
+    Abandoned = machine.state("Abandoned")
+    starting = (Starting, StartingAlone)
+    serving = (WaitingForParent, Ready)
+
+    # --- readiness -------------------------------------------------------------
+
+    @pep614(Starting.upon(_Generation.ready).loop())
+    @pep614(StartingAlone.upon(_Generation.ready).loop())
+    def writePidFile(c: _Generation, s: _Core) -> None:
+        # The step that can fail comes before the state changes.
+        if s.pidFile is not None:
+            s.pidFile.write(os.getpid())
+        c._served()
+
+    for state in (*serving, Stopped, Abandoned):
+        state.upon(_Generation.ready).loop().returns(None)
+    for dataState in (Upgrading, Killing, Replaced):
+        dataState.upon(_Generation.ready, nodata=True).loop().returns(None)
+
+    @pep614(Starting.upon(_Generation._served).to(WaitingForParent))
+    def served(c: _Generation, s: _Core) -> None:
+        # Log first, so that the shared log tells the story in order.
+        s.log.info(
+            "txflip: generation {generation} ready (pid {pid})",
+            generation=s.generation,
+            pid=os.getpid(),
+        )
+        # The signals blocked since we were spawned: by now the reactor runs,
+        # with its SIGTERM/SIGINT handlers, and the application has its own.
+        releaseSignals()
+        if s.handoff is not None:
+            _handoff.tellParentReady(s.handoff)
+
+    @pep614(StartingAlone.upon(_Generation._served).to(Ready))
+    def servedAlone(c: _Generation, s: _Core) -> None:
+        s.closeUnclaimed()
+        served(c, s)
+
+    # --- the parent ------------------------------------------------------------
+
+    @pep614(Starting.upon(_Generation.parentExited).to(StartingAlone))
+    def parentGoneEarly(c: _Generation, s: _Core) -> None:
+        s.settle(s.parentWaiters, None)
+
+    @pep614(WaitingForParent.upon(_Generation.parentExited).to(Ready))
+    def parentGone(c: _Generation, s: _Core) -> None:
+        # Inherited sockets nobody asked for are closed once we serve and the
+        # parent is gone: until then a listener may still be asked for late.
+        s.closeUnclaimed()
+        s.settle(s.parentWaiters, None)
+
+    for state in (StartingAlone, Ready):
+        state.upon(_Generation.parentExited).loop().returns(None)
+    Replaced.upon(_Generation.parentExited, nodata=True).loop().returns(None)
+
+    @pep614(Upgrading.upon(_Generation.parentExited, nodata=True).loop())
+    @pep614(Killing.upon(_Generation.parentExited, nodata=True).loop())
+    @pep614(Stopped.upon(_Generation.parentExited).loop())
+    @pep614(Abandoned.upon(_Generation.parentExited).loop())
+    def parentGoneAfterEnd(c: _Generation, s: _Core) -> None:
+        s.settle(s.parentWaiters, None)
+
+    @pep614(Starting.upon(_Generation.whenParentExited).loop())
+    @pep614(WaitingForParent.upon(_Generation.whenParentExited).loop())
+    def waitForParent(c: _Generation, s: _Core, result: Deferred[None]) -> None:
+        s.parentWaiters.append(result)
+
+    @pep614(StartingAlone.upon(_Generation.whenParentExited).loop())
+    @pep614(Ready.upon(_Generation.whenParentExited).loop())
+    @pep614(Upgrading.upon(_Generation.whenParentExited, nodata=True).loop())
+    @pep614(Replaced.upon(_Generation.whenParentExited, nodata=True).loop())
+    def parentIsGone(c: _Generation, s: _Core, result: Deferred[None]) -> None:
+        s.settle([result], None)
+
+    # --- upgrades ----------------------------------------------------------------
+
+    @pep614(Starting.upon(_Generation.upgrade).loop())
+    @pep614(Starting.upon(_Generation.join).loop())
+    @pep614(StartingAlone.upon(_Generation.upgrade).loop())
+    @pep614(StartingAlone.upon(_Generation.join).loop())
+    def notReady(
+        c: _Generation, s: _Core, result: Deferred[int], onStart: OnStart | None
+    ) -> None:
+        if s.parentGone():
+            c.parentExited()
+        s.fail(result, NotReady())
+
+    @pep614(WaitingForParent.upon(_Generation.upgrade).loop())
+    @pep614(WaitingForParent.upon(_Generation.join).loop())
+    def parentAlive(
+        c: _Generation, s: _Core, result: Deferred[int], onStart: OnStart | None
+    ) -> None:
+        if s.parentGone():
+            # Gone, but not yet seen by the reactor: notice now, so that an
+            # upgrade asked for right after the old pid vanished is not refused.
+            c.parentExited()
+            c.upgrade(result, onStart)
+        else:
+            s.fail(result, ParentAlive())
+
+    @pep614(Ready.upon(_Generation.upgrade).loop())
+    @pep614(Ready.upon(_Generation.join).loop())
+    def startUpgrade(
+        c: _Generation, s: _Core, result: Deferred[int], onStart: OnStart | None
+    ) -> None:
+        if os.getpid() == 1:
+            s.fail(result, RunningAsInit())
+            return
+        nextGeneration = s.generation + 1
+        if onStart is not None:
+            s.later(lambda: onStart(nextGeneration))
+        try:
+            attempt = s.spawner(
+                s.reactor,
+                s.command,
+                s.environ,
+                nextGeneration,
+                s.listeners.forNextGeneration(),
+                s.upgradeTimeout,
+                s.extraFDs,
+            )
+        except Exception as e:  # noqa: BLE001 - any reason to fail is reported
+            s.fail(result, ChildFailed(f"cannot start the next generation: {e}"))
+            return
+        s.log.info(
+            "txflip: upgrade: started generation {generation} as pid {pid}",
+            generation=nextGeneration,
+            pid=attempt.pid,
+        )
+        c._spawned(attempt, result)
+        attempt.result.addCallbacks(
+            lambda pid: s.feed(c._childReady, pid),
+            lambda reason: s.feed(c._childFailed, reason),
+        )
+
+    Ready.upon(_Generation._spawned).to(Upgrading).returns(None)
+
+    @pep614(Upgrading.upon(_Generation.upgrade).loop())
+    def inProgress(
+        c: _Generation,
+        s: _Core,
+        upgrade: _Upgrade,
+        result: Deferred[int],
+        onStart: OnStart | None,
+    ) -> None:
+        s.fail(result, UpgradeInProgress())
+
+    @pep614(Upgrading.upon(_Generation.join).loop())
+    def joinUpgrade(
+        c: _Generation,
+        s: _Core,
+        upgrade: _Upgrade,
+        result: Deferred[int],
+        onStart: OnStart | None,
+    ) -> None:
+        s.log.info("txflip: upgrade requested: joins the upgrade in progress")
+        upgrade.waiters.append(result)
+
+    @pep614(Killing.upon(_Generation.upgrade, nodata=True).loop())
+    @pep614(Killing.upon(_Generation.join, nodata=True).loop())
+    @pep614(Replaced.upon(_Generation.upgrade, nodata=True).loop())
+    @pep614(Replaced.upon(_Generation.join, nodata=True).loop())
+    @pep614(Stopped.upon(_Generation.upgrade).loop())
+    @pep614(Stopped.upon(_Generation.join).loop())
+    @pep614(Abandoned.upon(_Generation.upgrade).loop())
+    @pep614(Abandoned.upon(_Generation.join).loop())
+    def stopping(
+        c: _Generation, s: _Core, result: Deferred[int], onStart: OnStart | None
+    ) -> None:
+        s.fail(result, Stopping())
+
+    @pep614(Upgrading.upon(_Generation._childReady).to(Replaced))
+    def replaced(c: _Generation, s: _Core, upgrade: _Upgrade, pid: int) -> None:
+        s.log.info(
+            "txflip: upgrade: pid {pid} is ready; this process will exit", pid=pid
+        )
+        s.settle(upgrade.waiters, pid)
+        s.settle(s.exitWaiters, None)
+
+    @pep614(Upgrading.upon(_Generation._childFailed).to(Ready))
+    def upgradeFailed(
+        c: _Generation, s: _Core, upgrade: _Upgrade, reason: Failure
+    ) -> None:
+        s.log.error(
+            "txflip: upgrade failed: {reason}; still serving (pid {pid})",
+            reason=reason.getErrorMessage(),
+            pid=os.getpid(),
+        )
+        if s.pidFile is not None:
+            # A child may have written the pid file before dying: name us again.
+            try:
+                s.pidFile.write(os.getpid())
+            except PidFileError as e:
+                s.log.error("txflip: {error}", error=str(e))
+        s.settle(upgrade.waiters, reason)
+
+    # The killed child's own outcome: Killing waits for _childGone instead.
+    Killing.upon(_Generation._childReady, nodata=True).loop().returns(None)
+    Killing.upon(_Generation._childFailed, nodata=True).loop().returns(None)
+
+    # --- the end -------------------------------------------------------------------
+
+    @pep614(Starting.upon(_Generation.stop).to(Abandoned))
+    @pep614(StartingAlone.upon(_Generation.stop).to(Abandoned))
+    @pep614(WaitingForParent.upon(_Generation.stop).to(Stopped))
+    @pep614(Ready.upon(_Generation.stop).to(Stopped))
+    def stopNow(c: _Generation, s: _Core, result: Deferred[None]) -> None:
+        s.settle(s.exitWaiters, None)
+        s.settle([result], None)
+
+    @pep614(Upgrading.upon(_Generation.stop).loop())
+    def stopDuringUpgrade(
+        c: _Generation, s: _Core, upgrade: _Upgrade, result: Deferred[None]
+    ) -> None:
+        c._kill(upgrade, result)
+
+    @pep614(Upgrading.upon(_Generation._kill).to(Killing))
+    def kill(
+        c: _Generation,
+        s: _Core,
+        old: _Upgrade,
+        upgrade: _Upgrade,
+        result: Deferred[None],
+    ) -> None:
+        s.log.info(
+            "txflip: stopping: killing starting child pid {pid}",
+            pid=upgrade.attempt.pid,
+        )
+        upgrade.attempt.cancel().addBoth(lambda _: s.feed(c._childGone))
+
+    @pep614(Killing.upon(_Generation._childGone).to(Stopped))
+    def childGone(c: _Generation, s: _Core, killing: _Killing) -> None:
+        s.settle(killing.upgrade.waiters, Failure(Stopping()))
+        s.settle(s.exitWaiters, None)
+        s.settle([killing.stopped], None)
+
+    @pep614(Killing.upon(_Generation.stop, nodata=True).loop())
+    @pep614(Replaced.upon(_Generation.stop, nodata=True).loop())
+    @pep614(Stopped.upon(_Generation.stop).loop())
+    @pep614(Abandoned.upon(_Generation.stop).loop())
+    def alreadyStopping(c: _Generation, s: _Core, result: Deferred[None]) -> None:
+        s.settle([result], None)
+
+    @pep614(Killing.upon(_Generation.whenParentExited, nodata=True).loop())
+    @pep614(Stopped.upon(_Generation.whenParentExited).loop())
+    @pep614(Abandoned.upon(_Generation.whenParentExited).loop())
+    def notWatching(c: _Generation, s: _Core, result: Deferred[None]) -> None:
+        s.fail(result, Stopping())
+
+    # --- exit ----------------------------------------------------------------------
+
+    @pep614(Starting.upon(_Generation.whenExit).loop())
+    @pep614(StartingAlone.upon(_Generation.whenExit).loop())
+    @pep614(WaitingForParent.upon(_Generation.whenExit).loop())
+    @pep614(Ready.upon(_Generation.whenExit).loop())
+    @pep614(Upgrading.upon(_Generation.whenExit, nodata=True).loop())
+    @pep614(Killing.upon(_Generation.whenExit, nodata=True).loop())
+    def waitForExit(c: _Generation, s: _Core, result: Deferred[None]) -> None:
+        s.exitWaiters.append(result)
+
+    @pep614(Replaced.upon(_Generation.whenExit, nodata=True).loop())
+    @pep614(Stopped.upon(_Generation.whenExit).loop())
+    @pep614(Abandoned.upon(_Generation.whenExit).loop())
+    def exitNow(c: _Generation, s: _Core, result: Deferred[None]) -> None:
+        s.settle([result], None)
+
+    # --- queries -------------------------------------------------------------------
+
+    @pep614(Starting.upon(_Generation.isReady).loop())
+    @pep614(StartingAlone.upon(_Generation.isReady).loop())
+    @pep614(Abandoned.upon(_Generation.isReady).loop())
+    def notServing(c: _Generation, s: _Core) -> bool:
+        return False
+
+    @pep614(WaitingForParent.upon(_Generation.isReady).loop())
+    @pep614(Ready.upon(_Generation.isReady).loop())
+    @pep614(Upgrading.upon(_Generation.isReady, nodata=True).loop())
+    @pep614(Killing.upon(_Generation.isReady, nodata=True).loop())
+    @pep614(Replaced.upon(_Generation.isReady, nodata=True).loop())
+    @pep614(Stopped.upon(_Generation.isReady).loop())
+    def servedOnce(c: _Generation, s: _Core) -> bool:
+        return True
+
+    for state in (*starting, *serving, Stopped, Abandoned):
+        state.upon(_Generation.successor).loop().returns(None)
+    for dataState in (Upgrading, Killing):
+        dataState.upon(_Generation.successor, nodata=True).loop().returns(None)
+
+    @pep614(Replaced.upon(_Generation.successor).loop())
+    def replacedBy(c: _Generation, s: _Core, pid: int) -> int | None:
+        return pid
+
+    built = machine.build()
+
+    def start(core: _Core) -> _Generation:
+        generation = built(core)
+        if core.parentPID is None:
+            core.feed(generation.parentExited)
+        return generation
+
+    return start
+
+
+makeGeneration = _makeMachine()
