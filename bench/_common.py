@@ -134,6 +134,41 @@ def echo_once(port: int, timeout: float = 2.0) -> bool:
         return False
 
 
+def http_once(port: int, timeout: float = 2.0) -> bool:
+    """One GET of the benchmark site's page: does an HTTP server answer 200?"""
+    try:
+        with socket.create_connection((HOST, port), timeout) as s:
+            s.sendall(
+                b"GET /index.html HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+            )
+            return s.recv(12).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+def pin(pid: int, cpu: int) -> None:
+    """Keep C{pid} on one CPU (when there are two): less scheduling noise."""
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(pid, {cpu})
+
+
+#: With 2 CPUs, servers are pinned to one and load generators to the other.
+SERVER_CPU, LOAD_CPU = 1, 0
+
+
+def run_load(argv: list[str], seconds: float) -> str:
+    """Run a load generator for about C{seconds}, on the load CPU; its output."""
+    done = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 60,
+        preexec_fn=lambda: pin(0, LOAD_CPU),
+    )
+    return done.stdout
+
+
 def wait_until(what: str, predicate: Callable[[], object], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -160,9 +195,11 @@ class Running:
         return (self.dir / "server.log").read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 30.0) -> int:
+        answers = http_once if self.name in WEB else echo_once
+
         def ready() -> bool:
             pid = self.serving()
-            return pid is not None and pid_alive(pid) and echo_once(self.port)
+            return pid is not None and pid_alive(pid) and answers(self.port)
 
         try:
             wait_until(f"{self.name} to serve", ready, timeout)
@@ -207,10 +244,24 @@ class Running:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+#: The HTTP servers: C{twistd web} serving bench/www, on a plain port, behind
+#: C{flip:}, and restarted by a supervisor when SIGHUP kills it.
+WEB = ("web", "flipweb", "naiveweb")
+
+
 def command(
     name: str, port: int, pidfile: Path, listens: Sequence[str] = ()
 ) -> list[str]:
     """How each server under comparison is started."""
+    if name in WEB:
+        listen = f"tcp:{port}:interface={HOST}"
+        if name == "flipweb":
+            listen = f"flip:{listen}"
+        web = [*twistd(), "-n", "--pidfile", str(pidfile), "web", "--listen", listen]
+        web += ["--path", str(BENCH / "www")]
+        if name == "naiveweb":
+            return [sys.executable, str(BENCH / "naive_restart.py"), *web]
+        return web
     if name == "flipecho":
         listen = [f"tcp:{port}:interface={HOST}", *listens]
         args = [a for each in listen for a in ("--listen", each)]

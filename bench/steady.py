@@ -27,16 +27,20 @@ import subprocess
 import sys
 
 import _common
-from _common import BENCH, cpu_seconds, header, median, options, running, table
+from _common import (
+    BENCH,
+    SERVER_CPU,
+    cpu_seconds,
+    header,
+    median,
+    options,
+    pin,
+    run_load,
+    running,
+    table,
+)
 
 MODES = {"connections": 32, "lines": 64}
-SERVER_CPU, LOAD_CPU = 1, 0
-
-
-def pin(pid: int, cpu: int) -> None:
-    """Keep C{pid} on one CPU (when there are two): less scheduling noise."""
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
-        os.sched_setaffinity(pid, {cpu})
 
 
 def load(mode: str, port: int, pid: int, seconds: float) -> tuple[float, float]:
@@ -45,16 +49,9 @@ def load(mode: str, port: int, pid: int, seconds: float) -> tuple[float, float]:
     argv = [sys.executable, str(BENCH / "loadgen.py"), mode, str(port)]
     argv += [str(seconds), str(concurrency)]
     before = cpu_seconds(pid)
-    done = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=seconds + 60,
-        preexec_fn=lambda: pin(0, LOAD_CPU),
-    )
+    out = run_load(argv, seconds)
     cpu = cpu_seconds(pid) - before
-    result = json.loads(done.stdout)
+    result = json.loads(out)
     if result["errors"]:
         print(f"   ({result['errors']} errors in a {mode} run)")
     return result["ops"] / result["seconds"], cpu / max(result["ops"], 1)
