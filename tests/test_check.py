@@ -8,8 +8,11 @@ input with one line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
+import re
 import signal
 import socketserver
 import subprocess
@@ -302,3 +305,50 @@ def test_upgrades_are_spaced_over_the_run() -> None:
     assert _check.upgrade_times(10, 1) == [5]
     assert _check.upgrade_times(8, 3) == [2, 4, 6]
     assert _check.upgrade_times(8, 0) == []
+
+
+def test_upgrades_through_the_control_socket(flip, tmp_path: Path) -> None:
+    """
+    C{--control} instead of a pid: the service answers each upgrade request, and
+    the check still waits for the old pid to go.
+    """
+    control = tmp_path / "control.sock"
+    server = flip("--control", str(control))
+    first = server.serving()
+    status, report, stderr = check(
+        "--port", str(server.port), "--control", str(control),
+        "--short-clients", "2", "--long-clients", "1",
+        "--duration", "2", "--upgrades", "1",
+    )  # fmt: skip
+    server.track(server.serving())
+    assert status == 0, (report["failures"], stderr)
+    (upgrade,) = report["upgrades"]
+    assert upgrade["old_pid"] == first and upgrade["new_pid"] == server.serving()
+    assert 0 < upgrade["to_new_s"] <= upgrade["to_old_gone_s"]
+    assert not pid_alive(first)
+
+
+def test_progress_line_on_a_terminal(echo_port: int) -> None:
+    """
+    On a terminal, stderr shows a live line; the report stays on stdout.
+    """
+    parent, child = pty.openpty()
+    with os.fdopen(parent, "rb", buffering=0) as terminal:
+        done = subprocess.run(
+            [sys.executable, "-m", "txflip", "check", "--port", str(echo_port),
+             "--upgrades", "0", "--duration", "1", "--short-clients", "1",
+             "--long-clients", "0"],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=child,
+            timeout=30,
+        )  # fmt: skip
+        os.close(child)
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO once the writer is gone
+            while chunk := terminal.read(4096):
+                shown += chunk
+    assert done.returncode == 0
+    assert re.search(rb"\r\s*0\.\d/1 s  connections \d+  lines \d+  errors 0", shown)
+    assert shown.endswith(b"\r\x1b[K"), shown[-40:]
+    assert b"OK: 0 errors" in done.stdout and b"\r" not in done.stdout
