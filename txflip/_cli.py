@@ -39,7 +39,7 @@ def argNumber(
 argSeconds = argNumber(float, 1e-3, "expected a finite number of seconds >= 0.001")
 
 #: Subcommand modules, in the order C{--help} lists them.
-SUBCOMMANDS = ("txflip._controlcli", "txflip._check")
+SUBCOMMANDS = ("txflip._run", "txflip._controlcli", "txflip._check")
 
 
 def parser() -> argparse.ArgumentParser:

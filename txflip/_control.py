@@ -49,9 +49,10 @@ class Controlled(TypingProtocol):
         What C{txflip status} shows.
         """
 
-    def upgrade(self, join: bool = False) -> Deferred[int]:
+    def upgrade(self, join: bool = False) -> Deferred[Any]:
         """
-        Upgrade (joining one in progress): fires with the new pid.
+        Upgrade (joining one in progress): fires with the new pid, or (a
+        supervisor) the list of its new workers' pids.
         """
 
 
@@ -116,7 +117,11 @@ class ControlProtocol(Protocol):
             self._reply({"ok": True, **self._service.status()})
         elif command == "upgrade":
             self._service.upgrade(join=True).addCallbacks(
-                lambda pid: self._reply({"ok": True, "pid": pid}),
+                lambda pid: self._reply(
+                    {"ok": True, "pid": pid[0], "pids": pid}
+                    if isinstance(pid, list)
+                    else {"ok": True, "pid": pid}
+                ),
                 lambda reason: self._reply(
                     {"ok": False, "error": reason.getErrorMessage()}
                 ),

@@ -103,11 +103,12 @@ def runUpgrade(args: argparse.Namespace) -> int:
             answer = request(args.control, "upgrade", args.timeout)
             if not answer.get("ok"):
                 raise CommandError(f"upgrade failed: {answer.get('error', 'unknown')}")
-            pid = answer.get("pid")
-            if not isinstance(pid, int):
+            pids = answer.get("pids", [answer.get("pid")])
+            if not isinstance(pids, list) or not all(isinstance(p, int) for p in pids):
                 raise CommandError(f"the service sent an unreadable answer: {answer}")
+            pid = " ".join(map(str, pids))
         else:
-            pid = upgradeWithPidFile(args.pid_file, args.timeout)
+            pid = str(upgradeWithPidFile(args.pid_file, args.timeout))
     except CommandError as e:
         print(f"txflip upgrade: {e}", file=sys.stderr)
         return 1
@@ -130,7 +131,23 @@ def formatStatus(status: dict[str, Any]) -> str:
         ("listeners", ", ".join(status.get("listeners") or []) or "none"),
         ("last upgrade", lastText),
     ]
-    return "\n".join(f"{name:<13}{value}" for name, value in rows)
+    if status.get("supervisor"):
+        rows[1:1] = [("state", status.get("state")), ("workers", status.get("wanted"))]
+        if status.get("note"):
+            rows.append(("note", status["note"]))
+    text = "\n".join(f"{name:<13}{value}" for name, value in rows)
+    workers = status.get("workers")
+    if isinstance(workers, list) and workers:
+        lines = [f"\n{'worker pid':>10}  generation  state     started   connections"]
+        for w in workers:
+            started = time.strftime("%H:%M:%S", time.localtime(w.get("started", 0)))
+            count = w.get("connections")
+            lines.append(
+                f"{w.get('pid'):>10}  {w.get('generation'):>10}  {w.get('state'):<8}"
+                f"  {started}  {'?' if count is None else count:>11}"
+            )
+        text += "\n".join(lines)
+    return text
 
 
 def runStatus(args: argparse.Namespace) -> int:

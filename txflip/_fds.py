@@ -25,7 +25,7 @@ import errno
 import os
 import socket
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred, succeed
@@ -222,9 +222,23 @@ class Listeners:
     upgrades).  Inherited listeners nobody asked for are closed by L{closeUnclaimed}.
     """
 
-    def __init__(self, inherited: Sequence[Listener] = ()) -> None:
+    def __init__(
+        self,
+        inherited: Sequence[Listener] = (),
+        *,
+        bind: Callable[[ListenSpec], socket.socket] | None = None,
+        unlinks: bool = True,
+    ) -> None:
+        """
+        @param bind: makes a socket for an address nobody passed us
+            (L{bindSocket}; a supervisor's worker asks the supervisor instead).
+        @param unlinks: whether Unix paths may ever be unlinked here (a
+            supervisor's worker never does: the paths are the supervisor's).
+        """
         self._unclaimed: list[Listener] = list(inherited)
         self._listeners: list[Listener] = []
+        self._bind = bind or bindSocket
+        self._unlinks = unlinks
 
     def __iter__(self) -> Iterator[Listener]:
         return iter(list(self._listeners))
@@ -267,7 +281,7 @@ class Listeners:
             # will be matched against.
             listener.requested = spec
         else:
-            sock = bindSocket(spec)
+            sock = self._bind(spec)
             listener = Listener(spec.bound(sock.getsockname()), spec, sock)
         self._listeners.append(listener)
         return listener
@@ -298,6 +312,7 @@ class Listeners:
         parent still serves those paths.
         """
         closed = []
+        unlink = unlink and self._unlinks
         for entry in self._unclaimed:
             entry.close(unlink)
             closed.append(entry.spec)
@@ -321,6 +336,7 @@ class Listeners:
         """
         Close every fd we hold; C{unlink} Unix paths only if no successor uses them.
         """
+        unlink = unlink and self._unlinks
         for each in self._listeners:
             each.close(unlink)
         self.closeUnclaimed(unlink)

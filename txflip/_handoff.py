@@ -52,6 +52,8 @@ READY_MESSAGE = b"ready\n"
 ERROR_PREFIX = b"error "
 MAX_FD = 2**31 - 1
 MAX_ERROR = 1024
+#: The extra fd a supervisor's worker gets: its end of L{txflip._channel}.
+SUPERVISOR = "supervisor"
 
 
 @dataclass
@@ -217,7 +219,15 @@ def decode(value: str) -> Handoff:
     if parentPID is not None and parentPID <= 0:
         raise HandoffError("malformed handoff table: bad parentPid")
     seen = {readyFD, parentFD}
-    if len(seen) != 2 or not all(3 <= fd <= MAX_FD for fd in seen) or generation < 2:
+    # A child of a generation is generation 2 or later; the first workers of a
+    # supervisor (C{txflip run}, which passes the fd named C{supervisor}) are 1.
+    fds = table.get("fds")
+    first = 1 if isinstance(fds, dict) and SUPERVISOR in fds else 2
+    if (
+        len(seen) != 2
+        or not all(3 <= fd <= MAX_FD for fd in seen)
+        or generation < first
+    ):
         raise HandoffError("malformed handoff table: bad generation or pipe fds")
     parsed: list[tuple[int, ListenSpec, ListenSpec, tuple[str, ...]]] = []
     for index, entry in enumerate(entries):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -62,7 +62,7 @@ def _cleanExit(reason: Failure) -> bool:
     return not getattr(value, "signal", None) and getattr(value, "exitCode", 1) == 0
 
 
-def _howItEnded(reason: Failure) -> str:
+def howItEnded(reason: Failure) -> str:
     """
     C{exited with status 3} / C{was killed by SIGKILL}.
     """
@@ -82,7 +82,7 @@ def describeExit(pid: int, reason: Failure) -> str:
     """
     C{child pid=N exited with status 3} / C{... was killed by SIGKILL}.
     """
-    return f"child pid={pid} {_howItEnded(reason)} before it was ready"
+    return f"child pid={pid} {howItEnded(reason)} before it was ready"
 
 
 #: The signals txflip or twistd handle: a new generation is started with them
@@ -211,8 +211,14 @@ class SpawnAttempt:
         listeners: Sequence[Listener],
         timeout: float,
         extraFDs: Mapping[str, int],
+        afterReady: Callable[[Failure], None] | None = None,
     ) -> None:
+        """
+        @param afterReady: called with the reason when the child ends after it
+            was ready, instead of the direct mode's log line (a supervisor acts).
+        """
         self.result: Deferred[int] = Deferred()
+        self._afterReady = afterReady
         self._reactor = reactor
         self._failure: Exception | None = None
         self._ready = False
@@ -234,6 +240,15 @@ class SpawnAttempt:
         self._timeout: IDelayedCall | None = reactor.callLater(
             timeout, self._timedOut, timeout
         )
+
+    def signal(self, name: str) -> None:
+        """
+        Send signal C{name} (C{"QUIT"}) to the child, unless it is gone.
+        """
+        try:
+            self._process.signalProcess(getattr(signal, f"SIG{name}"))
+        except ProcessExitedAlready:
+            pass
 
     def _childReady(self) -> None:
         if self._ready or self._failure is not None:
@@ -272,8 +287,11 @@ class SpawnAttempt:
 
     def _childEnded(self, reason: Failure) -> None:
         self._cancelTimeout()
+        if self._ready and self._afterReady is not None:
+            self._afterReady(reason)
+            return
         if self._ready:
-            how = _howItEnded(reason)
+            how = howItEnded(reason)
             if _cleanExit(reason):
                 self._log.info(
                     "txflip: pid {pid}, which replaced this generation, {how}",

@@ -47,9 +47,11 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from ._addresses import ListenSpec, parseListen
+from ._channel import SupervisorLink
+from ._errors import Refused
 from ._fds import Listener, Listeners
 from ._generation import OnStart, _Core
-from ._handoff import ParentWatcher
+from ._handoff import SUPERVISOR, ParentWatcher
 from ._machine import makeGeneration
 from ._pidfile import PidFile
 from ._process import ProcessState, thisProcess
@@ -114,7 +116,19 @@ class Upgrader:
         self.generation = handoff.generation if handoff is not None else 1
         # A first generation may have been given sockets by systemd.
         inherited = handoff.listeners if handoff is not None else listenFDs(environ)
-        self.listeners = Listeners(inherited)
+        #: The supervisor whose worker we are (C{txflip run}), if any: it owns
+        #: the sockets, the pid file and the upgrades.
+        self.supervisor: SupervisorLink | None = None
+        if handoff is not None and SUPERVISOR in handoff.extraFDs:
+            self.supervisor = SupervisorLink(
+                handoff.extraFDs[SUPERVISOR], handoff.parentPID
+            )
+            pidFile = None
+            self.listeners = Listeners(
+                inherited, bind=self.supervisor.listen, unlinks=False
+            )
+        else:
+            self.listeners = Listeners(inherited)
         pid = PidFile(pidFile) if pidFile else None
         if pid is not None:
             pid.check(allowed=(os.getppid(),) if handoff is not None else ())
@@ -145,7 +159,17 @@ class Upgrader:
         The parent's end of the pipe is closed: it is exiting.  It is gone once we
         are reparented; wait for that (briefly), so that "the previous generation
         exited" is exactly true when we allow the next upgrade.
+
+        A supervisor's worker stops gracefully instead: nobody would replace it,
+        and a restarted service starts workers of its own.
         """
+        if self.supervisor is not None:
+            self._log.warn(
+                "txflip: the supervisor (pid {pid}) is gone: stopping",
+                pid=self.supervisor.supervisorPID,
+            )
+            self.stop()
+            return
         deadline = self.reactor.seconds() + 5.0
 
         def check() -> None:
@@ -220,6 +244,15 @@ class Upgrader:
             when nothing was started); this process keeps serving then.
         """
         result: Deferred[int] = Deferred()
+        if self.supervisor is not None:
+            pid = self.supervisor.supervisorPID
+            result.errback(
+                Refused(
+                    f"this is a worker of the supervisor pid {pid}: upgrade that"
+                    f" (kill -HUP {pid}, or txflip upgrade)"
+                )
+            )
+            return result
         method = self._machine.join if join else self._machine.upgrade
         self._core.feed(method, result, onStart)
         return result

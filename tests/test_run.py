@@ -1,0 +1,325 @@
+"""
+C{txflip run}: a supervisor whose PID never changes, over real flipecho workers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import Load, pid_alive, read_pidfile, wait_for
+from supervised import Supervised, flipecho, pidFileStays, txflip
+
+# A worker command that fails when the file "broken" exists in its directory (a bad
+# deploy), and one whose worker dies 1.5 s after it started when "dies" exists
+# (passing SIGQUIT on to the server meanwhile).
+BAD_DEPLOY = 'if [ -e broken ]; then echo "bad deploy" >&2; exit 3; fi; exec "$@"'
+DIES = (
+    "if [ -e dies ]; then trap 'kill -QUIT $! 2>/dev/null' QUIT;"
+    ' "$@" & sleep 1.5; kill -9 $!; wait; exit 7; fi; exec "$@"'
+)
+
+
+@pytest.fixture
+def supervised(tmp_path: Path) -> Iterator[Any]:
+    started: list[Supervised] = []
+
+    def start(command: list[str], *options: str, wait: bool = True) -> Supervised:
+        run = Supervised(tmp_path, command, *options)
+        started.append(run)
+        if wait:
+            run.waitReady()
+        return run
+
+    start.tmp = tmp_path  # type: ignore[attr-defined]
+    start.started = started  # type: ignore[attr-defined]
+    yield start
+    for run in started:
+        run.close()
+
+
+def echo(port: int, line: bytes = b"hello\n") -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(line)
+        return s.recv(100)
+
+
+def test_upgrades_keep_the_pid_under_load(supervised: Any) -> None:
+    """
+    Ten upgrades of two workers under short and long clients: every one exits 0
+    with two new pids, no client sees an error or loses a line, and the pid file
+    names the supervisor throughout.
+    """
+    run = supervised(flipecho(), "--workers", "2", "--probation", "0")
+    pids = run.waitReady()
+    assert run.pid not in pids and pidFileStays(run)
+    with Load("127.0.0.1", run.port, short=4, long=4) as load:
+        for _ in range(10):
+            result = run.upgrade()
+            assert result.returncode == 0, result.stderr + run.tail()
+            new = [int(p) for p in result.stdout.split()]
+            assert len(new) == 2 and not set(new) & set(pids)
+            for pid in new:
+                run.track(pid)
+            assert pidFileStays(run)
+            wait_for(lambda pids=pids: not any(map(pid_alive, pids)), 30, what="old")
+            pids = new
+        time.sleep(0.5)
+    stats = load.stats
+    assert stats.errors_total() == 0 and stats.lost == 0, stats
+    assert load.short_stats.exchanges > 100 and load.long_stats.exchanges > 100
+    assert pidFileStays(run)
+    assert run.status()["generation"] == 11
+    assert not (run.dir / "twistd.pid").exists()
+
+
+def test_two_workers_each_serve_a_share(supervised: Any) -> None:
+    run = supervised(flipecho(), "--workers", "2")
+    first, second = run.waitReady()
+    clients = []
+    try:
+        for _ in range(60):
+            s = socket.create_connection(("127.0.0.1", run.port), timeout=5)
+            s.sendall(b"x\n")
+            assert s.recv(10) == b"x\n"
+            clients.append(s)
+        counts = {w["pid"]: w["connections"] for w in run.status()["workers"]}
+    finally:
+        for s in clients:
+            s.close()
+    assert sum(counts.values()) == 60, counts
+    assert counts[first] > 0 and counts[second] > 0, counts
+
+
+def test_killed_worker_is_replaced_and_nothing_is_refused(supervised: Any) -> None:
+    run = supervised(flipecho(), "--workers", "1")
+    (pid,) = run.waitReady()
+    with Load("127.0.0.1", run.port, short=4, long=0) as load:
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGKILL)
+        (new,) = wait_for(
+            lambda: [p for p in run.ready() if p != pid], 30, what="a replacement"
+        )
+        before = load.short_stats.exchanges
+        wait_for(lambda: load.short_stats.exchanges > before + 50, 10, what="load")
+    assert new != pid and pidFileStays(run)
+    assert load.stats.refused == 0, load.stats
+    assert "was killed by SIGKILL after ready; replacing it" in run.logText()
+
+
+def test_bad_deploy_leaves_the_old_workers_serving(supervised: Any) -> None:
+    run = supervised(["sh", "-c", BAD_DEPLOY, "sh", *flipecho()], "--workers", "2")
+    old = run.waitReady()
+    (run.dir / "broken").touch()
+    result = run.upgrade()
+    assert result.returncode == 1
+    assert "exited with status 3 before it was ready" in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert sorted(run.waitReady()) == sorted(old)
+    assert echo(run.port) == b"hello\n"
+    assert run.status()["lastUpgrade"]["result"].startswith("failed: child pid=")
+
+
+def test_a_worker_dying_on_probation_rolls_back(supervised: Any) -> None:
+    run = supervised(
+        ["sh", "-c", DIES, "sh", *flipecho()], "--workers", "2", "--probation", "5"
+    )
+    old = run.waitReady()
+    (run.dir / "dies").touch()
+    with Load("127.0.0.1", run.port, short=2, long=2) as load:
+        result = run.upgrade()
+    assert result.returncode == 1
+    assert "rolled back: worker pid" in result.stderr, result.stderr
+    assert "exited with status 7 after ready" in result.stderr
+    assert sorted(run.waitReady()) == sorted(old)
+    assert load.stats.refused == 0, load.stats
+    assert echo(run.port) == b"hello\n"
+
+
+def test_sigint_stops_gracefully(supervised: Any) -> None:
+    run = supervised(flipecho(), "--workers", "2")
+    pids = run.waitReady()
+    run.signal(signal.SIGINT)
+    assert run.proc.wait_exit(30) == 0
+    assert not any(map(pid_alive, pids))
+    assert not run.pidfile.exists() and not run.control.exists()
+    assert "txflip run: stopping 2 workers" in run.logText()
+
+
+def test_ttin_ttou_change_the_number_of_workers(supervised: Any) -> None:
+    run = supervised(flipecho(), "--workers", "1")
+    run.waitReady()
+    run.signal(signal.SIGTTIN)
+    wait_for(lambda: len(run.ready()) == 2, 30, what="two workers")
+    run.signal(signal.SIGTTOU)
+    wait_for(lambda: len(run.ready()) == 1, 30, what="one worker")
+    run.signal(signal.SIGTTOU)  # never fewer than one
+    time.sleep(0.5)
+    assert len(run.waitReady()) == 1
+
+
+def test_sighup_during_an_upgrade_is_refused_and_txflip_upgrade_joins(
+    supervised: Any,
+) -> None:
+    import subprocess
+    import sys
+
+    run = supervised(flipecho(), "--probation", "3")
+    command = [sys.executable, "-m", "txflip", "upgrade", "--control", str(run.control)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+    wait_for(lambda: "probation for 3 s" in run.logText(), 30, what="probation")
+    run.signal(signal.SIGHUP)
+    joined = run.upgrade()
+    assert first.wait(30) == 0 and joined.returncode == 0
+    assert first.stdout is not None
+    assert joined.stdout == first.stdout.read()
+    wait_for(lambda: "txflip run: upgrade: upgrade in progress" in run.logText(), 10)
+
+
+def test_a_worker_stops_when_its_supervisor_is_killed(supervised: Any) -> None:
+    run = supervised(flipecho(), "--workers", "2")
+    pids = run.waitReady()
+    run.signal(signal.SIGKILL)
+    wait_for(lambda: not any(map(pid_alive, pids)), 30, what="workers to stop")
+    assert f"the supervisor (pid {run.pid}) is gone: stopping" in run.logText()
+
+
+def test_orphans_are_reaped(supervised: Any) -> None:
+    """
+    A worker's own child, orphaned, is reparented to the supervisor (a child
+    subreaper) and reaped once it exits.
+    """
+    orphan = '(sleep 2 & echo $! > orphan.pid); exec "$@"'
+    run = supervised(["sh", "-c", orphan, "sh", *flipecho()])
+    run.waitReady()
+    pid = wait_for(lambda: read_pidfile(run.dir / "orphan.pid"), 10, what="orphan")
+    with open(f"/proc/{pid}/stat") as f:
+        assert int(f.read().rsplit(")", 1)[1].split()[1]) == run.pid
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 10, what="orphan reaped")
+
+
+def test_first_start_failure_exits_with_the_reason(supervised: Any) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        listen = f"tcp:{port}:interface=127.0.0.1"
+        run = supervised(flipecho("--listen", listen), "--workers", "2", wait=False)
+        assert run.proc.wait_exit(30) == 1
+    assert "txflip run: child pid=" in run.logText()
+    assert f"cannot listen on tcp:127.0.0.1:{port}: address already in use" in (
+        run.logText()
+    )
+    assert not run.pidfile.exists() and not run.control.exists()
+
+
+# --- bad input: one line, a non-zero exit, nothing left behind ---------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        ([], "no command given (txflip run [options] -- COMMAND [ARG...])"),
+        (["--"], "no command given"),
+        (["--", "no-such-command-here"], "command not found: no-such-command-here"),
+        (["--workers", "0", "--", "true"], "expected a whole number of workers >= 1"),
+        (["--workers", "-1", "--", "true"], "expected a whole number of workers"),
+        (["--workers", "two", "--", "true"], "expected a whole number of workers"),
+        (["--probation", "nan", "--", "true"], "expected a finite number of seconds"),
+    ],
+)
+def test_bad_arguments(tmp_path: Path, args: list[str], error: str) -> None:
+    result = txflip("run", "--pidfile", str(tmp_path / "p"), *args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("txflip run: ") and error in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pid_file_or_control_socket_in_use(supervised: Any, tmp_path: Path) -> None:
+    run = supervised(flipecho())
+    before = sorted(tmp_path.iterdir())
+    other = str(tmp_path / "other")
+    for options, error in (
+        (["--pidfile", str(run.pidfile)], f"another server is running, PID {run.pid}"),
+        (
+            ["--pidfile", other, "--control", str(run.control)],
+            f"cannot listen on unix:{run.control}: address already in use",
+        ),
+    ):
+        result = txflip("run", *options, "--", *flipecho())
+        assert result.returncode == 1
+        assert result.stderr.startswith(f"txflip run: {error}"), result.stderr
+        assert result.stderr.count("\n") == 1
+        assert sorted(tmp_path.iterdir()) == before
+    assert pidFileStays(run) and run.waitReady()
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("unshare"),
+    reason="a new PID namespace needs root and unshare(1)",
+)
+def test_pid_1_in_a_new_pid_namespace(supervised: Any) -> None:
+    """
+    As PID 1 of its namespace, the supervisor upgrades (nothing dies with the
+    old worker), reaps an orphan, and leaves no zombie.
+    """
+    orphan = '(sleep 1 & echo $! > orphan.pid); exec "$@"'
+    run = Supervised(
+        supervised.tmp,
+        ["sh", "-c", orphan, "sh", *flipecho()],
+        prefix=["unshare", "--pid", "--fork", "--mount-proc"],
+    )
+    supervised.started.append(run)
+    old = run.waitReady()
+    assert run.status()["pid"] == 1
+    result = run.upgrade()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() != [str(p) for p in old]
+    assert echo(run.port) == b"hello\n"
+    (supervisor,) = children(run.pid)  # unshare's child: PID 1 inside
+    inside = wait_for(lambda: read_pidfile(run.dir / "orphan.pid"), 10)
+    wait_for(
+        lambda: not os.path.exists(f"/proc/{supervisor}/root/proc/{inside}"),
+        10,
+        what="the orphan reaped",
+    )
+    wait_for(lambda: not zombies(supervisor), 10, what="no zombies")
+    os.kill(supervisor, signal.SIGINT)
+    assert run.proc.wait_exit(30) == 0
+
+
+def children(pid: int) -> list[int]:
+    return [p for p, _ in _stats() if _ppid(p) == pid]
+
+
+def zombies(parent: int) -> list[int]:
+    return [p for p, state in _stats() if state == "Z" and _ppid(p) == parent]
+
+
+def _stats() -> list[tuple[int, str]]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    found.append((int(entry), f.read().rsplit(")", 1)[1].split()[0]))
+            except OSError:
+                pass
+    return found
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return -1
