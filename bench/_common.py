@@ -266,6 +266,13 @@ def command(
         listen = [f"tcp:{port}:interface={HOST}", *listens]
         args = [a for each in listen for a in ("--listen", each)]
         return [*twistd(), "-n", "--pidfile", str(pidfile), "flipecho", *args]
+    if name.startswith("txflip-run-"):
+        workers = name.rsplit("-", 1)[1]
+        run = [sys.executable, "-m", "txflip", "run", "--pidfile", str(pidfile)]
+        run += ["--control", str(pidfile.parent / "ctl"), "--workers", workers]
+        run += ["--probation", "0", "--"]
+        listen = ["--listen", f"tcp:{port}:interface={HOST}"]
+        return [*run, *twistd(), "-n", "flipecho", *listen]
     if name == "plain":
         tac = BENCH / "plain_echo.tac"
         return [*twistd(), "-n", "--pidfile", str(pidfile), "-y", str(tac)]

@@ -41,28 +41,16 @@ def becomeSubreaper() -> bool:
         return False
 
 
-def zombieChildren(parent: int) -> list[int]:
+def waitingChild() -> int | None:
     """
-    The pids of C{parent}'s children that have exited and are not reaped yet.
+    The pid of one child of ours that has exited and is not reaped yet, left
+    unreaped (C{WNOWAIT}): one system call, whatever the number of processes.
     """
-    found: list[int] = []
     try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return found
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # "pid (comm) S ppid ...": comm may contain ')' and spaces.
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 1 and fields[0] == b"Z" and int(fields[1]) == parent:
-            found.append(int(entry))
-    return found
+        info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return None
+    return info.si_pid if info is not None else None
 
 
 class Reaper:
@@ -85,18 +73,22 @@ class Reaper:
             self._loop.stop()
 
     def reapNow(self) -> None:
+        """
+        Reap exited children that are not ours, until the one the kernel shows
+        first is ours (Twisted reaps it; the next look sees past it) or none is
+        left.
+        """
         ours = self._ours()
-        for pid in zombieChildren(os.getpid()):
-            if pid in ours:
-                continue
+        while (pid := waitingChild()) is not None and pid not in ours:
             try:
                 got, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
-                continue
-            if got == pid:
-                self.reaped += 1
-                _log.debug(
-                    "txflip run: reaped orphan pid {pid} ({status})",
-                    pid=pid,
-                    status=os.waitstatus_to_exitcode(status),
-                )
+                return
+            if got != pid:
+                return
+            self.reaped += 1
+            _log.debug(
+                "txflip run: reaped orphan pid {pid} ({status})",
+                pid=pid,
+                status=os.waitstatus_to_exitcode(status),
+            )

@@ -206,8 +206,21 @@ class _Run:
         return Deferred.fromCoroutine(cleanUp())
 
 
+def withoutTLS() -> None:
+    """
+    The supervisor never speaks TLS: keep pyOpenSSL (and cryptography's native
+    library, about 12 MiB of RSS) out of it.  Twisted's TCP support imports its TLS
+    layer only if it can (C{twisted.internet.tcp}: C{except ImportError}), and the
+    workers, separate programs, are not affected.
+    """
+    if "OpenSSL" not in sys.modules and "twisted.internet.reactor" not in sys.modules:
+        sys.modules["OpenSSL"] = None  # type: ignore[assignment]
+
+
 def main(args: argparse.Namespace) -> int:
     from ._errors import TxflipError
+
+    withoutTLS()
 
     try:
         executable = resolve(args.command)
