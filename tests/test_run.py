@@ -323,3 +323,25 @@ def _ppid(pid: int) -> int:
             return int(f.read().rsplit(")", 1)[1].split()[1])
     except OSError:
         return -1
+
+
+def test_usr1_reaches_the_workers_and_hup_to_a_worker_is_refused(
+    supervised: Any,
+) -> None:
+    """
+    USR1 to the supervisor reopens the workers' log file (logrotate's
+    ``postrotate``); SIGHUP to a worker asks it to upgrade itself, which it
+    refuses, naming its supervisor.
+    """
+    run = supervised([*flipecho()[:2], "-n", "--logfile", "w.log", *flipecho()[3:]])
+    (worker,) = run.waitReady()
+    log = run.dir / "w.log"
+    wait_for(lambda: log.exists() and "ready" in log.read_text(), 10, what="w.log")
+    log.rename(run.dir / "w.log.1")
+    run.signal(signal.SIGUSR1)
+    wait_for(log.exists, 10, what="the log reopened")
+    os.kill(worker, signal.SIGHUP)
+    refused = f"this is a worker of the supervisor pid {run.pid}: upgrade that"
+    wait_for(lambda: refused in log.read_text(), 10, what="the refusal")
+    assert run.waitReady() == [worker]
+    assert echo(run.port) == b"hello\n"

@@ -191,7 +191,10 @@ class ChannelServer:
         except ListenError as e:
             self._send({"ok": False, "error": str(e)})
             return
-        _log.info("txflip run: a worker listens on {spec}", spec=spec)
+        _log.info(
+            "txflip run: listening on {spec} for a worker",
+            spec=spec.bound(sock.getsockname()),
+        )
         self._send({"ok": True}, sock.fileno())
 
     def _send(self, message: dict[str, Any], fd: int | None = None) -> None:
