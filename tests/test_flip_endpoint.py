@@ -116,6 +116,7 @@ def test_twistd_web_with_flip_endpoint_under_load(tmp_path: Path) -> None:
     argv = [
         *twistdCommand(),
         "-n",
+        "flip",
         "web",
         "--listen",
         "flip:tcp:0:interface=127.0.0.1",
@@ -173,7 +174,16 @@ def test_twistd_web_with_flip_endpoint_under_load(tmp_path: Path) -> None:
 
 def test_bad_flip_description_is_one_line(tmp_path: Path) -> None:
     result = subprocess.run(
-        [*twistdCommand(), "-n", "web", "--listen", "flip:tcp:http", "--path", "."],
+        [
+            *twistdCommand(),
+            "-n",
+            "flip",
+            "web",
+            "--listen",
+            "flip:tcp:http",
+            "--path",
+            ".",
+        ],
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,

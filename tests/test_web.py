@@ -83,9 +83,9 @@ def web(tmp_path: Path, site: Path) -> Iterator[object]:
             argv = [sys.executable, str(ROOT / "tests" / "webapp.py"), str(pidfile)]
             argv += ["tcp:0:interface=127.0.0.1", str(site), str(grace), str(timeout)]
         else:
-            settings = f"idleGrace={grace}:drainTimeout={timeout}"
-            argv = [*twistdCommand(), "-n", f"--pidfile={pidfile}", "web"]
-            argv += ["--listen", f"flip:tcp:0:interface=127.0.0.1:{settings}"]
+            argv = [*twistdCommand(), "-n", f"--pidfile={pidfile}", "flip"]
+            argv += [f"--idle-grace={grace}", f"--drain-timeout={timeout}", "web"]
+            argv += ["--listen", "flip:tcp:0:interface=127.0.0.1"]
             argv += ["--path", str(site)]
         server = Web(tmp_path, argv, pidfile)
         started.append(server)

@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ._settings import EXPECTED, SettingError, seconds
+
 
 def argNumber(
     kind: Callable[[str], Any], low: float, what: str
@@ -35,8 +37,16 @@ def argNumber(
     return parse
 
 
-#: Every duration the txflip command takes.
-argSeconds = argNumber(float, 1e-3, "expected a finite number of seconds >= 0.001")
+def argSeconds(text: str) -> float:
+    """
+    An argparse type: every duration the txflip command takes (checked as every
+    other entry point checks them, L{txflip._settings.seconds}).
+    """
+    try:
+        return seconds("duration", text)
+    except SettingError:
+        raise argparse.ArgumentTypeError(f"expected {EXPECTED}, not {text!r}") from None
+
 
 #: Subcommand modules, in the order C{--help} lists them.
 SUBCOMMANDS = ("txflip._run", "txflip._controlcli", "txflip._check")

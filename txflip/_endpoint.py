@@ -1,14 +1,15 @@
 """
 The C{flip:} server endpoint: graceful upgrades for any Twisted server by changing
-one string, e.g. C{twistd -n web --listen flip:tcp:8080 --path .} or
+one string, e.g. C{twist web --listen flip:tcp:8080 --path .},
+C{twistd -n flip web --listen flip:tcp:8080 --path .} or
 C{serverFromString(reactor, "flip:unix:/run/app.sock")}.
 
-The first C{flip:} endpoint of a process sets up the process-wide upgrader: SIGHUP
-upgrades, SIGQUIT stops gracefully, the process is ready once the reactor runs, and
-it exits by stopping the reactor after the drain.  Under twistd the pid file is
-twistd's (see L{txflip.twistd.takeOverTwistd}); otherwise one may be named in the
-description (C{flip:tcp:8080:pidfile=/run/app.pid}).  Other process-wide settings
-the first endpoint may carry: C{upgradeTimeout}, C{drainTimeout}, C{idleGrace}.
+One upgrader serves every C{flip:} endpoint of a process: SIGHUP upgrades, SIGQUIT
+stops gracefully, the process is ready once the reactor runs, and it exits by
+stopping the reactor after the drain.  Under twistd, the C{flip} plugin sets it up
+from twistd's options (the pid file is twistd's); otherwise the first endpoint
+does, from its settings: C{pidfile}, C{upgradeTimeout}, C{drainTimeout},
+C{idleGrace} (C{flip:tcp:8080:pidfile=/run/app.pid}).
 
 The socket is bound (or inherited) when the description is parsed, so that an
 address in use is reported at once, not when the reactor starts.
@@ -17,6 +18,7 @@ address in use is reported at once, not when the reactor starts.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -30,9 +32,11 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ._addresses import ListenSpec, parseListen
+from ._drain import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE
 from ._errors import ListenError, TxflipError
 from ._fds import Listener
-from ._upgrader import Upgrader
+from ._settings import SettingError, seconds
+from ._upgrader import DEFAULT_UPGRADE_TIMEOUT, Upgrader
 from .service import UpgradeService
 
 _log = Logger()
@@ -55,46 +59,95 @@ def innerDescription(args: tuple[str, ...], kwargs: dict[str, str]) -> str:
 class _FlipProcess:
     """
     The process-wide part: one upgrader and one service for every C{flip:} endpoint.
+
+    Under twistd the C{flip} plugin makes the service from its options (see
+    L{txflip.twistd}) before the plugin it runs parses its descriptions; otherwise
+    the first C{flip:} endpoint makes it from its settings, starts it, and stops it
+    before the reactor shuts down.  Either way the settings are then fixed: a later
+    endpoint may repeat them, not change them.
     """
 
     current: _FlipProcess | None = None
 
-    def __init__(self, reactor: Any, settings: dict[str, str]) -> None:
-        from .twistd import failStartup, takeOverTwistd
-
-        self.underTwistd = False
-        try:
-            twistd = takeOverTwistd(os.environ)
-            pidFile = settings.get("pidfile")
-            command = None
-            if twistd is not None:
-                self.underTwistd = True
-                pidFile = twistd[0].pidfile
-                command = twistd[1]
-            upgrader = Upgrader(
-                reactor,
-                pidFile=pidFile,
-                upgradeTimeout=float(settings.get("upgradeTimeout", 60)),
-                command=command,
-            )
-            self.service = UpgradeService(
-                upgrader,
-                reactor=reactor,
-                drainTimeout=float(settings.get("drainTimeout", 30)),
-                idleGrace=float(settings.get("idleGrace", 1)),
-            )
-        except (TxflipError, ValueError) as e:
-            if self.underTwistd:
-                failStartup(str(e))
-            raise
-        self.service.startService()
-        reactor.addSystemEventTrigger("before", "shutdown", self.service.stopService)
+    def __init__(
+        self, service: UpgradeService, fixed: dict[str, object], source: str
+    ) -> None:
+        self.service = service
+        self.fixed = fixed
+        self.source = source
+        self.underTwistd = source != FIRST
 
     @classmethod
-    def get(cls, reactor: Any, settings: dict[str, str]) -> _FlipProcess:
-        if cls.current is None:
-            cls.current = cls(reactor, settings)
-        return cls.current
+    def get(cls, reactor: Any, settings: dict[str, str], inner: str) -> _FlipProcess:
+        process = cls.current
+        if process is None:
+            if "twisted.scripts.twistd" in sys.modules:
+                from .twistd import failStartup
+
+                failStartup(
+                    f"flip:{inner} under twistd needs the flip plugin in front of"
+                    " yours: twistd [options] flip PLUGIN [plugin options]"
+                )
+            fixed = _checked(settings, _DEFAULTS, inner)
+            upgrader = Upgrader(
+                reactor,
+                pidFile=fixed["pidfile"],  # type: ignore[arg-type]
+                upgradeTimeout=fixed["upgradeTimeout"],  # type: ignore[arg-type]
+            )
+            service = UpgradeService(
+                upgrader,
+                reactor=reactor,
+                drainTimeout=fixed["drainTimeout"],  # type: ignore[arg-type]
+                idleGrace=fixed["idleGrace"],  # type: ignore[arg-type]
+            )
+            service.startService()
+            reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+            process = cls.current = cls(service, fixed, FIRST)
+            return process
+        given = _checked(settings, {}, inner)
+        for name, value in given.items():
+            if value != process.fixed[name]:
+                raise SettingError(
+                    f"flip:{inner}: {name}={settings[name]} conflicts with"
+                    f" {name}={process.fixed[name]}, fixed by {process.source}"
+                )
+        return process
+
+
+FIRST = "the first flip: endpoint of this process"
+_DEFAULTS: dict[str, object] = {
+    "pidfile": None,
+    "upgradeTimeout": DEFAULT_UPGRADE_TIMEOUT,
+    "drainTimeout": DEFAULT_DRAIN_TIMEOUT,
+    "idleGrace": DEFAULT_IDLE_GRACE,
+}
+
+
+def _checked(
+    settings: dict[str, str], defaults: dict[str, object], inner: str
+) -> dict[str, object]:
+    """
+    C{settings} checked (durations by L{seconds}, the pid file made absolute),
+    over C{defaults}.
+    """
+    result = dict(defaults)
+    for name, text in settings.items():
+        if name == "pidfile":
+            result[name] = os.path.abspath(text) if text else None
+        else:
+            try:
+                result[name] = seconds(name, text)
+            except SettingError as e:
+                raise SettingError(f"flip:{inner}: {e}") from None
+    return result
+
+
+def useService(service: UpgradeService, fixed: dict[str, object], source: str) -> None:
+    """
+    Make C{service} the one every C{flip:} endpoint of this process serves on
+    (the C{flip} twistd plugin's), with C{fixed} settings that C{source} set.
+    """
+    _FlipProcess.current = _FlipProcess(service, fixed, source)
 
 
 @implementer(IListeningPort)
@@ -156,22 +209,62 @@ def _innerSpec(reactor: Any, inner: str) -> tuple[ListenSpec, Any]:
     if kind in ("tcp", "tcp6", "unix", "systemd"):
         return parseListen(inner), None
     if kind == "ssl":
-        from twisted.internet.endpoints import serverFromString
-
-        # Twisted builds the TLS context from the description's own arguments;
-        # each generation rebuilds it, only the socket is inherited.
-        endpoint = serverFromString(reactor, inner)
-        interface = endpoint._interface or "0.0.0.0"
-        family = "tcp6" if ":" in interface else "tcp"
-        escaped = interface.replace(":", "\\:")
-        spec = parseListen(
-            f"{family}:{endpoint._port}:interface={escaped}:backlog={endpoint._backlog}"
-        )
-        return spec, endpoint._sslContextFactory
+        return _sslSpec(reactor, inner)
     raise ListenError(
         f"bad listen description 'flip:{inner}': flip: wraps tcp, tcp6, unix, ssl"
         " and systemd descriptions"
     )
+
+
+class _ListenSSLArguments:
+    """
+    A reactor for C{SSL4ServerEndpoint.listen} that only keeps what it asks for
+    (C{IReactorSSL.listenSSL}'s arguments): the public way to learn the port,
+    interface, backlog and TLS context Twisted makes of an C{ssl:} description.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self.arguments: tuple[int, Any, int, str] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def listenSSL(
+        self,
+        port: int,
+        factory: IProtocolFactory,
+        contextFactory: Any,
+        backlog: int = 50,
+        interface: str = "",
+    ) -> None:
+        self.arguments = (port, contextFactory, backlog, interface)
+
+
+def _sslSpec(reactor: Any, inner: str) -> tuple[ListenSpec, Any]:
+    """
+    The socket and TLS context an C{ssl:} description asks for.  Each generation
+    builds its context from the description's own arguments; only the socket is
+    inherited.
+    """
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.protocol import Factory
+
+    try:
+        import OpenSSL  # noqa: F401
+    except ImportError:
+        raise ListenError(
+            f"flip:{inner}: TLS needs pyOpenSSL: pip install 'twisted[tls]'"
+        ) from None
+    capture = _ListenSSLArguments(reactor)
+    serverFromString(capture, inner).listen(Factory())
+    assert capture.arguments is not None, "SSL4ServerEndpoint did not listenSSL"
+    port, context, backlog, interface = capture.arguments
+    interface = interface or "0.0.0.0"
+    family = "tcp6" if ":" in interface else "tcp"
+    escaped = interface.replace(":", "\\:")
+    spec = parseListen(f"{family}:{port}:interface={escaped}:backlog={backlog}")
+    return spec, context
 
 
 def parseFlip(reactor: Any, *args: str, **kwargs: str) -> FlipServerEndpoint:
@@ -179,12 +272,13 @@ def parseFlip(reactor: Any, *args: str, **kwargs: str) -> FlipServerEndpoint:
     if not args:
         raise ListenError("bad listen description 'flip:': what should it wrap?")
     inner = innerDescription(args, kwargs)
-    process = _FlipProcess.get(reactor, settings)
     try:
+        process = _FlipProcess.get(reactor, settings, inner)
         spec, tls = _innerSpec(reactor, inner)
         return FlipServerEndpoint(process, spec, tls)
     except (TxflipError, ValueError) as e:
-        if process.underTwistd:
+        current = _FlipProcess.current
+        if current is not None and current.underTwistd:
             from .twistd import failStartup
 
             failStartup(str(e) if isinstance(e, TxflipError) else f"flip:{inner}: {e}")

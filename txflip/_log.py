@@ -12,7 +12,6 @@ SIGUSR1).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -95,9 +94,11 @@ def twistdObserverFactory(
     logfile: str | None, nodaemon: bool, syslog: bool, prefix: str
 ) -> Callable[[], Any]:
     """
-    An observer factory for twistd's C{logger} setting that makes the same choices
-    twistd would (syslog, stdout, or a log file, default C{twistd.log} for a daemon),
-    with the PID on every line.
+    An observer factory that makes the same choices twistd would from its options
+    (syslog, stdout, or a log file, default C{twistd.log} for a daemon), with the
+    PID on every line.
+
+    @raise OSError: (from the factory) the log file cannot be opened.
 
     @param nodaemon: whether the I{first} generation ran in the foreground; later
         generations always do, but log where it did.
@@ -118,40 +119,3 @@ def twistdObserverFactory(
         return pidObserver(target)
 
     return factory
-
-
-#: The factory twistd's C{logger} setting points at (twistd only takes a dotted
-#: name, resolved after our options are parsed); L{UpgradeOptions} fills it in.
-_configured: Callable[[], Any] | None = None
-
-
-def configureTwistd(factory: Callable[[], Any]) -> str:
-    """
-    Make C{factory} the one twistd will call; return the dotted name to give it.
-    """
-    global _configured
-    _configured = factory
-    return f"{__name__}.twistdObserver"
-
-
-def twistdObserver() -> Any:
-    """
-    twistd's C{logger}: the observer configured by L{configureTwistd}.
-    """
-    if _configured is not None:
-        return _configured()
-    # A later generation of a flip: endpoint process, started with our --logger:
-    # the first generation's settings are in the environment.
-    encoded = os.environ.get("TXFLIP_TWISTD")
-    if encoded is not None:
-        try:
-            settings = json.loads(encoded)
-            return twistdObserverFactory(
-                settings["logfile"],
-                bool(settings["nodaemon"]),
-                bool(settings["syslog"]),
-                settings["prefix"],
-            )()
-        except (ValueError, KeyError, TypeError):
-            pass
-    return pidObserver(sys.stdout)

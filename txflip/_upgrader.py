@@ -56,6 +56,7 @@ from ._machine import makeGeneration
 from ._pidfile import PidFile
 from ._process import ProcessState, thisProcess
 from ._reactor import Reactor, reactorOrGlobal
+from ._settings import seconds
 from ._spawn import Command, SpawnAttempt, Spawner
 from .systemd import listenFDs
 
@@ -107,8 +108,7 @@ class Upgrader:
         @raise PidFileError: the pid file names another live server, or cannot be
             written.
         """
-        if upgradeTimeout <= 0:
-            raise ValueError("upgradeTimeout must be positive")
+        upgradeTimeout = seconds("upgradeTimeout", upgradeTimeout)
         self.reactor = reactorOrGlobal(reactor)
         environ = os.environ if environ is None else environ
         self._cwd = os.getcwd()

@@ -21,7 +21,7 @@ from ._addresses import parseListen
 from ._drain import IDrainable
 from ._errors import ListenError
 from ._movable import ConnectionState, IMovable, StateRefused
-from .twistd import UpgradeOptions, failStartup, makeUpgradeService
+from .twistd import UpgradeOptions, failStartup, makeUpgradeService, rootService
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 MAX_LINE = 1 << 20
@@ -134,4 +134,4 @@ def makeService(options: Options) -> IService:
     except ListenError as e:
         service.upgrader.listeners.close(unlink=False)
         failStartup(str(e))
-    return service
+    return rootService(options, service)

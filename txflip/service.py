@@ -39,6 +39,7 @@ from ._errors import (
 from ._fds import Listener
 from ._process import tellParentError
 from ._reactor import Reactor
+from ._settings import seconds
 from ._spawn import releaseSignals
 from ._upgrader import Upgrader
 from .systemd import Notifier
@@ -74,8 +75,8 @@ class UpgradeService(Service):
         """
         self.upgrader = upgrader
         reactor = upgrader.reactor if reactor is None else reactor
-        self.drainTimeout = drainTimeout
-        self.idleGrace = idleGrace
+        self.drainTimeout = seconds("drainTimeout", drainTimeout)
+        self.idleGrace = seconds("idleGrace", idleGrace)
         self._reactor = reactor
         self._installSignals = installSignalHandlers
         # (listener, tracker, what the listener serves: the tracker, maybe wrapped)

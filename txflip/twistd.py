@@ -1,53 +1,61 @@
 """
-Making twistd fit a process that replaces itself.
+Making twistd (and twist) fit a process that replaces itself, through their own
+options only.
 
 twistd assumes one process per pid file and per log file, forever.  A txflip
-service's L{UpgradeOptions} adjusts twistd's own configuration (reached through
-C{self.parent} in C{postOptions}, which runs before twistd checks or writes anything):
+plugin's options, L{UpgradeOptions} (flipecho's, and those of the C{flip}
+meta-plugin below, which runs any other plugin with upgrades), adjust the runner's
+configuration, reached through C{self.parent}: C{usage.Options} parses a
+subcommand and calls its C{postOptions} before the runner's own, before twistd
+checks the pid file, starts logging or daemonizes.  Every generation parses the
+same command line and makes the same choices from it; nothing travels beside it.
 
+Under twistd:
   - the pid file: twistd's check would refuse the next generation ("Another twistd
-    server is running") and its exit-time cleanup would delete the successor's file.
-    We take the path over (C{twistd.pid} by default, or C{--pidfile}) and clear
-    twistd's setting; the L{Upgrader} checks it, writes it atomically at ready and
-    removes it only on a final stop.
+    server is running") and its exit-time cleanup would delete the successor's
+    file.  We take the path over (C{twistd.pid} by default, or C{--pidfile}) and
+    clear twistd's setting; the L{Upgrader} checks it, writes it atomically at
+    ready and removes it only on a final stop.
   - daemonizing: a next generation started with the same command line would
-    daemonize again and leave the process we spawned; it is kept in the foreground.
-  - logging: every line carries the PID, and generations append to one file.  An
-    explicit C{--logger} is respected as it is.
+    daemonize again and leave the process we spawned; it is kept in the
+    foreground (it logs where the first generation did).
+  - logging: every line carries the PID, and generations append to one file.  The
+    observer is set as the application's C{ILogObserver} component (twistd's
+    documented way for an application to choose its observer) when twistd adds
+    our root service to the application.  An explicit C{--logger} wins, as twistd
+    prefers it.
+
+Under twist (no pid file, no daemonizing), text log lines get the PID too.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import getopt
-import json
 import os
-import sys
-from collections.abc import MutableMapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from operator import attrgetter
 from typing import Any, NoReturn
 
+from twisted.application.service import IService, MultiService
+from twisted.logger import ILogObserver, textFileLogObserver
 from twisted.python import usage
+from twisted.python.components import Componentized
 
-from . import _handoff, _log
+from . import _handoff
 from ._drain import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE
 from ._errors import TxflipError
-from ._log import configureTwistd, twistdObserverFactory
+from ._log import pidObserver, twistdObserverFactory
 from ._process import tellParentError
-from ._spawn import Command
+from ._settings import SettingError, seconds
 from ._upgrader import DEFAULT_UPGRADE_TIMEOUT, Upgrader
 from .service import UpgradeService
 
 
-def _positive(name: str) -> Any:
+def _duration(name: str) -> Callable[[str], float]:
     def check(value: str) -> float:
         try:
-            number = float(value)
-        except ValueError:
-            number = -1.0
-        if not number > 0:
-            raise ValueError(f"--{name} must be a positive number of seconds")
-        return number
+            return seconds(f"--{name}", value)
+        except SettingError as e:
+            raise ValueError(str(e)) from None
 
     return check
 
@@ -56,6 +64,9 @@ class UpgradeOptions(usage.Options):
     """
     Options every upgradable twistd plugin shares; subclass it for your plugin's
     C{Options} (and call C{super().postOptions()} if you override it).
+
+    @ivar observerFactory: under twistd, makes the PID-stamped log observer that
+        twistd's own options ask for.
     """
 
     optParameters: list[list[Any]] = [
@@ -71,14 +82,14 @@ class UpgradeOptions(usage.Options):
             None,
             DEFAULT_UPGRADE_TIMEOUT,
             "Seconds a new generation has to become ready before it is killed.",
-            _positive("upgrade-timeout"),
+            _duration("upgrade-timeout"),
         ],
         [
             "drain-timeout",
             None,
             DEFAULT_DRAIN_TIMEOUT,
             "Seconds an exiting generation waits for connections to finish.",
-            _positive("drain-timeout"),
+            _duration("drain-timeout"),
         ],
         [
             "idle-grace",
@@ -86,31 +97,77 @@ class UpgradeOptions(usage.Options):
             DEFAULT_IDLE_GRACE,
             "Seconds an idle connection is kept while draining, to be closed with"
             " the reply to its next request.",
-            _positive("idle-grace"),
+            _duration("idle-grace"),
         ],
     ]
 
+    observerFactory: Callable[[], Any] | None = None
+
     def postOptions(self) -> None:
-        self["pidfile"] = None
-        twistd = self.parent
-        if twistd is None:
+        own = self.get("pidfile")
+        self["pidfile"] = os.path.abspath(own) if own else None
+        runner = self.parent
+        if runner is None:
             return
-        pidfile = twistd.get("pidfile")
+        if "fileLogObserverFactory" in runner:
+            # twist: the PID on text lines (JSON is left as it is).
+            if runner["fileLogObserverFactory"] is textFileLogObserver:
+                runner["fileLogObserverFactory"] = pidObserver
+            return
+        if "nodaemon" not in runner:
+            return
+        if own:
+            raise usage.UsageError(
+                "under twistd the pid file is twistd's: twistd --pidfile=PATH ..."
+            )
+        pidfile = runner.get("pidfile")
         if pidfile:
             self["pidfile"] = os.path.abspath(pidfile)
-        twistd["pidfile"] = ""
-        nodaemon = bool(twistd.get("nodaemon"))
+        runner["pidfile"] = ""
+        nodaemon = bool(runner.get("nodaemon"))
         if _handoff.MARKER in os.environ:
-            twistd["nodaemon"] = True
-        if not twistd.get("logger"):
-            twistd["logger"] = configureTwistd(
-                twistdObserverFactory(
-                    twistd.get("logfile"),
-                    nodaemon,
-                    bool(twistd.get("syslog")),
-                    twistd.get("prefix") or "twisted",
-                )
-            )
+            runner["nodaemon"] = True
+        self.observerFactory = twistdObserverFactory(
+            runner.get("logfile"),
+            nodaemon,
+            bool(runner.get("syslog")),
+            runner.get("prefix") or "twisted",
+        )
+
+    def settings(self) -> dict[str, object]:
+        """
+        The process-wide settings these options fixed, by C{flip:} setting name.
+        """
+        return {
+            "pidfile": self["pidfile"],
+            "upgradeTimeout": self["upgrade-timeout"],
+            "drainTimeout": self["drain-timeout"],
+            "idleGrace": self["idle-grace"],
+        }
+
+
+class _Root(MultiService):
+    """
+    The service twistd runs.  Added to the application, it makes the application's
+    log observer ours, unless twistd was given one of its own (C{--logger}).
+    """
+
+    def __init__(self, observerFactory: Callable[[], Any] | None) -> None:
+        super().__init__()
+        self._observerFactory = observerFactory
+
+    def setServiceParent(self, parent: Any) -> None:
+        if (
+            self._observerFactory is not None
+            and isinstance(parent, Componentized)
+            and parent.getComponent(ILogObserver) is None
+        ):
+            try:
+                observer = self._observerFactory()
+            except OSError as e:
+                failStartup(f"cannot open log file {e.filename}: {e.strerror}")
+            parent.setComponent(ILogObserver, observer)
+        super().setServiceParent(parent)
 
 
 def failStartup(message: str) -> NoReturn:
@@ -150,123 +207,67 @@ def makeUpgradeService(options: UpgradeOptions) -> UpgradeService:
     return service
 
 
-# --- for code that cannot subclass UpgradeOptions: the flip: endpoint -------------
-
-#: Carries the first generation's twistd settings to later generations.
-SETTINGS_VARIABLE = "TXFLIP_TWISTD"
-
-
-@dataclass(frozen=True)
-class TwistdSettings:
+def rootService(options: UpgradeOptions, *services: IService) -> MultiService:
     """
-    What later generations must know of the first generation's twistd options.
+    What a txflip plugin's C{makeService} returns: C{services} under a root that
+    sets the log observer C{options} chose.
+    """
+    root = _Root(options.observerFactory)
+    for service in services:
+        service.setServiceParent(root)
+    return root
 
-    @ivar nodaemon: whether the I{first} generation ran in the foreground (it
-        decides where logs go; later generations always run in the foreground).
-    @ivar ownLogger: the user gave C{--logger}; we leave logging alone.
+
+# --- the flip meta-plugin: any twistd plugin, upgradable --------------------------
+
+
+class Options(UpgradeOptions):
+    """
+    C{twistd [twistd options] flip [flip options] PLUGIN [plugin options]}: the
+    plugins are subcommands, the way twistd's own C{ServerOptions} lists them.
     """
 
-    pidfile: str | None
-    logfile: str | None
-    nodaemon: bool
-    syslog: bool
-    prefix: str
-    ownLogger: bool
-
-    def observerFactory(self) -> Any:
-        return twistdObserverFactory(
-            self.logfile, self.nodaemon, self.syslog, self.prefix or "twisted"
-        )
-
-
-def _runner() -> Any:
-    """
-    The twistd application runner that is building this process's application, if
-    any: C{makeService} (where endpoint descriptions are parsed) is called from its
-    C{run()}, so it is on the stack.
-    """
-    from twisted.application.app import ApplicationRunner
-
-    frame = sys._getframe(1)
-    while frame is not None:
-        candidate = frame.f_locals.get("self")
-        if isinstance(candidate, ApplicationRunner):
-            return candidate
-        frame = frame.f_back  # type: ignore[assignment]
-    return None
-
-
-def _subcommandIndex(config: Any, args: list[str]) -> int:
-    """
-    Where the subcommand (C{web}, C{flipecho}) stands in twistd's arguments: after
-    the options twistd itself parsed, found the way twistd finds it (getopt, which
-    also accepts abbreviated long options).
-    """
-    try:
-        _, rest = getopt.getopt(args, config.shortOpt, config.longOpt)
-    except getopt.GetoptError:
-        return len(args)
-    return len(args) - len(rest)
-
-
-def takeOverTwistd(
-    environ: MutableMapping[str, str],
-) -> tuple[TwistdSettings, Command] | None:
-    """
-    Adapt a running twistd for upgrades from inside C{makeService}, where options
-    can no longer be changed the public way.
-
-    In the first generation we find twistd's runner and take the pid file over
-    (twistd has checked it already; it will now neither write it nor remove it at
-    exit), and give its logger our PID-stamped observer.  Later generations are
-    started with C{--pidfile= --nodaemon} (and our C{--logger}) inserted before the
-    subcommand, so twistd's own pid check never refuses them, and learn the real
-    settings from L{SETTINGS_VARIABLE}.
-
-    @return: L{None} when this process is not twistd.
-    """
-    # Read once and removed: the application's own subprocesses must not believe
-    # they are a later generation of a twistd.
-    encoded = environ.pop(SETTINGS_VARIABLE, None)
-    if encoded is not None:
-        try:
-            settings = TwistdSettings(**json.loads(encoded))
-        except (ValueError, TypeError):
-            failStartup(f"malformed {SETTINGS_VARIABLE} in the environment")
-    else:
-        runner = _runner()
-        if runner is None:
-            return None
-        config = runner.config
-        settings = TwistdSettings(
-            pidfile=os.path.abspath(config["pidfile"])
-            if config.get("pidfile")
-            else None,
-            logfile=config.get("logfile") or None,
-            nodaemon=bool(config.get("nodaemon")),
-            syslog=bool(config.get("syslog")),
-            prefix=config.get("prefix") or "twisted",
-            ownLogger=bool(config.get("logger")),
-        )
-        config["pidfile"] = ""
-        if not settings.ownLogger:
-            runner.logger._observerFactory = settings.observerFactory()
-        encoded = json.dumps(dataclasses.asdict(settings))
-        args = list(sys.argv[1:])
-        position = _subcommandIndex(config, args)
-        current = Command.current()
-        insertAt = len(current.args) - len(args) + position
-        overrides = ["--pidfile=", "--nodaemon"]
-        if not settings.ownLogger:
-            overrides.append(f"--logger={_log.__name__}.twistdObserver")
-        command = dataclasses.replace(
-            current,
-            args=(*current.args[:insertAt], *overrides, *current.args[insertAt:]),
-            extraEnv=((SETTINGS_VARIABLE, encoded),),
-        )
-        return settings, command
-    # A later generation: its command line already has the overrides.
-    command = dataclasses.replace(
-        Command.current(), extraEnv=((SETTINGS_VARIABLE, encoded),)
+    synopsis = "[flip options] PLUGIN [plugin options]"
+    optParameters: list[list[Any]] = [
+        ["pidfile", None, None, "Under twist: the pid file (twistd has its own)."]
+    ]
+    longdesc = (
+        "Runs another plugin with zero-downtime upgrades (SIGHUP upgrades, SIGQUIT"
+        " stops gracefully); its listeners must be flip: endpoints, e.g."
+        " twistd -n flip web --listen flip:tcp:8080 --path ."
     )
-    return settings, command
+
+    @property
+    def subCommands(self) -> Iterator[tuple[str, None, Callable[[], Any], str]]:
+        from twisted.application.service import IServiceMaker
+        from twisted.plugin import getPlugins
+
+        self.loadedPlugins: dict[str, Any] = {}
+        for plugin in sorted(getPlugins(IServiceMaker), key=attrgetter("tapname")):
+            if plugin.tapname == "flip":
+                continue
+            self.loadedPlugins[plugin.tapname] = plugin
+
+            # The plugin's module is imported only if it is the one asked for.
+            def options(plugin: Any = plugin) -> Any:
+                return plugin.options()
+
+            yield (plugin.tapname, None, options, plugin.description)
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError(
+                "which plugin should flip run? e.g. twistd -n flip web --listen"
+                " flip:tcp:8080 --path ."
+            )
+        super().postOptions()
+
+
+def makeService(options: Options) -> MultiService:
+    from ._endpoint import useService
+
+    service = makeUpgradeService(options)
+    useService(service, options.settings(), "twistd flip's options")
+    assert options.subCommand is not None  # postOptions refused it otherwise
+    plugin = options.loadedPlugins[options.subCommand]
+    return rootService(options, service, plugin.makeService(options.subOptions))

@@ -1,5 +1,7 @@
 """
-txflip's plugins: the flipecho twistd plugin and the flip: endpoint parser.
+txflip's plugins: the flipecho twistd plugin, the flip meta-plugin (any other
+plugin, upgradable: twistd -n flip web --listen flip:tcp:8080) and the flip:
+endpoint parser.
 
 Imported by every twistd (and twistd --help): nothing heavy here, no reactor.
 """
@@ -14,6 +16,13 @@ flipecho = ServiceMaker(
     "txflip.echo",
     "A line echo server that upgrades with zero downtime on SIGHUP.",
     "flipecho",
+)
+
+flip = ServiceMaker(
+    "flip",
+    "txflip.twistd",
+    "Run another plugin with zero-downtime upgrades (its listeners flip: endpoints).",
+    "flip",
 )
 
 

@@ -1,0 +1,174 @@
+"""
+End to end: the runners the README supports for an unmodified Twisted server with
+flip: endpoints (twisted.web here): C{twistd -n flip}, C{twistd flip} daemonized,
+C{twist}.  (A plain program: test_flip_endpoint.py.)  Each generation's log lines,
+access log included, go where the first generation's did, with its PID.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import sys
+import urllib.request
+from pathlib import Path
+
+from conftest import ROOT, SUBREAPER, reap, twistdCommand
+from harness import ServerProcess, pid_alive, read_pidfile, wait_for, wait_for_upgrade
+from test_twistd import oneLineError, run
+
+LISTEN = "flip:tcp:0:interface=127.0.0.1"
+
+
+def site(tmp: Path) -> Path:
+    directory = tmp / "www"
+    directory.mkdir()
+    (directory / "index.html").write_text("hello web\n")
+    return directory
+
+
+def get(port: int, path: str) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/{path}", timeout=10) as r:
+        body: bytes = r.read()
+        return body
+
+
+def portIn(text: str) -> int:
+    match = re.search(r"listening on tcp:127\.0\.0\.1:(\d+)", text)
+    assert match, text[-2000:]
+    return int(match.group(1))
+
+
+def upgradeTwice(pidfile: Path, port: int) -> list[int]:
+    """
+    Two upgrades, each followed by a request; the pids of the three generations.
+    """
+    pids = [wait_for(lambda: read_pidfile(pidfile), 20, what="ready")]
+    assert get(port, "index.html") == b"hello web\n"
+    for _ in range(2):
+        os.kill(pids[-1], signal.SIGHUP)
+        new, _, _ = wait_for_upgrade(pidfile, pids[-1], timeout=30)
+        pids.append(new)
+        assert get(port, f"index.html?from={new}") == b"hello web\n"
+    return pids
+
+
+def assertLoggedBy(text: str, pid: int, generation: int) -> None:
+    """
+    C{pid} wrote its own lines, access log included, each stamped with its PID.
+    """
+    assert f"generation {generation} ready (pid {pid})" in text, text[-3000:]
+    access = re.compile(rf"\[pid {pid}\] .*GET /index\.html\?from={pid} ")
+    if generation > 1:
+        assert access.search(text), f"no access log line of pid {pid}:\n{text}"
+
+
+def stop(pids: list[int]) -> None:
+    os.kill(pids[-1], signal.SIGQUIT)
+    if SUBREAPER:
+        reap(pids[-1], 30)
+    wait_for(lambda: not pid_alive(pids[-1]), 30, what="the final exit")
+
+
+def test_twistd_foreground_logfile_keeps_every_generation(tmp_path: Path) -> None:
+    www = site(tmp_path)
+    logfile, pidfile = tmp_path / "web.log", tmp_path / "tw.pid"
+    argv = [*twistdCommand(), "-n", f"--logfile={logfile}", f"--pidfile={pidfile}"]
+    argv += ["flip", "web", "--listen", LISTEN, "--path", str(www)]
+    with ServerProcess(
+        argv, tmp_path / "stdout", cwd=tmp_path, env={"PYTHONPATH": str(ROOT)}
+    ) as proc:
+        wait_for(lambda: logfile.exists() and "listening" in logfile.read_text(), 20)
+        pids = upgradeTwice(pidfile, portIn(logfile.read_text()))
+        for pid in pids[1:]:
+            proc.track(pid)
+        text = logfile.read_text()
+        for generation, pid in enumerate(pids, start=1):
+            assertLoggedBy(text, pid, generation)
+        assert "GET" not in proc.log_text(), "log lines went to stdout"
+        stop(pids)
+    assert not pidfile.exists()
+
+
+def test_twistd_daemonized_keeps_every_generation(tmp_path: Path) -> None:
+    www = site(tmp_path)
+    pidfile = tmp_path / "twistd.pid"
+    started = run(["flip", "web", "--listen", LISTEN, "--path", str(www)], tmp_path)
+    assert started.returncode == 0, started
+    logfile = tmp_path / "twistd.log"
+    pids: list[int] = []
+    try:
+        wait_for(lambda: logfile.exists() and "ready" in logfile.read_text(), 20)
+        pids = upgradeTwice(pidfile, portIn(logfile.read_text()))
+        text = logfile.read_text()
+        for generation, pid in enumerate(pids, start=1):
+            assertLoggedBy(text, pid, generation)
+        stop(pids)
+        assert not pidfile.exists()
+    finally:
+        for pid in pids:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def twistCommand() -> list[str]:
+    twist = shutil.which("twist", path=os.path.dirname(sys.executable))
+    assert twist, "twist is not installed next to the test interpreter"
+    return [sys.executable, twist]
+
+
+def test_twist_with_flip_plugin(tmp_path: Path) -> None:
+    """
+    twist has no pid file of its own: the flip plugin's --pidfile names one.  Its
+    text log lines carry the PID.
+    """
+    www = site(tmp_path)
+    pidfile = tmp_path / "web.pid"
+    argv = [*twistCommand(), "--log-format=text", "flip", f"--pidfile={pidfile}"]
+    argv += ["web", "--listen", LISTEN, "--path", str(www)]
+    with ServerProcess(
+        argv, tmp_path / "web.log", cwd=tmp_path, env={"PYTHONPATH": str(ROOT)}
+    ) as proc:
+        wait_for(lambda: "listening" in proc.log_text(), 20, what="listening")
+        pids = upgradeTwice(pidfile, portIn(proc.log_text()))
+        for pid in pids[1:]:
+            proc.track(pid)
+        text = proc.log_text()
+        for generation, pid in enumerate(pids, start=1):
+            assertLoggedBy(text, pid, generation)
+        stop(pids)
+    assert not pidfile.exists()
+
+
+def test_twistd_without_flip_plugin_is_one_line(tmp_path: Path) -> None:
+    result = run(["-n", "web", "--listen", LISTEN, "--path", "."], tmp_path)
+    line = oneLineError(result)
+    assert "needs the flip plugin" in line and "twistd [options] flip PLUGIN" in line
+
+
+def test_flip_plugin_needs_a_plugin(tmp_path: Path) -> None:
+    result = run(["-n", "flip"], tmp_path)
+    assert result.returncode != 0
+    assert "which plugin should flip run?" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_twist_plain_flip_endpoint(tmp_path: Path) -> None:
+    """
+    twist without the flip plugin: the flip: endpoint alone upgrades.
+    """
+    www = site(tmp_path)
+    pidfile = tmp_path / "web.pid"
+    argv = [*twistCommand(), "--log-format=text", "web"]
+    argv += ["--listen", f"{LISTEN}:pidfile={pidfile}"]
+    argv += ["--path", str(www)]
+    with ServerProcess(
+        argv, tmp_path / "web.log", cwd=tmp_path, env={"PYTHONPATH": str(ROOT)}
+    ) as proc:
+        wait_for(lambda: "listening" in proc.log_text(), 20, what="listening")
+        pids = upgradeTwice(pidfile, portIn(proc.log_text()))
+        for pid in pids[1:]:
+            proc.track(pid)
+        stop(pids)

@@ -1,0 +1,161 @@
+"""
+Durations are checked in one place (txflip._settings) for every entry point:
+twistd options, flip: settings, the constructors, the txflip command.  The error
+names the setting; process-wide settings cannot be changed by a later endpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from test_flip_endpoint import PLAIN
+from test_twistd import oneLineError, run
+
+from txflip import Upgrader, UpgradeService
+from txflip._process import ProcessState
+from txflip._settings import SettingError, seconds
+
+BAD = ["nan", "inf", "-inf", "-5", "0", "abc", "", "1e-9"]
+
+
+@pytest.mark.parametrize("value", [*BAD, math.nan, math.inf, -1.0, 0, True, None])
+def test_seconds_refuses(value: object) -> None:
+    with pytest.raises(SettingError, match=r"^drainTimeout must be a finite number"):
+        seconds("drainTimeout", value)
+
+
+@pytest.mark.parametrize("value, expected", [("1.5", 1.5), (2, 2.0), ("1e-3", 1e-3)])
+def test_seconds_accepts(value: object, expected: float) -> None:
+    assert seconds("x", value) == expected
+
+
+def test_constructors_refuse() -> None:
+    with pytest.raises(SettingError, match="^upgradeTimeout must be"):
+        Upgrader(upgradeTimeout=math.nan, environ={}, process=ProcessState())
+    upgrader = Upgrader(environ={}, process=ProcessState())
+    try:
+        with pytest.raises(SettingError, match="^idleGrace must be"):
+            UpgradeService(upgrader, idleGrace=-1, installSignalHandlers=False)
+        with pytest.raises(SettingError, match="^drainTimeout must be"):
+            UpgradeService(upgrader, drainTimeout=math.inf, installSignalHandlers=False)
+    finally:
+        upgrader.listeners.close(unlink=False)
+
+
+@pytest.mark.parametrize("option", ["drain-timeout", "upgrade-timeout", "idle-grace"])
+@pytest.mark.parametrize("value", ["nan", "-5", "abc"])
+def test_twistd_options_name_the_option(
+    tmp_path: Path, option: str, value: str
+) -> None:
+    for plugin in (["flipecho"], ["flip", f"--{option}={value}", "web"]):
+        args = ["-n", *plugin]
+        if plugin == ["flipecho"]:
+            args.append(f"--{option}={value}")
+        result = run([*args, "--listen", "tcp:0:interface=127.0.0.1"], tmp_path)
+        assert result.returncode != 0
+        output = result.stdout + result.stderr
+        assert f"--{option} must be a finite number of seconds" in output, output
+        assert "Traceback" not in output
+
+
+def plain(tmp: Path, *descriptions: str) -> subprocess.CompletedProcess[str]:
+    """
+    A plain program parsing C{descriptions} with serverFromString, then exiting.
+    """
+    code = PLAIN.replace(
+        "endpoint = serverFromString(reactor, sys.argv[1])\n"
+        "endpoint.listen(Factory.forProtocol(Echo))\n"
+        "reactor.run()\n",
+        "for d in sys.argv[1:]:\n    serverFromString(reactor, d)\nprint('parsed')\n",
+    )
+    assert code != PLAIN
+    return subprocess.run(
+        [sys.executable, "-c", code, *descriptions],
+        cwd=tmp,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("drainTimeout=-5", "drainTimeout must be a finite number of seconds"),
+        ("upgradeTimeout=nan", "upgradeTimeout must be a finite number of seconds"),
+        ("upgradeTimeout=abc", "upgradeTimeout must be a finite number of seconds"),
+        ("idleGrace=inf", "idleGrace must be a finite number of seconds"),
+    ],
+)
+def test_flip_settings_name_the_setting(
+    tmp_path: Path, setting: str, message: str
+) -> None:
+    result = plain(tmp_path, f"flip:tcp:0:interface=127.0.0.1:{setting}")
+    assert result.returncode != 0 and "parsed" not in result.stdout
+    assert f"flip:tcp:0:interface=127.0.0.1: {message}" in result.stderr
+
+
+def test_later_endpoint_cannot_change_a_setting(tmp_path: Path) -> None:
+    first = "flip:tcp:0:interface=127.0.0.1:drainTimeout=5"
+    result = plain(tmp_path, first, "flip:tcp:0:interface=127.0.0.1:drainTimeout=99")
+    assert result.returncode != 0 and "parsed" not in result.stdout
+    assert (
+        "drainTimeout=99 conflicts with drainTimeout=5.0, fixed by the first flip:"
+        " endpoint of this process" in result.stderr
+    )
+    # Repeating the same value, or leaving it out, is fine.
+    same = plain(tmp_path, first, "flip:tcp:0:interface=127.0.0.1:drainTimeout=5.0")
+    assert same.returncode == 0 and "parsed" in same.stdout, same.stderr
+    omitted = plain(tmp_path, first, "flip:tcp:0:interface=127.0.0.1")
+    assert omitted.returncode == 0, omitted.stderr
+
+
+def test_flip_setting_conflicting_with_twistd_flip_options(tmp_path: Path) -> None:
+    result = run(
+        [
+            "-n",
+            "flip",
+            "--drain-timeout=5",
+            "web",
+            "--listen",
+            "flip:tcp:0:interface=127.0.0.1:drainTimeout=99",
+        ],
+        tmp_path,
+    )
+    line = oneLineError(result)
+    assert (
+        "drainTimeout=99 conflicts with drainTimeout=5.0, fixed by twistd flip's"
+        in line
+    )
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1", "x"])
+def test_cli_durations(value: str) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "txflip",
+            "upgrade",
+            "--pid-file",
+            "x",
+            "--timeout",
+            value,
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert (
+        f"argument --timeout: expected a finite number of seconds >= 0.001, not"
+        f" {value!r}" in result.stderr
+    )

@@ -1,0 +1,49 @@
+"""
+Checking the durations every entry point takes, in one place: twistd options
+(C{--drain-timeout}), C{flip:} settings (C{drainTimeout=}), the constructors
+(C{UpgradeService(drainTimeout=...)}) and the C{txflip} command (C{--timeout}).
+
+A duration is a finite number of seconds above zero: NaN would compare false with
+everything (a timeout that never fires), infinity never ends, zero or less makes
+no sense for a grace or a deadline.  The error names the setting, so that the
+user knows which of several to fix.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ._errors import TxflipError
+
+
+class SettingError(TxflipError, ValueError):
+    """
+    A setting has a value it cannot have.
+    """
+
+
+#: The smallest duration accepted, in seconds.
+MINIMUM = 1e-3
+EXPECTED = f"a finite number of seconds >= {MINIMUM:g}"
+
+
+def seconds(name: str, value: object) -> float:
+    """
+    C{value} (a number, or its text) as a duration.
+
+    @raise SettingError: naming C{name}, when it is not a finite number of
+        seconds of at least L{MINIMUM}.
+    """
+    number: float | None
+    if isinstance(value, bool):
+        number = None
+    elif isinstance(value, (int, float)):
+        number = float(value)
+    else:
+        try:
+            number = float(str(value))
+        except ValueError:
+            number = None
+    if number is None or not MINIMUM <= number < math.inf:
+        raise SettingError(f"{name} must be {EXPECTED}, not {value!r}")
+    return number
