@@ -109,7 +109,7 @@ def _pids(report: dict[str, object]) -> set[int]:
 def test_twistd_web_flip_five_upgrades(serve, site: Path, tmp_path: Path) -> None:
     pidfile = tmp_path / "twistd.pid"
     server = serve(
-        [*twistdCommand(), "-n", "--pidfile", str(pidfile), "web",
+        [*twistdCommand(), "-n", "--pidfile", str(pidfile), "flip", "web",
          "--listen", FLIP, "--path", str(site)],
         pidfile,
     )  # fmt: skip
