@@ -165,3 +165,50 @@ def test_concurrent_upgrade_requests_share_one_upgrade(flip, tmp_path: Path) -> 
     assert int(out) == int(out2) == server.serving()
     server.track(int(out))
     assert server.logText().count("started generation") == 1
+
+
+def test_upgrade_with_pid_file_refuses_a_reused_pid(tmp_path: Path) -> None:
+    """
+    The pid file names a pid that another process now has (the service died and
+    the pid was reused): that process is not signalled.
+    """
+    pidfile = tmp_path / "app.pid"
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        pidfile.write_text(f"{other.pid}\n")
+        os.utime(pidfile, (time.time() - 5, time.time() - 5))
+        result = txflip("upgrade", "--pid-file", str(pidfile), "--timeout", "2")
+        assert result.returncode == 1
+        assert result.stderr == (
+            f"txflip upgrade: pid {other.pid} from {pidfile} is not the service: it"
+            " started after the file was written (the service's pid was reused by"
+            " another process); not signalled\n"
+        )
+        assert other.poll() is None, "the unrelated process was signalled"
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_status_shows_how_this_generation_started(flip, tmp_path: Path) -> None:
+    control = tmp_path / "control.sock"
+    server = flip("--control", str(control))
+    first = server.serving()
+    state = json.loads(txflip("status", "--control", str(control), "--json").stdout)
+    assert state["startedBy"]["pid"] is None and state["startedBy"]["readyIn"] > 0
+    for _ in range(3):
+        old = server.serving()
+        done = txflip("upgrade", "--control", str(control))
+        assert done.returncode == 0, done
+        server.track(int(done.stdout))
+        wait_for(lambda o=old: not pid_alive(o), 30, what="the old generation exit")
+    serving = server.serving()
+    state = json.loads(txflip("status", "--control", str(control), "--json").stdout)
+    assert state["pid"] == serving and state["generation"] == 4
+    started = state["startedBy"]
+    assert started["pid"] not in (None, first, serving)
+    assert 0 < started["readyIn"] < 30
+    assert abs(started["at"] - time.time()) < 60
+    human = txflip("status", "--control", str(control)).stdout
+    assert f"started by   upgrade from pid {started['pid']} at " in human
+    assert ", ready in " in human

@@ -7,15 +7,27 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, SUBREAPER, reap, twistdCommand
-from harness import pid_alive, read_pidfile, wait_for, wait_for_upgrade
+from harness import (
+    ServerProcess,
+    free_port,
+    pid_alive,
+    read_pidfile,
+    wait_for,
+    wait_for_upgrade,
+)
 from test_flipecho import echo
 
+TCP0 = "tcp:0:interface=127.0.0.1"
 LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[pid \d+\] \[")
 
 
@@ -216,3 +228,162 @@ def test_real_netcat_client(flip) -> None:
         assert ncEcho() == "hello\n"
     server.track(read_pidfile(server.pidfile))
     assert ncEcho() == "hello\n"
+
+
+def test_every_generation_has_the_same_process_name(tmp_path: Path) -> None:
+    """
+    Started as a script (C{twistd ...}, through its #! line), every generation is
+    named C{twistd} in ps and pgrep -x, not after the interpreter.
+    """
+    script = twistdCommand()[1]
+    argv = [script, "-n", "flipecho", "--listen", "tcp:0:interface=127.0.0.1"]
+    pidfile = tmp_path / "twistd.pid"
+
+    def name(pid: int) -> str:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+
+    with ServerProcess(
+        argv, tmp_path / "log", cwd=tmp_path, env={"PYTHONPATH": str(ROOT)}
+    ) as proc:
+        first = wait_for(lambda: read_pidfile(pidfile), 20, what="ready")
+        assert name(first) == "twistd"
+        pids = [first]
+        for _ in range(2):
+            os.kill(pids[-1], signal.SIGHUP)
+            new, _, _ = wait_for_upgrade(pidfile, pids[-1], timeout=30)
+            proc.track(new)
+            pids.append(new)
+            assert name(new) == "twistd"
+            assert Path(f"/proc/{new}/cmdline").read_bytes().split(b"\0")[2:4] == [
+                b"-n",
+                b"flipecho",
+            ]
+        os.kill(pids[-1], signal.SIGQUIT)
+        wait_for(lambda: not pid_alive(pids[-1]), 30, what="the final exit")
+
+
+FLIPWEB = ["flip", "web", "--listen", "flip:tcp:0:interface=127.0.0.1", "--path", "."]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-n", "flipecho"],
+        ["--pidfile=echo.pid", "flipecho"],
+        ["-n", *FLIPWEB],
+        ["--pidfile=web.pid", *FLIPWEB],
+    ],
+    ids=["foreground", "daemon", "flip-web", "flip-web-daemon"],
+)
+def test_missing_logfile_directory_is_one_line(tmp_path: Path, args: list[str]) -> None:
+    result = run([f"--logfile={tmp_path}/missing/dir/x.log", *args], tmp_path)
+    line = oneLineError(result)
+    assert line == (
+        f"txflip: cannot open log file {tmp_path}/missing/dir/x.log: No such file"
+        " or directory"
+    )
+
+
+@pytest.mark.parametrize("plugin", [["flip", "web"], ["web"]])
+def test_flip_without_colon_is_one_line(tmp_path: Path, plugin: list[str]) -> None:
+    result = run(["-n", *plugin, "--listen", "flip", "--path", "."], tmp_path)
+    assert "bad listen description 'flip': what should it wrap?" in oneLineError(result)
+
+
+def test_unescaped_ipv6_interface_says_to_escape_and_quote(tmp_path: Path) -> None:
+    result = run(["-n", "flipecho", "--listen", "tcp6:0:interface=::1"], tmp_path)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "escape the colons of an IPv6 interface (interface=\\:\\:1)" in output
+    assert "--listen 'tcp6:PORT:interface=\\:\\:1'" in output
+    assert "unexpected" not in output and "Traceback" not in output
+
+
+def test_pidfile_under_a_file_says_so(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    result = run(
+        ["-n", f"--pidfile={tmp_path}/afile/x.pid", "flipecho", "--listen", TCP0],
+        tmp_path,
+    )
+    assert oneLineError(result) == (
+        f"txflip: cannot write pid file {tmp_path}/afile/x.pid: {tmp_path}/afile is"
+        " a file, not a directory"
+    )
+
+
+TLS = "flip:ssl:0:interface=127.0.0.1:privateKey=k.pem"
+
+
+def test_ssl_without_pyopenssl_is_one_line(tmp_path: Path) -> None:
+    """
+    Without pyOpenSSL (simulated: it cannot be imported), flip:ssl: says what to
+    install.
+    """
+    code = (
+        "import sys\n"
+        "sys.modules['OpenSSL'] = None\n"
+        "from twisted.scripts.twistd import run\n"
+        "sys.argv = ['twistd', *sys.argv[1:]]\n"
+        "run()\n"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "-n",
+            "flip",
+            "web",
+            "--listen",
+            TLS,
+            "--path",
+            ".",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    line = oneLineError(result)
+    assert "TLS needs pyOpenSSL: pip install 'twisted[tls]'" in line
+
+
+def test_unreplaceable_pidfile_is_found_before_binding() -> None:
+    """
+    A server that may not replace another user's pid file in a sticky directory
+    (as root, without CAP_FOWNER: what a non-root user is): one line, and nothing
+    was bound.
+    """
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv: to own the files, then drop CAP_FOWNER")
+    directory = Path(tempfile.mkdtemp(prefix="txflip-sticky-"))
+    try:
+        directory.chmod(0o1777)
+        os.chown(directory, 12346, 12346)
+        pidfile = directory / "twistd.pid"
+        pidfile.write_text("999999\n")
+        os.chown(pidfile, 12345, 12345)
+        port = free_port()
+        drop = "-fowner"
+        argv = [setpriv, f"--inh-caps={drop}", f"--bounding-set={drop}"]
+        argv += [*twistdCommand(), "-n", f"--pidfile={pidfile}", "flipecho"]
+        argv += ["--listen", f"tcp:{port}:interface=127.0.0.1"]
+        result = subprocess.run(
+            argv,
+            cwd=directory,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert oneLineError(result) == (
+            f"txflip: cannot write pid file {pidfile}: it belongs to uid 12345 and"
+            f" {directory} is sticky (only the file's owner may replace it); remove"
+            " it, or use another --pidfile"
+        )
+        assert "listening" not in result.stdout + result.stderr
+        assert pidfile.read_text() == "999999\n"
+    finally:
+        shutil.rmtree(directory)

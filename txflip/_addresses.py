@@ -169,6 +169,14 @@ def parseListen(description: str, cwd: str | None = None) -> ListenSpec:
     for name, value in rest:
         if name is None:
             if not positional:
+                if "interface" in args:
+                    # interface=::1: the colons of the address split it.
+                    raise ListenError(
+                        f"bad listen description {description!r}: escape the colons"
+                        r" of an IPv6 interface (interface=\:\:1), and quote the"
+                        r" escaped form for the shell: --listen"
+                        f" '{kind}:PORT:interface=\\:\\:1'"
+                    )
                 raise ListenError(
                     f"bad listen description {description!r}: unexpected {value!r}"
                 )

@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from ._cli import argSeconds
-from ._pidfile import PidFile, pidAlive
+from ._pidfile import PidFile, pidAlive, startTime
 
 DEFAULT_TIMEOUT = 90.0
 
@@ -69,12 +69,33 @@ def request(path: str, command: str, timeout: float) -> dict[str, Any]:
     return answer
 
 
+#: How much later than its pid file a process may seem to have started (the
+#: clock-tick rounding of its start time).
+START_SLACK = 0.05
+
+
 def _readPid(pidFile: PidFile) -> int:
+    """
+    The pid the file names, once we know it is the service: the generation that
+    serves writes the file once it runs, so a process that started after the file
+    was written got a pid the service no longer uses (pids are reused).
+    """
     pid = pidFile.read()
     if pid is None:
         raise CommandError(f"no pid in {pidFile.path}")
     if not pidAlive(pid):
         raise CommandError(f"pid {pid} from {pidFile.path} is not running")
+    started = startTime(pid)
+    try:
+        written = os.stat(pidFile.path).st_mtime
+    except OSError as e:
+        raise CommandError(f"cannot read {pidFile.path}: {e.strerror}") from None
+    if started is not None and started > written + START_SLACK:
+        raise CommandError(
+            f"pid {pid} from {pidFile.path} is not the service: it started after"
+            " the file was written (the service's pid was reused by another"
+            " process); not signalled"
+        )
     return pid
 
 
@@ -116,12 +137,29 @@ def runUpgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _when(at: object) -> str:
+    stamp = at if isinstance(at, (int, float)) else 0
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(stamp))
+
+
+def _startedBy(started: object) -> str:
+    """
+    C{upgrade from pid 4100 at ..., ready in 0.31 s} / C{a first start at ...}.
+    """
+    if not isinstance(started, dict):
+        return "unknown"
+    ready = started.get("readyIn")
+    readyText = f", ready in {ready:.2f} s" if isinstance(ready, (int, float)) else ""
+    if started.get("pid") is None:
+        return f"a first start at {_when(started.get('at'))}{readyText}"
+    return f"upgrade from pid {started['pid']} at {_when(started.get('at'))}{readyText}"
+
+
 def formatStatus(status: dict[str, Any]) -> str:
     last = status.get("lastUpgrade")
     lastText = "none"
     if isinstance(last, dict):
-        when = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(last.get("at", 0)))
-        lastText = f"{last.get('result')} (at {when})"
+        lastText = f"{last.get('result')} (at {_when(last.get('at'))})"
     rows = [
         ("pid", status.get("pid")),
         ("generation", status.get("generation")),
@@ -129,6 +167,7 @@ def formatStatus(status: dict[str, Any]) -> str:
         ("uptime", f"{status.get('uptime', 0):.1f} s"),
         ("connections", status.get("connections")),
         ("listeners", ", ".join(status.get("listeners") or []) or "none"),
+        ("started by", _startedBy(status.get("startedBy"))),
         ("last upgrade", lastText),
     ]
     if status.get("supervisor"):

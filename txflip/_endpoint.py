@@ -269,16 +269,24 @@ def _sslSpec(reactor: Any, inner: str) -> tuple[ListenSpec, Any]:
 
 def parseFlip(reactor: Any, *args: str, **kwargs: str) -> FlipServerEndpoint:
     settings = {key: kwargs.pop(key) for key in list(kwargs) if key in _SETTINGS}
-    if not args:
-        raise ListenError("bad listen description 'flip:': what should it wrap?")
     inner = innerDescription(args, kwargs)
     try:
+        if not args:
+            raise ListenError(
+                "bad listen description 'flip': what should it wrap? e.g."
+                " flip:tcp:8080:interface=127.0.0.1"
+            )
         process = _FlipProcess.get(reactor, settings, inner)
         spec, tls = _innerSpec(reactor, inner)
         return FlipServerEndpoint(process, spec, tls)
     except (TxflipError, ValueError) as e:
         current = _FlipProcess.current
-        if current is not None and current.underTwistd:
+        underTwistd = (
+            current.underTwistd
+            if current is not None
+            else "twisted.scripts.twistd" in sys.modules
+        )
+        if underTwistd:
             from .twistd import failStartup
 
             failStartup(str(e) if isinstance(e, TxflipError) else f"flip:{inner}: {e}")

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
+import time
 
 from ._errors import PidFileError
 
@@ -43,6 +45,40 @@ def pidAlive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def startTime(pid: int) -> float | None:
+    """
+    When C{pid} started (seconds since the epoch, to about 10 ms), where the
+    platform tells (Linux); L{None} elsewhere or when it is gone.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        ticks = int(stat[stat.rfind(b")") + 1 :].split()[19])
+        sinceBoot = time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    return time.time() - (sinceBoot - ticks / os.sysconf("SC_CLK_TCK"))
+
+
+#: The capability that lets a process replace other users' files (Linux).
+CAP_FOWNER = 3
+
+
+def _mayOverrideOwners() -> bool:
+    """
+    Whether we may replace a file we do not own in a sticky directory: we have
+    CAP_FOWNER (Linux), or are root (elsewhere).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_FOWNER & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.geteuid() == 0
 
 
 class PidFile:
@@ -82,15 +118,35 @@ class PidFile:
                     " stop it, or use another --pidfile"
                 )
         directory = os.path.dirname(self.path)
+        where = f"cannot write pid file {self.path}:"
         if not os.path.isdir(directory):
-            raise PidFileError(
-                f"cannot write pid file {self.path}: directory {directory} does not"
-                " exist"
-            )
+            if os.path.lexists(directory):
+                raise PidFileError(f"{where} {directory} is a file, not a directory")
+            raise PidFileError(f"{where} directory {directory} does not exist")
         if not os.access(directory, os.W_OK | os.X_OK):
+            raise PidFileError(f"{where} directory {directory} is not writable")
+        self._checkReplaceable(directory, where)
+
+    def _checkReplaceable(self, directory: str, where: str) -> None:
+        """
+        We replace the file by renaming over it: in a sticky directory (C{/tmp},
+        C{/run/lock}) only the file's owner, the directory's, or a process with CAP_FOWNER
+        (root) may.
+        """
+        try:
+            existing = os.lstat(self.path)
+            parent = os.stat(directory)
+        except OSError:
+            return
+        if (
+            parent.st_mode & stat.S_ISVTX
+            and os.geteuid() not in (existing.st_uid, parent.st_uid)
+            and not _mayOverrideOwners()
+        ):
             raise PidFileError(
-                f"cannot write pid file {self.path}: directory {directory} is not"
-                " writable"
+                f"{where} it belongs to uid {existing.st_uid} and {directory} is"
+                " sticky (only the file's owner may replace it); remove it, or use"
+                " another --pidfile"
             )
 
     def write(self, pid: int) -> None:

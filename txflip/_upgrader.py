@@ -188,6 +188,13 @@ class Upgrader:
         return self._core.handoff is not None
 
     @property
+    def parentPID(self) -> int | None:
+        """
+        The pid of the generation that started this one, if one did.
+        """
+        return self._core.parentPID
+
+    @property
     def pidFile(self) -> PidFile | None:
         return self._core.pidFile
 

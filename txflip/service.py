@@ -37,6 +37,7 @@ from ._errors import (
     UpgradeInProgress,
 )
 from ._fds import Listener
+from ._pidfile import startTime
 from ._process import tellParentError
 from ._reactor import Reactor
 from ._settings import seconds
@@ -88,6 +89,8 @@ class UpgradeService(Service):
         self._failed = False
         self.notifier = notifier if notifier is not None else Notifier.fromEnvironment()
         self.startedAt = time.time()
+        #: When this generation became ready.
+        self.readyAt: float | None = None
         #: C{(when, outcome)} of the last upgrade this generation attempted.
         self.lastUpgrade: tuple[float, str] | None = None
 
@@ -119,7 +122,20 @@ class UpgradeService(Service):
             "uptime": round(time.time() - self.startedAt, 3),
             "connections": self.connections,
             "listeners": [str(listener.spec) for listener in self.upgrader.listeners],
+            "startedBy": self.startedBy(),
             "lastUpgrade": last,
+        }
+
+    def startedBy(self) -> dict[str, object]:
+        """
+        How this generation started: by an upgrade from which pid (or a first
+        start), when (the process's start), and how long it took to be ready.
+        """
+        at = startTime(os.getpid()) or self.startedAt
+        return {
+            "pid": self.upgrader.parentPID,
+            "at": at,
+            "readyIn": None if self.readyAt is None else round(self.readyAt - at, 3),
         }
 
     @property
@@ -297,6 +313,7 @@ class UpgradeService(Service):
         except TxflipError as e:
             self.fatal(str(e))
             return
+        self.readyAt = time.time()
         self.notifier.ready(
             f"serving (generation {self.upgrader.generation}, pid {os.getpid()})"
         )
