@@ -112,6 +112,14 @@ class Flip:
 
 
 @pytest.fixture
+def fault(tmp_path: Path) -> Path:
+    """
+    The file flipapp reads its fault from (absent: no fault).
+    """
+    return tmp_path / "fault"
+
+
+@pytest.fixture
 def flip(tmp_path: Path) -> Iterator[object]:
     """
     Start flipecho: C{flip(*args, env=..., app=False, twistd=(...))} -> a ready

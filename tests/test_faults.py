@@ -168,14 +168,6 @@ class PartialRequest:
 
 
 @pytest.fixture
-def fault(tmp_path: Path) -> Path:
-    """
-    The file flipapp reads its fault from (absent: no fault).
-    """
-    return tmp_path / "fault"
-
-
-@pytest.fixture
 def partial() -> Iterator[list[PartialRequest]]:
     made: list[PartialRequest] = []
     yield made

@@ -36,13 +36,13 @@ def test_seconds_accepts(value: object, expected: float) -> None:
 
 
 def test_constructors_refuse() -> None:
-    with pytest.raises(SettingError, match="^upgradeTimeout must be"):
+    with pytest.raises(SettingError, match=r"^upgradeTimeout must be"):
         Upgrader(upgradeTimeout=math.nan, environ={}, process=ProcessState())
     upgrader = Upgrader(environ={}, process=ProcessState())
     try:
-        with pytest.raises(SettingError, match="^idleGrace must be"):
+        with pytest.raises(SettingError, match=r"^idleGrace must be"):
             UpgradeService(upgrader, idleGrace=-1, installSignalHandlers=False)
-        with pytest.raises(SettingError, match="^drainTimeout must be"):
+        with pytest.raises(SettingError, match=r"^drainTimeout must be"):
             UpgradeService(upgrader, drainTimeout=math.inf, installSignalHandlers=False)
     finally:
         upgrader.listeners.close(unlink=False)

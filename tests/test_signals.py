@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import SUBREAPER, reap
 from harness import pid_alive, wait_for, wait_for_upgrade
-from test_faults import alone, fault, spawned, upgradeWorks, waitLine  # noqa: F401
+from test_faults import alone, spawned, upgradeWorks, waitLine
 from test_flipecho import echo
 
 

@@ -71,8 +71,9 @@ class RunningAsInit(Refused):
     def __init__(self) -> None:
         super().__init__(
             "running as PID 1: when this process exits the kernel kills every"
-            " process of its namespace, the new generation too; run under an"
-            " init (docker run --init, tini)"
+            " process of its namespace, the new generation too (an init such as"
+            " tini exits with its child as well): direct mode cannot be a"
+            " container's main process"
         )
 
 

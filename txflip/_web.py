@@ -34,6 +34,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.http import _GenericHTTPChannelProtocol as _Negotiating
 from zope.interface import implementer
 
+from ._cork import cork
 from ._drain import IDrainable
 
 #: The private attributes of HTTPChannel (and its LineReceiver base) we read.
@@ -82,6 +83,9 @@ class _Draining:
         self._writeHeaders(version, code, reason, headers)
 
     def requestDone(self, request: Any) -> None:
+        if not self.channel.persistent:
+            # HTTPChannel closes now, after the response: in one segment with it.
+            cork(self.channel.transport)
         self._requestDone(request)
         if self.graceOver:
             self.closeIfIdle()

@@ -18,6 +18,7 @@ from twisted.python import usage
 from zope.interface import implementer
 
 from ._addresses import parseListen
+from ._cork import closeWithReply
 from ._drain import IDrainable
 from ._errors import ListenError
 from ._movable import ConnectionState, IMovable, StateRefused
@@ -52,8 +53,8 @@ class Echo(Protocol):
             self.transport.write(b"error: line too long\n")  # type: ignore[union-attr]
             self.transport.loseConnection()  # type: ignore[union-attr]
         elif self.draining and end and not self._pending:
-            # At a boundary, right after a reply: close with it.
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            # At a boundary, right after a reply: close with it, in one segment.
+            closeWithReply(self.transport)
 
     def readConnectionLost(self) -> None:
         if self._pending:

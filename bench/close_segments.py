@@ -1,0 +1,116 @@
+"""
+(h) Does a lock-step client see the close with the reply?
+
+A draining connection is closed with the reply to its next request.  If the reply
+and the FIN leave in two segments, a lock-step client can read the reply before
+the FIN arrives and send its next request into a connection that is closing: that
+request is lost.  txflip corks the socket before such a close (txflip/_cork.py) so
+that both leave in one segment.
+
+Two servers side by side, alternating in rounds: flipecho's Echo, every connection
+draining (closed with its first reply), with the cork and without it (the same
+code with the cork switched off).  A client connects, sends a line, reads the
+echo, and looks at once (no waiting) whether the close has arrived too.  Printed:
+the share of closes the client saw with the reply, median over the rounds.
+
+    python bench/close_segments.py [--rounds 5] [--connections 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import select
+import socket
+import statistics
+import subprocess
+import sys
+
+from _common import CODE, HOST, free_port, header, options, table, wait_until
+
+SERVER = """
+import sys
+from twisted.internet import reactor
+from twisted.internet.protocol import Factory
+import txflip._cork
+from txflip.echo import Echo
+
+if sys.argv[1] == "off":
+    txflip._cork.CORK = None
+
+class Draining(Factory):
+    protocol = Echo
+    def buildProtocol(self, addr):
+        echo = Factory.buildProtocol(self, addr)
+        echo.startDraining()
+        return echo
+
+reactor.listenTCP(int(sys.argv[2]), Draining(), interface="127.0.0.1")
+reactor.run()
+"""
+
+
+def closeSeenWithReply(port: int) -> bool:
+    with socket.create_connection((HOST, port), timeout=5) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(b"x\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(64)
+            if not chunk:
+                raise RuntimeError("closed before the reply")
+            data += chunk
+        readable, _, _ = select.select([s], [], [], 0)
+        if not readable:
+            return False
+        return s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=1000)
+    args = options(parser)
+    header(
+        "(h) close seen with the reply, lock-step client on 127.0.0.1",
+        f"{args.rounds} rounds x {args.connections} connections per server",
+    )
+    servers = {}
+    try:
+        for mode in ("on", "off"):
+            port = free_port()
+            proc = subprocess.Popen(
+                [sys.executable, "-c", SERVER, mode, str(port)],
+                env={"PYTHONPATH": str(CODE)},
+            )
+            servers[mode] = (proc, port)
+
+            def listening(port: int = port) -> bool:
+                try:
+                    socket.create_connection((HOST, port), timeout=1).close()
+                except OSError:
+                    return False
+                return True
+
+            wait_until(f"the server with the cork {mode}", listening, 20)
+        shares: dict[str, list[float]] = {"on": [], "off": []}
+        for _ in range(args.rounds):
+            for mode, (_, port) in servers.items():
+                seen = sum(closeSeenWithReply(port) for _ in range(args.connections))
+                shares[mode].append(100.0 * seen / args.connections)
+        rows = [
+            [
+                f"cork {mode}" + (" (txflip)" if mode == "on" else " (before)"),
+                f"{statistics.median(values):.1f} %",
+                f"{min(values):.1f} .. {max(values):.1f} %",
+            ]
+            for mode, values in shares.items()
+        ]
+        print(table(["server", "close seen with the reply", "rounds"], rows))
+    finally:
+        for proc, _ in servers.values():
+            proc.kill()
+            proc.wait()
+
+
+if __name__ == "__main__":
+    main()

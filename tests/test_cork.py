@@ -1,0 +1,55 @@
+"""
+End to end: a connection closed with its reply sends the reply and the FIN in one
+segment, so a lock-step client always sees the close with the reply.  (How often
+it did before: bench/close_segments.py.)
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import subprocess
+import sys
+
+from conftest import ROOT
+from harness import can_connect, free_port, wait_for
+
+SERVER = """
+import sys
+from twisted.internet import reactor
+from twisted.internet.protocol import Factory
+from txflip.echo import Echo
+
+class Draining(Factory):
+    protocol = Echo
+    def buildProtocol(self, addr):
+        echo = Factory.buildProtocol(self, addr)
+        echo.startDraining()
+        return echo
+
+reactor.listenTCP(int(sys.argv[1]), Draining(), interface="127.0.0.1")
+reactor.run()
+"""
+
+
+def test_close_with_reply_is_seen_with_the_reply() -> None:
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(port)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        wait_for(lambda: can_connect("127.0.0.1", port), 20, what="the server")
+        late = 0
+        for _ in range(300):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(b"x\n")
+                assert s.recv(64) == b"x\n"
+                readable, _, _ = select.select([s], [], [], 0)
+                if not readable or s.recv(1, socket.MSG_PEEK) != b"":
+                    late += 1
+        assert late == 0, f"{late} of 300 closes arrived after their reply"
+    finally:
+        server.kill()
+        server.wait()
