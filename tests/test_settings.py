@@ -131,7 +131,7 @@ def test_flip_setting_conflicting_with_twistd_flip_options(tmp_path: Path) -> No
     )
     line = oneLineError(result)
     assert (
-        "drainTimeout=99 conflicts with drainTimeout=5.0, fixed by twistd flip's"
+        "drainTimeout=99 conflicts with drainTimeout=5.0, fixed by the flip plugin's"
         in line
     )
 

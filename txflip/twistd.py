@@ -267,7 +267,7 @@ def makeService(options: Options) -> MultiService:
     from ._endpoint import useService
 
     service = makeUpgradeService(options)
-    useService(service, options.settings(), "twistd flip's options")
+    useService(service, options.settings(), "the flip plugin's options")
     assert options.subCommand is not None  # postOptions refused it otherwise
     plugin = options.loadedPlugins[options.subCommand]
     return rootService(options, service, plugin.makeService(options.subOptions))
