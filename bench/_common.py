@@ -255,9 +255,10 @@ def command(
     """How each server under comparison is started."""
     if name in WEB:
         listen = f"tcp:{port}:interface={HOST}"
+        plugin = ["web"]
         if name == "flipweb":
-            listen = f"flip:{listen}"
-        web = [*twistd(), "-n", "--pidfile", str(pidfile), "web", "--listen", listen]
+            listen, plugin = f"flip:{listen}", ["flip", "web"]
+        web = [*twistd(), "-n", "--pidfile", str(pidfile), *plugin, "--listen", listen]
         web += ["--path", str(BENCH / "www")]
         if name == "naiveweb":
             return [sys.executable, str(BENCH / "naive_restart.py"), *web]
