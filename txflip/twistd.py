@@ -227,7 +227,7 @@ class Options(UpgradeOptions):
     plugins are subcommands, the way twistd's own C{ServerOptions} lists them.
     """
 
-    synopsis = "[flip options] PLUGIN [plugin options]"
+    synopsis = "[flip options]"  # the plugin's name and synopsis follow
     optParameters: list[list[Any]] = [
         ["pidfile", None, None, "Under twist: the pid file (twistd has its own)."]
     ]
