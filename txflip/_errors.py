@@ -72,8 +72,8 @@ class RunningAsInit(Refused):
         super().__init__(
             "running as PID 1: when this process exits the kernel kills every"
             " process of its namespace, the new generation too (an init such as"
-            " tini exits with its child as well): direct mode cannot be a"
-            " container's main process"
+            " tini exits with its child as well): in a container, run under"
+            " `txflip run`"
         )
 
 
