@@ -151,6 +151,7 @@ def test_sigint_stops_gracefully(supervised: Any) -> None:
     assert not any(map(pid_alive, pids))
     assert not run.pidfile.exists() and not run.control.exists()
     assert "txflip run: stopping 2 workers" in run.logText()
+    assert "is gone: stopping" not in run.logText()  # it was not gone
 
 
 def test_ttin_ttou_change_the_number_of_workers(supervised: Any) -> None:

@@ -151,6 +151,7 @@ class Upgrader:
             self._log,
         )
         self._machine = makeGeneration(self._core)
+        self._stopping = False
         if handoff is not None:
             ParentWatcher(self.reactor, handoff.parentFD, self._parentPipeClosed)
 
@@ -164,11 +165,14 @@ class Upgrader:
         and a restarted service starts workers of its own.
         """
         if self.supervisor is not None:
-            self._log.warn(
-                "txflip: the supervisor (pid {pid}) is gone: stopping",
-                pid=self.supervisor.supervisorPID,
-            )
-            self.stop()
+            # The reactor also closes the pipe as it shuts down: only news if
+            # we were not stopping anyway.
+            if not self._stopping:
+                self._log.warn(
+                    "txflip: the supervisor (pid {pid}) is gone: stopping",
+                    pid=self.supervisor.supervisorPID,
+                )
+                self.stop()
             return
         deadline = self.reactor.seconds() + 5.0
 
@@ -282,6 +286,7 @@ class Upgrader:
         """
         No more upgrades.  A child still starting is killed; fires once it is gone.
         """
+        self._stopping = True
         return self._deferred(self._machine.stop)
 
     def _deferred(self, method: Callable[[Deferred[None]], None]) -> Deferred[None]:
