@@ -346,3 +346,20 @@ def test_usr1_reaches_the_workers_and_hup_to_a_worker_is_refused(
     wait_for(lambda: refused in log.read_text(), 10, what="the refusal")
     assert run.waitReady() == [worker]
     assert echo(run.port) == b"hello\n"
+
+
+def test_a_crash_loop_backs_off_and_recovers(supervised: Any) -> None:
+    run = supervised(["sh", "-c", BAD_DEPLOY, "sh", *flipecho()])
+    (pid,) = run.waitReady()
+    (run.dir / "broken").touch()
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: "restarting in 1 s" in run.logText(), 30, what="a backoff")
+    note = run.status()["note"]
+    assert "exited with status 3 before it was ready" in note, note
+    assert "restarting in" in note
+    log = run.logText()
+    assert log.index("restarting in 0.5 s") < log.index("restarting in 1 s")
+    (run.dir / "broken").unlink()
+    (new,) = wait_for(run.ready, 30, what="a replacement")
+    assert new != pid and run.status()["note"] is None
+    assert echo(run.port) == b"hello\n"
