@@ -17,6 +17,8 @@ file holds one word, some with an argument after a colon:
   - C{block-at-ready}: sockets adopted, but the reactor thread blocks (60 s) where
     the generation would say it is ready (start-up code that never returns);
   - C{exit-after-ready}: tell the parent "ready", then exit with status 7 at once;
+  - C{refuse-moves}: this generation's Echo cannot read the state of moved
+    connections (new code with a new state layout);
   - C{listen:DESCRIPTION}: this generation's configuration has one more
     C{--listen DESCRIPTION} (a configuration change that may fail).
 
@@ -117,6 +119,15 @@ if fault == "exit-after-ready":
         os._exit(7)
 
     _handoff.tellParentReady = tellAndExit
+
+if fault == "refuse-moves":
+    from txflip._movable import StateRefused
+    from txflip.echo import Echo
+
+    def importState(self: object, state: object) -> None:
+        raise StateRefused("flipapp: this version reads no moved state")
+
+    Echo.importState = importState  # type: ignore[assignment,method-assign]
 
 extra = ["--listen", argument] if fault == "listen" else []
 

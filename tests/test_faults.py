@@ -341,7 +341,7 @@ def test_old_sigkilled_after_new_is_ready(flip, partial) -> None:
     Killing the old generation while it drains loses only its own connections; the
     new one learns that its parent is gone and can upgrade.
     """
-    server = flip("--drain-timeout", "20")
+    server = flip("--no-move", "--drain-timeout", "20")
     pid, port = server.serving(), server.port
     partial.append(PartialRequest(port))
     with Load(LOCALHOST, port, short=2, long=0) as load:
@@ -478,7 +478,7 @@ def test_sighup_during_drain(flip, partial) -> None:
     the new one too ("previous generation hasn't exited yet"); nothing is started.
     Once the old one has exited, the new one upgrades.
     """
-    server = flip("--drain-timeout", "20")
+    server = flip("--no-move", "--drain-timeout", "20")
     pid = server.serving()
     client = PartialRequest(server.port)
     partial.append(client)
@@ -530,7 +530,7 @@ def test_drain_deadline_cuts_uncooperative_clients(flip) -> None:
     A client that never stops sending and one that never reads its replies are
     aborted at the drain timeout, and the old generation then exits.
     """
-    server = flip("--drain-timeout", "2", "--idle-grace", "0.2")
+    server = flip("--no-move", "--drain-timeout", "2", "--idle-grace", "0.2")
     pid, port = server.serving(), server.port
     streamer = Streamer(port)
     streamer.start()

@@ -160,7 +160,8 @@ def test_twistd_web_with_flip_endpoint_under_load(tmp_path: Path) -> None:
                 thread.join(20)
             downloader.join(60)
         assert stats.failures == [], stats.failures[:5]
-        assert stats.requests > 200 and stats.closedByServer >= UPGRADES
+        # Keep-alive connections move to the new generation: none is closed.
+        assert stats.requests > 200 and stats.closedByServer == 0
         assert download and download[0] == (b"HTTP/1.1 200 OK", BIG), download
         # It was still downloading when the first upgrade began.
         assert download[1] > hups[0]

@@ -61,8 +61,9 @@ def test_upgrades_under_load_lose_nothing(flip) -> None:
     assert long.errors_total() == 0, long
     assert long.lost == 0, long
     assert short.connections > 100 and long.exchanges > 100
-    # Every upgrade closed the long-lived connections, each with a reply.
-    assert long.closed_by_server >= UPGRADES
+    # Every upgrade moved the long-lived connections to the new generation: none
+    # was closed (test_move_upgrades.py has the details).
+    assert long.closed_by_server == 0
 
     final = server.serving()
     logText = server.logText()
@@ -178,6 +179,7 @@ def test_listeners_drain_together(flip) -> None:
     listeners one after the other took one idle grace per listener.
     """
     server = flip(
+        "--no-move",
         "--idle-grace",
         "10",
         "--listen",

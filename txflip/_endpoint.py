@@ -9,7 +9,8 @@ stops gracefully, the process is ready once the reactor runs, and it exits by
 stopping the reactor after the drain.  Under twistd, the C{flip} plugin sets it up
 from twistd's options (the pid file is twistd's); otherwise the first endpoint
 does, from its settings: C{pidfile}, C{upgradeTimeout}, C{drainTimeout},
-C{idleGrace} (C{flip:tcp:8080:pidfile=/run/app.pid}).
+C{idleGrace} (C{flip:tcp:8080:pidfile=/run/app.pid}), C{move=no} (drain every
+connection instead of moving keep-alive ones to the next generation).
 
 The socket is bound (or inherited) when the description is parsed, so that an
 address in use is reported at once, not when the reactor starts.
@@ -40,7 +41,7 @@ from ._upgrader import DEFAULT_UPGRADE_TIMEOUT, Upgrader
 from .service import UpgradeService
 
 _log = Logger()
-_SETTINGS = {"pidfile", "upgradeTimeout", "drainTimeout", "idleGrace"}
+_SETTINGS = {"pidfile", "upgradeTimeout", "drainTimeout", "idleGrace", "move"}
 
 
 def _quote(text: str) -> str:
@@ -99,6 +100,7 @@ class _FlipProcess:
                 reactor=reactor,
                 drainTimeout=fixed["drainTimeout"],  # type: ignore[arg-type]
                 idleGrace=fixed["idleGrace"],  # type: ignore[arg-type]
+                move=fixed["move"],  # type: ignore[arg-type]
             )
             service.startService()
             reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
@@ -120,6 +122,7 @@ _DEFAULTS: dict[str, object] = {
     "upgradeTimeout": DEFAULT_UPGRADE_TIMEOUT,
     "drainTimeout": DEFAULT_DRAIN_TIMEOUT,
     "idleGrace": DEFAULT_IDLE_GRACE,
+    "move": True,
 }
 
 
@@ -134,6 +137,10 @@ def _checked(
     for name, text in settings.items():
         if name == "pidfile":
             result[name] = os.path.abspath(text) if text else None
+        elif name == "move":
+            if text not in ("yes", "no"):
+                raise SettingError(f"flip:{inner}: move must be yes or no, not {text!r}")
+            result[name] = text == "yes"
         else:
             try:
                 result[name] = seconds(name, text)

@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 
 #: How often connections not yet at a boundary are looked at again.
 POLL_INTERVAL = 0.002
+#: A new generation that has not answered for a connection within this many
+#: seconds is not taking any: the channel is closed, and they all drain here.
+ANSWER_TIMEOUT = 5.0
 
 
 class Mover:
@@ -64,7 +67,7 @@ class Mover:
         self._keys = dict(keys)
         self._channel = MoveChannel(reactor, sock, self._answers, self._lost)
         self._waiting: dict[_Tracked, ConnectionTracker] = {}
-        self._transit: dict[int, tuple[ConnectionTracker, _Tracked]] = {}
+        self._transit: dict[int, tuple[ConnectionTracker, _Tracked, float]] = {}
         self._inTransit: set[_Tracked] = set()
         self._ids = itertools.count(1)
         self._call: Any = None
@@ -120,7 +123,11 @@ class Mover:
                 batch.append(frame)
         if batch:
             self._channel.send(batch)
-        if self._waiting and self._channel.open:
+        if self._transit:
+            oldest = next(iter(self._transit.values()))[2]
+            if self._reactor.seconds() - oldest > ANSWER_TIMEOUT:
+                self._channel.close(f"gave no answer in {ANSWER_TIMEOUT:g} s")
+        if (self._waiting or self._transit) and self._channel.open:
             self._schedule(POLL_INTERVAL)
 
     def _take(
@@ -153,7 +160,7 @@ class Mover:
             return None
         transport.pauseProducing()  # type: ignore[union-attr]
         del self._waiting[tracked]
-        self._transit[id] = (tracker, tracked)
+        self._transit[id] = (tracker, tracked, self._reactor.seconds())
         self._inTransit.add(tracked)
         return frame, sock.fileno()
 
@@ -166,7 +173,7 @@ class Mover:
             entry = self._transit.pop(frame.id, None)
             if entry is None:
                 continue
-            tracker, tracked = entry
+            tracker, tracked, _ = entry
             self._inTransit.discard(tracked)
             if isinstance(frame, Accepted):
                 self.moved += 1
@@ -197,7 +204,7 @@ class Mover:
                 why=why,
                 count=len(waiting) + len(transit),
             )
-        for tracker, tracked in transit.values():
+        for tracker, tracked, _ in transit.values():
             self._comeBack(tracker, tracked)
         for tracked, tracker in waiting.items():
             tracker.fallBack(tracked)

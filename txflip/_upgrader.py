@@ -191,6 +191,21 @@ class Upgrader:
         """
         return self._core.handoff is not None
 
+    def wrapSpawner(self, wrap: Callable[[Spawner], Spawner]) -> None:
+        """
+        Start later generations through C{wrap(current spawner)}: how moving
+        connections gives each next generation its channel.
+        """
+        self._core.spawner = wrap(self._core.spawner)
+
+    def claimInheritedFD(self, name: str) -> int | None:
+        """
+        The fd the previous generation passed under C{name} (the handoff table's
+        C{fds}), once: the caller owns it.
+        """
+        handoff = self._core.handoff
+        return None if handoff is None else handoff.extraFDs.pop(name, None)
+
     @property
     def parentPID(self) -> int | None:
         """

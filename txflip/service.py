@@ -37,6 +37,9 @@ from ._errors import (
     UpgradeInProgress,
 )
 from ._fds import Listener
+from ._movein import Receiver
+from ._moveout import Mover
+from ._movewire import CHANNEL_NAME, ChannelSpawner, inheritedChannel
 from ._pidfile import startTime
 from ._process import tellParentError
 from ._reactor import Reactor
@@ -69,15 +72,24 @@ class UpgradeService(Service):
         reactor: Reactor | None = None,
         installSignalHandlers: bool = True,
         notifier: Notifier | None = None,
+        move: bool = True,
     ) -> None:
         """
         @param reactor: defaults to the upgrader's (the one reactor of the
             process).
+        @param move: move connections whose protocol provides L{IMovable} to the
+            next generation instead of draining them, and take those the previous
+            generation moves (L{False}: they all drain, as before).
         """
         self.upgrader = upgrader
         reactor = upgrader.reactor if reactor is None else reactor
         self.drainTimeout = seconds("drainTimeout", drainTimeout)
         self.idleGrace = seconds("idleGrace", idleGrace)
+        self.move = move
+        self._channels: ChannelSpawner | None = None
+        if move:
+            self._channels = ChannelSpawner.wrap(upgrader)
+        self._receiver: Receiver | None = None
         self._reactor = reactor
         self._installSignals = installSignalHandlers
         # (listener, tracker, what the listener serves: the tracker, maybe wrapped)
@@ -213,6 +225,7 @@ class UpgradeService(Service):
         # Outside twistd, privilegedStartService may never have been called.
         self._installSignalHandlers()
         self._adopt()
+        self._receiveMoves()
         self.upgrader.whenParentExited().addCallback(self._parentExited)
         self.upgrader.whenExit().addCallback(self._exit)
         self._reactor.callWhenRunning(self._ready)
@@ -227,6 +240,40 @@ class UpgradeService(Service):
         for listener, protocol in self._datagrams:
             listener.adoptDatagram(self._reactor, protocol)
             self._logListening(listener)
+
+    def _receiveMoves(self) -> None:
+        """
+        Take the connections the previous generation moves to us (if it does).
+        """
+        fd = self.upgrader.claimInheritedFD(CHANNEL_NAME)
+        sock = inheritedChannel(fd) if fd is not None else None
+        if sock is None:
+            return
+        if not self.move:
+            sock.close()  # the previous generation sees it closed, and drains
+            return
+        self._receiver = Receiver(self._reactor, sock, self._movableTracker)
+
+    def _movableTracker(self, key: str) -> ConnectionTracker | None:
+        """
+        The tracker of the listener known as C{key} in both generations (its
+        address), if its connections may move: not through TLS.
+        """
+        for listener, tracker, served in self._streams:
+            if served is tracker and str(listener.spec) == key:
+                return tracker
+        return None
+
+    def _mover(self) -> Mover | None:
+        sock = self._channels.takeSuccessor() if self._channels else None
+        if sock is None:
+            return None
+        keys = {
+            tracker: str(listener.spec)
+            for listener, tracker, served in self._streams
+            if served is tracker
+        }
+        return Mover(self._reactor, sock, keys)
 
     def _logListening(self, listener: Listener) -> None:
         self._log.info(
@@ -353,6 +400,8 @@ class UpgradeService(Service):
         return self._stopping
 
     async def _stop(self) -> None:
+        if self._receiver is not None:
+            self._receiver.close()
         await self.upgrader.stop()
         final = self.upgrader.successor is None
         # Unix paths are removed only by a generation that served them: one that
@@ -367,8 +416,17 @@ class UpgradeService(Service):
             why="final stop" if final else f"pid {self.upgrader.successor} serves now",
         )
         trackers = [tracker for _, tracker, _ in self._streams + self._controls]
+        mover = None if final else self._mover()
         # All at once: one idle grace and one drain timeout for the whole process.
-        cut = sum(await drainAll(trackers, self.idleGrace, self.drainTimeout))
+        cut = sum(await drainAll(trackers, self.idleGrace, self.drainTimeout, mover))
+        if mover is not None:
+            mover.close()
+            self._log.info(
+                "txflip: moved {moved} connections to pid {pid} ({refused} refused)",
+                moved=mover.moved,
+                pid=self.upgrader.successor,
+                refused=mover.refused,
+            )
         pidFile = self.upgrader.pidFile
         if final and pidFile is not None:
             pidFile.removeIfOurs(os.getpid())

@@ -69,6 +69,15 @@ class UpgradeOptions(usage.Options):
         twistd's own options ask for.
     """
 
+    optFlags: list[list[Any]] = [
+        [
+            "no-move",
+            None,
+            "Drain every connection at an upgrade instead of moving those whose"
+            " protocol can move to the new generation.",
+        ],
+    ]
+
     optParameters: list[list[Any]] = [
         [
             "control",
@@ -143,6 +152,7 @@ class UpgradeOptions(usage.Options):
             "upgradeTimeout": self["upgrade-timeout"],
             "drainTimeout": self["drain-timeout"],
             "idleGrace": self["idle-grace"],
+            "move": not self["no-move"],
         }
 
 
@@ -197,6 +207,7 @@ def makeUpgradeService(options: UpgradeOptions) -> UpgradeService:
         upgrader,
         drainTimeout=options["drain-timeout"],
         idleGrace=options["idle-grace"],
+        move=not options["no-move"],
     )
     if options.get("control"):
         try:
