@@ -250,9 +250,13 @@ WEB = ("web", "flipweb", "naiveweb")
 
 
 def command(
-    name: str, port: int, pidfile: Path, listens: Sequence[str] = ()
+    name: str,
+    port: int,
+    pidfile: Path,
+    listens: Sequence[str] = (),
+    options: Sequence[str] = (),
 ) -> list[str]:
-    """How each server under comparison is started."""
+    """How each server under comparison is started (C{options}: flipecho's)."""
     if name in WEB:
         listen = f"tcp:{port}:interface={HOST}"
         plugin = ["web"]
@@ -266,7 +270,9 @@ def command(
     if name == "flipecho":
         listen = [f"tcp:{port}:interface={HOST}", *listens]
         args = [a for each in listen for a in ("--listen", each)]
-        return [*twistd(), "-n", "--pidfile", str(pidfile), "flipecho", *args]
+        return [
+            *twistd(), "-n", "--pidfile", str(pidfile), "flipecho", *args, *options
+        ]  # fmt: skip
     if name.startswith("txflip-run-"):
         workers = name.rsplit("-", 1)[1]
         run = [sys.executable, "-m", "txflip", "run", "--pidfile", str(pidfile)]
@@ -290,7 +296,10 @@ def command(
 
 
 def start(
-    name: str, listens: Sequence[str] = (), env: dict[str, str] | None = None
+    name: str,
+    listens: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    options: Sequence[str] = (),
 ) -> Running:
     """Start server C{name} on a free port and wait until it echoes."""
     port = free_port()
@@ -304,7 +313,7 @@ def start(
     }
     with open(directory / "server.log", "wb") as log:
         proc = subprocess.Popen(
-            command(name, port, pidfile, listens),
+            command(name, port, pidfile, listens, options),
             cwd=directory,
             env=full_env,
             stdin=subprocess.DEVNULL,
@@ -323,9 +332,12 @@ def start(
 
 @contextlib.contextmanager
 def running(
-    name: str, listens: Sequence[str] = (), env: dict[str, str] | None = None
+    name: str,
+    listens: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    options: Sequence[str] = (),
 ) -> Iterator[Running]:
-    server = start(name, listens, env)
+    server = start(name, listens, env, options)
     try:
         yield server
     finally:

@@ -73,6 +73,9 @@ class Mover:
         self._call: Any = None
         self.moved = 0
         self.refused = 0
+        #: When the first connection was offered, and the last one accepted.
+        self.startedAt: float | None = None
+        self.finishedAt: float | None = None
 
     def offer(self, tracker: ConnectionTracker, tracked: _Tracked) -> bool:
         """
@@ -84,6 +87,8 @@ class Mover:
             return False
         if movableSocket(tracked.transport) is None:
             return False
+        if self.startedAt is None:
+            self.startedAt = self._reactor.seconds()
         self._waiting[tracked] = tracker
         self._schedule(0)
         return True
@@ -103,6 +108,15 @@ class Mover:
             if owner is tracker:
                 del self._waiting[tracked]
                 tracker.fallBack(tracked)
+
+    @property
+    def took(self) -> float:
+        """
+        Seconds from the first offer to the last connection accepted.
+        """
+        if self.startedAt is None or self.finishedAt is None:
+            return 0.0
+        return self.finishedAt - self.startedAt
 
     def close(self, why: str = "done") -> None:
         """
@@ -178,6 +192,7 @@ class Mover:
             if isinstance(frame, Accepted):
                 self.moved += 1
                 release(tracked.transport)
+                self.finishedAt = self._reactor.seconds()
             else:
                 self.refused += 1
                 self._log.info(

@@ -422,9 +422,11 @@ class UpgradeService(Service):
         if mover is not None:
             mover.close()
             self._log.info(
-                "txflip: moved {moved} connections to pid {pid} ({refused} refused)",
+                "txflip: moved {moved} connections to pid {pid} in {ms:.1f} ms"
+                " ({refused} refused)",
                 moved=mover.moved,
                 pid=self.upgrader.successor,
+                ms=mover.took * 1000,
                 refused=mover.refused,
             )
         pidFile = self.upgrader.pidFile
