@@ -121,8 +121,8 @@ def test_twistd_web_flip_five_upgrades(serve, site: Path, tmp_path: Path) -> Non
     assert report["ok"] and report["upgrades_completed"] == 5, report["failures"]
     assert report["total"]["errors"] == 0, report["total"]
     assert report["short"]["requests"] > 100 and report["keepalive"]["requests"] > 100
-    # Each upgrade ended the keep-alive connections, cleanly.
-    assert report["keepalive"]["closed_by_server"] >= 5, report["keepalive"]
+    # Keep-alive connections move to the new generation: none is closed.
+    assert report["keepalive"]["closed_by_server"] == 0, report["keepalive"]
     assert len(_pids(report)) == 6
     assert report["total"]["response_latency_s"]["p99"] > 0
     assert report["throughput"]["requests_per_s"] > 0

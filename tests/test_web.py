@@ -73,7 +73,9 @@ def site(tmp_path: Path) -> Path:
 @pytest.fixture
 def web(tmp_path: Path, site: Path) -> Iterator[object]:
     """
-    C{web(idleGrace, drainTimeout, library=False)} -> a ready L{Web}.
+    C{web(idleGrace, drainTimeout, library=False)} -> a ready L{Web}, with moving
+    connections switched off: these tests are about draining them
+    (test_move_upgrades.py has moving).
     """
     started: list[Web] = []
 
@@ -82,10 +84,11 @@ def web(tmp_path: Path, site: Path) -> Iterator[object]:
         if library:
             argv = [sys.executable, str(ROOT / "tests" / "webapp.py"), str(pidfile)]
             argv += ["tcp:0:interface=127.0.0.1", str(site), str(grace), str(timeout)]
+            argv += ["no-move"]
         else:
             argv = [*twistdCommand(), "-n", f"--pidfile={pidfile}", "flip"]
-            argv += [f"--idle-grace={grace}", f"--drain-timeout={timeout}", "web"]
-            argv += ["--listen", "flip:tcp:0:interface=127.0.0.1"]
+            argv += [f"--idle-grace={grace}", f"--drain-timeout={timeout}"]
+            argv += ["--no-move", "web", "--listen", "flip:tcp:0:interface=127.0.0.1"]
             argv += ["--path", str(site)]
         server = Web(tmp_path, argv, pidfile)
         started.append(server)

@@ -2,7 +2,7 @@
 A plain Twisted program serving a directory over HTTP with txflip as a library:
 C{import txflip} and nothing else of ours (no C{flip:} endpoint, no twistd).
 
-Usage: webapp.py PIDFILE LISTEN-DESCRIPTION DIRECTORY IDLE-GRACE DRAIN-TIMEOUT
+Usage: webapp.py PIDFILE LISTEN-DESCRIPTION DIRECTORY IDLE-GRACE DRAIN-TIMEOUT [no-move]
 """
 
 import sys
@@ -17,7 +17,10 @@ from txflip import Upgrader, UpgradeService
 globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
 pidFile, description, directory, grace, timeout = sys.argv[1:6]
 service = UpgradeService(
-    Upgrader(pidFile=pidFile), idleGrace=float(grace), drainTimeout=float(timeout)
+    Upgrader(pidFile=pidFile),
+    idleGrace=float(grace),
+    drainTimeout=float(timeout),
+    move=sys.argv[6:] != ["no-move"],
 )
 service.listen(description, Site(File(directory)))
 service.startService()
