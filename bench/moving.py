@@ -1,5 +1,5 @@
 """
-(g) Moving connections to the new generation instead of closing them.
+(h) Moving connections to the new generation instead of closing them.
 
     python bench/moving.py [--runs 3] [--sizes 1000,10000] [--loss 200,2000]
                            [--upgrades 5]

@@ -132,6 +132,32 @@ def test_refused_state_drains_in_the_old_generation(flip, tmp_path: Path) -> Non
     assert "refused: flipapp: this version reads no moved state" in server.logText()
 
 
+def test_new_generation_gone_before_the_move_leaves_connections_draining(
+    flip, tmp_path: Path
+) -> None:
+    """
+    The new generation says ready, then dies before it takes anything: the
+    channel breaks, and the old generation drains what it still holds (the
+    partial line is echoed, then the connection closes), never dropping it.
+    """
+    fault = tmp_path / "fault"
+    server = flip("--idle-grace", "5", env={"FLIPAPP_FAULT": str(fault)}, app=True)
+    client = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    client.sendall(b"half a li")
+    fault.write_text("exit-after-ready")
+    old = server.serving()
+    os.kill(old, signal.SIGHUP)
+    wait_for(
+        lambda: "connections drain here" in server.logText(),
+        20,
+        what="the channel to break",
+    )
+    client.sendall(b"ne\n")
+    assert lines(client, 2) == b"half a line\n"  # then closed, by the old one
+    client.close()
+    wait_for(lambda: not pid_alive(old), 20, what="the old generation to exit")
+
+
 WIRE_ECHO = PLAIN.replace(
     "from txflip.echo import Echo", "from twisted.protocols.wire import Echo"
 )
