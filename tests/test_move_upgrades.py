@@ -104,6 +104,36 @@ def test_long_lived_and_idle_clients_keep_their_socket(flip) -> None:
     assert server.alive() == [server.serving()]
 
 
+def test_unix_and_ipv6_connections_move(flip, tmp_path: Path) -> None:
+    """
+    Connections on a Unix socket and on ::1 move like TCP ones.
+    """
+    path = tmp_path / "echo.sock"
+    server = flip(
+        "--idle-grace",
+        "5",
+        "--listen",
+        f"unix:{path}",
+        "--listen",
+        r"tcp6:0:interface=\:\:1",
+    )
+    match = re.search(r"listening on tcp6:\[?::1\]?:(\d+)", server.logText())
+    assert match, server.logText()
+    unix = socket.socket(socket.AF_UNIX)
+    unix.settimeout(10)
+    unix.connect(str(path))
+    six = socket.create_connection(("::1", int(match.group(1))), timeout=10)
+    for client in (unix, six):
+        client.sendall(b"par")
+    for _ in range(3):
+        upgrade(server, server.pidfile, server.track)
+    for client in (unix, six):
+        client.sendall(b"tial\n")
+        assert lines(client) == b"partial\n"
+        client.close()
+    assert re.findall(r"moved (\d+) connections", server.logText()) == ["2"] * 3
+
+
 def test_refused_state_drains_in_the_old_generation(flip, tmp_path: Path) -> None:
     """
     New code that cannot read the state refuses it: the connection stays with the
