@@ -289,15 +289,8 @@ def webServer(tmp_path: Path) -> tuple[ServerProcess, Path, int]:
     site.mkdir()
     (site / "a.txt").write_bytes(b"a\n")
     pidfile = tmp_path / "twistd.pid"
-    argv = [
-        *twistdCommand(),
-        "-n",
-        "web",
-        "--listen",
-        "flip:tcp:0:interface=127.0.0.1:idleGrace=5",
-        "--path",
-        str(site),
-    ]
+    argv = [*twistdCommand(), "-n", "flip", "--idle-grace", "5", "web"]
+    argv += ["--listen", "flip:tcp:0:interface=127.0.0.1", "--path", str(site)]
     proc = ServerProcess(
         argv, tmp_path / "web.log", cwd=tmp_path, env={"PYTHONPATH": str(ROOT)}
     )

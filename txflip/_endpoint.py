@@ -139,7 +139,9 @@ def _checked(
             result[name] = os.path.abspath(text) if text else None
         elif name == "move":
             if text not in ("yes", "no"):
-                raise SettingError(f"flip:{inner}: move must be yes or no, not {text!r}")
+                raise SettingError(
+                    f"flip:{inner}: move must be yes or no, not {text!r}"
+                )
             result[name] = text == "yes"
         else:
             try:
