@@ -36,7 +36,14 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))  # txflip from this checkout
 
-from txflip._check import pid_alive, read_pidfile  # noqa: E402
+from txflip._pidfile import PidFile  # noqa: E402
+from txflip._pidfile import pidAlive as pid_alive  # noqa: E402
+
+
+def read_pidfile(path: str | os.PathLike[str]) -> int | None:
+    """The pid the file at C{path} names, if any (the service's own reader)."""
+    return PidFile(os.fspath(path)).read()
+
 
 HOST = "127.0.0.1"
 

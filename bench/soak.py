@@ -54,7 +54,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # txflip from this checkout
 
-from txflip._check import Load, Stats, pid_alive, read_pidfile  # noqa: E402
+from txflip._checkstats import Stats  # noqa: E402
+from txflip._echoload import Load  # noqa: E402
+from txflip._pidfile import PidFile  # noqa: E402
+from txflip._pidfile import pidAlive as pid_alive  # noqa: E402
 
 HOST = "127.0.0.1"
 PR_SET_CHILD_SUBREAPER = 36
@@ -174,10 +177,10 @@ class Watcher(threading.Thread):
         next_scan = 0.0
         while not self._done.is_set():
             self.looks += 1
-            pid = read_pidfile(self.pidfile)
+            pid = PidFile(str(self.pidfile)).read()
             if pid is None:
                 self.problem("the pid file is missing or unreadable")
-            elif not pid_alive(pid) and read_pidfile(self.pidfile) == pid:
+            elif not pid_alive(pid) and PidFile(str(self.pidfile)).read() == pid:
                 self.problem(f"the pid file names pid {pid}, which is gone")
             now = time.monotonic()
             if now >= next_scan:
@@ -353,7 +356,7 @@ class Result:
 
     def failures(self) -> list[str]:
         failed = []
-        if self.short.errors_total():
+        if self.short.errorsTotal():
             failed.append(f"short-lived clients saw errors: {self.short}")
         if self.long.lost:
             failed.append(f"long-lived clients lost lines: {self.long}")
@@ -417,9 +420,9 @@ class Result:
         return {
             "upgrades": self.upgrades,
             "seconds": round(self.seconds, 1),
-            "short_errors": self.short.errors_total(),
+            "short_errors": self.short.errorsTotal(),
             "short_exchanges": self.short.exchanges,
-            "long_errors": self.long.errors_total(),
+            "long_errors": self.long.errorsTotal(),
             "long_lost": self.long.lost,
             "fds_first": first.fds,
             "fds_last": last.fds,
@@ -503,7 +506,7 @@ def _soak(
             new: list[int] = []
 
             def handed_over(old: int = serving, found: list[int] = new) -> bool:
-                pid = read_pidfile(pidfile)
+                pid = PidFile(str(pidfile)).read()
                 if pid is not None and pid != old and not found:
                     found.append(pid)
                 return bool(found) and not pid_alive(old)
@@ -525,7 +528,7 @@ def _soak(
                     f"{generation - 1} upgrades, {time.monotonic() - started:.0f} s,"
                     f" fds {samples[-1].own_fds}+{samples[-1].connections},"
                     f" RSS {samples[-1].rss_kib} KiB, errors"
-                    f" {load.short_stats.errors_total()}/{load.long_stats.errors_total()}"
+                    f" {load.shortStats.errorsTotal()}/{load.longStats.errorsTotal()}"
                 )
     finally:
         load.stop()
@@ -541,8 +544,8 @@ def _soak(
     return Result(
         upgrades,
         seconds,
-        load.short_stats,
-        load.long_stats,
+        load.shortStats,
+        load.longStats,
         samples,
         times,
         watcher.problems,

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import ServerProcess, pid_alive, read_pidfile, wait_for
+from harness import ServerProcess, pidAlive, readPidFile, waitFor
 
 ROOT = Path(__file__).resolve().parent.parent
 PR_SET_CHILD_SUBREAPER = 36
@@ -53,7 +53,7 @@ def reap(pid: int, timeout: float) -> int | None:
             return True
         return False
 
-    wait_for(exited, timeout, what=f"pid {pid} to exit")
+    waitFor(exited, timeout, what=f"pid {pid} to exit")
     return None if result[0] == -999 else result[0]
 
 
@@ -77,8 +77,8 @@ class Flip:
         self.pids: list[int] = []
 
     def waitReady(self, timeout: float = 20.0) -> int:
-        pid = wait_for(
-            lambda: (p := read_pidfile(self.pidfile)) and pid_alive(p) and p,
+        pid = waitFor(
+            lambda: (p := readPidFile(self.pidfile)) and pidAlive(p) and p,
             timeout,
             what=f"a ready server (log: {self.logText()[-2000:]})",
         )
@@ -100,7 +100,7 @@ class Flip:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def serving(self) -> int:
-        pid = read_pidfile(self.pidfile)
+        pid = readPidFile(self.pidfile)
         assert pid is not None
         return pid
 
@@ -108,7 +108,7 @@ class Flip:
         os.kill(self.serving(), sig)
 
     def alive(self) -> list[int]:
-        return [pid for pid in self.pids if pid_alive(pid)]
+        return [pid for pid in self.pids if pidAlive(pid)]
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 
 The load clients (:class:`Load`, :class:`ShortClients`, :class:`LongClients`,
 :class:`Stats`) and the pid helpers are those of ``txflip check``
-(``txflip/_check.py``), re-exported here.  They are plain threads and
+(``txflip/_echoload.py``, ``txflip/_checkpid.py``, ``txflip/_pidfile.py``),
+re-exported here.  They are plain threads and
 sockets, not Twisted, on purpose: the harness must observe the server from
 the outside, exactly like a real client would, so that a bug in the reactor
 or in txflip cannot also hide itself from the measurement.
@@ -26,17 +27,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from txflip._check import (
-    ERROR_KINDS,
-    Load,
-    LongClients,
-    Server,
-    ShortClients,
-    Stats,
-    pid_alive,
-    read_pidfile,
-    watch_upgrade,
-)
+from txflip._checkpid import Server, watchUpgrade
+from txflip._checkstats import ERROR_KINDS, Stats
+from txflip._echoload import Load, LongClients, ShortClients
+from txflip._pidfile import PidFile, pidAlive
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -48,22 +42,30 @@ __all__ = [
     "ServerProcess",
     "ShortClients",
     "Stats",
-    "can_connect",
-    "free_port",
-    "pid_alive",
-    "read_pidfile",
-    "txflip_check",
-    "wait_for",
-    "wait_for_upgrade",
+    "canConnect",
+    "freePort",
+    "pidAlive",
+    "readPidFile",
+    "txflipCheck",
+    "waitFor",
+    "waitForUpgrade",
 ]
 
 T = TypeVar("T")
+
+
+def readPidFile(path: str | os.PathLike[str]) -> int | None:
+    """
+    The pid the file at C{path} names, if any (the service's own reader).
+    """
+    return PidFile(os.fspath(path)).read()
+
 
 _KILL_WAIT = 5.0  # seconds to wait for SIGKILLed processes to disappear
 _ROOT = Path(__file__).resolve().parent.parent
 
 
-def txflip_check(*args: str, timeout: float = 60) -> tuple[int, dict[str, Any], str]:
+def txflipCheck(*args: str, timeout: float = 60) -> tuple[int, dict[str, Any], str]:
     """
     Run C{python -m txflip check ... --json}; its status, JSON report and stderr.
     """
@@ -83,7 +85,7 @@ def txflip_check(*args: str, timeout: float = 60) -> tuple[int, dict[str, Any], 
 # --------------------------------------------------------------------------
 
 
-def wait_for(
+def waitFor(
     predicate: Callable[[], T],
     timeout: float,
     interval: float = 0.02,
@@ -105,8 +107,8 @@ def wait_for(
         time.sleep(min(interval, remaining))
 
 
-def wait_for_upgrade(
-    pidfile: str | os.PathLike[str], old_pid: int, timeout: float
+def waitForUpgrade(
+    pidfile: str | os.PathLike[str], oldPid: int, timeout: float
 ) -> tuple[int, float, float]:
     """Wait for a new live pid in ``pidfile`` and for ``old_pid`` to go.
 
@@ -114,16 +116,16 @@ def wait_for_upgrade(
     durations measured from the call, so tests can bound the hand-over time.
     ``timeout`` bounds the whole wait.  ``txflip check`` waits the same way.
     """
-    server = Server(pid_file=os.fspath(pidfile))
-    result = watch_upgrade(server, 0, old_pid, time.monotonic(), timeout)
+    server = Server(pidFile=os.fspath(pidfile))
+    result = watchUpgrade(server, 0, oldPid, time.monotonic(), timeout)
     if result.error:
         raise AssertionError(f"timed out after {timeout}s: {result.error}")
-    assert result.new_pid is not None
-    assert result.to_new is not None and result.to_old_gone is not None
-    return result.new_pid, result.to_new, result.to_old_gone
+    assert result.newPid is not None
+    assert result.toNew is not None and result.toOldGone is not None
+    return result.newPid, result.toNew, result.toOldGone
 
 
-def free_port() -> int:
+def freePort() -> int:
     """Return a currently unused TCP port on 127.0.0.1.
 
     For tests that must name a port up front (e.g. in a server's argv);
@@ -135,7 +137,7 @@ def free_port() -> int:
         return port
 
 
-def can_connect(host: str, port: int, timeout: float = 0.5) -> bool:
+def canConnect(host: str, port: int, timeout: float = 0.5) -> bool:
     """Return True if a TCP connect succeeds; for waiting until a server listens."""
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -191,7 +193,7 @@ class ServerProcess:
         """Send ``sig`` to the started process (no-op once it was reaped)."""
         self._popen.send_signal(sig)
 
-    def wait_exit(self, timeout: float) -> int:
+    def waitExit(self, timeout: float) -> int:
         """Wait for the started process to exit and return its returncode.
 
         Raises AssertionError with the log tail on timeout, because the log
@@ -200,12 +202,12 @@ class ServerProcess:
         try:
             return self._popen.wait(timeout)
         except subprocess.TimeoutExpired:
-            tail = self.log_text()[-3000:]
+            tail = self.logText()[-3000:]
             raise AssertionError(
                 f"pid {self.pid} did not exit within {timeout}s; log tail:\n{tail}"
             ) from None
 
-    def log_text(self) -> str:
+    def logText(self) -> str:
         """Return what was appended to the log since this process started."""
         try:
             with open(self.log_path, "rb") as f:
@@ -229,14 +231,14 @@ class ServerProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._popen.pid, signal.SIGKILL)
         for pid in sorted(self._tracked):
-            if pid_alive(pid):
+            if pidAlive(pid):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._popen.wait(_KILL_WAIT)
         with contextlib.suppress(AssertionError):
-            wait_for(
-                lambda: not any(pid_alive(p) for p in self._tracked),
+            waitFor(
+                lambda: not any(pidAlive(p) for p in self._tracked),
                 _KILL_WAIT,
                 what="tracked pids to die",
             )

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness import ServerProcess, pid_alive, read_pidfile, wait_for
+from harness import ServerProcess, pidAlive, readPidFile, waitFor
 
 ROOT = Path(__file__).resolve().parent.parent
 FLIPECHO = ["-n", "flipecho", "--listen", "tcp:0:interface=127.0.0.1"]
@@ -77,7 +77,7 @@ class Supervised:
         return self.proc.pid
 
     def logText(self) -> str:
-        return self.proc.log_text()
+        return self.proc.logText()
 
     def status(self) -> dict[str, Any]:
         result = txflip("status", "--control", str(self.control), "--json")
@@ -107,7 +107,7 @@ class Supervised:
         return pids if len(workers) == len(pids) else []
 
     def waitReady(self, timeout: float = 30.0) -> list[int]:
-        return wait_for(
+        return waitFor(
             self.ready, timeout, interval=0.1, what=f"ready workers: {self.tail()}"
         )
 
@@ -130,7 +130,7 @@ class Supervised:
         for pid in re.findall(r"started worker pid (\d+)", self.logText()):
             self.track(int(pid))
         for pid in self.seen:
-            if pid_alive(pid):
+            if pidAlive(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         self.proc.close()
@@ -140,7 +140,7 @@ class Supervised:
 
 
 def pidFileStays(run: Supervised) -> bool:
-    return read_pidfile(run.pidfile) == run.pid
+    return readPidFile(run.pidfile) == run.pid
 
 
 def flipecho(*args: str) -> list[str]:

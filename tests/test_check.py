@@ -26,16 +26,18 @@ import pytest
 from conftest import ROOT
 from harness import (
     ServerProcess,
-    free_port,
-    pid_alive,
-    read_pidfile,
-    wait_for,
+    freePort,
+    pidAlive,
+    readPidFile,
+    waitFor,
 )
 from harness import (
-    txflip_check as check,
+    txflipCheck as check,
 )
 
 from txflip import _check
+from txflip._checkrun import upgradeTimes
+from txflip._checkstats import Latencies
 from txflip._cli import main
 
 HOST = "127.0.0.1"
@@ -91,14 +93,14 @@ def naive(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """
     tests/naive_server.py: restarts its server when SIGHUP kills it.
     """
-    port, pidfile = free_port(), tmp_path / "naive.pid"
+    port, pidfile = freePort(), tmp_path / "naive.pid"
     script = ROOT / "tests" / "naive_server.py"
     argv = [sys.executable, script, str(port), pidfile]
     with ServerProcess(argv, tmp_path / "naive.log") as wrapper:
-        wait_for(
-            lambda: read_pidfile(pidfile),
+        waitFor(
+            lambda: readPidFile(pidfile),
             10,
-            what=f"the naive server ({wrapper.log_text()})",
+            what=f"the naive server ({wrapper.logText()})",
         )
         yield port, pidfile
         wrapper.send(signal.SIGTERM)
@@ -202,10 +204,10 @@ def test_waiting_costs_no_cpu(echo_port: int) -> None:
     the GIL from the clients (4 clients made 150 connections/s, not 2,900).
     """
     started = time.thread_time()
-    report = _check.run_check(
-        HOST, echo_port, upgrade_one=None, short_clients=1, long_clients=0,
+    report = _check.runCheck(
+        HOST, echo_port, upgradeOne=None, shortClients=1, longClients=0,
         duration=1.0, upgrades=0, interval=0.005,
-        io_timeout=5, max_errors=0,
+        ioTimeout=5, maxErrors=0,
     )  # fmt: skip
     assert report.total.connections > 0
     assert time.thread_time() - started < 0.3
@@ -214,7 +216,7 @@ def test_waiting_costs_no_cpu(echo_port: int) -> None:
 def _deadPid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
-    assert not pid_alive(child.pid)
+    assert not pidAlive(child.pid)
     return child.pid
 
 
@@ -252,7 +254,7 @@ def test_bad_input_is_one_line(
         "tmp": str(tmp_path),
         "dead": str(_deadPid()),
         "me": str(os.getpid()),
-        "port": str(free_port()),
+        "port": str(freePort()),
     }
     argv = ["check", "--port", values["port"], "--duration", "0.2"]
     status = main(argv + [a.format(**values) for a in args])
@@ -288,7 +290,7 @@ def test_not_an_echo_server(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_latencies_quantiles() -> None:
-    latencies = _check.Latencies()
+    latencies = Latencies()
     assert latencies.quantile(0.5) is None
     for ms in range(1, 101):
         latencies.add(ms / 1000)
@@ -302,9 +304,9 @@ def test_latencies_quantiles() -> None:
 
 
 def test_upgrades_are_spaced_over_the_run() -> None:
-    assert _check.upgrade_times(10, 1) == [5]
-    assert _check.upgrade_times(8, 3) == [2, 4, 6]
-    assert _check.upgrade_times(8, 0) == []
+    assert upgradeTimes(10, 1) == [5]
+    assert upgradeTimes(8, 3) == [2, 4, 6]
+    assert upgradeTimes(8, 0) == []
 
 
 def test_upgrades_through_the_control_socket(flip, tmp_path: Path) -> None:
@@ -325,7 +327,7 @@ def test_upgrades_through_the_control_socket(flip, tmp_path: Path) -> None:
     (upgrade,) = report["upgrades"]
     assert upgrade["old_pid"] == first and upgrade["new_pid"] == server.serving()
     assert 0 < upgrade["to_new_s"] <= upgrade["to_old_gone_s"]
-    assert not pid_alive(first)
+    assert not pidAlive(first)
 
 
 def test_progress_line_on_a_terminal(echo_port: int) -> None:

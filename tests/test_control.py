@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from conftest import ROOT
-from harness import pid_alive, wait_for
+from harness import pidAlive, waitFor
 from test_flipecho import echo
 
 
@@ -54,7 +54,7 @@ def test_upgrade_and_status_through_control_socket(flip, tmp_path: Path) -> None
     assert echo(server.port) == b"hello\n"
 
     # Right away: the previous generation may still be draining.
-    wait_for(lambda: not pid_alive(first), 30, what="the old generation to exit")
+    waitFor(lambda: not pidAlive(first), 30, what="the old generation to exit")
     fault.write_text("exit")
     failed = txflip("upgrade", "--control", str(control))
     assert failed.returncode == 1
@@ -70,7 +70,7 @@ def test_upgrade_and_status_through_control_socket(flip, tmp_path: Path) -> None
     assert "last upgrade failed: child pid=" in human.stdout
 
     server.signal(signal.SIGQUIT)
-    wait_for(lambda: not control.exists(), 30, what="the control socket to go")
+    waitFor(lambda: not control.exists(), 30, what="the control socket to go")
 
 
 def test_upgrade_with_pid_file(flip, tmp_path: Path) -> None:
@@ -151,9 +151,9 @@ def test_concurrent_upgrade_requests_share_one_upgrade(flip, tmp_path: Path) -> 
     command = [sys.executable, "-m", "txflip", "upgrade", "--control", str(control)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
-    wait_for(lambda: "started generation 2" in server.logText(), 20, what="spawn")
+    waitFor(lambda: "started generation 2" in server.logText(), 20, what="spawn")
     second = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
-    wait_for(
+    waitFor(
         lambda: "joins the upgrade in progress" in server.logText(),
         20,
         what="the second request to join",
@@ -201,7 +201,7 @@ def test_status_shows_how_this_generation_started(flip, tmp_path: Path) -> None:
         done = txflip("upgrade", "--control", str(control))
         assert done.returncode == 0, done
         server.track(int(done.stdout))
-        wait_for(lambda o=old: not pid_alive(o), 30, what="the old generation exit")
+        waitFor(lambda o=old: not pidAlive(o), 30, what="the old generation exit")
     serving = server.serving()
     state = json.loads(txflip("status", "--control", str(control), "--json").stdout)
     assert state["pid"] == serving and state["generation"] == 4

@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 from conftest import ROOT
-from harness import can_connect, free_port, wait_for
+from harness import canConnect, freePort, waitFor
 
 SERVER = """
 import sys
@@ -34,13 +34,13 @@ reactor.run()
 
 
 def test_close_with_reply_is_seen_with_the_reply() -> None:
-    port = free_port()
+    port = freePort()
     server = subprocess.Popen(
         [sys.executable, "-c", SERVER, str(port)],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:
-        wait_for(lambda: can_connect("127.0.0.1", port), 20, what="the server")
+        waitFor(lambda: canConnect("127.0.0.1", port), 20, what="the server")
         late = 0
         for _ in range(300):
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, Flip, reap, twistdCommand
-from harness import Load, pid_alive, read_pidfile, wait_for, wait_for_upgrade
+from harness import Load, pidAlive, readPidFile, waitFor, waitForUpgrade
 from test_flipecho import echo
 from test_twistd import oneLineError, run
 
@@ -41,9 +41,7 @@ def waitLog(server: Flip, text: str, timeout: float = 20.0, count: int = 1) -> s
     Wait until C{text} is in the server's log C{count} times; return the log.
     """
     try:
-        wait_for(
-            lambda: server.logText().count(text) >= count, timeout, what=repr(text)
-        )
+        waitFor(lambda: server.logText().count(text) >= count, timeout, what=repr(text))
     except AssertionError as e:
         raise AssertionError(f"{e}; log tail:\n{server.logText()[-3000:]}") from None
     return server.logText()
@@ -55,7 +53,7 @@ def waitLine(server: Flip, pid: int, text: str, timeout: float = 20.0) -> str:
     """
     line = re.compile(rf"^.*\[pid {pid}\] \[[^\]]*\] .*{re.escape(text)}.*$", re.M)
     try:
-        match = wait_for(lambda: line.search(server.logText()), timeout, what=text)
+        match = waitFor(lambda: line.search(server.logText()), timeout, what=text)
     except AssertionError as e:
         raise AssertionError(
             f"{e} from pid {pid}; log tail:\n{server.logText()[-3000:]}"
@@ -117,7 +115,7 @@ def alone(server: Flip, pid: int) -> None:
         return len(processes) == 1 and processes[0][0] == pid and processes[0][1] != "Z"
 
     try:
-        wait_for(check, 10, what=f"pid {pid} to be the only process")
+        waitFor(check, 10, what=f"pid {pid} to be the only process")
     except AssertionError as e:
         raise AssertionError(f"{e}; session: {session(server)}") from None
 
@@ -128,7 +126,7 @@ def upgradeWorks(server: Flip) -> int:
     """
     old = server.serving()
     os.kill(old, signal.SIGHUP)
-    new, _, _ = wait_for_upgrade(server.pidfile, old, timeout=30)
+    new, _, _ = waitForUpgrade(server.pidfile, old, timeout=30)
     server.track(new)
     assert echo(server.port) == b"hello\n"
     return new
@@ -136,7 +134,7 @@ def upgradeWorks(server: Flip) -> int:
 
 def trafficFlows(load: Load, exchanges: int = 20) -> None:
     before = load.stats.exchanges
-    wait_for(
+    waitFor(
         lambda: load.stats.exchanges > before + exchanges, 10, what="client traffic"
     )
 
@@ -206,12 +204,12 @@ def test_child_fails_during_startup_under_load(
         assert f"child pid={child} {status} before it was ready" in text
         assert f"still serving (pid {pid})" in text
         assert server.serving() == pid
-        wait_for(lambda: not pid_alive(child), 10, what="the failed child to be gone")
+        waitFor(lambda: not pidAlive(child), 10, what="the failed child to be gone")
         trafficFlows(load)
         fault.unlink()
         upgradeWorks(server)
         trafficFlows(load)
-    assert load.stats.errors_total() == 0, load.stats
+    assert load.stats.errorsTotal() == 0, load.stats
     alone(server, server.serving())
 
 
@@ -230,7 +228,7 @@ def test_child_sigkilled_before_ready_under_load(flip, fault: Path) -> None:
         trafficFlows(load)
         fault.unlink()
         upgradeWorks(server)
-    assert load.stats.errors_total() == 0, load.stats
+    assert load.stats.errorsTotal() == 0, load.stats
     alone(server, server.serving())
 
 
@@ -254,12 +252,12 @@ def test_child_never_ready_times_out_under_load(flip, fault: Path, mode: str) ->
         child = spawned(server, 2)
         text = waitLog(server, "upgrade failed")
         assert f"child pid={child} was not ready within 1.5 s; killed it" in text
-        wait_for(lambda: not pid_alive(child), 10, what="the child to be killed")
+        waitFor(lambda: not pidAlive(child), 10, what="the child to be killed")
         assert server.serving() == pid
         trafficFlows(load)
         fault.unlink()
         upgradeWorks(server)
-    assert load.stats.errors_total() == 0, load.stats
+    assert load.stats.errorsTotal() == 0, load.stats
     alone(server, server.serving())
 
 
@@ -284,11 +282,11 @@ def test_child_crashes_right_after_ready(flip, fault: Path, partial) -> None:
     child = spawned(server, 2)
     text = waitLog(server, "exited with status 7 after it was ready")
     assert f"pid {child}, which replaced this generation," in text
-    assert read_pidfile(server.pidfile) == child
-    assert pid_alive(pid)
+    assert readPidFile(server.pidfile) == child
+    assert pidAlive(pid)
     # The old generation still serves the connection it has, to the end.
     assert client.finish() == b"half a line\n"
-    assert server.proc.wait_exit(20) == 0
+    assert server.proc.waitExit(20) == 0
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((LOCALHOST, port), timeout=5).close()
     reapExited(server)
@@ -319,19 +317,19 @@ def test_old_sigkilled_while_new_starts(flip, fault: Path, tmp_path: Path) -> No
         os.kill(pid, signal.SIGHUP)
         child = spawned(server, 2)
         os.kill(pid, signal.SIGKILL)
-        assert server.proc.wait_exit(10) == -signal.SIGKILL
+        assert server.proc.waitExit(10) == -signal.SIGKILL
         fault.unlink()
         gate.touch()
-        wait_for(
-            lambda: read_pidfile(server.pidfile) == child, 20, what="the child ready"
+        waitFor(
+            lambda: readPidFile(server.pidfile) == child, 20, what="the child ready"
         )
         trafficFlows(load)
         waitLine(server, child, "previous generation exited; upgrades allowed", 3)
         upgradeWorks(server)
         trafficFlows(load)
     stats = load.stats
-    assert stats.refused == 0, stats
-    assert stats.errors_total() <= 3, stats
+    assert stats.count("refused") == 0, stats
+    assert stats.errorsTotal() <= 3, stats
     assert "Traceback" not in server.logText()
     alone(server, server.serving())
 
@@ -349,14 +347,14 @@ def test_old_sigkilled_after_new_is_ready(flip, partial) -> None:
         os.kill(pid, signal.SIGHUP)
         child = spawned(server, 2)
         waitLine(server, pid, "txflip: draining")
-        wait_for(lambda: read_pidfile(server.pidfile) == child, 10, what="handover")
+        waitFor(lambda: readPidFile(server.pidfile) == child, 10, what="handover")
         os.kill(pid, signal.SIGKILL)
-        assert server.proc.wait_exit(10) == -signal.SIGKILL
+        assert server.proc.waitExit(10) == -signal.SIGKILL
         waitLine(server, child, "previous generation exited; upgrades allowed", 3)
         trafficFlows(load)
         upgradeWorks(server)
         trafficFlows(load)
-    assert load.stats.errors_total() == 0, load.stats
+    assert load.stats.errorsTotal() == 0, load.stats
     # The killed process's own connection is lost: closed without its echo.
     try:
         assert partial[0].finish() == b""
@@ -390,14 +388,14 @@ def test_sighup_storm(flip) -> None:
         def upgraded() -> int | None:
             nonlocal most
             most = max(most, len(session(server)))
-            now = read_pidfile(server.pidfile)
-            return now if now != pid and not pid_alive(pid) else None
+            now = readPidFile(server.pidfile)
+            return now if now != pid and not pidAlive(pid) else None
 
-        new = wait_for(upgraded, 30, what="the upgrade")
+        new = waitFor(upgraded, 30, what="the upgrade")
         assert most <= 2
         server.track(new)
         trafficFlows(load)
-    assert load.stats.errors_total() == 0, load.stats
+    assert load.stats.errorsTotal() == 0, load.stats
     text = server.logText()
     received = text.count(
         f"[pid {pid}] [txflip.service.UpgradeService#info] txflip: SIGHUP: upgrading"
@@ -435,17 +433,17 @@ def test_sigquit_during_upgrade(
         os.kill(pid, stop)
         waitLine(server, pid, f"stopping: killing starting child pid {child}")
         expected = 0 if stop == signal.SIGQUIT else -signal.SIGTERM
-        assert server.proc.wait_exit(20) == expected
+        assert server.proc.waitExit(20) == expected
         load.stop()
-    assert not pid_alive(child)
+    assert not pidAlive(child)
     assert not server.pidfile.exists()
     reapExited(server)
     assert session(server) == []
     stats = load.stats
     # Each long-lived client was closed with a reply; what failed afterwards is
     # only reconnecting to a service that has stopped.
-    assert stats.lost == 0 and stats.closed_by_server >= 3, stats
-    assert stats.errors_total() == stats.refused, stats
+    assert stats.lost == 0 and stats.closedByServer >= 3, stats
+    assert stats.errorsTotal() == stats.count("refused"), stats
 
 
 def test_sighup_to_a_starting_generation(flip, fault: Path, tmp_path: Path) -> None:
@@ -463,7 +461,7 @@ def test_sighup_to_a_starting_generation(flip, fault: Path, tmp_path: Path) -> N
     child = spawned(server, 2)
     os.kill(child, signal.SIGHUP)
     gate.write_text("")
-    new, _, _ = wait_for_upgrade(server.pidfile, pid, timeout=30)
+    new, _, _ = waitForUpgrade(server.pidfile, pid, timeout=30)
     assert new == child
     server.track(new)
     waitLine(server, child, "upgrade refused")
@@ -492,7 +490,7 @@ def test_sighup_during_drain(flip, partial) -> None:
     assert server.logText().count("started generation") == 1
     assert sorted(p for p, _ in session(server)) == sorted([pid, child])
     assert client.finish() == b"half a line\n"
-    assert server.proc.wait_exit(20) == 0
+    assert server.proc.waitExit(20) == 0
     waitLine(server, child, "previous generation exited; upgrades allowed")
     upgradeWorks(server)
     alone(server, server.serving())
@@ -539,12 +537,12 @@ def test_drain_deadline_cuts_uncooperative_clients(flip) -> None:
         # Several MB of lines whose echoes pile up unread: the server can never
         # flush them, so it can never close this connection cleanly.
         deaf.sendall((b"x" * 1023 + b"\n") * 8192)
-        wait_for(lambda: streamer.sent > 5, 10, what="the streamer to stream")
+        waitFor(lambda: streamer.sent > 5, 10, what="the streamer to stream")
         os.kill(pid, signal.SIGHUP)
         new = spawned(server, 2)
-        wait_for(lambda: read_pidfile(server.pidfile) == new, 20, what="handover")
+        waitFor(lambda: readPidFile(server.pidfile) == new, 20, what="handover")
         handover = time.monotonic()
-        assert server.proc.wait_exit(20) == 0
+        assert server.proc.waitExit(20) == 0
         exited = time.monotonic() - handover
         assert 1.5 < exited < 6, exited
         text = waitLine(server, pid, "2 connections aborted at the drain timeout")
@@ -593,7 +591,7 @@ def failedUpgrade(server: Flip, reason: str, pid: int | None = None) -> str:
     assert f"child pid={child} exited with status 1 before it was ready" in line
     assert reason in line, line
     assert "Traceback" not in server.logText()
-    wait_for(lambda: not pid_alive(child), 10, what="the failed child to be gone")
+    waitFor(lambda: not pidAlive(child), 10, what="the failed child to be gone")
     assert echo(server.port) == b"hello\n"
     return line
 
@@ -633,7 +631,7 @@ def test_pidfile_directory_gone_for_later_generation(tmp_path: Path) -> None:
         runDir.write_text("in the way")
         failedUpgrade(server, f"cannot write pid file {pidfile}", pid)
         assert runDir.read_text() == "in the way"
-        assert read_pidfile(moved / "echo.pid") == pid
+        assert readPidFile(moved / "echo.pid") == pid
         runDir.unlink()
         moved.rename(runDir)
         upgradeWorks(server)
@@ -754,7 +752,7 @@ def startWithHandoff(
             output += chunk
         status = reap(pid, max(deadline - time.monotonic(), 1))
     finally:
-        if pid_alive(pid):
+        if pidAlive(pid):
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         os.close(out)

@@ -19,11 +19,11 @@ from pathlib import Path
 from conftest import ROOT, SUBREAPER, reap, twistdCommand
 from harness import (
     ServerProcess,
-    free_port,
-    pid_alive,
-    read_pidfile,
-    wait_for,
-    wait_for_upgrade,
+    freePort,
+    pidAlive,
+    readPidFile,
+    waitFor,
+    waitForUpgrade,
 )
 
 UPGRADES = 10
@@ -126,7 +126,7 @@ def test_twistd_web_with_flip_endpoint_under_load(tmp_path: Path) -> None:
     with ServerProcess(
         argv, tmp_path / "web.log", cwd=tmp_path, env={"PYTHONPATH": str(ROOT)}
     ) as proc:
-        first = wait_for(lambda: read_pidfile(pidfile), 20, what="ready")
+        first = waitFor(lambda: readPidFile(pidfile), 20, what="ready")
         log = (tmp_path / "web.log").read_text()
         port = int(log.split("listening on tcp:127.0.0.1:")[1].split()[0])
         stats, stop = HTTPStats(), threading.Event()
@@ -148,10 +148,10 @@ def test_twistd_web_with_flip_endpoint_under_load(tmp_path: Path) -> None:
         try:
             for _ in range(UPGRADES):
                 before = stats.requests
-                wait_for(lambda: stats.requests > before + 20, 20, what="traffic")
+                waitFor(lambda: stats.requests > before + 20, 20, what="traffic")
                 hups.append(time.monotonic())
                 os.kill(pids[-1], signal.SIGHUP)
-                new, _, _ = wait_for_upgrade(pidfile, pids[-1], timeout=60)
+                new, _, _ = waitForUpgrade(pidfile, pids[-1], timeout=60)
                 proc.track(new)
                 pids.append(new)
         finally:
@@ -169,7 +169,7 @@ def test_twistd_web_with_flip_endpoint_under_load(tmp_path: Path) -> None:
         os.kill(pids[-1], signal.SIGQUIT)
         if SUBREAPER:
             assert reap(pids[-1], 30) == 0
-        wait_for(lambda: not pid_alive(pids[-1]), 30, what="exit")
+        waitFor(lambda: not pidAlive(pids[-1]), 30, what="exit")
         assert not pidfile.exists()
 
 
@@ -210,14 +210,14 @@ reactor.run()
 
 
 def test_plain_program_with_serverFromString(tmp_path: Path) -> None:
-    port = free_port()
+    port = freePort()
     pidfile = tmp_path / "plain.pid"
     description = f"flip:tcp:{port}:interface=127.0.0.1:pidfile={pidfile}"
     argv = [sys.executable, "-c", PLAIN, description]
     with ServerProcess(
         argv, tmp_path / "plain.log", cwd=tmp_path, env={"PYTHONPATH": str(ROOT)}
     ) as proc:
-        first = wait_for(lambda: read_pidfile(pidfile), 20, what="ready")
+        first = waitFor(lambda: readPidFile(pidfile), 20, what="ready")
 
         def echo() -> bytes:
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
@@ -226,10 +226,10 @@ def test_plain_program_with_serverFromString(tmp_path: Path) -> None:
 
         assert echo() == b"plain\n"
         proc.send(signal.SIGHUP)
-        second, _, _ = wait_for_upgrade(pidfile, first, timeout=30)
+        second, _, _ = waitForUpgrade(pidfile, first, timeout=30)
         proc.track(second)
         assert echo() == b"plain\n"
-        assert proc.wait_exit(10) == 0
+        assert proc.waitExit(10) == 0
         os.kill(second, signal.SIGQUIT)
         if SUBREAPER:
             assert reap(second, 30) == 0
@@ -277,7 +277,7 @@ def test_flip_ssl_across_upgrade(tmp_path: Path) -> None:
     import ssl
 
     keyPath, certPath = _selfSigned(tmp_path)
-    port = free_port()
+    port = freePort()
     pidfile = tmp_path / "tls.pid"
     description = (
         f"flip:ssl:{port}:interface=127.0.0.1:privateKey={keyPath}:certKey={certPath}"
@@ -296,10 +296,10 @@ def test_flip_ssl_across_upgrade(tmp_path: Path) -> None:
     with ServerProcess(
         argv, tmp_path / "tls.log", cwd=tmp_path, env={"PYTHONPATH": str(ROOT)}
     ) as proc:
-        first = wait_for(lambda: read_pidfile(pidfile), 20, what="ready")
+        first = waitFor(lambda: readPidFile(pidfile), 20, what="ready")
         assert echo() == b"secret\n"
         proc.send(signal.SIGHUP)
-        second, _, _ = wait_for_upgrade(pidfile, first, timeout=30)
+        second, _, _ = waitForUpgrade(pidfile, first, timeout=30)
         proc.track(second)
         assert echo() == b"secret\n"
         os.kill(second, signal.SIGQUIT)

@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 
 from conftest import SUBREAPER, reap
-from harness import Load, pid_alive, read_pidfile, wait_for, wait_for_upgrade
+from harness import Load, pidAlive, readPidFile, waitFor, waitForUpgrade
 
 UPGRADES = 10
 
@@ -39,31 +39,31 @@ def test_upgrades_under_load_lose_nothing(flip) -> None:
     port = server.port
     toNew, toGone = [], []
     with Load("127.0.0.1", port, short=4, long=4) as load:
-        wait_for(lambda: load.stats.exchanges > 50, 10, what="load to start")
+        waitFor(lambda: load.stats.exchanges > 50, 10, what="load to start")
         for _ in range(UPGRADES):
             old = server.serving()
             before = load.stats.exchanges
             os.kill(old, signal.SIGHUP)
-            new, tNew, tGone = wait_for_upgrade(server.pidfile, old, timeout=30)
+            new, tNew, tGone = waitForUpgrade(server.pidfile, old, timeout=30)
             server.track(new)
             toNew.append(tNew)
             toGone.append(tGone)
             assert server.alive() == [new]
-            wait_for(lambda: load.stats.exchanges > before + 20, 10, what="traffic")
-    short, long = load.short_stats, load.long_stats
+            waitFor(lambda: load.stats.exchanges > before + 20, 10, what="traffic")
+    short, long = load.shortStats, load.longStats
     print(
         f"\nshort: {short}\nlong: {long}\n"
         f"SIGHUP->new ready: median {statistics.median(toNew) * 1000:.0f} ms,"
         f" max {max(toNew) * 1000:.0f} ms; SIGHUP->old gone: median"
         f" {statistics.median(toGone) * 1000:.0f} ms, max {max(toGone) * 1000:.0f} ms"
     )
-    assert short.errors_total() == 0, short
-    assert long.errors_total() == 0, long
+    assert short.errorsTotal() == 0, short
+    assert long.errorsTotal() == 0, long
     assert long.lost == 0, long
     assert short.connections > 100 and long.exchanges > 100
     # Every upgrade moved the long-lived connections to the new generation: none
     # was closed (test_move_upgrades.py has the details).
-    assert long.closed_by_server == 0
+    assert long.closedByServer == 0
 
     final = server.serving()
     logText = server.logText()
@@ -80,7 +80,7 @@ def test_upgrades_under_load_lose_nothing(flip) -> None:
     if SUBREAPER:
         assert reap(final, 30) == 0
     else:
-        wait_for(lambda: not pid_alive(final), 30, what="final exit")
+        waitFor(lambda: not pidAlive(final), 30, what="final exit")
     assert not server.pidfile.exists()
     assert server.alive() == []
 
@@ -90,9 +90,9 @@ def test_sigquit_and_sigterm_stop_gracefully(flip) -> None:
     pid = server.serving()
     assert echo(server.port) == b"hello\n"
     server.proc.send(signal.SIGQUIT)
-    assert server.proc.wait_exit(20) == 0
+    assert server.proc.waitExit(20) == 0
     assert not server.pidfile.exists()
-    assert not pid_alive(pid)
+    assert not pidAlive(pid)
 
 
 def test_failed_child_keeps_parent_serving(flip, tmp_path: Path) -> None:
@@ -101,7 +101,7 @@ def test_failed_child_keeps_parent_serving(flip, tmp_path: Path) -> None:
     pid = server.serving()
     fault.write_text("exit")
     os.kill(pid, signal.SIGHUP)
-    wait_for(
+    waitFor(
         lambda: "upgrade failed" in server.logText(), 20, what="the upgrade to fail"
     )
     assert "exited with status 3 before it was ready" in server.logText()
@@ -110,7 +110,7 @@ def test_failed_child_keeps_parent_serving(flip, tmp_path: Path) -> None:
     # Once the fault is gone, the next upgrade works.
     fault.unlink()
     os.kill(pid, signal.SIGHUP)
-    new, _, _ = wait_for_upgrade(server.pidfile, pid, timeout=30)
+    new, _, _ = waitForUpgrade(server.pidfile, pid, timeout=30)
     server.track(new)
     assert echo(server.port) == b"hello\n"
 
@@ -123,25 +123,23 @@ def test_hanging_child_is_killed_after_timeout(flip, tmp_path: Path) -> None:
     pid = server.serving()
     fault.write_text("hang")
     os.kill(pid, signal.SIGHUP)
-    wait_for(
-        lambda: "started generation 2 as pid" in server.logText(), 10, what="spawn"
-    )
+    waitFor(lambda: "started generation 2 as pid" in server.logText(), 10, what="spawn")
     child = int(server.logText().split("started generation 2 as pid ")[1].split()[0])
     server.track(child)
     # SIGHUP while the upgrade is in progress is refused, no second child.
     os.kill(pid, signal.SIGHUP)
-    wait_for(
+    waitFor(
         lambda: "upgrade refused: upgrade in progress" in server.logText(),
         10,
         what="refusal",
     )
     assert server.logText().count("started generation") == 1
-    wait_for(
+    waitFor(
         lambda: "not ready within 1.5 s; killed it" in server.logText(),
         10,
         what="the timeout",
     )
-    wait_for(lambda: not pid_alive(child), 10, what="the child to die")
+    waitFor(lambda: not pidAlive(child), 10, what="the child to die")
     assert server.serving() == pid
     assert echo(server.port) == b"hello\n"
 
@@ -162,13 +160,13 @@ def test_unix_socket_across_upgrades(flip, tmp_path: Path) -> None:
     for _ in range(3):
         old = server.serving()
         os.kill(old, signal.SIGHUP)
-        new, _, _ = wait_for_upgrade(server.pidfile, old, timeout=30)
+        new, _, _ = waitForUpgrade(server.pidfile, old, timeout=30)
         server.track(new)
         assert path.exists()
         assert path.stat().st_mode & 0o777 == mode
         assert unixEcho() == b"over unix\n"
     server.signal(signal.SIGQUIT)
-    wait_for(lambda: not path.exists(), 20, what="the unix path to be removed")
+    waitFor(lambda: not path.exists(), 20, what="the unix path to be removed")
 
 
 def test_listeners_drain_together(flip) -> None:
@@ -211,12 +209,12 @@ def test_listeners_drain_together(flip) -> None:
     with idle, probe, other:
         old = server.serving()
         os.kill(old, signal.SIGHUP)
-        new = wait_for(
-            lambda: (p := read_pidfile(server.pidfile)) != old and p, 30, what="ready"
+        new = waitFor(
+            lambda: (p := readPidFile(server.pidfile)) != old and p, 30, what="ready"
         )
         server.track(new)
         # The first listener drains (its idle connection keeps it from finishing)...
-        assert wait_for(lambda: closesWithEcho(probe) or None, 10, what="draining")
+        assert waitFor(lambda: closesWithEcho(probe) or None, 10, what="draining")
         # ...and the second drains at the same time.
         assert closesWithEcho(other)
-        assert pid_alive(old)
+        assert pidAlive(old)

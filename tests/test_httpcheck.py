@@ -19,10 +19,10 @@ import pytest
 from conftest import ROOT, twistdCommand
 from harness import (
     ServerProcess,
-    free_port,
-    read_pidfile,
-    txflip_check,
-    wait_for,
+    freePort,
+    readPidFile,
+    txflipCheck,
+    waitFor,
 )
 
 from txflip._cli import main
@@ -45,8 +45,8 @@ class Served:
 
     def check(self, *args: str) -> tuple[int, dict[str, object], str]:
         """Run the check against this server, then track whoever serves now."""
-        result = txflip_check("--http", self.url, *args)
-        self.proc.track(read_pidfile(self.pidfile) or 0)
+        result = txflipCheck("--http", self.url, *args)
+        self.proc.track(readPidFile(self.pidfile) or 0)
         return result
 
 
@@ -68,11 +68,11 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
             env={"PYTHONPATH": str(ROOT), **(env or {})},
         )
         started.append(proc)
-        wait_for(lambda: read_pidfile(pidfile), 20, what=f"ready: {proc.log_text()}")
-        found = wait_for(
+        waitFor(lambda: readPidFile(pidfile), 20, what=f"ready: {proc.logText()}")
+        found = waitFor(
             lambda: (
-                re.search(r"listening on tcp:127\.0\.0\.1:(\d+)", proc.log_text())
-                or re.search(r"Site starting on (\d+)", proc.log_text())
+                re.search(r"listening on tcp:127\.0\.0\.1:(\d+)", proc.logText())
+                or re.search(r"Site starting on (\d+)", proc.logText())
             ),
             20,
             what="the port in the log",
@@ -196,7 +196,7 @@ def test_naive_restart_is_caught(serve, site: Path, tmp_path: Path) -> None:
     """
     Plain twistd web (SIGHUP kills it) that a supervisor restarts: downtime.
     """
-    pidfile, port = tmp_path / "twistd.pid", free_port()
+    pidfile, port = tmp_path / "twistd.pid", freePort()
     twistd = [*twistdCommand(), "-n", "--pidfile", str(pidfile), "web", "--listen",
               f"tcp:{port}:interface=127.0.0.1", "--path", str(site)]  # fmt: skip
     naive = [sys.executable, str(ROOT / "tests" / "naive_server.py"), "--restart"]
@@ -296,10 +296,10 @@ def test_failures_are_counted(
         target, 1, accept=expectStatus("2xx,3xx"), keepAlive=keepAlive, timeout=2
     )
     with clients:
-        wait_for(lambda: clients.stats.errors_total() >= 3, 10, what=f"{kind} errors")
+        waitFor(lambda: clients.stats.errorsTotal() >= 3, 10, what=f"{kind} errors")
     stats = clients.stats
-    assert getattr(stats, kind) == stats.errors_total(), stats
-    assert stats.lost == (0 if kind == "bad_status" else stats.errors_total()), stats
+    assert stats.count(kind) == stats.errorsTotal(), stats
+    assert stats.lost == (0 if kind == "bad_status" else stats.errorsTotal()), stats
 
 
 @pytest.mark.parametrize("behaviour", ["close", "idle-close"])
@@ -312,9 +312,9 @@ def test_clean_closes_are_not_failures(misbehaving, behaviour: str) -> None:
         target, 1, accept=expectStatus("2xx"), keepAlive=True, interval=0.05
     )
     with clients:
-        wait_for(lambda: clients.stats.closed_by_server >= 3, 10, what="closes")
+        waitFor(lambda: clients.stats.closedByServer >= 3, 10, what="closes")
     stats = clients.stats
-    assert stats.errors_total() == 0, stats
+    assert stats.errorsTotal() == 0, stats
     assert stats.connections >= 3 and stats.exchanges >= 3, stats
 
 
@@ -365,7 +365,7 @@ def test_expect_status() -> None:
 def test_bad_input_is_one_line(
     misbehaving, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    port = free_port()
+    port = freePort()
     values = {
         "port": str(port),
         "url": f"http://{HOST}:{port}/",

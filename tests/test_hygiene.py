@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from conftest import Flip
-from harness import read_pidfile, wait_for, wait_for_upgrade
+from harness import readPidFile, waitFor, waitForUpgrade
 from test_faults import PartialRequest, alone, spawned, waitLine
 
 STDIO = {"0", "1", "2"}
@@ -45,7 +45,7 @@ class Reports:
     def ask(self, pid: int) -> dict[str, Any]:
         before = set(self.directory.glob(f"{pid}-*.json"))
         os.kill(pid, signal.SIGUSR2)
-        new = wait_for(
+        new = waitFor(
             lambda: set(self.directory.glob(f"{pid}-*.json")) - before,
             20,
             what=f"a subprocess report from pid {pid}",
@@ -121,14 +121,14 @@ def test_fds_reach_only_the_next_generation(
 
     fault.unlink()
     gate.touch()
-    wait_for(lambda: read_pidfile(server.pidfile) == child, 20, what="handover")
+    waitFor(lambda: readPidFile(server.pidfile) == child, 20, what="handover")
     waitLine(server, pid, "txflip: draining")
     # The parent drains (the partial request holds it): the child still has its
     # parent pipe open, and must not pass it on.
     assert 4 in fdTargets(child)
     assertInheritsNothing(reports.ask(child), "generation 2 while its parent drains")
     assert partial[0].finish() == b"half a line\n"
-    assert server.proc.wait_exit(20) == 0
+    assert server.proc.waitExit(20) == 0
     waitLine(server, child, "previous generation exited")
     assertInheritsNothing(reports.ask(child), "generation 2")
     alone(server, child)
@@ -151,7 +151,7 @@ def test_pidfile_is_atomic_0644_and_never_follows_a_symlink(
         info = os.lstat(pidfile)
         assert stat.S_ISREG(info.st_mode), "the pid file is not a regular file"
         assert stat.S_IMODE(info.st_mode) == 0o644, oct(info.st_mode)
-        assert read_pidfile(pidfile) == pid
+        assert readPidFile(pidfile) == pid
         assert victim.read_text() == "precious\n"
         assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
@@ -166,10 +166,10 @@ def test_pidfile_is_atomic_0644_and_never_follows_a_symlink(
     pidfile.unlink()
     pidfile.symlink_to(victim)
     os.kill(pid, signal.SIGHUP)
-    new, _, _ = wait_for_upgrade(pidfile, pid, timeout=30)
+    new, _, _ = waitForUpgrade(pidfile, pid, timeout=30)
     server.track(new)
     regularFileNaming(new)
 
     os.kill(new, signal.SIGQUIT)
-    wait_for(lambda: not pidfile.exists(), 20, what="the pid file to be removed")
+    waitFor(lambda: not pidfile.exists(), 20, what="the pid file to be removed")
     assert victim.read_text() == "precious\n"

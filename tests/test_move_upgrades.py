@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, twistdCommand
-from harness import ServerProcess, free_port, pid_alive, read_pidfile, wait_for
-from harness import wait_for_upgrade as _waitForUpgrade
+from harness import ServerProcess, freePort, pidAlive, readPidFile, waitFor
+from harness import waitForUpgrade as _waitForUpgrade
 from talkers import Streamer, Talkers
 from test_flip_endpoint import PLAIN, _selfSigned
 
@@ -33,7 +33,7 @@ def upgrade(server: object, pidfile: Path, track: object) -> tuple[int, int]:
     SIGHUP the serving generation; wait until the next one serves and the old one
     is gone.  @return: (old pid, new pid)
     """
-    old = read_pidfile(pidfile)
+    old = readPidFile(pidfile)
     assert old is not None
     os.kill(old, signal.SIGHUP)
     new, _, _ = _waitForUpgrade(pidfile, old, timeout=30)
@@ -77,7 +77,7 @@ def test_long_lived_and_idle_clients_keep_their_socket(flip) -> None:
             if n == 0:
                 partial.sendall(b"tial\n")
                 assert lines(partial) == b"partial\n"
-            wait_for(
+            waitFor(
                 lambda before=before: (
                     lockstep.stats.exchanges > before[0] + 20
                     and idle.stats.exchanges > before[1] + 5
@@ -148,17 +148,17 @@ def test_refused_state_drains_in_the_old_generation(flip, tmp_path: Path) -> Non
     fault.write_text("refuse-moves")
     old = server.serving()
     os.kill(old, signal.SIGHUP)
-    wait_for(
+    waitFor(
         lambda: "move refused by the new generation" in server.logText(),
         20,
         what="the refusal",
     )
-    assert pid_alive(old)
+    assert pidAlive(old)
     client.sendall(b"o\n")
     assert lines(client) == b"two\n"
     assert client.recv(100) == b""  # closed with the echo, as draining does
     client.close()
-    wait_for(lambda: not pid_alive(old), 20, what="the old generation to exit")
+    waitFor(lambda: not pidAlive(old), 20, what="the old generation to exit")
     assert "refused: flipapp: this version reads no moved state" in server.logText()
 
 
@@ -177,7 +177,7 @@ def test_new_generation_gone_before_the_move_leaves_connections_draining(
     fault.write_text("exit-after-ready")
     old = server.serving()
     os.kill(old, signal.SIGHUP)
-    wait_for(
+    waitFor(
         lambda: "connections drain here" in server.logText(),
         20,
         what="the channel to break",
@@ -185,7 +185,7 @@ def test_new_generation_gone_before_the_move_leaves_connections_draining(
     client.sendall(b"ne\n")
     assert lines(client, 2) == b"half a line\n"  # then closed, by the old one
     client.close()
-    wait_for(lambda: not pid_alive(old), 20, what="the old generation to exit")
+    waitFor(lambda: not pidAlive(old), 20, what="the old generation to exit")
 
 
 WIRE_ECHO = PLAIN.replace(
@@ -207,24 +207,24 @@ def test_protocol_without_the_interface_drains(tmp_path: Path) -> None:
     A protocol that does not provide IMovable stays with the old generation,
     which serves it until its client closes.
     """
-    port, pidfile = free_port(), tmp_path / "app.pid"
+    port, pidfile = freePort(), tmp_path / "app.pid"
     description = f"flip:tcp:{port}:interface=127.0.0.1:pidfile={pidfile}"
     with plainProgram(tmp_path, WIRE_ECHO, description) as proc:
-        first = wait_for(lambda: read_pidfile(pidfile), 20, what="ready")
+        first = waitFor(lambda: readPidFile(pidfile), 20, what="ready")
         client = socket.create_connection(("127.0.0.1", port), timeout=10)
         client.sendall(b"x")
         assert client.recv(10) == b"x"
         proc.send(signal.SIGHUP)
-        second = wait_for(
-            lambda: (p := read_pidfile(pidfile)) != first and p, 20, what="ready"
+        second = waitFor(
+            lambda: (p := readPidFile(pidfile)) != first and p, 20, what="ready"
         )
         proc.track(second)
-        assert pid_alive(first)
+        assert pidAlive(first)
         client.sendall(b"served by the old one")
         assert client.recv(100) == b"served by the old one"
-        assert pid_alive(first)
+        assert pidAlive(first)
         client.close()
-        wait_for(lambda: not pid_alive(first), 20, what="the old generation to exit")
+        waitFor(lambda: not pidAlive(first), 20, what="the old generation to exit")
 
 
 def test_tls_connection_drains(tmp_path: Path) -> None:
@@ -235,7 +235,7 @@ def test_tls_connection_drains(tmp_path: Path) -> None:
     import ssl
 
     keyPath, certPath = _selfSigned(tmp_path)
-    port, pidfile = free_port(), tmp_path / "tls.pid"
+    port, pidfile = freePort(), tmp_path / "tls.pid"
     description = (
         f"flip:ssl:{port}:interface=127.0.0.1:privateKey={keyPath}:certKey={certPath}"
         f":pidfile={pidfile}:idleGrace=5"
@@ -243,21 +243,21 @@ def test_tls_connection_drains(tmp_path: Path) -> None:
     context = ssl.create_default_context(cafile=str(certPath))
     context.check_hostname = False
     with plainProgram(tmp_path, PLAIN, description) as proc:
-        first = wait_for(lambda: read_pidfile(pidfile), 20, what="ready")
+        first = waitFor(lambda: readPidFile(pidfile), 20, what="ready")
         raw = socket.create_connection(("127.0.0.1", port), timeout=10)
         client = context.wrap_socket(raw, server_hostname="localhost")
         client.sendall(b"secret\n")
         assert lines(client) == b"secret\n"
         proc.send(signal.SIGHUP)
-        second = wait_for(
-            lambda: (p := read_pidfile(pidfile)) != first and p, 20, what="ready"
+        second = waitFor(
+            lambda: (p := readPidFile(pidfile)) != first and p, 20, what="ready"
         )
         proc.track(second)
         client.sendall(b"again\n")
         # The echo, then the close (lines() reads on until EOF).
         assert lines(client, 2) == b"again\n"
         client.close()
-        wait_for(lambda: not pid_alive(first), 20, what="the old generation to exit")
+        waitFor(lambda: not pidAlive(first), 20, what="the old generation to exit")
 
 
 def test_ten_thousand_idle_connections_move(flip) -> None:
@@ -275,7 +275,7 @@ def test_ten_thousand_idle_connections_move(flip) -> None:
             upgrade(server, server.pidfile, server.track)
             moved = time.monotonic()
             # Each one answers, now from the new generation.
-            wait_for(lambda: idle.silentSince(moved) == 0, 60, what="every echo")
+            waitFor(lambda: idle.silentSince(moved) == 0, 60, what="every echo")
             assert idle.open == 10_000
         log = server.logText()
         assert "moved 10000 connections" in log, log[-2000:]
@@ -294,9 +294,9 @@ def webServer(tmp_path: Path) -> tuple[ServerProcess, Path, int]:
     proc = ServerProcess(
         argv, tmp_path / "web.log", cwd=tmp_path, env={"PYTHONPATH": str(ROOT)}
     )
-    wait_for(lambda: read_pidfile(pidfile), 20, what="ready")
-    match = re.search(r"listening on tcp:127\.0\.0\.1:(\d+)", proc.log_text())
-    assert match, proc.log_text()
+    waitFor(lambda: readPidFile(pidfile), 20, what="ready")
+    match = re.search(r"listening on tcp:127\.0\.0\.1:(\d+)", proc.logText())
+    assert match, proc.logText()
     return proc, pidfile, int(match.group(1))
 
 
@@ -344,7 +344,7 @@ def test_http_keepalive_clients_keep_their_connection(tmp_path: Path) -> None:
             assert err.count(b"Re-using existing connection") == 79
         for client in clients:
             client.close()
-        moved = re.findall(r"moved (\d+) connections", proc.log_text())
+        moved = re.findall(r"moved (\d+) connections", proc.logText())
         assert len(moved) == 5 and all(int(n) >= 2 for n in moved), moved
     if curl is None:
         pytest.skip("curl is not installed: only our own client was checked")

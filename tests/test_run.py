@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Load, pid_alive, read_pidfile, wait_for
+from harness import Load, pidAlive, readPidFile, waitFor
 from supervised import Supervised, flipecho, pidFileStays, txflip
 
 # A worker command that fails when the file "broken" exists in its directory (a bad
@@ -69,12 +69,12 @@ def test_upgrades_keep_the_pid_under_load(supervised: Any) -> None:
             for pid in new:
                 run.track(pid)
             assert pidFileStays(run)
-            wait_for(lambda pids=pids: not any(map(pid_alive, pids)), 30, what="old")
+            waitFor(lambda pids=pids: not any(map(pidAlive, pids)), 30, what="old")
             pids = new
         time.sleep(0.5)
     stats = load.stats
-    assert stats.errors_total() == 0 and stats.lost == 0, stats
-    assert load.short_stats.exchanges > 100 and load.long_stats.exchanges > 100
+    assert stats.errorsTotal() == 0 and stats.lost == 0, stats
+    assert load.shortStats.exchanges > 100 and load.longStats.exchanges > 100
     assert pidFileStays(run)
     assert run.status()["generation"] == 11
     assert not (run.dir / "twistd.pid").exists()
@@ -104,13 +104,13 @@ def test_killed_worker_is_replaced_and_nothing_is_refused(supervised: Any) -> No
     with Load("127.0.0.1", run.port, short=4, long=0) as load:
         time.sleep(0.3)
         os.kill(pid, signal.SIGKILL)
-        (new,) = wait_for(
+        (new,) = waitFor(
             lambda: [p for p in run.ready() if p != pid], 30, what="a replacement"
         )
-        before = load.short_stats.exchanges
-        wait_for(lambda: load.short_stats.exchanges > before + 50, 10, what="load")
+        before = load.shortStats.exchanges
+        waitFor(lambda: load.shortStats.exchanges > before + 50, 10, what="load")
     assert new != pid and pidFileStays(run)
-    assert load.stats.refused == 0, load.stats
+    assert load.stats.count("refused") == 0, load.stats
     assert "was killed by SIGKILL after ready; replacing it" in run.logText()
 
 
@@ -139,7 +139,7 @@ def test_a_worker_dying_on_probation_rolls_back(supervised: Any) -> None:
     assert "rolled back: worker pid" in result.stderr, result.stderr
     assert "exited with status 7 after ready" in result.stderr
     assert sorted(run.waitReady()) == sorted(old)
-    assert load.stats.refused == 0, load.stats
+    assert load.stats.count("refused") == 0, load.stats
     assert echo(run.port) == b"hello\n"
 
 
@@ -147,8 +147,8 @@ def test_sigint_stops_gracefully(supervised: Any) -> None:
     run = supervised(flipecho(), "--workers", "2")
     pids = run.waitReady()
     run.signal(signal.SIGINT)
-    assert run.proc.wait_exit(30) == 0
-    assert not any(map(pid_alive, pids))
+    assert run.proc.waitExit(30) == 0
+    assert not any(map(pidAlive, pids))
     assert not run.pidfile.exists() and not run.control.exists()
     assert "txflip run: stopping 2 workers" in run.logText()
     assert "is gone: stopping" not in run.logText()  # it was not gone
@@ -158,9 +158,9 @@ def test_ttin_ttou_change_the_number_of_workers(supervised: Any) -> None:
     run = supervised(flipecho(), "--workers", "1")
     run.waitReady()
     run.signal(signal.SIGTTIN)
-    wait_for(lambda: len(run.ready()) == 2, 30, what="two workers")
+    waitFor(lambda: len(run.ready()) == 2, 30, what="two workers")
     run.signal(signal.SIGTTOU)
-    wait_for(lambda: len(run.ready()) == 1, 30, what="one worker")
+    waitFor(lambda: len(run.ready()) == 1, 30, what="one worker")
     run.signal(signal.SIGTTOU)  # never fewer than one
     time.sleep(0.5)
     assert len(run.waitReady()) == 1
@@ -176,20 +176,20 @@ def test_sighup_during_an_upgrade_is_refused_and_txflip_upgrade_joins(
     command = [sys.executable, "-m", "txflip", "upgrade", "--control", str(run.control)]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
     first = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
-    wait_for(lambda: "probation for 3 s" in run.logText(), 30, what="probation")
+    waitFor(lambda: "probation for 3 s" in run.logText(), 30, what="probation")
     run.signal(signal.SIGHUP)
     joined = run.upgrade()
     assert first.wait(30) == 0 and joined.returncode == 0
     assert first.stdout is not None
     assert joined.stdout == first.stdout.read()
-    wait_for(lambda: "txflip run: upgrade: upgrade in progress" in run.logText(), 10)
+    waitFor(lambda: "txflip run: upgrade: upgrade in progress" in run.logText(), 10)
 
 
 def test_a_worker_stops_when_its_supervisor_is_killed(supervised: Any) -> None:
     run = supervised(flipecho(), "--workers", "2")
     pids = run.waitReady()
     run.signal(signal.SIGKILL)
-    wait_for(lambda: not any(map(pid_alive, pids)), 30, what="workers to stop")
+    waitFor(lambda: not any(map(pidAlive, pids)), 30, what="workers to stop")
     assert f"the supervisor (pid {run.pid}) is gone: stopping" in run.logText()
 
 
@@ -201,10 +201,10 @@ def test_orphans_are_reaped(supervised: Any) -> None:
     orphan = '(sleep 2 & echo $! > orphan.pid); exec "$@"'
     run = supervised(["sh", "-c", orphan, "sh", *flipecho()])
     run.waitReady()
-    pid = wait_for(lambda: read_pidfile(run.dir / "orphan.pid"), 10, what="orphan")
+    pid = waitFor(lambda: readPidFile(run.dir / "orphan.pid"), 10, what="orphan")
     with open(f"/proc/{pid}/stat") as f:
         assert int(f.read().rsplit(")", 1)[1].split()[1]) == run.pid
-    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 10, what="orphan reaped")
+    waitFor(lambda: not os.path.exists(f"/proc/{pid}"), 10, what="orphan reaped")
 
 
 def test_first_start_failure_exits_with_the_reason(supervised: Any) -> None:
@@ -214,7 +214,7 @@ def test_first_start_failure_exits_with_the_reason(supervised: Any) -> None:
         port = taken.getsockname()[1]
         listen = f"tcp:{port}:interface=127.0.0.1"
         run = supervised(flipecho("--listen", listen), "--workers", "2", wait=False)
-        assert run.proc.wait_exit(30) == 1
+        assert run.proc.waitExit(30) == 1
     assert "txflip run: child pid=" in run.logText()
     assert f"cannot listen on tcp:127.0.0.1:{port}: address already in use" in (
         run.logText()
@@ -287,15 +287,15 @@ def test_pid_1_in_a_new_pid_namespace(supervised: Any) -> None:
     assert result.stdout.split() != [str(p) for p in old]
     assert echo(run.port) == b"hello\n"
     (supervisor,) = children(run.pid)  # unshare's child: PID 1 inside
-    inside = wait_for(lambda: read_pidfile(run.dir / "orphan.pid"), 10)
-    wait_for(
+    inside = waitFor(lambda: readPidFile(run.dir / "orphan.pid"), 10)
+    waitFor(
         lambda: not os.path.exists(f"/proc/{supervisor}/root/proc/{inside}"),
         10,
         what="the orphan reaped",
     )
-    wait_for(lambda: not zombies(supervisor), 10, what="no zombies")
+    waitFor(lambda: not zombies(supervisor), 10, what="no zombies")
     os.kill(supervisor, signal.SIGINT)
-    assert run.proc.wait_exit(30) == 0
+    assert run.proc.waitExit(30) == 0
 
 
 def children(pid: int) -> list[int]:
@@ -337,13 +337,13 @@ def test_usr1_reaches_the_workers_and_hup_to_a_worker_is_refused(
     run = supervised([*flipecho()[:2], "-n", "--logfile", "w.log", *flipecho()[3:]])
     (worker,) = run.waitReady()
     log = run.dir / "w.log"
-    wait_for(lambda: log.exists() and "ready" in log.read_text(), 10, what="w.log")
+    waitFor(lambda: log.exists() and "ready" in log.read_text(), 10, what="w.log")
     log.rename(run.dir / "w.log.1")
     run.signal(signal.SIGUSR1)
-    wait_for(log.exists, 10, what="the log reopened")
+    waitFor(log.exists, 10, what="the log reopened")
     os.kill(worker, signal.SIGHUP)
     refused = f"this is a worker of the supervisor pid {run.pid}: upgrade that"
-    wait_for(lambda: refused in log.read_text(), 10, what="the refusal")
+    waitFor(lambda: refused in log.read_text(), 10, what="the refusal")
     assert run.waitReady() == [worker]
     assert echo(run.port) == b"hello\n"
 
@@ -353,13 +353,13 @@ def test_a_crash_loop_backs_off_and_recovers(supervised: Any) -> None:
     (pid,) = run.waitReady()
     (run.dir / "broken").touch()
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: "restarting in 1 s" in run.logText(), 30, what="a backoff")
+    waitFor(lambda: "restarting in 1 s" in run.logText(), 30, what="a backoff")
     note = run.status()["note"]
     assert "exited with status 3 before it was ready" in note, note
     assert "restarting in" in note
     log = run.logText()
     assert log.index("restarting in 0.5 s") < log.index("restarting in 1 s")
     (run.dir / "broken").unlink()
-    (new,) = wait_for(run.ready, 30, what="a replacement")
+    (new,) = waitFor(run.ready, 30, what="a replacement")
     assert new != pid and run.status()["note"] is None
     assert echo(run.port) == b"hello\n"

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from conftest import ROOT, SUBREAPER, reap, twistdCommand
-from harness import ServerProcess, pid_alive, read_pidfile, wait_for, wait_for_upgrade
+from harness import ServerProcess, pidAlive, readPidFile, waitFor, waitForUpgrade
 from test_twistd import oneLineError, run
 
 LISTEN = "flip:tcp:0:interface=127.0.0.1"
@@ -45,11 +45,11 @@ def upgradeTwice(pidfile: Path, port: int) -> list[int]:
     """
     Two upgrades, each followed by a request; the pids of the three generations.
     """
-    pids = [wait_for(lambda: read_pidfile(pidfile), 20, what="ready")]
+    pids = [waitFor(lambda: readPidFile(pidfile), 20, what="ready")]
     assert get(port, "index.html") == b"hello web\n"
     for _ in range(2):
         os.kill(pids[-1], signal.SIGHUP)
-        new, _, _ = wait_for_upgrade(pidfile, pids[-1], timeout=30)
+        new, _, _ = waitForUpgrade(pidfile, pids[-1], timeout=30)
         pids.append(new)
         assert get(port, f"index.html?from={new}") == b"hello web\n"
     return pids
@@ -69,7 +69,7 @@ def stop(pids: list[int]) -> None:
     os.kill(pids[-1], signal.SIGQUIT)
     if SUBREAPER:
         reap(pids[-1], 30)
-    wait_for(lambda: not pid_alive(pids[-1]), 30, what="the final exit")
+    waitFor(lambda: not pidAlive(pids[-1]), 30, what="the final exit")
 
 
 def test_twistd_foreground_logfile_keeps_every_generation(tmp_path: Path) -> None:
@@ -80,14 +80,14 @@ def test_twistd_foreground_logfile_keeps_every_generation(tmp_path: Path) -> Non
     with ServerProcess(
         argv, tmp_path / "stdout", cwd=tmp_path, env={"PYTHONPATH": str(ROOT)}
     ) as proc:
-        wait_for(lambda: logfile.exists() and "listening" in logfile.read_text(), 20)
+        waitFor(lambda: logfile.exists() and "listening" in logfile.read_text(), 20)
         pids = upgradeTwice(pidfile, portIn(logfile.read_text()))
         for pid in pids[1:]:
             proc.track(pid)
         text = logfile.read_text()
         for generation, pid in enumerate(pids, start=1):
             assertLoggedBy(text, pid, generation)
-        assert "GET" not in proc.log_text(), "log lines went to stdout"
+        assert "GET" not in proc.logText(), "log lines went to stdout"
         stop(pids)
     assert not pidfile.exists()
 
@@ -100,7 +100,7 @@ def test_twistd_daemonized_keeps_every_generation(tmp_path: Path) -> None:
     logfile = tmp_path / "twistd.log"
     pids: list[int] = []
     try:
-        wait_for(lambda: logfile.exists() and "ready" in logfile.read_text(), 20)
+        waitFor(lambda: logfile.exists() and "ready" in logfile.read_text(), 20)
         pids = upgradeTwice(pidfile, portIn(logfile.read_text()))
         text = logfile.read_text()
         for generation, pid in enumerate(pids, start=1):
@@ -109,7 +109,7 @@ def test_twistd_daemonized_keeps_every_generation(tmp_path: Path) -> None:
         assert not pidfile.exists()
     finally:
         for pid in pids:
-            if pid_alive(pid):
+            if pidAlive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -131,11 +131,11 @@ def test_twist_with_flip_plugin(tmp_path: Path) -> None:
     with ServerProcess(
         argv, tmp_path / "web.log", cwd=tmp_path, env={"PYTHONPATH": str(ROOT)}
     ) as proc:
-        wait_for(lambda: "listening" in proc.log_text(), 20, what="listening")
-        pids = upgradeTwice(pidfile, portIn(proc.log_text()))
+        waitFor(lambda: "listening" in proc.logText(), 20, what="listening")
+        pids = upgradeTwice(pidfile, portIn(proc.logText()))
         for pid in pids[1:]:
             proc.track(pid)
-        text = proc.log_text()
+        text = proc.logText()
         for generation, pid in enumerate(pids, start=1):
             assertLoggedBy(text, pid, generation)
         stop(pids)
@@ -167,8 +167,8 @@ def test_twist_plain_flip_endpoint(tmp_path: Path) -> None:
     with ServerProcess(
         argv, tmp_path / "web.log", cwd=tmp_path, env={"PYTHONPATH": str(ROOT)}
     ) as proc:
-        wait_for(lambda: "listening" in proc.log_text(), 20, what="listening")
-        pids = upgradeTwice(pidfile, portIn(proc.log_text()))
+        waitFor(lambda: "listening" in proc.logText(), 20, what="listening")
+        pids = upgradeTwice(pidfile, portIn(proc.logText()))
         for pid in pids[1:]:
             proc.track(pid)
         stop(pids)

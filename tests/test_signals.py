@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SUBREAPER, reap
-from harness import pid_alive, wait_for, wait_for_upgrade
+from harness import pidAlive, waitFor, waitForUpgrade
 from test_faults import alone, spawned, upgradeWorks, waitLine
 from test_flipecho import echo
 
@@ -37,7 +37,7 @@ def test_sigusr1_to_a_starting_generation(
     child = spawned(server, 2)
     os.kill(child, signal.SIGUSR1)
     gate.write_text("")
-    new, _, _ = wait_for_upgrade(server.pidfile, pid, timeout=30)
+    new, _, _ = waitForUpgrade(server.pidfile, pid, timeout=30)
     assert new == child
     server.track(new)
     assert echo(server.port) == b"hello\n"
@@ -59,9 +59,9 @@ def test_sigusr1_never_kills_a_generation(flip, tmp_path: Path, logfile: bool) -
         old = server.serving()
         os.kill(old, signal.SIGHUP)
         deadline = time.monotonic() + delay
-        wait_for(lambda d=deadline: time.monotonic() >= d, 2, interval=0.002)
+        waitFor(lambda d=deadline: time.monotonic() >= d, 2, interval=0.002)
         os.killpg(group, signal.SIGUSR1)
-        new, _, _ = wait_for_upgrade(server.pidfile, old, timeout=30)
+        new, _, _ = waitForUpgrade(server.pidfile, old, timeout=30)
         server.track(new)
         assert echo(server.port) == b"hello\n"
     assert "killed by SIGUSR1" not in server.logText()
@@ -70,7 +70,7 @@ def test_sigusr1_never_kills_a_generation(flip, tmp_path: Path, logfile: bool) -
         log.rename(rotated)
         os.kill(server.serving(), signal.SIGUSR1)
         os.kill(server.serving(), signal.SIGHUP)
-        wait_for(lambda: log.exists() and "upgrade" in log.read_text(), 20)
+        waitFor(lambda: log.exists() and "upgrade" in log.read_text(), 20)
     alone(server, server.serving())
 
 
@@ -92,11 +92,11 @@ def test_stop_signal_to_a_starting_generation_waits_for_its_handler(
     os.kill(child, stop)
     gate.write_text("")
     waitLine(server, child, f"generation 2 ready (pid {child})")
-    assert server.proc.wait_exit(20) == 0
+    assert server.proc.waitExit(20) == 0
     if SUBREAPER:
         # twistd re-raises SIGTERM/SIGINT after a graceful stop.
         expected = 0 if stop == signal.SIGQUIT else -stop
         assert reap(child, 30) == expected
-    wait_for(lambda: not pid_alive(child), 30, what="the graceful stop")
+    waitFor(lambda: not pidAlive(child), 30, what="the graceful stop")
     assert "before it was ready" not in server.logText()
     assert not server.pidfile.exists()

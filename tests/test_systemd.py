@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, SUBREAPER, reap, twistdCommand
-from harness import pid_alive, read_pidfile, wait_for, wait_for_upgrade
+from harness import pidAlive, readPidFile, waitFor, waitForUpgrade
 from test_flipecho import echo
 
 
@@ -36,7 +36,7 @@ class NotifySocket:
             self.messages.append(fields)
 
     def waitFor(self, count: int, timeout: float = 30) -> list[dict[str, str]]:
-        wait_for(
+        waitFor(
             lambda: len(self.receive()) >= count,
             timeout,
             what=f"{count} notifications (have {self.messages})",
@@ -59,7 +59,7 @@ def test_notify_sequence_across_upgrades_and_a_failure(flip, tmp_path: Path) -> 
         notify.waitFor(1)
         for _ in range(2):
             os.kill(pids[-1], signal.SIGHUP)
-            new, _, _ = wait_for_upgrade(server.pidfile, pids[-1], timeout=30)
+            new, _, _ = waitForUpgrade(server.pidfile, pids[-1], timeout=30)
             server.track(new)
             pids.append(new)
         fault.write_text("exit")
@@ -155,21 +155,21 @@ def test_socket_activation(tmp_path: Path, byName: bool) -> None:
     pidfile = tmp_path / "twistd.pid"
     pids = [proc.pid]
     try:
-        wait_for(lambda: read_pidfile(pidfile) == proc.pid, 20, what="ready")
+        waitFor(lambda: readPidFile(pidfile) == proc.pid, 20, what="ready")
         text = (tmp_path / "server.log").read_text()
         assert f"listening on tcp:127.0.0.1:{port} (inherited)" in text
         assert echo(port) == b"hello\n"
         os.kill(proc.pid, signal.SIGHUP)
-        new, _, _ = wait_for_upgrade(pidfile, proc.pid, timeout=30)
+        new, _, _ = waitForUpgrade(pidfile, proc.pid, timeout=30)
         pids.append(new)
         assert echo(port) == b"hello\n"
         os.kill(new, signal.SIGQUIT)
         if SUBREAPER:
             assert reap(new, 30) == 0
-        wait_for(lambda: not pid_alive(new), 30, what="exit")
+        waitFor(lambda: not pidAlive(new), 30, what="exit")
     finally:
         for pid in pids:
-            if pid_alive(pid):
+            if pidAlive(pid):
                 os.kill(pid, signal.SIGKILL)
         proc.wait(10)
         log.close()

@@ -19,11 +19,11 @@ import pytest
 from conftest import ROOT, SUBREAPER, reap, twistdCommand
 from harness import (
     ServerProcess,
-    free_port,
-    pid_alive,
-    read_pidfile,
-    wait_for,
-    wait_for_upgrade,
+    freePort,
+    pidAlive,
+    readPidFile,
+    waitFor,
+    waitForUpgrade,
 )
 from test_flipecho import echo
 
@@ -75,15 +75,15 @@ def test_daemonized_with_logfile_and_pidfile(tmp_path: Path) -> None:
     assert started.returncode == 0, started
     pids: list[int] = []
     try:
-        pid = wait_for(lambda: read_pidfile(pidfile), 20, what="the daemon's pid")
+        pid = waitFor(lambda: readPidFile(pidfile), 20, what="the daemon's pid")
         pids.append(pid)
-        wait_for(lambda: "ready" in logfile.read_text(), 20, what="ready")
+        waitFor(lambda: "ready" in logfile.read_text(), 20, what="ready")
         port = int(re.search(r"tcp:127\.0\.0\.1:(\d+)", logfile.read_text()).group(1))
         assert echo(port) == b"hello\n"
         for _ in range(3):
             old = pids[-1]
             os.kill(old, signal.SIGHUP)
-            new, _, _ = wait_for_upgrade(pidfile, old, timeout=30)
+            new, _, _ = waitForUpgrade(pidfile, old, timeout=30)
             pids.append(new)
             assert echo(port) == b"hello\n"
         text = logfile.read_text()
@@ -95,11 +95,11 @@ def test_daemonized_with_logfile_and_pidfile(tmp_path: Path) -> None:
         os.kill(pids[-1], signal.SIGQUIT)
         if SUBREAPER:
             assert reap(pids[-1], 30) == 0
-        wait_for(lambda: not pid_alive(pids[-1]), 30, what="the final exit")
+        waitFor(lambda: not pidAlive(pids[-1]), 30, what="the final exit")
         assert not pidfile.exists()
     finally:
         for pid in pids:
-            if pid_alive(pid):
+            if pidAlive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -108,7 +108,7 @@ def test_second_server_on_same_pidfile_is_refused(flip, tmp_path: Path) -> None:
     result = run(["-n", "flipecho", "--listen", "tcp:0:interface=127.0.0.1"], tmp_path)
     line = oneLineError(result)
     assert f"another server is running, PID {server.serving()}" in line
-    assert read_pidfile(server.pidfile) == server.serving()
+    assert readPidFile(server.pidfile) == server.serving()
 
 
 def test_port_in_use_is_one_line(tmp_path: Path) -> None:
@@ -192,7 +192,7 @@ def test_udp_and_tcp6_across_upgrade(flip) -> None:
     assert echo(tcp6Port, host="::1") == b"hello\n"
     old = server.serving()
     os.kill(old, signal.SIGHUP)
-    new, _, _ = wait_for_upgrade(server.pidfile, old, timeout=30)
+    new, _, _ = waitForUpgrade(server.pidfile, old, timeout=30)
     server.track(new)
     assert udpEcho() == b"datagram"
     assert echo(tcp6Port, host="::1") == b"hello\n"
@@ -224,9 +224,9 @@ def test_real_netcat_client(flip) -> None:
     assert ncEcho() == "hello\n"
     old = server.serving()
     os.kill(old, signal.SIGHUP)
-    while pid_alive(old) or read_pidfile(server.pidfile) == old:
+    while pidAlive(old) or readPidFile(server.pidfile) == old:
         assert ncEcho() == "hello\n"
-    server.track(read_pidfile(server.pidfile))
+    server.track(readPidFile(server.pidfile))
     assert ncEcho() == "hello\n"
 
 
@@ -245,12 +245,12 @@ def test_every_generation_has_the_same_process_name(tmp_path: Path) -> None:
     with ServerProcess(
         argv, tmp_path / "log", cwd=tmp_path, env={"PYTHONPATH": str(ROOT)}
     ) as proc:
-        first = wait_for(lambda: read_pidfile(pidfile), 20, what="ready")
+        first = waitFor(lambda: readPidFile(pidfile), 20, what="ready")
         assert name(first) == "twistd"
         pids = [first]
         for _ in range(2):
             os.kill(pids[-1], signal.SIGHUP)
-            new, _, _ = wait_for_upgrade(pidfile, pids[-1], timeout=30)
+            new, _, _ = waitForUpgrade(pidfile, pids[-1], timeout=30)
             proc.track(new)
             pids.append(new)
             assert name(new) == "twistd"
@@ -259,7 +259,7 @@ def test_every_generation_has_the_same_process_name(tmp_path: Path) -> None:
                 b"flipecho",
             ]
         os.kill(pids[-1], signal.SIGQUIT)
-        wait_for(lambda: not pid_alive(pids[-1]), 30, what="the final exit")
+        waitFor(lambda: not pidAlive(pids[-1]), 30, what="the final exit")
 
 
 FLIPWEB = ["flip", "web", "--listen", "flip:tcp:0:interface=127.0.0.1", "--path", "."]
@@ -365,7 +365,7 @@ def test_unreplaceable_pidfile_is_found_before_binding() -> None:
         pidfile = directory / "twistd.pid"
         pidfile.write_text("999999\n")
         os.chown(pidfile, 12345, 12345)
-        port = free_port()
+        port = freePort()
         drop = "-fowner"
         argv = [setpriv, f"--inh-caps={drop}", f"--bounding-set={drop}"]
         argv += [*twistdCommand(), "-n", f"--pidfile={pidfile}", "flipecho"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, twistdCommand
-from harness import ServerProcess, pid_alive, read_pidfile, wait_for
+from harness import ServerProcess, pidAlive, readPidFile, waitFor
 
 BIG = 8 * 1024 * 1024
 SMALL = b"small\n"
@@ -36,12 +36,12 @@ class Web:
         self.proc = ServerProcess(
             argv, self.logPath, cwd=tmp, env={"PYTHONPATH": str(ROOT)}
         )
-        self.first = wait_for(lambda: read_pidfile(pidfile), 20, what="ready")
+        self.first = waitFor(lambda: readPidFile(pidfile), 20, what="ready")
         self.proc.track(self.first)
 
     @property
     def port(self) -> int:
-        text = self.proc.log_text()
+        text = self.proc.logText()
         return int(text.split("listening on tcp:127.0.0.1:")[1].split()[0])
 
     def upgrade(self) -> int:
@@ -49,15 +49,13 @@ class Web:
         SIGHUP the first generation; return once it drains (its successor serves).
         """
         os.kill(self.first, signal.SIGHUP)
-        new = wait_for(
-            lambda: (p := read_pidfile(self.pidfile)) != self.first and p,
+        new = waitFor(
+            lambda: (p := readPidFile(self.pidfile)) != self.first and p,
             30,
             what="the new generation",
         )
         self.proc.track(new)
-        wait_for(
-            lambda: "txflip: draining" in self.proc.log_text(), 20, what="the drain"
-        )
+        waitFor(lambda: "txflip: draining" in self.proc.logText(), 20, what="the drain")
         return new
 
 
@@ -158,11 +156,11 @@ def test_response_under_way_when_grace_ends_closes_after_it(web) -> None:
         server.upgrade()
         # Not reading: the response stays under way past the end of the grace.
         graceOver = time.monotonic() + 1.0
-        wait_for(lambda: time.monotonic() > graceOver, 5, what="the grace's end")
+        waitFor(lambda: time.monotonic() > graceOver, 5, what="the grace's end")
         headers, body = reader.response()
         assert len(body) == BIG and b"connection" not in headers
         assert reader.closed(), "not closed after the response completed"
-    wait_for(lambda: not pid_alive(server.first), 15, what="the old generation exit")
+    waitFor(lambda: not pidAlive(server.first), 15, what="the old generation exit")
 
 
 def test_requests_pipelined_during_drain_are_all_answered(web) -> None:
@@ -196,7 +194,7 @@ def test_library_site_drains_keepalive_connections(web) -> None:
         assert reader.response()[1] == SMALL
         server.upgrade()
         assert reader.closed()
-    wait_for(lambda: not pid_alive(server.first), 15, what="the old generation exit")
+    waitFor(lambda: not pidAlive(server.first), 15, what="the old generation exit")
 
 
 def test_import_txflip_registers_the_web_adapter() -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import time
 
-from ._check import CheckError, Upgrade
+from ._checkpid import Upgrade
 from ._controlcli import CommandError, request
+from ._errors import CheckError
 from ._pidfile import pidAlive
 
 _POLL = 0.002  # seconds between looks at the old pid
@@ -48,16 +49,16 @@ def controlUpgrade(path: str, number: int, timeout: float) -> Upgrade:
     try:
         answer = request(path, "upgrade", timeout)
     except CommandError as e:
-        return Upgrade(number, old_pid=old, error=str(e))
+        return Upgrade(number, oldPid=old, error=str(e))
     if not answer.get("ok"):
         reason = answer.get("error", "no reason given")
-        return Upgrade(number, old_pid=old, error=f"the service says: {reason}")
+        return Upgrade(number, oldPid=old, error=f"the service says: {reason}")
     new = answer.get("pid")
     result = Upgrade(
         number,
-        old_pid=old,
-        new_pid=new if isinstance(new, int) else None,
-        to_new=time.monotonic() - started,
+        oldPid=old,
+        newPid=new if isinstance(new, int) else None,
+        toNew=time.monotonic() - started,
     )
     while pidAlive(old):
         if time.monotonic() >= deadline:
@@ -67,5 +68,5 @@ def controlUpgrade(path: str, number: int, timeout: float) -> Upgrade:
             )
             return result
         time.sleep(_POLL)
-    result.to_old_gone = time.monotonic() - started
+    result.toOldGone = time.monotonic() - started
     return result

@@ -87,3 +87,10 @@ class UpgradeTimeout(UpgradeError):
     """
     The next generation did not become ready within the upgrade timeout.
     """
+
+
+class CheckError(TxflipError):
+    """
+    C{txflip check} cannot run as asked (bad input, an unusable target): reported
+    as one line, exit status 2.
+    """

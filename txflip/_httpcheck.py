@@ -12,7 +12,11 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from ._check import CheckError, Report, connect_or_fail, run_load, show, upgrader
+from ._checkpid import Upgrade
+from ._checkreport import Report, show
+from ._checkrun import runLoad
+from ._clients import connectOrFail
+from ._errors import CheckError
 from ._httpexchange import Exchange, Target, expectStatus
 from ._httpload import HTTPLoad
 
@@ -26,7 +30,7 @@ def probe(target: Target, accept: Callable[[int], bool], timeout: float) -> None
 
     @raise CheckError: why the target is unusable.
     """
-    with connect_or_fail(target.host, target.port, timeout) as sock:
+    with connectOrFail(target.host, target.port, timeout) as sock:
         outcome = Exchange(sock, target).request(timeout, accept)
     if outcome.kind == "bad_status":
         raise CheckError(
@@ -39,42 +43,47 @@ def probe(target: Target, accept: Callable[[int], bool], timeout: float) -> None
         )
 
 
-def runHTTP(args: argparse.Namespace) -> int:
+def runHTTP(
+    args: argparse.Namespace,
+    upgrader: Callable[[argparse.Namespace], Callable[[int], Upgrade] | None],
+) -> int:
     """
     Run C{txflip check --http}; the exit status.
+
+    @param upgrader: makes the upgrade step from C{args} (checking them).
 
     @raise CheckError: for bad input or an unusable target.
     """
     target = Target.fromURL(args.http)
     try:
-        accept = expectStatus(args.expect_status or DEFAULT_STATUS)
+        accept = expectStatus(args.expectStatus or DEFAULT_STATUS)
     except ValueError as e:
         raise CheckError(f"--expect-status: {e}") from None
-    uploads = args.upload_clients
+    uploads = args.uploadClients
     if uploads is None:
-        uploads = UPLOAD_CLIENTS if args.post_bytes else 0
-    if uploads and not args.post_bytes:
+        uploads = UPLOAD_CLIENTS if args.postBytes else 0
+    if uploads and not args.postBytes:
         raise CheckError("--upload-clients needs --post-bytes")
-    clients = args.short_clients + args.long_clients + uploads
+    clients = args.shortClients + args.longClients + uploads
     if clients == 0:
         raise CheckError("nothing to do: no clients")
     if clients > 1000:
         raise CheckError("at most 1000 clients in all")
     upgradeOne = upgrader(args)
-    probe(target, accept, args.io_timeout)
+    probe(target, accept, args.ioTimeout)
     load = HTTPLoad(
         target,
         accept=accept,
-        short=args.short_clients,
-        keepAlive=args.long_clients,
+        short=args.shortClients,
+        keepAlive=args.longClients,
         uploads=uploads,
-        postBytes=args.post_bytes,
+        postBytes=args.postBytes,
         interval=args.interval,
-        timeout=args.io_timeout,
+        timeout=args.ioTimeout,
     )
-    run = run_load(
+    run = runLoad(
         load,
-        upgrade_one=upgradeOne,
+        upgradeOne=upgradeOne,
         duration=args.duration,
         upgrades=args.upgrades,
         progress=sys.stderr,
@@ -82,11 +91,11 @@ def runHTTP(args: argparse.Namespace) -> int:
     report = Report(
         str(target),
         run.seconds,
-        {name: each.n_threads for name, each in load.clients.items()},
+        {name: each.nThreads for name, each in load.clients.items()},
         load.groups,
         args.upgrades,
         run.upgrades,
-        args.max_errors,
-        stuck_threads=not run.stopped,
+        args.maxErrors,
+        stuckThreads=not run.stopped,
     )
     return show(report, args.json)

@@ -19,7 +19,8 @@ from collections.abc import Callable
 
 import h11
 
-from ._check import CheckError, classify
+from ._checkstats import classify
+from ._errors import CheckError
 
 _READ = 65536
 

@@ -18,7 +18,8 @@ import socket
 from collections.abc import Callable
 from typing import ClassVar
 
-from ._check import Clients, Counters, Latencies, classify
+from ._checkstats import Counters, Latencies, classify
+from ._clients import Clients
 from ._httpexchange import Exchange, Outcome, Target
 
 #: What a user would call a failure.  C{cut_short}: fewer body bytes than the
@@ -40,19 +41,15 @@ HTTP_ERROR_KINDS = (
 class HTTPStats(Counters):
     """
     One kind of HTTP client's counters; C{lost} counts requests sent that got no
-    complete response, C{response_latency} the time from a request's first byte
+    complete response, C{responseLatency} the time from a request's first byte
     out to its response's last byte in.
     """
 
     kinds: ClassVar[tuple[str, ...]] = HTTP_ERROR_KINDS
     unit: ClassVar[str] = "requests"
-    done_label: ClassVar[str] = "requests ok"
+    doneLabel: ClassVar[str] = "requests ok"
 
-    cut_short: int = 0
-    dropped: int = 0
-    bad_status: int = 0
-    bad_response: int = 0
-    response_latency: Latencies = dataclasses.field(
+    responseLatency: Latencies = dataclasses.field(
         default_factory=Latencies, repr=False, compare=False
     )
 
@@ -63,7 +60,7 @@ class HTTPStats(Counters):
             return
         with self._lock:
             self.exchanges += 1
-            self.response_latency.add(outcome.seconds)
+            self.responseLatency.add(outcome.seconds)
 
 
 class HTTPClients(Clients[HTTPStats]):
@@ -77,7 +74,7 @@ class HTTPClients(Clients[HTTPStats]):
     def __init__(
         self,
         target: Target,
-        n_threads: int,
+        nThreads: int,
         *,
         accept: Callable[[int], bool],
         keepAlive: bool,
@@ -86,7 +83,7 @@ class HTTPClients(Clients[HTTPStats]):
         body: bytes | None = None,
         pieces: int = 4,
     ) -> None:
-        super().__init__(target.host, target.port, n_threads, timeout, HTTPStats())
+        super().__init__(target.host, target.port, nThreads, timeout, HTTPStats())
         self.target = target
         self.accept = accept
         self.keepAlive = keepAlive
@@ -117,7 +114,7 @@ class HTTPClients(Clients[HTTPStats]):
                 outcome = self._request(exchange)
                 if not (self.keepAlive and outcome.reusable):
                     if self.keepAlive and not outcome.kind:
-                        self._stats.add("closed_by_server")
+                        self._stats.add("closedByServer")
                     exchange.sock.close()
                     exchange = None
                 self._stop.wait(self.interval if self.keepAlive else 0.001)
@@ -141,7 +138,7 @@ class HTTPClients(Clients[HTTPStats]):
         if data:
             self._stats.error("bad_response", f"unsolicited data {data!r}")
         else:
-            self._stats.add("closed_by_server")
+            self._stats.add("closedByServer")
         return False
 
 
