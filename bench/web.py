@@ -3,10 +3,11 @@
 
     python bench/web.py [--runs 8] [--seconds 3] [--upgrades 5] [--connections 50]
 
-Steady state: both servers run side by side (``twistd -n web --path bench/www``,
-one with ``--listen tcp:PORT``, one with ``--listen flip:tcp:PORT``), pinned to one
-CPU, and wrk (Debian's package, on the other CPU) loads one at a time, alternating:
-requests/s for a 1.3 kB page on 32 keep-alive connections.  "paired" is the median
+Steady state: both servers run side by side (``twistd -n web --listen tcp:PORT
+--path bench/www``, and ``twistd -n flip web --listen flip:tcp:PORT --path
+bench/www``), pinned to one CPU, and wrk (Debian's package, on the other CPU)
+loads one at a time, alternating: requests/s for a 1.3 kB page on 32 keep-alive
+connections.  "paired" is the median
 of the ratios within each run.  Target: flip: >= 97% of plain.
 
 Through upgrades: wrk on ``--connections`` keep-alive connections for the whole run
