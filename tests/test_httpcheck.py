@@ -115,7 +115,7 @@ def test_twistd_web_flip_five_upgrades(serve, site: Path, tmp_path: Path) -> Non
     )  # fmt: skip
     status, report, stderr = server.check(
         "--pid-file", str(pidfile), "--short-clients", "3", "--long-clients", "3",
-        "--duration", "12", "--upgrades", "5", "--upgrade-timeout", "20",
+        "--duration", "15", "--upgrades", "5", "--upgrade-timeout", "20",
     )  # fmt: skip
     assert status == 0, _why(report, stderr)
     assert report["ok"] and report["upgrades_completed"] == 5, report["failures"]
