@@ -1,5 +1,5 @@
 """
-(g) ``txflip run``: what the stable-PID supervisor costs, and how it upgrades.
+(s) ``txflip run``: what the stable-PID supervisor costs, and how it upgrades.
 
     python bench/supervisor.py [--runs 6] [--seconds 2.5] [--upgrades 5]
 
@@ -161,7 +161,7 @@ def main() -> None:
     parser.add_argument("--upgrades", type=int, default=5)
     args = options(parser)
     header(
-        "(g) txflip run: the supervisor vs direct mode (target >= 97%)",
+        "(s) txflip run: the supervisor vs direct mode (target >= 97%)",
         f"{args.runs} alternating runs of {args.seconds:g} s; {args.upgrades}"
         " upgrades per case",
     )
