@@ -25,28 +25,8 @@ import statistics
 import subprocess
 import sys
 
-from _common import CODE, HOST, free_port, header, options, table, wait_until
-
-SERVER = """
-import sys
-from twisted.internet import reactor
-from twisted.internet.protocol import Factory
-import txflip._cork
-from txflip.echo import Echo
-
-if sys.argv[1] == "off":
-    txflip._cork.CORK = None
-
-class Draining(Factory):
-    protocol = Echo
-    def buildProtocol(self, addr):
-        echo = Factory.buildProtocol(self, addr)
-        echo.startDraining()
-        return echo
-
-reactor.listenTCP(int(sys.argv[2]), Draining(), interface="127.0.0.1")
-reactor.run()
-"""
+import _common
+from _common import HOST, free_port, header, options, table, wait_until
 
 
 def closeSeenWithReply(port: int) -> bool:
@@ -79,8 +59,10 @@ def main() -> None:
         for mode in ("on", "off"):
             port = free_port()
             proc = subprocess.Popen(
-                [sys.executable, "-c", SERVER, mode, str(port)],
-                env={"PYTHONPATH": str(CODE)},
+                [sys.executable, str(_common.CODE / "tests" / "drainingecho.py")]
+                + [str(port)]
+                + ([] if mode == "on" else ["nocork"]),
+                env={"PYTHONPATH": str(_common.CODE)},
             )
             servers[mode] = (proc, port)
 

@@ -15,28 +15,11 @@ import sys
 from conftest import ROOT
 from harness import canConnect, freePort, waitFor
 
-SERVER = """
-import sys
-from twisted.internet import reactor
-from twisted.internet.protocol import Factory
-from txflip.echo import Echo
-
-class Draining(Factory):
-    protocol = Echo
-    def buildProtocol(self, addr):
-        echo = Factory.buildProtocol(self, addr)
-        echo.startDraining()
-        return echo
-
-reactor.listenTCP(int(sys.argv[1]), Draining(), interface="127.0.0.1")
-reactor.run()
-"""
-
 
 def test_close_with_reply_is_seen_with_the_reply() -> None:
     port = freePort()
     server = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(port)],
+        [sys.executable, str(ROOT / "tests" / "drainingecho.py"), str(port)],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:

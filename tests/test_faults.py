@@ -120,6 +120,23 @@ def alone(server: Flip, pid: int) -> None:
         raise AssertionError(f"{e}; session: {session(server)}") from None
 
 
+def signalStartingChild(
+    server: Flip, fault: Path, gate: Path, signum: int
+) -> tuple[int, int]:
+    """
+    Upgrade C{server} (a flipapp) and send C{signum} to the new generation while
+    it is held before twistd starts, with no handler yet; then let it go on.
+    Return (the serving pid, the child's).
+    """
+    pid = server.serving()
+    fault.write_text(f"gate:{gate}")
+    os.kill(pid, signal.SIGHUP)
+    child = spawned(server, 2)
+    os.kill(child, signum)
+    gate.write_text("")
+    return pid, child
+
+
 def upgradeWorks(server: Flip) -> int:
     """
     A normal upgrade succeeds now; return the new pid.
@@ -453,14 +470,8 @@ def test_sighup_to_a_starting_generation(flip, fault: Path, tmp_path: Path) -> N
     SIGHUP blocked, and the signal waits for the handler, which refuses to upgrade
     a generation that is not ready (or whose parent is alive).  The upgrade goes on.
     """
-    gate = tmp_path / "go"
     server = flip(env={"FLIPAPP_FAULT": str(fault)}, app=True)
-    pid = server.serving()
-    fault.write_text(f"gate:{gate}")
-    os.kill(pid, signal.SIGHUP)
-    child = spawned(server, 2)
-    os.kill(child, signal.SIGHUP)
-    gate.write_text("")
+    pid, child = signalStartingChild(server, fault, tmp_path / "go", signal.SIGHUP)
     new, _, _ = waitForUpgrade(server.pidfile, pid, timeout=30)
     assert new == child
     server.track(new)

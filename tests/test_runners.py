@@ -119,26 +119,34 @@ def twistCommand() -> list[str]:
     return [sys.executable, twist]
 
 
-def test_twist_with_flip_plugin(tmp_path: Path) -> None:
+def twistTwice(tmp: Path, args: list[str], pidfile: Path) -> tuple[list[int], str]:
     """
-    twist has no pid file of its own: the flip plugin's --pidfile names one.  Its
-    text log lines carry the PID.
+    C{twist ARGS --path www}, upgraded twice, then stopped: the pids of its
+    generations, and its log.
     """
-    www = site(tmp_path)
-    pidfile = tmp_path / "web.pid"
-    argv = [*twistCommand(), "--log-format=text", "flip", f"--pidfile={pidfile}"]
-    argv += ["web", "--listen", LISTEN, "--path", str(www)]
+    argv = [*twistCommand(), *args, "--path", str(site(tmp))]
     with ServerProcess(
-        argv, tmp_path / "web.log", cwd=tmp_path, env={"PYTHONPATH": str(ROOT)}
+        argv, tmp / "web.log", cwd=tmp, env={"PYTHONPATH": str(ROOT)}
     ) as proc:
         waitFor(lambda: "listening" in proc.logText(), 20, what="listening")
         pids = upgradeTwice(pidfile, portIn(proc.logText()))
         for pid in pids[1:]:
             proc.track(pid)
         text = proc.logText()
-        for generation, pid in enumerate(pids, start=1):
-            assertLoggedBy(text, pid, generation)
         stop(pids)
+    return pids, text
+
+
+def test_twist_with_flip_plugin(tmp_path: Path) -> None:
+    """
+    twist has no pid file of its own: the flip plugin's --pidfile names one.  Its
+    text log lines carry the PID.
+    """
+    pidfile = tmp_path / "web.pid"
+    argv = ["--log-format=text", "flip", f"--pidfile={pidfile}"]
+    pids, text = twistTwice(tmp_path, [*argv, "web", "--listen", LISTEN], pidfile)
+    for generation, pid in enumerate(pids, start=1):
+        assertLoggedBy(text, pid, generation)
     assert not pidfile.exists()
 
 
@@ -159,16 +167,7 @@ def test_twist_plain_flip_endpoint(tmp_path: Path) -> None:
     """
     twist without the flip plugin: the flip: endpoint alone upgrades.
     """
-    www = site(tmp_path)
     pidfile = tmp_path / "web.pid"
-    argv = [*twistCommand(), "--log-format=text", "web"]
-    argv += ["--listen", f"{LISTEN}:pidfile={pidfile}"]
-    argv += ["--path", str(www)]
-    with ServerProcess(
-        argv, tmp_path / "web.log", cwd=tmp_path, env={"PYTHONPATH": str(ROOT)}
-    ) as proc:
-        waitFor(lambda: "listening" in proc.logText(), 20, what="listening")
-        pids = upgradeTwice(pidfile, portIn(proc.logText()))
-        for pid in pids[1:]:
-            proc.track(pid)
-        stop(pids)
+    argv = ["--log-format=text", "web", "--listen", f"{LISTEN}:pidfile={pidfile}"]
+    twistTwice(tmp_path, argv, pidfile)
+    assert not pidfile.exists()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import SUBREAPER, reap
 from harness import pidAlive, waitFor, waitForUpgrade
-from test_faults import alone, spawned, upgradeWorks, waitLine
+from test_faults import alone, signalStartingChild, upgradeWorks, waitLine
 from test_flipecho import echo
 
 
@@ -29,14 +29,8 @@ def test_sigusr1_to_a_starting_generation(
     the handler is installed, and the upgrade goes on.
     """
     args = (f"--logfile={tmp_path / 'echo.log'}",) if logfile else ()
-    gate = tmp_path / "go"
     server = flip(env={"FLIPAPP_FAULT": str(fault)}, app=True, twistd=args)
-    pid = server.serving()
-    fault.write_text(f"gate:{gate}")
-    os.kill(pid, signal.SIGHUP)
-    child = spawned(server, 2)
-    os.kill(child, signal.SIGUSR1)
-    gate.write_text("")
+    pid, child = signalStartingChild(server, fault, tmp_path / "go", signal.SIGUSR1)
     new, _, _ = waitForUpgrade(server.pidfile, pid, timeout=30)
     assert new == child
     server.track(new)
@@ -83,14 +77,8 @@ def test_stop_signal_to_a_starting_generation_waits_for_its_handler(
     and does not kill it: once it serves (its parent then drains and exits), it
     stops gracefully, as a signal to a running service would make it.
     """
-    gate = tmp_path / "go"
     server = flip(env={"FLIPAPP_FAULT": str(fault)}, app=True)
-    pid = server.serving()
-    fault.write_text(f"gate:{gate}")
-    os.kill(pid, signal.SIGHUP)
-    child = spawned(server, 2)
-    os.kill(child, stop)
-    gate.write_text("")
+    _, child = signalStartingChild(server, fault, tmp_path / "go", stop)
     waitLine(server, child, f"generation 2 ready (pid {child})")
     assert server.proc.waitExit(20) == 0
     if SUBREAPER:
