@@ -142,12 +142,36 @@ class SupervisorLink:
         sock.setblocking(False)
         return sock
 
+    def successorChannel(self) -> socket.socket | None:
+        """
+        A moves channel to a newer worker (L{txflip._movewire}), to move our
+        connections to it as we stop; L{None} if the supervisor has none for us
+        (a final stop, a rollback): then we drain.
+        """
+        self._sock.settimeout(TIMEOUT)
+        try:
+            self._sock.sendall(json.dumps({"moves": {}}).encode())
+            data, fds = _receive(self._sock)
+        except OSError:
+            return None
+        try:
+            reply = json.loads(data)
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict) or not reply.get("ok") or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            return None
+        return socket.socket(fileno=fds[0])
+
 
 @implementer(IReadDescriptor)
 class ChannelServer:
     """
     The supervisor's end for one worker: answers its requests with C{bind}, which
-    returns the (supervisor-owned) socket for a spec or raises L{ListenError}.
+    returns the (supervisor-owned) socket for a spec or raises L{ListenError}, and
+    with C{successor}, which hands over a moves channel to a newer worker (or
+    L{None}).
     """
 
     def __init__(
@@ -155,10 +179,12 @@ class ChannelServer:
         reactor: IReactorFDSet,
         sock: socket.socket,
         bind: Callable[[ListenSpec], socket.socket],
+        successor: Callable[[], socket.socket | None] = lambda: None,
     ) -> None:
         self._reactor = reactor
         self._sock = sock
         self._bind = bind
+        self._successor = successor
         sock.setblocking(False)
         reactor.addReader(self)
 
@@ -182,6 +208,9 @@ class ChannelServer:
             return
         try:
             request = json.loads(data)
+            if isinstance(request, dict) and "moves" in request:
+                self._handOver()
+                return
             spec = _specFromWire(request["listen"])
         except (ValueError, KeyError, TypeError) as e:
             self._send({"ok": False, "error": f"bad request: {e}"})
@@ -196,6 +225,16 @@ class ChannelServer:
             spec=spec.bound(sock.getsockname()),
         )
         self._send({"ok": True}, sock.fileno())
+
+    def _handOver(self) -> None:
+        channel = self._successor()
+        if channel is None:
+            self._send({"ok": False, "error": "no newer worker to move to"})
+            return
+        try:
+            self._send({"ok": True}, channel.fileno())
+        finally:
+            channel.close()  # the workers hold both ends now: we relay nothing
 
     def _send(self, message: dict[str, Any], fd: int | None = None) -> None:
         ancillary = []

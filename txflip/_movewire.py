@@ -317,6 +317,13 @@ def _fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
     return list(fds)
 
 
+def channelPair() -> tuple[socket.socket, socket.socket]:
+    """
+    A new moves channel: (the old generation's end, the new one's).
+    """
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+
+
 class ChannelSpawner:
     """
     Starts each next generation (through the upgrader's own spawner) with one end
@@ -352,7 +359,7 @@ class ChannelSpawner:
         timeout: float,
         extraFDs: Mapping[str, int],
     ) -> Attempt:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours, theirs = channelPair()
         try:
             attempt = self._inner(
                 reactor,

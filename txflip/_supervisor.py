@@ -13,6 +13,7 @@ public API; the processes themselves are L{txflip._workers.Worker}s.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -137,6 +138,7 @@ class _Core:
                 self.sockets,
                 self.events,
                 self.upgradeTimeout,
+                self.successorFor,
             )
         except Exception as e:  # noqa: BLE001 - reported as the worker's failure
             self.log.error("txflip run: cannot start a worker: {e}", e=e)
@@ -149,6 +151,20 @@ class _Core:
             generation=generation,
         )
         return worker
+
+    def successorFor(self, asking: Worker) -> socket.socket | None:
+        """
+        A retiring worker asks where to move its connections: the moves channel
+        of a newer worker that serves and has none yet (one old worker for each
+        new one).  Under probation, old workers retire only once it is over, so
+        connections move only to workers that passed it.
+        """
+        for worker in self.workers:
+            if worker.generation > asking.generation:
+                end = worker.takeMovesEnd()
+                if end is not None:
+                    return end
+        return None
 
     def retire(self, worker: Worker) -> None:
         worker.retire(self.drainTimeout)

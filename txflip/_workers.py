@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -25,6 +25,7 @@ from ._addresses import ListenSpec
 from ._channel import ChannelServer, socketPair
 from ._fds import Listener, Listeners
 from ._handoff import SUPERVISOR
+from ._movewire import CHANNEL_NAME, channelPair
 from ._spawn import Command, SpawnAttempt, howItEnded
 
 #: Not passed to workers: the supervisor alone talks to systemd, owns the
@@ -100,6 +101,7 @@ class Worker:
         sockets: Sockets,
         events: WorkerEvents,
         upgradeTimeout: float,
+        successorFor: Callable[[Worker], socket.socket | None] = lambda w: None,
     ) -> None:
         self._reactor = reactor
         self._events = events
@@ -111,6 +113,10 @@ class Worker:
         self._kill: IDelayedCall | None = None
         self._gone: list[Deferred[None]] = []
         ours, theirs = socketPair()
+        #: The other end of this worker's moves channel, for the older worker
+        #: that will move its connections to this one (handed over once).
+        self.movesEnd: socket.socket | None
+        self.movesEnd, movesTheirs = channelPair()
         try:
             self._attempt = SpawnAttempt(
                 reactor,
@@ -119,16 +125,20 @@ class Worker:
                 generation,
                 sockets.table(),
                 upgradeTimeout,
-                {SUPERVISOR: theirs.fileno()},
+                {SUPERVISOR: theirs.fileno(), CHANNEL_NAME: movesTheirs.fileno()},
                 afterReady=self._endedAfterReady,
             )
         except BaseException:
             ours.close()
+            self.movesEnd.close()
             raise
         finally:
             theirs.close()
+            movesTheirs.close()
         self.pid = self._attempt.pid
-        self._channel = ChannelServer(reactor, ours, sockets.bind)
+        self._channel = ChannelServer(
+            reactor, ours, sockets.bind, lambda: successorFor(self)
+        )
         self._attempt.result.addCallbacks(self._ready, self._failed)
 
     def __repr__(self) -> str:
@@ -148,9 +158,22 @@ class Worker:
         self._finish()
         self._events.workerEnded(self, howItEnded(reason))
 
+    def takeMovesEnd(self) -> socket.socket | None:
+        """
+        The other end of this worker's moves channel, if it serves and nobody
+        took it yet.
+        """
+        if self.state != "ready" or self.retiring:
+            return None
+        end, self.movesEnd = self.movesEnd, None
+        return end
+
     def _finish(self) -> None:
         self.state = "gone"
         self._channel.close()
+        if self.movesEnd is not None:
+            self.movesEnd.close()
+            self.movesEnd = None
         if self._kill is not None and self._kill.active():
             self._kill.cancel()
         self._kill = None

@@ -266,6 +266,11 @@ class UpgradeService(Service):
 
     def _mover(self) -> Mover | None:
         sock = self._channels.takeSuccessor() if self._channels else None
+        supervisor = self.upgrader.supervisor
+        if sock is None and self.move and supervisor is not None:
+            # A worker of txflip run: the supervisor pairs us with a newer
+            # worker; the sockets then go from us to it directly.
+            sock = supervisor.successorChannel()
         if sock is None:
             return None
         keys = {
@@ -416,16 +421,18 @@ class UpgradeService(Service):
             why="final stop" if final else f"pid {self.upgrader.successor} serves now",
         )
         trackers = [tracker for _, tracker, _ in self._streams + self._controls]
-        mover = None if final else self._mover()
+        mover = self._mover()
         # All at once: one idle grace and one drain timeout for the whole process.
         cut = sum(await drainAll(trackers, self.idleGrace, self.drainTimeout, mover))
         if mover is not None:
             mover.close()
             self._log.info(
-                "txflip: moved {moved} connections to pid {pid} in {ms:.1f} ms"
+                "txflip: moved {moved} connections to {where} in {ms:.1f} ms"
                 " ({refused} refused)",
                 moved=mover.moved,
-                pid=self.upgrader.successor,
+                where=f"pid {self.upgrader.successor}"
+                if self.upgrader.successor
+                else "a newer worker",
                 ms=mover.took * 1000,
                 refused=mover.refused,
             )
