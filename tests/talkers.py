@@ -41,6 +41,22 @@ class TalkStats:
             self.details.append(what)
 
 
+def assertKeptTheirSockets(*groups: Talkers, stream: Streamer | None = None) -> None:
+    """
+    Every connection of C{groups} is still its first socket: never closed, reset
+    or timed out, no echo wrong or lost; C{stream} (stopped here) got every line
+    back once, in order.
+    """
+    if stream is not None:
+        problem = stream.stop()
+        assert problem == "", problem
+    for talkers in groups:
+        stats = talkers.stats
+        untouched = (stats.lost, stats.wrong, stats.closed, stats.errors)
+        assert untouched == (0, 0, 0, 0), stats
+        assert talkers.open == talkers.count, stats
+
+
 class _Conn:
     def __init__(self, index: int, sock: socket.socket) -> None:
         self.index = index

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import pid_alive, wait_for
+from harness import pidAlive, waitFor
 from supervised import Supervised, flipecho
-from talkers import Streamer, Talkers
+from talkers import Streamer, Talkers, assertKeptTheirSockets
 from test_move_upgrades import lines
 
 UPGRADES = 5
@@ -58,21 +58,14 @@ def test_connections_move_between_workers(supervised: Any, probation: str) -> No
             new = [int(p) for p in result.stdout.split()]
             for pid in new:
                 run.track(pid)
-            wait_for(lambda pids=pids: not any(map(pid_alive, pids)), 30, what="old")
+            waitFor(lambda pids=pids: not any(map(pidAlive, pids)), 30, what="old")
             pids = new
-            wait_for(
+            waitFor(
                 lambda before=before: lockstep.stats.exchanges > before + 20,
                 20,
                 what="traffic",
             )
-        problem = stream.stop()
-    assert problem == "", problem
-    for talkers in (lockstep, idle):
-        stats = talkers.stats
-        assert (stats.lost, stats.wrong, stats.closed, stats.errors) == (0, 0, 0, 0), (
-            stats
-        )
-        assert talkers.open == talkers.count
+        assertKeptTheirSockets(lockstep, idle, stream=stream)
     partial.sendall(b"tial\n")
     assert lines(partial) == b"partial\n"
     partial.close()

@@ -22,7 +22,7 @@ import pytest
 from conftest import ROOT, twistdCommand
 from harness import ServerProcess, freePort, pidAlive, readPidFile, waitFor
 from harness import waitForUpgrade as _waitForUpgrade
-from talkers import Streamer, Talkers
+from talkers import Streamer, Talkers, assertKeptTheirSockets
 from test_flip_endpoint import PLAIN, _selfSigned
 
 UPGRADES = 20
@@ -86,14 +86,7 @@ def test_long_lived_and_idle_clients_keep_their_socket(flip) -> None:
                 20,
                 what="traffic after the upgrade",
             )
-        problem = stream.stop()
-    assert problem == "", problem
-    for talkers in (lockstep, idle):
-        stats = talkers.stats
-        assert (stats.lost, stats.wrong, stats.closed, stats.errors) == (0, 0, 0, 0), (
-            stats
-        )
-        assert talkers.open == talkers.count, stats
+        assertKeptTheirSockets(lockstep, idle, stream=stream)
     partial.sendall(b"still the same socket\n")
     assert lines(partial) == b"still the same socket\n"
     partial.close()

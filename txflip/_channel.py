@@ -117,25 +117,14 @@ class SupervisorLink:
 
         @raise ListenError: the supervisor could not bind it, or is gone.
         """
-        request = json.dumps({"listen": _specToWire(spec)}).encode()
-        self._sock.settimeout(TIMEOUT)
         try:
-            self._sock.sendall(request)
-            data, fds = _receive(self._sock)
+            error, sock = self._ask({"listen": _specToWire(spec)})
         except OSError as e:
             raise ListenError(
                 f"cannot listen on {spec}: the supervisor did not answer ({e})"
             ) from None
-        try:
-            reply = json.loads(data)
-        except ValueError:
-            reply = None
-        if not isinstance(reply, dict) or not reply.get("ok") or len(fds) != 1:
-            for fd in fds:
-                os.close(fd)
-            error = reply.get("error") if isinstance(reply, dict) else None
+        if sock is None:
             raise ListenError(str(error or f"cannot listen on {spec}: bad answer"))
-        sock = socket.socket(fileno=fds[0])
         if sock.family != spec.family or sock.type != spec.socktype:
             sock.close()
             raise ListenError(f"cannot listen on {spec}: the supervisor sent another")
@@ -148,12 +137,21 @@ class SupervisorLink:
         connections to it as we stop; L{None} if the supervisor has none for us
         (a final stop, a rollback): then we drain.
         """
-        self._sock.settimeout(TIMEOUT)
         try:
-            self._sock.sendall(json.dumps({"moves": {}}).encode())
-            data, fds = _receive(self._sock)
+            return self._ask({"moves": {}})[1]
         except OSError:
             return None
+
+    def _ask(self, request: dict[str, Any]) -> tuple[str | None, socket.socket | None]:
+        """
+        Send C{request}; (the supervisor's error, L{None}) or (L{None}, the one
+        socket its answer carried).
+
+        @raise OSError: the supervisor did not answer.
+        """
+        self._sock.settimeout(TIMEOUT)
+        self._sock.sendall(json.dumps(request).encode())
+        data, fds = _receive(self._sock)
         try:
             reply = json.loads(data)
         except ValueError:
@@ -161,8 +159,9 @@ class SupervisorLink:
         if not isinstance(reply, dict) or not reply.get("ok") or len(fds) != 1:
             for fd in fds:
                 os.close(fd)
-            return None
-        return socket.socket(fileno=fds[0])
+            error = reply.get("error") if isinstance(reply, dict) else None
+            return (str(error) if error else None), None
+        return None, socket.socket(fileno=fds[0])
 
 
 @implementer(IReadDescriptor)
