@@ -14,7 +14,10 @@ private.
     C{shutdown(2)} (or sets C{SO_LINGER} for an abort) on the socket the new
     generation now serves.  L{release} detaches the fd from the socket object
     first, so that whatever Twisted does afterwards is a no-op, then closes our
-    fd.
+    fd.  Meanwhile the transport's C{fileno} keeps answering that number (still
+    open, so it cannot name anything else): the epoll reactor looks a descriptor
+    whose C{fileno()} is -1 up by a linear search, which made 10,000 moves
+    quadratic (480 µs a connection at 4,000; 30 µs with this).
 """
 
 from __future__ import annotations
@@ -107,7 +110,11 @@ def release(transport: Any) -> None:
     # connection goes on, elsewhere.
     transport.producer = None
     fd = transport.getHandle().detach()
+    # Twisted's epoll reactor looks a descriptor whose fileno() is -1 up by a
+    # linear search (quadratic for 10,000 moves): keep answering our number,
+    # still ours (open) until Twisted is done with the transport.
+    transport.fileno = lambda: fd
     try:
-        os.close(fd)
-    finally:
         transport.connectionLost(Failure(ConnectionMoved()))
+    finally:
+        os.close(fd)
