@@ -30,9 +30,8 @@ import os
 import socket
 import struct
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IReactorFDSet, IReadWriteDescriptor
 from twisted.logger import Logger
@@ -40,13 +39,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._movable import MAX_STATE, ConnectionState
-
-if TYPE_CHECKING:
-    from ._spawn import Attempt, Command, Spawner
-    from ._upgrader import Upgrader
-
-#: The channel's name in the handoff table's C{fds}.
-CHANNEL_NAME = "moves"
 
 #: The kernel's limit of fds in one message (SCM_MAX_FD).
 MAX_FDS = 253
@@ -315,98 +307,3 @@ def _fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
             usable = len(data) - len(data) % fds.itemsize
             fds.frombytes(data[:usable])
     return list(fds)
-
-
-def channelPair() -> tuple[socket.socket, socket.socket]:
-    """
-    A new moves channel: (the old generation's end, the new one's).
-    """
-    return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-
-
-class ChannelSpawner:
-    """
-    Starts each next generation (through the upgrader's own spawner) with one end
-    of a fresh moves channel, named L{CHANNEL_NAME} in its handoff table; keeps
-    the other end for the generation that becomes ready.
-    """
-
-    def __init__(self, inner: Spawner) -> None:
-        self._inner = inner
-        self._successor: socket.socket | None = None
-
-    @classmethod
-    def wrap(cls, upgrader: Upgrader) -> ChannelSpawner:
-        """
-        Make C{upgrader} start its next generations through a new L{ChannelSpawner}.
-        """
-        made: list[ChannelSpawner] = []
-
-        def wrapping(inner: Spawner) -> Spawner:
-            made.append(cls(inner))
-            return made[0]
-
-        upgrader.wrapSpawner(wrapping)
-        return made[0]
-
-    def __call__(
-        self,
-        reactor: Any,
-        command: Command,
-        environ: Mapping[str, str],
-        generation: int,
-        listeners: Sequence[Any],
-        timeout: float,
-        extraFDs: Mapping[str, int],
-    ) -> Attempt:
-        ours, theirs = channelPair()
-        try:
-            attempt = self._inner(
-                reactor,
-                command,
-                environ,
-                generation,
-                listeners,
-                timeout,
-                {**extraFDs, CHANNEL_NAME: theirs.fileno()},
-            )
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()  # the child has its copy
-
-        def ready(pid: int) -> int:
-            self._successor = ours
-            return pid
-
-        def failed(reason: Failure) -> Failure:
-            ours.close()
-            return reason
-
-        # Before the upgrader's own callbacks: the channel is there when it
-        # learns it was replaced.
-        attempt.result.addCallbacks(ready, failed)
-        return attempt
-
-    def takeSuccessor(self) -> socket.socket | None:
-        """
-        Our end of the channel to the generation that replaced us (once).
-        """
-        sock, self._successor = self._successor, None
-        return sock
-
-
-def inheritedChannel(fd: int) -> socket.socket | None:
-    """
-    The channel the previous generation passed at C{fd}, or L{None} (fd closed)
-    if it is not a Unix stream socket: the parent then drains instead.
-    """
-    try:
-        sock = socket.socket(fileno=fd)
-    except OSError:
-        return None
-    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
-        sock.close()
-        return None
-    return sock

@@ -25,7 +25,7 @@ from ._addresses import ListenSpec
 from ._channel import ChannelServer, socketPair
 from ._fds import Listener, Listeners
 from ._handoff import SUPERVISOR
-from ._movewire import CHANNEL_NAME, channelPair
+from ._movespawn import CHANNEL_NAME, channelPair
 from ._spawn import Command, SpawnAttempt, howItEnded
 
 #: Not passed to workers: the supervisor alone talks to systemd, owns the

@@ -39,7 +39,7 @@ from ._errors import (
 from ._fds import Listener
 from ._movein import Receiver
 from ._moveout import Mover
-from ._movewire import CHANNEL_NAME, ChannelSpawner, inheritedChannel
+from ._movespawn import CHANNEL_NAME, ChannelSpawner, inheritedChannel
 from ._pidfile import startTime
 from ._process import tellParentError
 from ._reactor import Reactor
