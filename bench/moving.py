@@ -1,5 +1,5 @@
 """
-(h) Moving connections to the new generation instead of closing them.
+(m) Moving connections to the new generation instead of closing them.
 
     python bench/moving.py [--runs 3] [--sizes 1000,10000] [--loss 200,2000]
                            [--upgrades 5]
