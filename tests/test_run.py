@@ -363,3 +363,33 @@ def test_a_crash_loop_backs_off_and_recovers(supervised: Any) -> None:
     (new,) = waitFor(run.ready, 30, what="a replacement")
     assert new != pid and run.status()["note"] is None
     assert echo(run.port) == b"hello\n"
+
+
+def test_the_supervisor_alone_tells_systemd(tmp_path: Path) -> None:
+    """
+    With NOTIFY_SOCKET (a test playing systemd): READY=1 with the supervisor's
+    own pid once its workers serve, RELOADING=1 and READY=1 around an upgrade,
+    STOPPING=1; the workers say nothing (no NotifyAccess=all needed).
+    """
+    from test_systemd import NotifySocket
+
+    notify = NotifySocket(tmp_path / "notify")
+    env = {"NOTIFY_SOCKET": str(notify.path)}
+    run = Supervised(
+        tmp_path, flipecho(), "--workers", "2", "--probation", "0", env=env
+    )
+    try:
+        run.waitReady()
+        (ready,) = notify.waitFor(1)
+        assert ready["READY"] == "1" and ready["MAINPID"] == str(run.pid)
+        assert run.upgrade().returncode == 0
+        _, reloading, reloaded = notify.waitFor(3)
+        assert reloading["RELOADING"] == "1" and int(reloading["MONOTONIC_USEC"]) > 0
+        assert reloaded["READY"] == "1" and "MAINPID" not in reloaded
+        run.signal(signal.SIGTERM)
+        assert run.proc.waitExit(30) == 0
+        messages = notify.waitFor(4)
+        assert messages[3]["STOPPING"] == "1" and len(messages) == 4, messages
+    finally:
+        run.close()
+        notify.close()
