@@ -88,11 +88,52 @@ def test_notify_sequence_across_upgrades_and_a_failure(flip, tmp_path: Path) -> 
     assert messages[0]["STATUS"] == f"serving (generation 1, pid {pids[0]})"
     assert messages[1]["STATUS"] == "upgrading: starting generation 2"
     assert "upgrade failed: child pid=" in messages[6]["STATUS"]
-    assert "exited with status 3" in messages[6]["STATUS"]
+    # Detached under systemd (not our child), so the exit status is its reaper's.
+    assert "exited before it was ready" in messages[6]["STATUS"]
     assert messages[6]["STATUS"].endswith("serving (generation 3)")
     usec = [int(m["MONOTONIC_USEC"]) for m in messages if "MONOTONIC_USEC" in m]
     assert usec == sorted(usec) and usec[0] > 0
     assert messages[7]["STATUS"].startswith("stopping: draining")
+
+
+@pytest.mark.parametrize("underSystemd", [True, False], ids=["notify", "plain"])
+def test_under_systemd_the_new_generation_is_not_the_old_ones_child(
+    flip, tmp_path: Path, underSystemd: bool
+) -> None:
+    """
+    With NOTIFY_SOCKET set, the next generation is started detached: reparented
+    (here to the test, a subreaper) before it runs, so that systemd sees its own
+    child when it says MAINPID=, not an "alien" one it does not wait for at stop.
+    Without NOTIFY_SOCKET it is the old generation's child.  (A half-sent line
+    keeps the old generation draining, alive, while we look.)
+    """
+    notify = NotifySocket(tmp_path / "notify.sock")
+    try:
+        env = {"NOTIFY_SOCKET": str(notify.path)} if underSystemd else {}
+        server = flip(env=env)
+        old = server.serving()
+        with socket.create_connection(("127.0.0.1", server.port), 10) as held:
+            held.sendall(b"half a line")
+            os.kill(old, signal.SIGHUP)
+            new = wait_for(
+                lambda: (p := read_pidfile(server.pidfile)) != old and p,
+                30,
+                what="the new generation",
+            )
+            server.track(new)
+            stat = Path(f"/proc/{new}/stat").read_text()
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            assert pid_alive(old)
+            assert parent == (os.getpid() if env else old)
+            held.sendall(b"\n")
+            assert held.recv(100) == b"half a line\n"
+        assert reap(old, 30) == 0
+        if env:
+            assert [m.get("MAINPID") for m in notify.waitFor(2)][-1] == str(new)
+        os.kill(new, signal.SIGQUIT)
+        assert reap(new, 30) == 0
+    finally:
+        notify.close()
 
 
 def test_abstract_notify_socket(flip, tmp_path: Path) -> None:

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
+from txflip import _generation
 from txflip._addresses import parseListen
 from txflip._errors import (
     ChildFailed,
@@ -67,6 +68,7 @@ class FakeAttempt:
         self.timeout = timeout
         self.result: Deferred[int] = Deferred()
         self.pid = 50000 + len(self.made)
+        self.started: Deferred[int] = succeed(self.pid)
         self.cancelled = 0
         self.made.append(self)
 
@@ -437,14 +439,15 @@ def test_childReparentedEndsWaitAtOnce(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """
-    Once the parent pipe is closed and we have a new parent process, the
-    previous generation has exited: no waiting for the 5 s limit.
+    Once the parent pipe is closed and the parent's pid is gone (or a zombie), the
+    previous generation has exited: no waiting for the 5 s limit.  (Not "we were
+    reparented": a child started detached, under systemd, never was its child.)
     """
     upgrader, _ = childGeneration(reactor, parent)
     upgrader.ready()
     exited = upgrader.whenParentExited()
     parent.exit()
-    monkeypatch.setattr(os, "getppid", lambda: 1)
+    monkeypatch.setattr(_generation, "pidAlive", lambda pid: False)
     watcher(reactor).doRead()
     assert outcome(exited) is None
     upgrader.upgrade()

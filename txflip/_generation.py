@@ -7,7 +7,6 @@ in L{txflip._machine}; the diagram and the public API in L{txflip._upgrader}.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -18,7 +17,7 @@ from twisted.python.failure import Failure
 
 from . import _handoff
 from ._fds import Listeners
-from ._pidfile import PidFile
+from ._pidfile import PidFile, pidAlive
 from ._reactor import Reactor
 from ._spawn import Attempt, Command, Spawner
 
@@ -146,10 +145,11 @@ class _Core:
 
     def parentGone(self) -> bool:
         """
-        Whether our parent process is no longer the parent generation, though its
-        pipe's end (or our reparenting) is still to be seen by the reactor.
+        Whether the parent generation has exited (gone, or a zombie), though its
+        pipe's end is still to be seen by the reactor.  Not "we were reparented":
+        a child started detached (under systemd) never was the parent's child.
         """
-        return self.parentPID is not None and os.getppid() != self.parentPID
+        return self.parentPID is not None and not pidAlive(self.parentPID)
 
     def closeUnclaimed(self) -> None:
         for spec in self.listeners.closeUnclaimed():

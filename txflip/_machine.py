@@ -164,10 +164,12 @@ def _makeMachine() -> Callable[[_Core], _Generation]:
         except Exception as e:  # noqa: BLE001 - any reason to fail is reported
             s.fail(result, ChildFailed(f"cannot start the next generation: {e}"))
             return
-        s.log.info(
-            "txflip: upgrade: started generation {generation} as pid {pid}",
-            generation=nextGeneration,
-            pid=attempt.pid,
+        attempt.started.addCallback(
+            lambda pid: s.log.info(
+                "txflip: upgrade: started generation {generation} as pid {pid}",
+                generation=nextGeneration,
+                pid=pid,
+            )
         )
         c._spawned(attempt, result)
         attempt.result.addCallbacks(

@@ -8,6 +8,16 @@ placed with C{spawnProcess(childFDs=...)}: 3 is a pipe we read (it writes C{read
 4 a pipe only we hold the write end of (it reads EOF when we exit), 5 onwards the
 listening sockets.  Twisted closes every other fd in the child, so nothing else of
 ours leaks into it.
+
+Under systemd (C{$NOTIFY_SOCKET} set) the child is started I{detached}: a tiny
+trampoline forks it and exits at once, so that it is PID 1's child (or the nearest
+subreaper's) before it starts, let alone names itself with C{MAINPID=}.  systemd
+then supervises it as its own child: it waits for it at C{systemctl stop} instead
+of killing it together with the stop signal, as it does an "alien" main process
+(one that is not its child).  The price is C{waitpid()}: we are not its parent.
+A pidfd gives back what matters: we learn when it exits (not its exit status,
+which its reaper gets; the reason a failed child gives on the ready pipe still
+reaches us), and we can kill it without racing a reused pid.
 """
 
 from __future__ import annotations
@@ -26,11 +36,45 @@ from twisted.internet.interfaces import IDelayedCall, IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.runtime import platform
 
 from . import _handoff
 from ._errors import ChildFailed, Stopping, UpgradeTimeout
 from ._fds import Listener
 from ._reactor import Reactor
+
+#: Run as C{python -I -S -c TRAMPOLINE executable argv...}: fork; the parent says
+#: the child's pid on the ready pipe and exits; the child waits until it has been
+#: reparented, then becomes the next generation.
+TRAMPOLINE = """\
+import os, sys, time
+me = os.getpid()
+child = os.fork()
+if child:
+    os.write(3, b"pid %d\\n" % child)
+    os._exit(0)
+while os.getppid() == me:
+    time.sleep(0.001)
+try:
+    os.execv(sys.argv[1], sys.argv[2:])
+except OSError as e:
+    os.write(3, ("error cannot run %s: %s\\n" % (sys.argv[1], e.strerror)).encode())
+    os._exit(127)
+"""
+_PID_PREFIX = b"pid "
+
+
+def shouldDetach(environ: Mapping[str, str]) -> bool:
+    """
+    Whether to start the next generation as PID 1's child rather than ours: under
+    systemd (which supervises the main pid it is told of), where pidfds exist.
+    """
+    return (
+        bool(environ.get("NOTIFY_SOCKET"))
+        and platform.isLinux()
+        and hasattr(os, "pidfd_open")
+        and hasattr(signal, "pidfd_send_signal")
+    )
 
 
 @dataclass(frozen=True)
@@ -107,11 +151,13 @@ def howItEnded(reason: Failure) -> str:
     return f"exited with status {status}"
 
 
-def describeExit(pid: int, reason: Failure) -> str:
+def describeExit(pid: int, reason: Failure | None) -> str:
     """
-    C{child pid=N exited with status 3} / C{... was killed by SIGKILL}.
+    C{child pid=N exited with status 3} / C{... was killed by SIGKILL}; only
+    C{... exited} when the status is not ours to know (C{reason} None).
     """
-    return f"child pid={pid} {howItEnded(reason)} before it was ready"
+    how = howItEnded(reason) if reason is not None else "exited"
+    return f"child pid={pid} {how} before it was ready"
 
 
 #: The signals txflip or twistd handle: a new generation is started with them
@@ -158,6 +204,9 @@ class Attempt(Protocol):
 
     #: The child's pid.
     pid: int
+    #: Fires with the child's pid once it runs (at once unless it is started
+    #: detached: then once the trampoline named it).
+    started: Deferred[int]
     #: Fires with the child's pid once it is ready, or fails with an
     #: L{UpgradeError} once it is gone.
     result: Deferred[int]
@@ -200,7 +249,9 @@ class _ChildProtocol(ProcessProtocol):
             self._buffer += data
             while b"\n" in self._buffer:
                 line, self._buffer = self._buffer.split(b"\n", 1)
-                if line + b"\n" == _handoff.READY_MESSAGE:
+                if line.startswith(_PID_PREFIX) and self._attempt.detached:
+                    self._attempt._childStarted(line[len(_PID_PREFIX) :])
+                elif line + b"\n" == _handoff.READY_MESSAGE:
                     self._attempt._childReady()
                 elif line.startswith(_handoff.ERROR_PREFIX):
                     error = line[len(_handoff.ERROR_PREFIX) :]
@@ -212,8 +263,13 @@ class _ChildProtocol(ProcessProtocol):
                     )
                 )
 
+    def processExited(self, reason: Failure) -> None:
+        if self._attempt.detached:
+            self._attempt._trampolineExited(reason)
+
     def processEnded(self, reason: Failure) -> None:
-        self._attempt._childEnded(reason)
+        if not self._attempt.detached:
+            self._attempt._childEnded(reason)
 
 
 class SpawnAttempt:
@@ -227,6 +283,9 @@ class SpawnAttempt:
 
     A child that ends after it was ready has taken over: nothing is undone, but if
     we are still here (draining) we say so, since nobody serves once we exit.
+
+    Detached (see the module's docstring), L{pid} is the trampoline's until it
+    names the child, and L{started} fires with the child's pid once it does.
     """
 
     _log = Logger()
@@ -241,6 +300,7 @@ class SpawnAttempt:
         timeout: float,
         extraFDs: Mapping[str, int],
         afterReady: Callable[[Failure], None] | None = None,
+        detach: bool | None = None,
     ) -> None:
         """
         @param afterReady: called with the reason when the child ends after it
@@ -248,6 +308,12 @@ class SpawnAttempt:
         """
         self.result: Deferred[int] = Deferred()
         self._afterReady = afterReady
+        self.started: Deferred[int] = Deferred()
+        # A supervisor's workers stay its children (it waits for them).
+        self.detached = afterReady is None and (
+            shouldDetach(environ) if detach is None else detach
+        )
+        self._pidfd: int | None = None
         self._reactor = reactor
         self._failure: Exception | None = None
         self._ready = False
@@ -256,16 +322,22 @@ class SpawnAttempt:
         env = dict(environ)
         env.update(command.extraEnv)
         env[_handoff.MARKER], childFDs = _handoff.plan(generation, listeners, extraFDs)
+        executable, args = command.executable, list(command.args)
+        if self.detached:
+            args = [sys.executable, "-I", "-S", "-c", TRAMPOLINE, executable, *args]
+            executable = sys.executable
         with signalsHeld():
             self._process: IProcessTransport = reactor.spawnProcess(
                 _ChildProtocol(self),
-                command.executable,
-                list(command.args),
+                executable,
+                args,
                 env=env,
                 path=command.cwd,
                 childFDs=childFDs,
             )
         self.pid: int = self._process.pid or 0
+        if not self.detached:
+            self.started.callback(self.pid)
         self._timeout: IDelayedCall | None = reactor.callLater(
             timeout, self._timedOut, timeout
         )
@@ -274,10 +346,66 @@ class SpawnAttempt:
         """
         Send signal C{name} (C{"QUIT"}) to the child, unless it is gone.
         """
+        signum = getattr(signal, f"SIG{name}")
+        if self.detached:
+            if self._pidfd is not None and self._pidfd >= 0:
+                try:
+                    signal.pidfd_send_signal(self._pidfd, signum)
+                except ProcessLookupError:
+                    pass
+            return
         try:
-            self._process.signalProcess(getattr(signal, f"SIG{name}"))
+            self._process.signalProcess(signum)
         except ProcessExitedAlready:
             pass
+
+    def _childStarted(self, text: bytes) -> None:
+        """
+        Detached: the trampoline named the child (now PID 1's): watch it.
+        """
+        if self._pidfd is not None or self.started.called:
+            return
+        try:
+            pid = int(text)
+            self._pidfd = os.pidfd_open(pid)
+        except (ValueError, OSError) as e:
+            self._fail(ChildFailed(f"cannot watch the next generation: {e}"))
+            return
+        self.pid = pid
+        # A pidfd reads as an error once the process exits: the pipe watcher's
+        # end-of-file, which closes the fd and tells us.
+        _handoff.ParentWatcher(self._reactor, self._pidfd, self._detachedEnded)
+        self.started.callback(pid)
+        if self._failure is not None:
+            self._kill()
+
+    def _trampolineExited(self, reason: Failure) -> None:
+        """
+        Detached: the trampoline exits at once.  Status 0 means it wrote the
+        child's pid first (L{_childStarted} follows, if it has not run yet);
+        anything else, that there is no child.
+        """
+        if self._pidfd is not None or howItEnded(reason) == "exited with status 0":
+            return
+        self._cancelTimeout()
+        error = self._failure or ChildFailed(
+            f"cannot start the next generation: pid={self.pid} {howItEnded(reason)}"
+            + (f": {self.childError}" if self.childError else "")
+        )
+        self._failure = error
+        self.started.errback(Failure(error))
+        self.started.addErrback(lambda _: None)
+        self.result.errback(Failure(error))
+
+    def _detachedEnded(self) -> None:
+        self._pidfd = -1  # the watcher closed it: never signal it again
+        self._childEnded(None)
+
+    def _kill(self) -> None:
+        # Detached, before the trampoline named the child this does nothing, and
+        # _childStarted kills it then: killing the trampoline could orphan a child
+        # nobody watches.
+        self.signal("KILL")
 
     def _childReady(self) -> None:
         if self._ready or self._failure is not None:
@@ -302,10 +430,7 @@ class SpawnAttempt:
             return
         self._failure = error
         self._cancelTimeout()
-        try:
-            self._process.signalProcess("KILL")
-        except ProcessExitedAlready:
-            pass
+        self._kill()
 
     def cancel(self) -> Deferred[int]:
         """
@@ -314,14 +439,18 @@ class SpawnAttempt:
         self._fail(Stopping())
         return self.result
 
-    def _childEnded(self, reason: Failure) -> None:
+    def _childEnded(self, reason: Failure | None) -> None:
+        """
+        The child is gone; C{reason} is its exit status, None when detached (we
+        are not its parent: its reaper gets the status).
+        """
         self._cancelTimeout()
-        if self._ready and self._afterReady is not None:
+        if self._ready and self._afterReady is not None and reason is not None:
             self._afterReady(reason)
             return
         if self._ready:
-            how = howItEnded(reason)
-            if _cleanExit(reason):
+            how = howItEnded(reason) if reason is not None else "exited"
+            if reason is not None and _cleanExit(reason):
                 self._log.info(
                     "txflip: pid {pid}, which replaced this generation, {how}",
                     pid=self.pid,

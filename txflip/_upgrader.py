@@ -129,14 +129,14 @@ class Upgrader:
             )
         else:
             self.listeners = Listeners(inherited)
-        pid = PidFile(pidFile) if pidFile else None
-        if pid is not None:
-            pid.check(allowed=(os.getppid(),) if handoff is not None else ())
-        # The parent may be gone already (killed while we started): then getppid()
-        # names whoever adopted us, and only the table knows who the parent was.
+        # The parent may be gone already (killed while we started), or never was
+        # our parent process (started detached): the table says who it is.
         parentPID = None
         if handoff is not None:
             parentPID = handoff.parentPID or os.getppid()
+        pid = PidFile(pidFile) if pidFile else None
+        if pid is not None:
+            pid.check(allowed=(parentPID,) if parentPID is not None else ())
         self._core = _Core(
             self.reactor,
             self.listeners,
@@ -157,9 +157,9 @@ class Upgrader:
 
     def _parentPipeClosed(self) -> None:
         """
-        The parent's end of the pipe is closed: it is exiting.  It is gone once we
-        are reparented; wait for that (briefly), so that "the previous generation
-        exited" is exactly true when we allow the next upgrade.
+        The parent's end of the pipe is closed: it is exiting.  Wait (briefly) until
+        it has exited (a zombie, or gone), so that "the previous generation exited"
+        is exactly true when we allow the next upgrade.
 
         A supervisor's worker stops gracefully instead: nobody would replace it,
         and a restarted service starts workers of its own.
