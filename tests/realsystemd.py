@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from harness import wait_for
+from harness import waitFor
 
 T = TypeVar("T")
 
@@ -118,7 +118,7 @@ def removeCgroup(folder: Path) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    wait_for(lambda: not _cgroupPids(folder), 10, what=f"{folder} to empty")
+    waitFor(lambda: not _cgroupPids(folder), 10, what=f"{folder} to empty")
     for path in [*sorted(folder.rglob("*"), key=lambda p: -len(p.parts)), folder]:
         if path.is_dir():
             path.rmdir()
@@ -165,8 +165,8 @@ class Container:
                 env={**os.environ, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"},
             )
         try:
-            self.leader = wait_for(self._leader, 30, what=f"nspawn's child ({log})")
-            wait_for(
+            self.leader = waitFor(self._leader, 30, what=f"nspawn's child ({log})")
+            waitFor(
                 lambda: (
                     self.run(
                         "systemctl", "is-system-running", check=False

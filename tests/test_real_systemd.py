@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT
-from harness import Load, wait_for
+from harness import Load, waitFor
 from realsystemd import Container, require
 
 PORT = 8080
@@ -153,7 +153,7 @@ def lifecycle(
     (C{txflip run}): MainPID stays; the workers are replaced.
     """
     startTime = timed(start)
-    pids = [wait_for(lambda: mainPid(c, unit), 20, what=f"{unit}'s MainPID")]
+    pids = [waitFor(lambda: mainPid(c, unit), 20, what=f"{unit}'s MainPID")]
     invocation = c.show(unit, "InvocationID")["InvocationID"]
     assert echo(c) == b"hello\n"
     workers = [serving(c, unit, supervised)]
@@ -174,13 +174,13 @@ def lifecycle(
             assert not set(workers[-1]) & set(workers[-2])
             pids.append(new)
             for old in workers[-2]:
-                wait_for(
+                waitFor(
                     lambda old=old: not alive(c, old), 30, what=f"old pid {old} to exit"
                 )
     finally:
         assert load.stop(10), "load clients did not stop"
     stats = load.stats
-    assert stats.errors_total() == 0 and stats.lost == 0, str(stats)
+    assert stats.errorsTotal() == 0 and stats.lost == 0, str(stats)
     assert stats.exchanges > 0
 
     # A broken deploy: reload fails, the old generation serves on and says why.
@@ -206,7 +206,7 @@ def lifecycle(
     inFlight.sendall(b"in flight")
     stopping = time.monotonic()
     c.run("systemctl", "stop", "--no-block", unit)
-    wait_for(
+    waitFor(
         lambda: c.show(unit, "ActiveState")["ActiveState"] != "active",
         10,
         what=f"{unit} to begin stopping",
@@ -214,7 +214,7 @@ def lifecycle(
     inFlight.sendall(b" request\n")
     with inFlight:
         assert readLine(inFlight) == b"in flight request\n"
-    wait_for(
+    waitFor(
         lambda: c.show(unit, "ActiveState")["ActiveState"] in ("inactive", "failed"),
         40,
         what=f"{unit} to stop",
@@ -238,7 +238,7 @@ def lifecycle(
         f"\n{unit}: start {startTime:.2f} s; reloads"
         f" {', '.join(f'{r:.2f}' for r in reloads)} s;"
         f" load {stats.connections} connections, {stats.exchanges} exchanges,"
-        f" {stats.errors_total()} errors; broken reload exit {broken[0].returncode} in {brokenTime:.2f} s;"
+        f" {stats.errorsTotal()} errors; broken reload exit {broken[0].returncode} in {brokenTime:.2f} s;"
         f" stop {stopTime:.2f} s; main pids {pids}, serving {workers}"
     )
 

@@ -115,15 +115,15 @@ def test_under_systemd_the_new_generation_is_not_the_old_ones_child(
         with socket.create_connection(("127.0.0.1", server.port), 10) as held:
             held.sendall(b"half a line")
             os.kill(old, signal.SIGHUP)
-            new = wait_for(
-                lambda: (p := read_pidfile(server.pidfile)) != old and p,
+            new = waitFor(
+                lambda: (p := readPidFile(server.pidfile)) != old and p,
                 30,
                 what="the new generation",
             )
             server.track(new)
             stat = Path(f"/proc/{new}/stat").read_text()
             parent = int(stat.rsplit(")", 1)[1].split()[1])
-            assert pid_alive(old)
+            assert pidAlive(old)
             assert parent == (os.getpid() if env else old)
             held.sendall(b"\n")
             assert held.recv(100) == b"half a line\n"
