@@ -1,0 +1,67 @@
+"""
+A container's PID 1 for real: a new PID namespace (C{unshare --pid --fork
+--mount-proc}) with Debian's tini (unpacked by C{.ci/real-env}), as C{docker run
+--init} runs it.  Direct mode cannot work there: tini exits when its child exits,
+and the namespace dies with it.  This test keeps the README's word on it honest.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from conftest import ROOT, twistdCommand
+from harness import canConnect, freePort, waitFor
+from realsystemd import TOOLS, require
+
+
+def descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        here = todo.pop()
+        try:
+            children = Path(f"/proc/{here}/task/{here}/children").read_text().split()
+        except OSError:
+            continue
+        found += [int(c) for c in children]
+        todo += [int(c) for c in children]
+    return found
+
+
+def test_tini_ends_the_namespace_at_the_first_direct_upgrade(tmp_path: Path) -> None:
+    require("usr/bin/tini")
+    port = freePort()
+    argv = [
+        "unshare", "--pid", "--fork", "--mount-proc", str(TOOLS / "usr/bin/tini"),
+        "--", *twistdCommand(), "-n", "--pidfile=", "flipecho",
+        "--listen", f"tcp:{port}:interface=127.0.0.1",
+    ]  # fmt: skip
+    with open(tmp_path / "log", "wb") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+    try:
+        waitFor(lambda: canConnect("127.0.0.1", port), 30, what="flipecho to listen")
+        servers = [
+            p
+            for p in descendants(proc.pid)
+            if Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0]
+            == twistdCommand()[0].encode()
+        ]
+        assert len(servers) == 1, servers
+        os.kill(servers[0], signal.SIGHUP)
+        # The upgrade starts a new generation, the old one exits, tini follows
+        # it, and the kernel kills what was left in the namespace.
+        assert proc.wait(30) is not None
+        assert not canConnect("127.0.0.1", port)
+        assert not any(Path(f"/proc/{p}").exists() for p in servers)
+    finally:
+        if proc.poll() is None:
+            proc.kill()  # unshare: its namespace's PID 1 goes with it
+            proc.wait(10)
