@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 from conftest import ROOT, twistdCommand
@@ -64,4 +66,69 @@ def test_tini_ends_the_namespace_at_the_first_direct_upgrade(tmp_path: Path) -> 
     finally:
         if proc.poll() is None:
             proc.kill()  # unshare: its namespace's PID 1 goes with it
+            proc.wait(10)
+
+
+def nsPid(pid: int) -> int | None:
+    """
+    C{pid}'s pid in its own (innermost) namespace.
+    """
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("NSpid:"):
+            return int(line.split()[-1])
+    return None
+
+
+def zombies(pid: int) -> list[int]:
+    found = []
+    for p in descendants(pid):
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            found.append(p)
+    return found
+
+
+def test_txflip_run_as_pid1_upgrades_and_drains(tmp_path: Path) -> None:
+    """
+    C{txflip run} as the namespace's PID 1 (no tini): upgrades keep serving, no
+    zombie is left, SIGTERM drains (a request in flight is answered).
+    """
+    require()
+    port = freePort()
+    control = tmp_path / "control.sock"
+    txflip = str(Path(sys.executable).with_name("txflip"))
+    argv = [
+        "unshare", "--pid", "--fork", "--mount-proc", txflip, "run",
+        "--control", str(control), "--", *twistdCommand(), "-n", "--pidfile=",
+        "flipecho", "--listen", f"tcp:{port}:interface=127.0.0.1",
+    ]  # fmt: skip
+    with open(tmp_path / "log", "wb") as log:
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+    try:
+        waitFor(lambda: canConnect("127.0.0.1", port), 30, what="flipecho to listen")
+        [pid1] = [p for p in descendants(proc.pid) if nsPid(p) == 1]
+        for _ in range(2):
+            upgraded = subprocess.run(
+                [txflip, "upgrade", "--control", str(control)],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert upgraded.returncode == 0, upgraded.stderr
+            assert canConnect("127.0.0.1", port)
+        waitFor(lambda: not zombies(proc.pid), 10, what="no zombies")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"in flight")
+            os.kill(pid1, signal.SIGTERM)
+            waitFor(lambda: not canConnect("127.0.0.1", port), 30, what="stop")
+            s.sendall(b" request\n")
+            assert s.recv(100) == b"in flight request\n"
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
             proc.wait(10)
