@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import ctypes
 import os
 import platform
 import resource
@@ -35,6 +36,7 @@ import twisted
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))  # txflip from this checkout
+sys.path.insert(1, str(ROOT / "tests"))  # the tests' harness: what they observe with
 
 from txflip._pidfile import PidFile  # noqa: E402
 from txflip._pidfile import pidAlive as pid_alive  # noqa: E402
@@ -46,6 +48,7 @@ def read_pidfile(path: str | os.PathLike[str]) -> int | None:
 
 
 HOST = "127.0.0.1"
+PR_SET_CHILD_SUBREAPER = 36
 
 #: Where the servers import txflip from: the checkout, or a snapshot (L{options}).
 CODE = ROOT
@@ -62,22 +65,55 @@ def options(parser: argparse.ArgumentParser) -> argparse.Namespace:
     )
     args = parser.parse_args()
     if args.commit:
-        rev = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", args.commit],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        rev = resolve(args.commit)
         target = Path(tempfile.mkdtemp(prefix="txflip-bench-src-"))
         atexit.register(shutil.rmtree, target, ignore_errors=True)
-        archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", rev], capture_output=True, check=True
-        )
-        subprocess.run(
-            ["tar", "-x", "-C", str(target)], input=archive.stdout, check=True
-        )
-        CODE, _CODE_NAME = target, f"commit {rev}"
+        CODE, _CODE_NAME = snapshot(rev, target), f"commit {rev}"
     return args
+
+
+class BenchError(Exception):
+    """
+    A benchmark cannot go on: one line saying why.
+    """
+
+
+def resolve(commit: str) -> str:
+    """
+    The short hash of C{commit} in this checkout (C{commit} itself if unknown).
+    """
+    result = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", commit],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result.stdout.strip() or commit
+
+
+def snapshot(commit: str, target: Path) -> Path:
+    """
+    Extract C{commit} of this checkout into C{target} (which exists): every
+    generation of a server run from there imports the same code.
+    """
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", commit], capture_output=True, check=False
+    )
+    if archive.returncode != 0:
+        raise BenchError(f"git archive {commit}: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target
+
+
+def become_subreaper() -> bool:
+    """
+    Become the parent of every orphaned descendant (Linux): each generation's
+    exit status comes to us, and no zombie is left.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
 
 
 def machine() -> str:
@@ -180,7 +216,7 @@ def wait_until(what: str, predicate: Callable[[], object], timeout: float) -> No
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise RuntimeError(f"bench: timed out waiting for {what}")
+            raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(0.001)
 
 
@@ -291,7 +327,8 @@ def command(
         tac = BENCH / "plain_echo.tac"
         return [*twistd(), "-n", "--pidfile", str(pidfile), "-y", str(tac)]
     if name == "naive":
-        restart = [sys.executable, str(BENCH / "naive_restart.py")]
+        naive = ROOT / "tests" / "naive_server.py"
+        restart = [sys.executable, str(naive), "--restart", "--forever"]
         return restart + command("plain", port, pidfile)
     if name == "reuseport":
         script = BENCH / "reuseport_echo.py"

@@ -23,13 +23,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 import time
 from typing import Any
 
 from _common import (
     HOST,
-    ROOT,
     header,
     median,
     ms,
@@ -39,9 +37,7 @@ from _common import (
     table,
     wait_until,
 )
-
-sys.path.insert(0, str(ROOT / "tests"))
-from talkers import Talkers  # noqa: E402
+from talkers import Talkers  # tests/, on the path since _common
 
 MOVED = re.compile(r"moved (\d+) connections to pid \d+ in ([\d.]+) ms")
 

@@ -3,7 +3,7 @@ The baseline: flipecho's line echo protocol on a plain C{listenTCP}, no txflip.
 
     BENCH_PORT=8080 twistd -n --pidfile plain.pid -y bench/plain_echo.tac
 
-Upgrading it means restarting it (see naive_restart.py).  It imports nothing of
+Upgrading it means restarting it (see tests/naive_server.py --restart).  It imports nothing of
 txflip, so that its memory and start-up time are Twisted's alone.
 """
 

@@ -33,7 +33,6 @@ collects each exit status, and no zombie is left.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import dataclasses
 import json
 import os
@@ -50,37 +49,23 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # txflip from this checkout
+from _common import (
+    HOST,
+    ROOT,
+    BenchError,
+    become_subreaper,
+    resolve,
+    snapshot,
+    wait_until,
+)
+from harness import sessionProcesses as session_processes
 
-from txflip._checkstats import Stats  # noqa: E402
-from txflip._echoload import Load  # noqa: E402
-from txflip._pidfile import PidFile  # noqa: E402
-from txflip._pidfile import pidAlive as pid_alive  # noqa: E402
+from txflip._checkstats import Stats
+from txflip._echoload import Load
+from txflip._pidfile import PidFile
+from txflip._pidfile import pidAlive as pid_alive
 
-HOST = "127.0.0.1"
-PR_SET_CHILD_SUBREAPER = 36
 RSS_SLACK = (1.10, 2048)  # factor, KiB
-
-
-class SoakError(Exception):
-    pass
-
-
-def become_subreaper() -> bool:
-    if not sys.platform.startswith("linux"):
-        return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
-
-
-def wait_until(what: str, predicate: Callable[[], object], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SoakError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.002)
 
 
 # --- what a process holds ---------------------------------------------------------
@@ -135,25 +120,6 @@ def sample(generation: int, pid: int, listening: set[str]) -> Sample:
             if line.startswith("VmRSS:"):
                 rss = int(line.split()[1])
     return Sample(generation, pid, len(targets), live, rss)
-
-
-def session_processes(sid: int) -> list[tuple[int, str]]:
-    """
-    (pid, state) of every process in session C{sid}, zombies included.
-    """
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 3 and int(fields[3]) == sid:
-            found.append((int(name), fields[0].decode()))
-    return sorted(found)
 
 
 # --- watching ---------------------------------------------------------------------
@@ -276,23 +242,6 @@ class Generations:
             self.bad_exits.append(f"pid {pid} exited with status {status}")
 
 
-def snapshot(commit: str, directory: Path) -> Path:
-    """
-    Extract C{commit} of this checkout into C{directory}/src.
-    """
-    target = directory / "src"
-    target.mkdir()
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", commit],
-        capture_output=True,
-        check=False,
-    )
-    if archive.returncode != 0:
-        raise SoakError(f"git archive {commit}: {archive.stderr.decode().strip()}")
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
-    return target
-
-
 @contextmanager
 def flipecho(
     directory: Path, source: Path, extra: list[str]
@@ -303,7 +252,7 @@ def flipecho(
     """
     twistd = shutil.which("twistd", path=os.path.dirname(sys.executable))
     if twistd is None:
-        raise SoakError("twistd is not installed next to this interpreter")
+        raise BenchError("twistd is not installed next to this interpreter")
     argv = [sys.executable, twistd, "-n", "flipecho"]
     argv += ["--listen", f"tcp:0:interface={HOST}", *extra]
     env = {**os.environ, "PYTHONPATH": str(source), "PYTHONUNBUFFERED": "1"}
@@ -419,6 +368,7 @@ class Result:
         first, last = self.samples[0], self.samples[-1]
         return {
             "upgrades": self.upgrades,
+            "generations_sampled": len(self.samples),
             "seconds": round(self.seconds, 1),
             "short_errors": self.short.errorsTotal(),
             "short_exchanges": self.short.exchanges,
@@ -450,14 +400,18 @@ def soak(
 ) -> Result:
     """
     Run the soak (with the code of C{commit}, or of the checkout); raise
-    L{SoakError} if the server cannot be started or an upgrade does not complete in
+    L{BenchError} if the server cannot be started or an upgrade does not complete in
     C{upgrade_timeout} seconds.
     """
     become_subreaper()
     directory = Path(tempfile.mkdtemp(prefix="txflip-soak-"))
     pidfile = directory / "twistd.pid"
     try:
-        source = snapshot(commit, directory) if commit else ROOT
+        source = ROOT
+        if commit:
+            source = directory / "src"
+            source.mkdir()
+            snapshot(commit, source)
         with flipecho(directory, source, server_args or []) as first:
             return _soak(
                 first,
@@ -558,16 +512,6 @@ def _soak(
     )
 
 
-def resolve(commit: str) -> str:
-    result = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", commit],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return result.stdout.strip() or commit
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     parser.add_argument("--upgrades", type=int, default=1000)
@@ -593,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
             commit=commit,
             progress=lambda line: print(f"  {line}", flush=True),
         )
-    except SoakError as e:
+    except BenchError as e:
         print(f"soak: {e}", file=sys.stderr)
         return 1
     print(result.summary())

@@ -10,7 +10,7 @@ upgrades, median over the runs.  A client whose connect is refused retries after
 
   - flipecho: txflip, listening sockets inherited by the next generation;
   - naive: the plain Twisted echo server, killed by SIGHUP and restarted by a
-    supervisor (bench/naive_restart.py);
+    supervisor (tests/naive_server.py --restart);
   - reuseport: each generation binds its own SO_REUSEPORT socket, and the old one
     closes its own once the new one is ready; draining as txflip's
     (bench/reuseport_echo.py).

@@ -1,5 +1,7 @@
 """
-Fixtures for end-to-end tests: real twistd processes on 127.0.0.1.
+Fixtures and helpers for end-to-end tests: real twistd processes on 127.0.0.1.
+Every helper test modules share lives here or in C{harness.py} (the outside
+observer's clients and processes); test modules never import from each other.
 
 The test process makes itself a child subreaper (Linux), so that every generation
 of a server -- each the child of the previous one, orphaned when it exits -- becomes
@@ -13,22 +15,33 @@ import os
 import re
 import shutil
 import signal
+import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import ServerProcess, pidAlive, readPidFile, waitFor
+from harness import (
+    Load,
+    ServerProcess,
+    pidAlive,
+    readPidFile,
+    sessionProcesses,
+    waitFor,
+    waitForUpgrade,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PR_SET_CHILD_SUBREAPER = 36
+LOCALHOST = "127.0.0.1"
 
 
 def _becomeSubreaper() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     libc = ctypes.CDLL(None, use_errno=True)
-    return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
 
 
 SUBREAPER = _becomeSubreaper()
@@ -156,8 +169,249 @@ def flip(tmp_path: Path) -> Iterator[object]:
         for pid in server.alive():
             os.kill(pid, signal.SIGKILL)
         server.proc.close()
-        for pid in server.pids:
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
+        reapExited(server)
+
+
+PLAIN = """
+import sys
+from twisted.internet import reactor
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory
+from txflip.echo import Echo
+
+endpoint = serverFromString(reactor, sys.argv[1])
+endpoint.listen(Factory.forProtocol(Echo))
+reactor.run()
+"""
+
+
+def selfSigned(directory: Path) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    keyPath, certPath = directory / "key.pem", directory / "cert.pem"
+    keyPath.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    certPath.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return keyPath, certPath
+
+
+# --- talking to a service ----------------------------------------------------------
+
+
+def echo(port: int, line: bytes = b"hello\n", host: str = "127.0.0.1") -> bytes:
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(line)
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+def lines(sock: socket.socket, count: int = 1) -> bytes:
+    """
+    Read from C{sock} until C{count} whole lines (or the end) have arrived.
+    """
+    data = b""
+    while data.count(b"\n") < count:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def runTwistd(
+    args: list[str], cwd: Path, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*twistdCommand(), *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def oneLineError(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0, result
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    return lines[0]
+
+
+# --- following its generations -----------------------------------------------------
+
+
+def waitLog(server: Flip, text: str, timeout: float = 20.0, count: int = 1) -> str:
+    """
+    Wait until C{text} is in the server's log C{count} times; return the log.
+    """
+    try:
+        waitFor(lambda: server.logText().count(text) >= count, timeout, what=repr(text))
+    except AssertionError as e:
+        raise AssertionError(f"{e}; log tail:\n{server.logText()[-3000:]}") from None
+    return server.logText()
+
+
+def waitLine(server: Flip, pid: int, text: str, timeout: float = 20.0) -> str:
+    """
+    Wait until pid C{pid} has logged a line containing C{text}; return that line.
+    """
+    line = re.compile(rf"^.*\[pid {pid}\] \[[^\]]*\] .*{re.escape(text)}.*$", re.M)
+    try:
+        match = waitFor(lambda: line.search(server.logText()), timeout, what=text)
+    except AssertionError as e:
+        raise AssertionError(
+            f"{e} from pid {pid}; log tail:\n{server.logText()[-3000:]}"
+        ) from None
+    return match.group(0)
+
+
+def spawned(server: Flip, generation: int) -> int:
+    """
+    The pid of the latest process started as C{generation} (tracked for cleanup).
+    """
+    text = waitLog(server, f"started generation {generation} as pid ")
+    pid = int(re.findall(rf"started generation {generation} as pid (\d+)", text)[-1])
+    server.track(pid)
+    return pid
+
+
+def session(server: Flip) -> list[tuple[int, str]]:
+    """
+    Every process (pid, state) in the server's session, zombies included: the first
+    generation is the session leader and every later generation descends from it.
+    """
+    return sessionProcesses(server.proc.pid)
+
+
+def reapExited(server: Flip) -> None:
+    """
+    Collect the exit status of the generations that are gone: the first is our
+    child, later ones became our children (subreaper) when their parent exited.
+    """
+    server.proc.poll()
+    for pid in server.pids:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+
+def alone(server: Flip, pid: int) -> None:
+    """
+    C{pid} is the only process left of the service: no stray generation, no zombie.
+    """
+
+    def check() -> bool:
+        reapExited(server)
+        processes = session(server)
+        return len(processes) == 1 and processes[0][0] == pid and processes[0][1] != "Z"
+
+    try:
+        waitFor(check, 10, what=f"pid {pid} to be the only process")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; session: {session(server)}") from None
+
+
+def signalStartingChild(
+    server: Flip, fault: Path, gate: Path, signum: int
+) -> tuple[int, int]:
+    """
+    Upgrade C{server} (a flipapp) and send C{signum} to the new generation while
+    it is held before twistd starts, with no handler yet; then let it go on.
+    Return (the serving pid, the child's).
+    """
+    pid = server.serving()
+    fault.write_text(f"gate:{gate}")
+    os.kill(pid, signal.SIGHUP)
+    child = spawned(server, 2)
+    os.kill(child, signum)
+    gate.write_text("")
+    return pid, child
+
+
+def upgradeWorks(server: Flip) -> int:
+    """
+    A normal upgrade succeeds now; return the new pid.
+    """
+    old = server.serving()
+    os.kill(old, signal.SIGHUP)
+    new, _, _ = waitForUpgrade(server.pidfile, old, timeout=30)
+    server.track(new)
+    assert echo(server.port) == b"hello\n"
+    return new
+
+
+def trafficFlows(load: Load, exchanges: int = 20, since: int | None = None) -> None:
+    """
+    Wait until C{load} has done C{exchanges} more exchanges than now (or than
+    C{since}).
+    """
+    before = load.stats.exchanges if since is None else since
+    waitFor(
+        lambda: load.stats.exchanges > before + exchanges, 10, what="client traffic"
+    )
+
+
+class PartialRequest:
+    """
+    A client in the middle of a request (part of a line sent): draining waits for
+    it, which keeps an old generation alive until the test finishes the line.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection((LOCALHOST, port), timeout=10)
+        self.sock.sendall(b"first\n")
+        assert self.sock.recv(100) == b"first\n"
+        self.sock.sendall(b"half a li")
+
+    def finish(self) -> bytes:
+        """
+        Send the rest of the line; return everything up to the server's close.
+        """
+        self.sock.sendall(b"ne\n")
+        data = b""
+        while chunk := self.sock.recv(4096):
+            data += chunk
+        return data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def partial() -> Iterator[list[PartialRequest]]:
+    made: list[PartialRequest] = []
+    yield made
+    for each in made:
+        each.close()

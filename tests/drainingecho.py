@@ -8,7 +8,7 @@ Usage: drainingecho.py PORT [nocork]   (nocork: the same code, uncorked)
 import sys
 
 from twisted.internet import reactor
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import ServerFactory
 
 import txflip._cork
 from txflip.echo import Echo
@@ -17,7 +17,7 @@ if sys.argv[2:] == ["nocork"]:
     txflip._cork.CORK = None
 
 
-class Draining(Factory):
+class Draining(ServerFactory):
     protocol = Echo
 
     def buildProtocol(self, addr: object) -> Echo:

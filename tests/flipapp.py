@@ -77,6 +77,7 @@ if report_dir:
     reports = iter(range(1, 1 << 30))
 
     def report() -> None:
+        assert report_dir is not None
         target = os.path.join(report_dir, f"{os.getpid()}-{next(reports)}.json")
         # Deliberately careless: every inheritable fd of ours goes along.
         subprocess.run([sys.executable, "-c", REPORTER, target], close_fds=False)
@@ -127,7 +128,7 @@ if fault == "refuse-moves":
     def importState(self: object, state: object) -> None:
         raise StateRefused("flipapp: this version reads no moved state")
 
-    Echo.importState = importState  # type: ignore[assignment,method-assign]
+    Echo.importState = importState  # type: ignore[method-assign]
 
 extra = ["--listen", argument] if fault == "listen" else []
 

@@ -15,8 +15,10 @@ failed assertion instead of a hung test run.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -42,10 +44,15 @@ __all__ = [
     "ServerProcess",
     "ShortClients",
     "Stats",
+    "allGone",
     "canConnect",
+    "found",
     "freePort",
+    "isOpen",
+    "moreThan",
     "pidAlive",
     "readPidFile",
+    "sessionProcesses",
     "txflipCheck",
     "waitFor",
     "waitForUpgrade",
@@ -86,7 +93,7 @@ def txflipCheck(*args: str, timeout: float = 60) -> tuple[int, dict[str, Any], s
 
 
 def waitFor(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     timeout: float,
     interval: float = 0.02,
     what: str = "condition",
@@ -107,12 +114,21 @@ def waitFor(
         time.sleep(min(interval, remaining))
 
 
+def found(pattern: str, text: str) -> str:
+    """
+    The first group of C{pattern}'s first match in C{text}; fails if none.
+    """
+    match = re.search(pattern, text)
+    assert match, f"{pattern!r} not in {text[-2000:]!r}"
+    return match.group(1)
+
+
 def waitForUpgrade(
     pidfile: str | os.PathLike[str], oldPid: int, timeout: float
 ) -> tuple[int, float, float]:
-    """Wait for a new live pid in ``pidfile`` and for ``old_pid`` to go.
+    """Wait for a new live pid in ``pidfile`` and for ``oldPid`` to go.
 
-    Returns ``(new_pid, seconds_to_new_pid, seconds_to_old_gone)``, both
+    Returns ``(newPid, secondsToNewPid, secondsToOldGone)``, both
     durations measured from the call, so tests can bound the hand-over time.
     ``timeout`` bounds the whole wait.  ``txflip check`` waits the same way.
     """
@@ -123,6 +139,52 @@ def waitForUpgrade(
     assert result.newPid is not None
     assert result.toNew is not None and result.toOldGone is not None
     return result.newPid, result.toNew, result.toOldGone
+
+
+def isOpen(fd: int) -> bool:
+    """
+    Whether C{fd} is open in this process (only C{EBADF} means it is not).
+    """
+    try:
+        os.fstat(fd)
+    except OSError as e:
+        assert e.errno == errno.EBADF
+        return False
+    return True
+
+
+def moreThan(count: Callable[[], int], n: int) -> Callable[[], bool]:
+    """
+    For L{waitFor}: whether C{count()} has gone past C{n}.
+    """
+    return lambda: count() > n
+
+
+def allGone(*pids: int) -> Callable[[], bool]:
+    """
+    For L{waitFor}: whether none of C{pids} is alive any more.
+    """
+    return lambda: not any(pidAlive(pid) for pid in pids)
+
+
+def sessionProcesses(sid: int) -> list[tuple[int, str]]:
+    """
+    (pid, state) of every process in session C{sid}, zombies included (Linux
+    C{/proc}): a service's generations all descend from its first process.
+    """
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 3 and int(fields[3]) == sid:
+            found.append((int(name), fields[0].decode()))
+    return sorted(found)
 
 
 def freePort() -> int:

@@ -8,7 +8,8 @@ one: the restart most services do.  The server installs no ``SIGHUP`` handler,
 so a ``SIGHUP`` kills it on the spot; its listening socket and every open
 connection die with it, and nothing listens until the next one has started.
 ``python naive_server.py --restart COMMAND...`` wraps any other server that
-SIGHUP kills (a plain ``twistd web``) the same way.
+SIGHUP kills (a plain ``twistd web``) the same way; the benchmarks' naive upgrade
+is ``--restart --forever COMMAND...`` (no lifetime limit: a benchmark ends it).
 
 Stdlib only, one thread, ``SO_REUSEADDR``; the pid file names the serving
 process (written atomically once it listens).  Both processes die after
@@ -72,8 +73,8 @@ def serve(port: int, pidfile: str) -> None:
                     pass
 
 
-def wrap(command: list[str]) -> int:
-    signal.alarm(LIFETIME)
+def wrap(command: list[str], lifetime: int = LIFETIME) -> int:
+    signal.alarm(lifetime)
     running: list[subprocess.Popen[bytes]] = []
 
     def terminate(signum: int, frame: object) -> None:
@@ -92,6 +93,8 @@ def wrap(command: list[str]) -> int:
 if __name__ == "__main__":
     if sys.argv[1] == "--serve":
         serve(int(sys.argv[2]), sys.argv[3])
+    elif sys.argv[1:3] == ["--restart", "--forever"]:
+        sys.exit(wrap(sys.argv[3:], lifetime=0))
     elif sys.argv[1] == "--restart":
         sys.exit(wrap(sys.argv[2:]))
     else:

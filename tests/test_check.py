@@ -95,7 +95,7 @@ def naive(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """
     port, pidfile = freePort(), tmp_path / "naive.pid"
     script = ROOT / "tests" / "naive_server.py"
-    argv = [sys.executable, script, str(port), pidfile]
+    argv = [sys.executable, str(script), str(port), str(pidfile)]
     with ServerProcess(argv, tmp_path / "naive.log") as wrapper:
         waitFor(
             lambda: readPidFile(pidfile),

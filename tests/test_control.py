@@ -15,9 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import ROOT
-from harness import pidAlive, waitFor
-from test_flipecho import echo
+from conftest import ROOT, echo
+from harness import allGone, pidAlive, waitFor
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from txflip._control import ControlFactory, ControlProtocol
 
 
 def txflip(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -201,7 +205,7 @@ def test_status_shows_how_this_generation_started(flip, tmp_path: Path) -> None:
         done = txflip("upgrade", "--control", str(control))
         assert done.returncode == 0, done
         server.track(int(done.stdout))
-        waitFor(lambda o=old: not pidAlive(o), 30, what="the old generation exit")
+        waitFor(allGone(old), 30, what="the old generation exit")
     serving = server.serving()
     state = json.loads(txflip("status", "--control", str(control), "--json").stdout)
     assert state["pid"] == serving and state["generation"] == 4
@@ -212,3 +216,60 @@ def test_status_shows_how_this_generation_started(flip, tmp_path: Path) -> None:
     human = txflip("status", "--control", str(control)).stdout
     assert f"started by   upgrade from pid {started['pid']} at " in human
     assert ", ready in " in human
+
+
+class Controlled:
+    """
+    The little a control socket needs of its service (L{txflip._control.Controlled}).
+    """
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.upgrades: list[bool] = []
+
+    def status(self) -> dict[str, object]:
+        return {"pid": 1}
+
+    def upgrade(self, join: bool = False) -> Deferred[int]:
+        self.upgrades.append(join)
+        return succeed(2)
+
+
+class Transport(StringTransport):
+    halfClosed = False
+
+    def loseWriteConnection(self) -> None:
+        self.halfClosed = True
+
+
+def connected(
+    service: Controlled, requestTimeout: float
+) -> tuple[ControlProtocol, Transport]:
+    protocol = ControlFactory(service, requestTimeout).buildProtocol(None)
+    transport = Transport()
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def test_requestTimeoutIsConfigurable() -> None:
+    """
+    The control socket needs only status, upgrade and a clock of its service; a
+    client that never finishes its line is answered after C{requestTimeout}.
+    """
+    service = Controlled()
+    protocol, transport = connected(service, requestTimeout=0.5)
+    protocol.dataReceived(b"stat")
+    service.clock.advance(0.4)
+    assert transport.value() == b""
+    service.clock.advance(0.1)
+    assert json.loads(transport.value()) == {"ok": False, "error": "request timed out"}
+    assert transport.halfClosed
+
+
+def test_upgradeJoinsThroughTheInterface() -> None:
+    service = Controlled()
+    protocol, transport = connected(service, requestTimeout=5)
+    protocol.dataReceived(b"upgrade\n")
+    assert service.upgrades == [True]
+    assert json.loads(transport.value()) == {"ok": True, "pid": 2}
+    assert transport.disconnecting

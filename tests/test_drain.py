@@ -33,6 +33,9 @@ class Transport(StringTransportWithDisconnection):
     C{loseConnection}.
     """
 
+    #: The tracking wrapper (its C{wrapped} is the application's protocol).
+    protocol: Any
+
     def __init__(self, clock: Clock) -> None:
         super().__init__()
         self.clock = clock
@@ -396,6 +399,8 @@ def test_drainWaitsForAbortedConnectionsToGo() -> None:
     """
 
     class Slow(Transport):
+        pendingReason: Failure
+
         def _close(self, reason: Exception) -> None:
             self.disconnecting = True
             self.pendingReason = Failure(reason)
@@ -406,6 +411,7 @@ def test_drainWaitsForAbortedConnectionsToGo() -> None:
     h.clock.advance(TIMEOUT)
     assert t.events == ["abort"] and t.connected
     assert not d.called
+    assert isinstance(t, Slow)
     t._lost(t.pendingReason)
     assert result(d) == 1
 
@@ -518,8 +524,9 @@ def test_trackedOffersWrappedInterfaces() -> None:
 
     h = Harness(HalfClose)
     t = h.connect()
-    assert IHalfCloseableProtocol.providedBy(t.protocol)
-    t.protocol.readConnectionLost()
+    tracked = t.protocol
+    assert IHalfCloseableProtocol.providedBy(tracked)
+    tracked.readConnectionLost()
     assert t.protocol.wrapped.readLost
     assert IDrainable.providedBy(Harness().connect().protocol)
 
@@ -534,7 +541,8 @@ def test_trackedDeclaresNoMoreThanWrapped() -> None:
     assert IHalfCloseableProtocol(t.protocol, None) is None
     assert not hasattr(t.protocol, "readConnectionLost")
     echo = Harness().connect().protocol
-    assert IHalfCloseableProtocol(echo, None) is echo
+    adapted: object = IHalfCloseableProtocol(echo, None)
+    assert adapted is echo
 
 
 def test_trackedInstanceDeclarationsAndConform() -> None:
@@ -556,7 +564,8 @@ def test_trackedInstanceDeclarationsAndConform() -> None:
     t = Harness(Conforming).connect()
     assert IExtra.providedBy(t.protocol)
     assert not IExtra.providedBy(Harness(Plain).connect().protocol)
-    assert IHalfCloseableProtocol(t.protocol) == "conformed"
+    conformed: object = IHalfCloseableProtocol(t.protocol)
+    assert conformed == "conformed"
 
 
 def test_wrappedConnectionLostErrorStillUnregisters() -> None:

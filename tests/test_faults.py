@@ -20,174 +20,33 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, Flip, reap, twistdCommand
+from conftest import (
+    ROOT,
+    Flip,
+    PartialRequest,
+    alone,
+    echo,
+    oneLineError,
+    reap,
+    reapExited,
+    runTwistd,
+    session,
+    signalStartingChild,
+    spawned,
+    trafficFlows,
+    twistdCommand,
+    upgradeWorks,
+    waitLine,
+    waitLog,
+)
 from harness import Load, pidAlive, readPidFile, waitFor, waitForUpgrade
-from test_flipecho import echo
-from test_twistd import oneLineError, run
 
 LOCALHOST = "127.0.0.1"
 TCP0 = "tcp:0:interface=127.0.0.1"
-
-
-# --- helpers ------------------------------------------------------------------------
-
-
-def waitLog(server: Flip, text: str, timeout: float = 20.0, count: int = 1) -> str:
-    """
-    Wait until C{text} is in the server's log C{count} times; return the log.
-    """
-    try:
-        waitFor(lambda: server.logText().count(text) >= count, timeout, what=repr(text))
-    except AssertionError as e:
-        raise AssertionError(f"{e}; log tail:\n{server.logText()[-3000:]}") from None
-    return server.logText()
-
-
-def waitLine(server: Flip, pid: int, text: str, timeout: float = 20.0) -> str:
-    """
-    Wait until pid C{pid} has logged a line containing C{text}; return that line.
-    """
-    line = re.compile(rf"^.*\[pid {pid}\] \[[^\]]*\] .*{re.escape(text)}.*$", re.M)
-    try:
-        match = waitFor(lambda: line.search(server.logText()), timeout, what=text)
-    except AssertionError as e:
-        raise AssertionError(
-            f"{e} from pid {pid}; log tail:\n{server.logText()[-3000:]}"
-        ) from None
-    return match.group(0)
-
-
-def spawned(server: Flip, generation: int) -> int:
-    """
-    The pid of the latest process started as C{generation} (tracked for cleanup).
-    """
-    text = waitLog(server, f"started generation {generation} as pid ")
-    pid = int(re.findall(rf"started generation {generation} as pid (\d+)", text)[-1])
-    server.track(pid)
-    return pid
-
-
-def session(server: Flip) -> list[tuple[int, str]]:
-    """
-    Every process (pid, state) in the server's session, zombies included: the first
-    generation is the session leader and every later generation descends from it.
-    """
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if int(fields[3]) == server.proc.pid:
-            found.append((int(name), fields[0].decode()))
-    return sorted(found)
-
-
-def reapExited(server: Flip) -> None:
-    """
-    Collect the exit status of the generations that are gone: the first is our
-    child, later ones became our children (subreaper) when their parent exited.
-    """
-    server.proc.poll()
-    for pid in server.pids:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-
-
-def alone(server: Flip, pid: int) -> None:
-    """
-    C{pid} is the only process left of the service: no stray generation, no zombie.
-    """
-
-    def check() -> bool:
-        reapExited(server)
-        processes = session(server)
-        return len(processes) == 1 and processes[0][0] == pid and processes[0][1] != "Z"
-
-    try:
-        waitFor(check, 10, what=f"pid {pid} to be the only process")
-    except AssertionError as e:
-        raise AssertionError(f"{e}; session: {session(server)}") from None
-
-
-def signalStartingChild(
-    server: Flip, fault: Path, gate: Path, signum: int
-) -> tuple[int, int]:
-    """
-    Upgrade C{server} (a flipapp) and send C{signum} to the new generation while
-    it is held before twistd starts, with no handler yet; then let it go on.
-    Return (the serving pid, the child's).
-    """
-    pid = server.serving()
-    fault.write_text(f"gate:{gate}")
-    os.kill(pid, signal.SIGHUP)
-    child = spawned(server, 2)
-    os.kill(child, signum)
-    gate.write_text("")
-    return pid, child
-
-
-def upgradeWorks(server: Flip) -> int:
-    """
-    A normal upgrade succeeds now; return the new pid.
-    """
-    old = server.serving()
-    os.kill(old, signal.SIGHUP)
-    new, _, _ = waitForUpgrade(server.pidfile, old, timeout=30)
-    server.track(new)
-    assert echo(server.port) == b"hello\n"
-    return new
-
-
-def trafficFlows(load: Load, exchanges: int = 20) -> None:
-    before = load.stats.exchanges
-    waitFor(
-        lambda: load.stats.exchanges > before + exchanges, 10, what="client traffic"
-    )
-
-
-class PartialRequest:
-    """
-    A client in the middle of a request (part of a line sent): draining waits for
-    it, which keeps an old generation alive until the test finishes the line.
-    """
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection((LOCALHOST, port), timeout=10)
-        self.sock.sendall(b"first\n")
-        assert self.sock.recv(100) == b"first\n"
-        self.sock.sendall(b"half a li")
-
-    def finish(self) -> bytes:
-        """
-        Send the rest of the line; return everything up to the server's close.
-        """
-        self.sock.sendall(b"ne\n")
-        data = b""
-        while chunk := self.sock.recv(4096):
-            data += chunk
-        return data
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-@pytest.fixture
-def partial() -> Iterator[list[PartialRequest]]:
-    made: list[PartialRequest] = []
-    yield made
-    for each in made:
-        each.close()
 
 
 # --- the next generation fails before it is ready -------------------------------
@@ -581,7 +440,7 @@ def test_pidfile_parent_is_a_file_at_first_start(tmp_path: Path) -> None:
     """
     blocker = tmp_path / "run"
     blocker.write_text("not a directory")
-    result = run(
+    result = runTwistd(
         ["-n", f"--pidfile={blocker}/echo.pid", "flipecho", "--listen", TCP0],
         tmp_path,
     )
@@ -840,7 +699,7 @@ def handoffFDs() -> Iterator[dict[str, int]]:
 
 
 # (what is at fd 5 in the child, the table, the reason expected)
-BAD_HANDOFFS = {
+BAD_HANDOFFS: dict[str, tuple[str | None, Callable[[int], str], str]] = {
     "truncated": (None, lambda p: table(p)[:40], "malformed handoff table: not JSON"),
     "wrong version": (
         "tcp",

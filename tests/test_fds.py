@@ -4,7 +4,6 @@ Unit tests for txflip._fds: binding, inheriting, adopting and closing listeners.
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import socket
@@ -15,12 +14,15 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from harness import isOpen
+from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 
 from txflip._addresses import ListenSpec, parseListen
 from txflip._errors import ListenError
 from txflip._fds import Listener, Listeners, bindSocket
+from txflip._reactor import asReactor
 from txflip._unix import UnixAcceptor
 
 
@@ -47,15 +49,6 @@ def sockets() -> Iterator[list[socket.socket]]:
     yield opened
     for sock in opened:
         sock.close()
-
-
-def isOpen(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError as e:
-        assert e.errno == errno.EBADF
-        return False
-    return True
 
 
 def connectAndAccept(listening: socket.socket) -> None:
@@ -547,7 +540,7 @@ def test_listenersCloseUnlinks(tmp_path: Path) -> None:
 
 class _Echo(Protocol):
     def connectionMade(self) -> None:
-        self.factory.connections.append(self)  # type: ignore[attr-defined]
+        self.factory.connections.append(self)
         self.lost: Deferred[None] = Deferred()
 
     def dataReceived(self, data: bytes) -> None:
@@ -619,7 +612,9 @@ async def test_unixAcceptorEndToEnd(tmp_path: Path) -> None:
         port = listener.adoptStream(reactor, factory)
         assert isinstance(port, UnixAcceptor)
         assert listener.port is port
-        assert port.getHost().name == path.encode() or port.getHost().name == path
+        host = port.getHost()
+        assert isinstance(host, UNIXAddress)
+        assert host.name in (path.encode(), path)
         assert factory.events == ["start"]
         assert stat.S_IMODE(os.lstat(path).st_mode) == 0o600
 
@@ -641,7 +636,7 @@ async def test_unixAcceptorEndToEnd(tmp_path: Path) -> None:
         connectAndAccept(listener.sock)
 
         # A second acceptor on the same socket (as the next generation would have).
-        again = UnixAcceptor(reactor, listener.sock, factory)
+        again = UnixAcceptor(asReactor(reactor), listener.sock, factory)
         again.startListening()
         try:
             await _echoOnce(endpoint, factory)
@@ -717,7 +712,7 @@ def test_unixAcceptorWithFakeReactor(tmp_path: Path) -> None:
     listener = unixListener(str(tmp_path / "s.sock"))
     factory = _Factory()
     try:
-        acceptor = UnixAcceptor(reactor, listener.sock, factory)
+        acceptor = UnixAcceptor(asReactor(reactor), listener.sock, factory)
         acceptor.startListening()
         acceptor.startListening()
         assert factory.events == ["start"]
@@ -761,7 +756,7 @@ def test_unixAcceptorSurvivesFailingConnection(tmp_path: Path) -> None:
     listener = unixListener(str(tmp_path / "s.sock"))
     clients = [socket.socket(socket.AF_UNIX) for _ in range(2)]
     try:
-        acceptor = UnixAcceptor(reactor, listener.sock, Flaky())
+        acceptor = UnixAcceptor(asReactor(reactor), listener.sock, Flaky())
         acceptor.startListening()
         for c in clients:
             c.connect(listener.spec.path)

@@ -5,6 +5,7 @@ under HTTP load through upgrades, and in a plain program using serverFromString.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import os
 import signal
@@ -15,8 +16,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from conftest import ROOT, SUBREAPER, reap, twistdCommand
+from conftest import PLAIN, ROOT, SUBREAPER, reap, selfSigned, twistdCommand
 from harness import (
     ServerProcess,
     freePort,
@@ -36,6 +38,9 @@ class HTTPStats:
     failures: list[str] = field(default_factory=list)
     closedByServer: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def moreThan(self, requests: int) -> bool:
+        return self.requests > requests
 
 
 def closeClient(port: int, stop: threading.Event, stats: HTTPStats) -> None:
@@ -81,7 +86,8 @@ def keepAliveClient(port: int, stop: threading.Event, stats: HTTPStats) -> None:
         except Exception as e:  # noqa: BLE001 - every failure is counted
             with stats.lock:
                 stats.failures.append(f"keep-alive client: {e!r}")
-            conn.close()
+            if conn is not None:
+                conn.close()
             conn = None
         time.sleep(0.002)
     if conn is not None:
@@ -138,7 +144,7 @@ def test_twistd_web_with_flip_endpoint_under_load(tmp_path: Path) -> None:
             threading.Thread(target=keepAliveClient, args=(port, stop, stats))
             for _ in range(3)
         ]
-        download: list[object] = []
+        download: list[Any] = []
         downloader = threading.Thread(target=slowDownload, args=(port, download))
         for thread in threads:
             thread.start()
@@ -148,7 +154,11 @@ def test_twistd_web_with_flip_endpoint_under_load(tmp_path: Path) -> None:
         try:
             for _ in range(UPGRADES):
                 before = stats.requests
-                waitFor(lambda: stats.requests > before + 20, 20, what="traffic")
+                waitFor(
+                    functools.partial(stats.moreThan, before + 20),
+                    20,
+                    what="traffic",
+                )
                 hups.append(time.monotonic())
                 os.kill(pids[-1], signal.SIGHUP)
                 new, _, _ = waitForUpgrade(pidfile, pids[-1], timeout=60)
@@ -196,19 +206,6 @@ def test_bad_flip_description_is_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and "port='http' is not a number" in lines[0], result.stderr
 
 
-PLAIN = """
-import sys
-from twisted.internet import reactor
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.protocol import Factory
-from txflip.echo import Echo
-
-endpoint = serverFromString(reactor, sys.argv[1])
-endpoint.listen(Factory.forProtocol(Echo))
-reactor.run()
-"""
-
-
 def test_plain_program_with_serverFromString(tmp_path: Path) -> None:
     port = freePort()
     pidfile = tmp_path / "plain.pid"
@@ -236,39 +233,6 @@ def test_plain_program_with_serverFromString(tmp_path: Path) -> None:
         assert not pidfile.exists()
 
 
-def _selfSigned(directory: Path) -> tuple[Path, Path]:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    keyPath, certPath = directory / "key.pem", directory / "cert.pem"
-    keyPath.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    certPath.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return keyPath, certPath
-
-
 def test_flip_ssl_across_upgrade(tmp_path: Path) -> None:
     """
     flip:ssl: each generation builds its TLS context from its own arguments; the
@@ -276,7 +240,7 @@ def test_flip_ssl_across_upgrade(tmp_path: Path) -> None:
     """
     import ssl
 
-    keyPath, certPath = _selfSigned(tmp_path)
+    keyPath, certPath = selfSigned(tmp_path)
     port = freePort()
     pidfile = tmp_path / "tls.pid"
     description = (

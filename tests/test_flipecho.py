@@ -11,22 +11,10 @@ import socket
 import statistics
 from pathlib import Path
 
-from conftest import SUBREAPER, reap
+from conftest import SUBREAPER, echo, reap, trafficFlows
 from harness import Load, pidAlive, readPidFile, waitFor, waitForUpgrade
 
 UPGRADES = 10
-
-
-def echo(port: int, line: bytes = b"hello\n", host: str = "127.0.0.1") -> bytes:
-    with socket.create_connection((host, port), timeout=5) as s:
-        s.sendall(line)
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-        return data
 
 
 def test_upgrades_under_load_lose_nothing(flip) -> None:
@@ -49,7 +37,7 @@ def test_upgrades_under_load_lose_nothing(flip) -> None:
             toNew.append(tNew)
             toGone.append(tGone)
             assert server.alive() == [new]
-            waitFor(lambda: load.stats.exchanges > before + 20, 10, what="traffic")
+            trafficFlows(load, since=before)
     short, long = load.shortStats, load.longStats
     print(
         f"\nshort: {short}\nlong: {long}\n"

@@ -7,7 +7,6 @@ by the lowest-free rule while the test runs), and the table names them.
 
 from __future__ import annotations
 
-import errno
 import gc
 import json
 import os
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from harness import isOpen
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
@@ -35,6 +35,7 @@ from txflip._handoff import (
     plan,
     tellParentReady,
 )
+from txflip._reactor import asReactor
 
 FIRST_HIGH_FD = 50
 
@@ -52,15 +53,6 @@ def describedAll(pairs: list[tuple[ListenSpec, ListenSpec]]) -> list[Listener]:
     for each in listeners:
         each.sock.close()  # encode() reads no fd
     return listeners
-
-
-def isOpen(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError as e:
-        assert e.errno == errno.EBADF
-        return False
-    return True
 
 
 class FDs:
@@ -447,7 +439,7 @@ def test_listenerFields(name: str, value: object, fragment: str) -> None:
 
 
 @pytest.mark.parametrize("value", [[], "x", 5, None])
-def test_listenerNotObject(value: object) -> None:
+def test_listenerNotObject(value: Any) -> None:
     refused(
         table(60, 61, [entry(70, port=80), value]),
         "malformed handoff table: listener #1 is not an object",
@@ -826,7 +818,7 @@ async def test_parentWatcherFiresOnceOnClose(fds: FDs) -> None:
         if not exited.called:
             exited.callback(None)
 
-    watcher = ParentWatcher(reactor, r, onExit)
+    watcher = ParentWatcher(asReactor(reactor), r, onExit)
     assert watcher in reactor.getReaders()
     assert watcher.fileno() == r
     assert watcher.logPrefix() == "txflip-parent"
@@ -850,7 +842,7 @@ async def test_parentWatcherIgnoresData(fds: FDs) -> None:
 
     r, w = fds.pipe()
     exited: Deferred[None] = Deferred()
-    watcher = ParentWatcher(reactor, r, lambda: exited.callback(None))
+    watcher = ParentWatcher(asReactor(reactor), r, lambda: exited.callback(None))
     os.write(w, b"x" * 1000)
     # Let the reactor read the data: poll (bounded) until the pipe is empty.
     for _ in range(1000):
@@ -884,7 +876,7 @@ def test_parentWatcherConnectionLostIsEOF(fds: FDs) -> None:
     reactor = MemoryReactor()
     r, w = fds.pipe()
     calls: list[None] = []
-    watcher = ParentWatcher(reactor, r, lambda: calls.append(None))
+    watcher = ParentWatcher(asReactor(reactor), r, lambda: calls.append(None))
     assert watcher in reactor.getReaders()
     assert not os.get_blocking(r)
     watcher.doRead()  # nothing to read yet: EAGAIN, not EOF

@@ -271,7 +271,7 @@ def test_server_process_kills_on_exit_and_wait_exit_times_out(
 ) -> None:
     argv = [sys.executable, "-c", "import time; time.sleep(60)"]
     with ServerProcess(argv, tmp_path / "log", env={"X": "1"}) as srv:
-        with pytest.raises(AssertionError, match="did not exit within 0.1s"):
+        with pytest.raises(AssertionError, match=r"did not exit within 0\.1s"):
             srv.waitExit(0.1)
         pid = srv.pid
     assert srv.poll() == -signal.SIGKILL

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import ROOT, twistdCommand
@@ -43,7 +44,7 @@ class Served:
     def url(self) -> str:
         return f"http://{HOST}:{self.port}/"
 
-    def check(self, *args: str) -> tuple[int, dict[str, object], str]:
+    def check(self, *args: str) -> tuple[int, dict[str, Any], str]:
         """Run the check against this server, then track whoever serves now."""
         result = txflipCheck("--http", self.url, *args)
         self.proc.track(readPidFile(self.pidfile) or 0)

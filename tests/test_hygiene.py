@@ -16,14 +16,12 @@ import json
 import os
 import signal
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Flip
+from conftest import Flip, PartialRequest, alone, spawned, waitLine
 from harness import readPidFile, waitFor, waitForUpgrade
-from test_faults import PartialRequest, alone, spawned, waitLine
 
 STDIO = {"0", "1", "2"}
 
@@ -74,14 +72,6 @@ def assertInheritsNothing(report: dict[str, Any], who: str) -> None:
 @pytest.fixture
 def reports(tmp_path: Path) -> Reports:
     return Reports(tmp_path / "reports")
-
-
-@pytest.fixture
-def partial() -> Iterator[list[PartialRequest]]:
-    made: list[PartialRequest] = []
-    yield made
-    for each in made:
-        each.close()
 
 
 def test_fds_reach_only_the_next_generation(

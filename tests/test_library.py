@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from conftest import ROOT, SUBREAPER, reap
+from conftest import ROOT, SUBREAPER, echo, reap
 from harness import (
     ServerProcess,
     freePort,
@@ -18,7 +18,6 @@ from harness import (
     waitFor,
     waitForUpgrade,
 )
-from test_flipecho import echo
 
 
 def test_plain_program_upgrades_on_sighup(tmp_path: Path) -> None:

@@ -15,14 +15,16 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.web.server import Site
 
+from txflip import _moveweb  # noqa: F401 - registers IMovable for HTTPChannel
+from txflip._addresses import parseListen
 from txflip._drain import ConnectionTracker
 from txflip._fds import bindSocket
-from txflip._addresses import parseListen
-from txflip._movable import ConnectionState, IMovable, StateRefused
+from txflip._movable import ConnectionState, StateRefused
 from txflip._movein import Receiver
 from txflip._moveout import Mover
 from txflip._movetransport import checkPrivateAPI
@@ -35,7 +37,6 @@ from txflip._movewire import (
     encodeAnswer,
     encodeMove,
 )
-from txflip import _moveweb  # noqa: F401 - registers IMovable for HTTPChannel
 from txflip.echo import Echo
 
 KEY = "tcp:127.0.0.1:0"
@@ -93,13 +94,15 @@ def test_bad_frames_break_the_channel() -> None:
 class World:
     """An old and a new tracker, a listener, clients, and the channel."""
 
-    def __init__(self, old: type[Protocol] | Factory, new: type[Protocol] | Factory):
+    def __init__(
+        self,
+        old: type[Protocol] | IProtocolFactory,
+        new: type[Protocol] | IProtocolFactory,
+    ):
         self.old = ConnectionTracker(factory(old), reactor)
         self.new = ConnectionTracker(factory(new), reactor)
         self.sock = bindSocket(parseListen("tcp:0:interface=127.0.0.1"))
-        self.port = reactor.adoptStreamPort(
-            self.sock.fileno(), socket.AF_INET, self.old
-        )
+        self.port = listenerOn(self.sock, self.old)
         self.address = self.sock.getsockname()
         self.clients: list[socket.socket] = []
         self.channel = socket.socketpair()
@@ -111,7 +114,7 @@ class World:
             client.connect_ex(self.address)
             self.clients.append(client)
             if i % 20 == 19:  # let the reactor accept: the backlog is small
-                await until(lambda: len(self.old) > i - 20, "accepts")
+                await until(lambda i=i: len(self.old) > i - 20, "accepts")
         await until(lambda: len(self.old) == count, "connections accepted")
 
     def start(self, trackers: dict[str, ConnectionTracker] | None = None) -> Any:
@@ -129,7 +132,8 @@ class World:
         for client in self.clients:
             client.close()
         for tracked in list(self.new._live) + list(self.old._live):
-            tracked.transport.abortConnection()
+            transport: Any = tracked.transport
+            transport.abortConnection()
         if self.receiver is not None:
             self.receiver.close()
         if self.mover is not None:
@@ -137,8 +141,16 @@ class World:
         self.sock.close()
 
 
-def factory(what: type[Protocol] | Factory) -> Factory:
-    return what if isinstance(what, Factory) else Factory.forProtocol(what)
+def listenerOn(sock: socket.socket, tracker: ConnectionTracker) -> IListeningPort:
+    adopting: Any = reactor  # IReactorSocket, which Twisted's types do not say
+    port: IListeningPort = adopting.adoptStreamPort(
+        sock.fileno(), socket.AF_INET, tracker
+    )
+    return port
+
+
+def factory(what: type[Protocol] | IProtocolFactory) -> IProtocolFactory:
+    return Factory.forProtocol(what) if isinstance(what, type) else what
 
 
 async def until(predicate: Any, what: str, timeout: float = 10.0) -> None:
@@ -182,6 +194,7 @@ async def test_connections_move_with_their_partial_line() -> None:
         before = openFDs()
         drained = world.start()
         assert await drained == 0
+        assert world.mover is not None and world.receiver is not None
         assert world.mover.moved == 300 and world.receiver.accepted == 300
         assert len(world.old) == 0 and len(world.new) == 300
         assert {type(t.wrapped) for t in world.new._live} == {NewEcho}
@@ -203,6 +216,7 @@ async def test_refused_state_drains_in_the_old_tracker() -> None:
     try:
         await world.connect(5)
         drained = world.start()
+        assert world.mover is not None
         await until(lambda: world.mover.refused == 5, "refusals")
         assert len(world.new) == 0 and len(world.old) == 5
         for client in world.clients:
@@ -223,6 +237,7 @@ async def test_protocol_without_the_interface_drains() -> None:
         await world.connect(3)
         drained = world.start()
         await deferLater(reactor, 0.1, lambda: None)
+        assert world.mover is not None
         assert world.mover.moved == 0 and len(world.new) == 0
         for client in world.clients:
             client.sendall(b"still here\n")
@@ -238,6 +253,7 @@ async def test_unknown_listener_is_refused() -> None:
     try:
         await world.connect(2)
         world.start(trackers={"some other key": world.new})
+        assert world.mover is not None
         await until(lambda: world.mover.refused == 2, "refusals")
         assert len(world.old) == 2
     finally:
@@ -254,9 +270,10 @@ async def test_broken_channel_brings_connections_back() -> None:
         await deferLater(reactor, 0.05, lambda: None)
         # The new generation is gone before it reads anything.
         world.channel[1].close()
-        world.receiver = Receiver(reactor, socket.socketpair()[0], {}.get)
+        world.receiver = Receiver(reactor, socket.socketpair()[0], lambda key: None)
         world.mover = Mover(reactor, world.channel[0], {world.old: KEY})
         drained = world.old.drain(1.0, 10.0, world.mover)
+        assert world.mover is not None
         await until(lambda: not world.mover._channel.open, "the channel to break")
         assert len(world.old) == 4
         for client in world.clients:
@@ -268,7 +285,7 @@ async def test_broken_channel_brings_connections_back() -> None:
         world.close()
 
 
-def site(body: bytes) -> Factory:
+def site(body: bytes) -> IProtocolFactory:
     from twisted.web.resource import Resource
     from twisted.web.static import Data
 
@@ -310,12 +327,14 @@ async def test_idle_http_keepalive_connections_move() -> None:
         busy.sendall(b"GET /x HTTP/1.1\r\nHo")  # half a request: not at a boundary
         await deferLater(reactor, 0.05, lambda: None)
         drained = world.start()
+        assert world.mover is not None
         await until(lambda: world.mover.moved == 19, "19 moves")
         assert len(world.old) == 1  # the one in the middle of a request
         busy.sendall(b"st: h\r\n\r\n")
         # Answered here, with keep-alive; then it moves too.
         response = await httpResponse(busy)
         assert response.endswith(b"old") and b"close" not in response.lower()
+        assert world.mover is not None
         await until(lambda: world.mover.moved == 20, "the last move")
         await drained
         for client in world.clients:

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import pidAlive, waitFor
+from conftest import lines
+from harness import allGone, moreThan, waitFor
 from supervised import Supervised, flipecho
 from talkers import Streamer, Talkers, assertKeptTheirSockets
-from test_move_upgrades import lines
 
 UPGRADES = 5
 
@@ -58,10 +58,10 @@ def test_connections_move_between_workers(supervised: Any, probation: str) -> No
             new = [int(p) for p in result.stdout.split()]
             for pid in new:
                 run.track(pid)
-            waitFor(lambda pids=pids: not any(map(pidAlive, pids)), 30, what="old")
+            waitFor(allGone(*pids), 30, what="old")
             pids = new
             waitFor(
-                lambda before=before: lockstep.stats.exchanges > before + 20,
+                moreThan(lambda: lockstep.stats.exchanges, before + 20),
                 20,
                 what="traffic",
             )

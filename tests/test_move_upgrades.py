@@ -6,6 +6,7 @@ clients, ours and curl.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import os
 import re
@@ -19,13 +20,25 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, twistdCommand
+from conftest import PLAIN, ROOT, lines, selfSigned, twistdCommand
 from harness import ServerProcess, freePort, pidAlive, readPidFile, waitFor
 from harness import waitForUpgrade as _waitForUpgrade
 from talkers import Streamer, Talkers, assertKeptTheirSockets
-from test_flip_endpoint import PLAIN, _selfSigned
 
 UPGRADES = 20
+
+
+def flowing(
+    lockstep: Talkers, idle: Talkers, stream: Streamer, before: tuple[int, int, int]
+) -> bool:
+    """
+    Whether every kind of client has made progress since C{before}.
+    """
+    return (
+        lockstep.stats.exchanges > before[0] + 20
+        and idle.stats.exchanges > before[1] + 5
+        and stream.echoed > before[2] + 20
+    )
 
 
 def upgrade(server: object, pidfile: Path, track: object) -> tuple[int, int]:
@@ -39,16 +52,6 @@ def upgrade(server: object, pidfile: Path, track: object) -> tuple[int, int]:
     new, _, _ = _waitForUpgrade(pidfile, old, timeout=30)
     track(new)  # type: ignore[operator]
     return old, new
-
-
-def lines(sock: socket.socket, count: int = 1) -> bytes:
-    data = b""
-    while data.count(b"\n") < count:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def test_long_lived_and_idle_clients_keep_their_socket(flip) -> None:
@@ -78,11 +81,7 @@ def test_long_lived_and_idle_clients_keep_their_socket(flip) -> None:
                 partial.sendall(b"tial\n")
                 assert lines(partial) == b"partial\n"
             waitFor(
-                lambda before=before: (
-                    lockstep.stats.exchanges > before[0] + 20
-                    and idle.stats.exchanges > before[1] + 5
-                    and stream.echoed > before[2] + 20
-                ),
+                functools.partial(flowing, lockstep, idle, stream, before),
                 20,
                 what="traffic after the upgrade",
             )
@@ -227,7 +226,7 @@ def test_tls_connection_drains(tmp_path: Path) -> None:
     """
     import ssl
 
-    keyPath, certPath = _selfSigned(tmp_path)
+    keyPath, certPath = selfSigned(tmp_path)
     port, pidfile = freePort(), tmp_path / "tls.pid"
     description = (
         f"flip:ssl:{port}:interface=127.0.0.1:privateKey={keyPath}:certKey={certPath}"
@@ -322,7 +321,7 @@ def test_http_keepalive_clients_keep_their_connection(tmp_path: Path) -> None:
         for _ in range(5):
             upgrade(proc, pidfile, proc.track)
             curlAlive.append(curlRun is not None and curlRun.poll() is None)
-            for client, sock in zip(clients, sockets):
+            for client, sock in zip(clients, sockets, strict=True):
                 client.request("GET", "/a.txt")
                 response = client.getresponse()
                 assert response.read() == b"a\n"

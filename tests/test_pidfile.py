@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from txflip import _pidfile
 from txflip._errors import PidFileError
 from txflip._pidfile import PidFile, pidAlive
 
@@ -110,7 +109,7 @@ def test_writeFailureKeepsOldFile(
     def failingReplace(src: str, dst: str) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(_pidfile.os, "replace", failingReplace)
+    monkeypatch.setattr(os, "replace", failingReplace)
     with pytest.raises(PidFileError) as info:
         PidFile(str(path)).write(88)
     monkeypatch.undo()

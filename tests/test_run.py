@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Load, pidAlive, readPidFile, waitFor
+from harness import Load, allGone, pidAlive, readPidFile, waitFor
 from supervised import Supervised, flipecho, pidFileStays, txflip
 
 # A worker command that fails when the file "broken" exists in its directory (a bad
@@ -69,7 +69,7 @@ def test_upgrades_keep_the_pid_under_load(supervised: Any) -> None:
             for pid in new:
                 run.track(pid)
             assert pidFileStays(run)
-            waitFor(lambda pids=pids: not any(map(pidAlive, pids)), 30, what="old")
+            waitFor(allGone(*pids), 30, what="old")
             pids = new
         time.sleep(0.5)
     stats = load.stats

@@ -15,9 +15,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from conftest import ROOT, SUBREAPER, reap, twistdCommand
+from conftest import ROOT, SUBREAPER, oneLineError, reap, runTwistd, twistdCommand
 from harness import ServerProcess, pidAlive, readPidFile, waitFor, waitForUpgrade
-from test_twistd import oneLineError, run
 
 LISTEN = "flip:tcp:0:interface=127.0.0.1"
 
@@ -95,7 +94,9 @@ def test_twistd_foreground_logfile_keeps_every_generation(tmp_path: Path) -> Non
 def test_twistd_daemonized_keeps_every_generation(tmp_path: Path) -> None:
     www = site(tmp_path)
     pidfile = tmp_path / "twistd.pid"
-    started = run(["flip", "web", "--listen", LISTEN, "--path", str(www)], tmp_path)
+    started = runTwistd(
+        ["flip", "web", "--listen", LISTEN, "--path", str(www)], tmp_path
+    )
     assert started.returncode == 0, started
     logfile = tmp_path / "twistd.log"
     pids: list[int] = []
@@ -151,13 +152,13 @@ def test_twist_with_flip_plugin(tmp_path: Path) -> None:
 
 
 def test_twistd_without_flip_plugin_is_one_line(tmp_path: Path) -> None:
-    result = run(["-n", "web", "--listen", LISTEN, "--path", "."], tmp_path)
+    result = runTwistd(["-n", "web", "--listen", LISTEN, "--path", "."], tmp_path)
     line = oneLineError(result)
     assert "needs the flip plugin" in line and "twistd [options] flip PLUGIN" in line
 
 
 def test_flip_plugin_needs_a_plugin(tmp_path: Path) -> None:
-    result = run(["-n", "flip"], tmp_path)
+    result = runTwistd(["-n", "flip"], tmp_path)
     assert result.returncode != 0
     assert "which plugin should flip run?" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr

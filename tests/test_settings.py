@@ -13,9 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
-from test_flip_endpoint import PLAIN
-from test_twistd import oneLineError, run
+from conftest import PLAIN, ROOT, oneLineError, runTwistd
 
 from txflip import Upgrader, UpgradeService
 from txflip._process import ProcessState
@@ -57,7 +55,7 @@ def test_twistd_options_name_the_option(
         args = ["-n", *plugin]
         if plugin == ["flipecho"]:
             args.append(f"--{option}={value}")
-        result = run([*args, "--listen", "tcp:0:interface=127.0.0.1"], tmp_path)
+        result = runTwistd([*args, "--listen", "tcp:0:interface=127.0.0.1"], tmp_path)
         assert result.returncode != 0
         output = result.stdout + result.stderr
         assert f"--{option} must be a finite number of seconds" in output, output
@@ -118,7 +116,7 @@ def test_later_endpoint_cannot_change_a_setting(tmp_path: Path) -> None:
 
 
 def test_flip_setting_conflicting_with_twistd_flip_options(tmp_path: Path) -> None:
-    result = run(
+    result = runTwistd(
         [
             "-n",
             "flip",

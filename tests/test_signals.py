@@ -8,16 +8,27 @@ waits for its handler.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
 from pathlib import Path
 
 import pytest
-from conftest import SUBREAPER, reap
+from conftest import (
+    SUBREAPER,
+    alone,
+    echo,
+    reap,
+    signalStartingChild,
+    upgradeWorks,
+    waitLine,
+)
 from harness import pidAlive, waitFor, waitForUpgrade
-from test_faults import alone, signalStartingChild, upgradeWorks, waitLine
-from test_flipecho import echo
+
+
+def reached(deadline: float) -> bool:
+    return time.monotonic() >= deadline
 
 
 @pytest.mark.parametrize("logfile", [False, True])
@@ -53,7 +64,7 @@ def test_sigusr1_never_kills_a_generation(flip, tmp_path: Path, logfile: bool) -
         old = server.serving()
         os.kill(old, signal.SIGHUP)
         deadline = time.monotonic() + delay
-        waitFor(lambda d=deadline: time.monotonic() >= d, 2, interval=0.002)
+        waitFor(functools.partial(reached, deadline), 2, interval=0.002)
         os.killpg(group, signal.SIGUSR1)
         new, _, _ = waitForUpgrade(server.pidfile, old, timeout=30)
         server.track(new)
@@ -62,9 +73,12 @@ def test_sigusr1_never_kills_a_generation(flip, tmp_path: Path, logfile: bool) -
     if logfile:
         rotated = tmp_path / "echo.log.1"
         log.rename(rotated)
-        os.kill(server.serving(), signal.SIGUSR1)
-        os.kill(server.serving(), signal.SIGHUP)
+        old = server.serving()
+        os.kill(old, signal.SIGUSR1)
+        os.kill(old, signal.SIGHUP)
         waitFor(lambda: log.exists() and "upgrade" in log.read_text(), 20)
+        # The upgrade must be over before we look for the one process left.
+        server.track(waitForUpgrade(server.pidfile, old, timeout=30)[0])
     alone(server, server.serving())
 
 

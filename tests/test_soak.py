@@ -1,26 +1,19 @@
 """
 End to end: 50 consecutive upgrades under load, the normal suite's version of
-C{bench/soak.py} (which runs 1,000; see it for what is checked and why).
+C{bench/soak.py} (which runs 1,000; see it for what is checked and why), run as the
+program it is.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import json
+import os
+import subprocess
 import sys
-from types import ModuleType
 
 from conftest import ROOT
 
 UPGRADES = 50
-
-
-def loadSoak() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("soak", ROOT / "bench" / "soak.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["soak"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_fifty_upgrades_under_load() -> None:
@@ -29,9 +22,19 @@ def test_fifty_upgrades_under_load() -> None:
     generation's own fds as many as the first's, RSS flat; the pid file always names
     a live generation; never more than two generations, each exits 0, none left.
     """
-    soak = loadSoak()
-    result = soak.soak(UPGRADES, short=4, long=2)
-    print(f"\n{result.summary()}")
-    assert result.upgrades == UPGRADES
-    assert len(result.samples) == UPGRADES + 1
-    assert result.failures() == []
+    soak = [sys.executable, str(ROOT / "bench" / "soak.py"), "--json"]
+    clients = ["--short-clients", "4", "--long-clients", "2"]
+    done = subprocess.run(
+        [*soak, "--upgrades", str(UPGRADES), *clients],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    print(done.stdout)
+    assert done.stdout, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["upgrades"] == UPGRADES
+    assert result["generations_sampled"] == UPGRADES + 1
+    assert result["failures"] == []
+    assert done.returncode == 0, done.stderr

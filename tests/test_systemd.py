@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SUBREAPER, reap, twistdCommand
+from conftest import ROOT, SUBREAPER, echo, reap, twistdCommand
 from harness import pidAlive, readPidFile, waitFor, waitForUpgrade
-from test_flipecho import echo
 
 
 class NotifySocket:

@@ -16,41 +16,19 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SUBREAPER, reap, twistdCommand
+from conftest import ROOT, SUBREAPER, echo, oneLineError, reap, runTwistd, twistdCommand
 from harness import (
     ServerProcess,
+    found,
     freePort,
     pidAlive,
     readPidFile,
     waitFor,
     waitForUpgrade,
 )
-from test_flipecho import echo
 
 TCP0 = "tcp:0:interface=127.0.0.1"
 LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[pid \d+\] \[")
-
-
-def run(
-    args: list[str], cwd: Path, timeout: float = 30
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*twistdCommand(), *args],
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def oneLineError(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode != 0, result
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-    return lines[0]
 
 
 def test_daemonized_with_logfile_and_pidfile(tmp_path: Path) -> None:
@@ -62,7 +40,7 @@ def test_daemonized_with_logfile_and_pidfile(tmp_path: Path) -> None:
     pidfile = tmp_path / "run" / "echo.pid"
     pidfile.parent.mkdir()
     logfile = tmp_path / "echo.log"
-    started = run(
+    started = runTwistd(
         [
             f"--pidfile={pidfile}",
             f"--logfile={logfile}",
@@ -78,7 +56,7 @@ def test_daemonized_with_logfile_and_pidfile(tmp_path: Path) -> None:
         pid = waitFor(lambda: readPidFile(pidfile), 20, what="the daemon's pid")
         pids.append(pid)
         waitFor(lambda: "ready" in logfile.read_text(), 20, what="ready")
-        port = int(re.search(r"tcp:127\.0\.0\.1:(\d+)", logfile.read_text()).group(1))
+        port = int(found(r"tcp:127\.0\.0\.1:(\d+)", logfile.read_text()))
         assert echo(port) == b"hello\n"
         for _ in range(3):
             old = pids[-1]
@@ -105,7 +83,9 @@ def test_daemonized_with_logfile_and_pidfile(tmp_path: Path) -> None:
 
 def test_second_server_on_same_pidfile_is_refused(flip, tmp_path: Path) -> None:
     server = flip()
-    result = run(["-n", "flipecho", "--listen", "tcp:0:interface=127.0.0.1"], tmp_path)
+    result = runTwistd(
+        ["-n", "flipecho", "--listen", "tcp:0:interface=127.0.0.1"], tmp_path
+    )
     line = oneLineError(result)
     assert f"another server is running, PID {server.serving()}" in line
     assert readPidFile(server.pidfile) == server.serving()
@@ -116,7 +96,7 @@ def test_port_in_use_is_one_line(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run(
+        result = runTwistd(
             ["-n", "flipecho", "--listen", f"tcp:{port}:interface=127.0.0.1"], tmp_path
         )
     line = oneLineError(result)
@@ -129,14 +109,14 @@ def test_port_in_use_is_one_line(tmp_path: Path) -> None:
 def test_unix_path_that_is_a_file_is_one_line(tmp_path: Path) -> None:
     path = tmp_path / "data.txt"
     path.write_text("precious")
-    result = run(["-n", "flipecho", "--listen", f"unix:{path}"], tmp_path)
+    result = runTwistd(["-n", "flipecho", "--listen", f"unix:{path}"], tmp_path)
     line = oneLineError(result)
     assert "the path exists and is not a socket" in line
     assert path.read_text() == "precious"
 
 
 def test_unwritable_pidfile_is_one_line(tmp_path: Path) -> None:
-    result = run(
+    result = runTwistd(
         [
             "-n",
             f"--pidfile={tmp_path}/missing/dir/x.pid",
@@ -150,7 +130,7 @@ def test_unwritable_pidfile_is_one_line(tmp_path: Path) -> None:
 
 
 def test_bad_listen_description(tmp_path: Path) -> None:
-    result = run(["-n", "flipecho", "--listen", "tcp:http"], tmp_path)
+    result = runTwistd(["-n", "flipecho", "--listen", "tcp:http"], tmp_path)
     assert result.returncode != 0
     assert "port='http' is not a number" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
@@ -179,8 +159,8 @@ def test_udp_and_tcp6_across_upgrade(flip) -> None:
         "tcp:0:interface=127.0.0.1",
     )
     text = server.logText()
-    udpPort = int(re.search(r"udp:127\.0\.0\.1:(\d+)", text).group(1))
-    tcp6Port = int(re.search(r"tcp6:\[::1\]:(\d+)", text).group(1))
+    udpPort = int(found(r"udp:127\.0\.0\.1:(\d+)", text))
+    tcp6Port = int(found(r"tcp6:\[::1\]:(\d+)", text))
 
     def udpEcho() -> bytes:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -276,7 +256,7 @@ FLIPWEB = ["flip", "web", "--listen", "flip:tcp:0:interface=127.0.0.1", "--path"
     ids=["foreground", "daemon", "flip-web", "flip-web-daemon"],
 )
 def test_missing_logfile_directory_is_one_line(tmp_path: Path, args: list[str]) -> None:
-    result = run([f"--logfile={tmp_path}/missing/dir/x.log", *args], tmp_path)
+    result = runTwistd([f"--logfile={tmp_path}/missing/dir/x.log", *args], tmp_path)
     line = oneLineError(result)
     assert line == (
         f"txflip: cannot open log file {tmp_path}/missing/dir/x.log: No such file"
@@ -286,12 +266,12 @@ def test_missing_logfile_directory_is_one_line(tmp_path: Path, args: list[str]) 
 
 @pytest.mark.parametrize("plugin", [["flip", "web"], ["web"]])
 def test_flip_without_colon_is_one_line(tmp_path: Path, plugin: list[str]) -> None:
-    result = run(["-n", *plugin, "--listen", "flip", "--path", "."], tmp_path)
+    result = runTwistd(["-n", *plugin, "--listen", "flip", "--path", "."], tmp_path)
     assert "bad listen description 'flip': what should it wrap?" in oneLineError(result)
 
 
 def test_unescaped_ipv6_interface_says_to_escape_and_quote(tmp_path: Path) -> None:
-    result = run(["-n", "flipecho", "--listen", "tcp6:0:interface=::1"], tmp_path)
+    result = runTwistd(["-n", "flipecho", "--listen", "tcp6:0:interface=::1"], tmp_path)
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "escape the colons of an IPv6 interface (interface=\\:\\:1)" in output
@@ -301,7 +281,7 @@ def test_unescaped_ipv6_interface_says_to_escape_and_quote(tmp_path: Path) -> No
 
 def test_pidfile_under_a_file_says_so(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("")
-    result = run(
+    result = runTwistd(
         ["-n", f"--pidfile={tmp_path}/afile/x.pid", "flipecho", "--listen", TCP0],
         tmp_path,
     )
@@ -324,7 +304,7 @@ def test_ssl_without_pyopenssl_is_one_line(tmp_path: Path) -> None:
         "sys.modules['OpenSSL'] = None\n"
         "from twisted.scripts.twistd import run\n"
         "sys.argv = ['twistd', *sys.argv[1:]]\n"
-        "run()\n"
+        "runTwistd()\n"
     )
     result = subprocess.run(
         [

@@ -15,7 +15,7 @@ import ipaddress
 import os
 import socket
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from ._errors import ListenError
 
@@ -214,7 +214,9 @@ def parseListen(description: str, cwd: str | None = None) -> ListenSpec:
             f"bad listen description {description!r}: interface {host!r} is not an"
             f" IPv{want} address"
         )
-    return ListenSpec(kind, host=address.compressed, port=port, backlog=backlog)  # type: ignore[arg-type]
+    return ListenSpec(
+        cast(Kind, kind), host=address.compressed, port=port, backlog=backlog
+    )
 
 
 def _systemdAlias(description: str, args: dict[str | None, str]) -> str:

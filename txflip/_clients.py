@@ -19,7 +19,33 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 
-class Clients(Generic[CountersT]):
+class Running:
+    """
+    Client threads that run for the length of a C{with} block: a stuck thread
+    fails the block (unless it already failed).
+    """
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> bool:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        excType: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self.finish() and excType is None:
+            raise AssertionError(f"{type(self).__name__} threads did not stop")
+
+
+class Clients(Running, Generic[CountersT]):
     """
     Common thread management: C{n_threads} loops until L{stop}, counting into
     C{stats}.  A subclass implements C{_run(idx)}.
@@ -86,19 +112,10 @@ class Clients(Generic[CountersT]):
     def _run(self, idx: int) -> None:
         raise NotImplementedError
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        excType: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def finish(self) -> bool:
+        """Stop and join the threads; False if some did not finish."""
         self.stop()
-        if not self.join() and excType is None:
-            raise AssertionError(f"{type(self).__name__} threads did not stop")
+        return self.join()
 
 
 def connectOrFail(host: str, port: int, timeout: float) -> socket.socket:

@@ -14,15 +14,14 @@ from __future__ import annotations
 import select
 import socket
 import time
-from types import TracebackType
 from typing import TYPE_CHECKING
 
 from ._checkstats import Stats, classify
-from ._clients import Clients, connectOrFail
+from ._clients import Clients, Running, connectOrFail
 from ._errors import CheckError
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    pass
 
 _PROBE = b"txflip-check-probe\n"
 
@@ -158,7 +157,7 @@ class LongClients(Clients[Stats]):
                 sock.close()
 
 
-class Load:
+class Load(Running):
     """
     Short and long clients together, stopped and joined on exit.
 
@@ -207,18 +206,8 @@ class Load:
         longDone = self.long.join(timeout)
         return shortDone and longDone
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        excType: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if not self.stop() and excType is None:
-            raise AssertionError("load client threads did not stop")
+    def finish(self) -> bool:
+        return self.stop()
 
 
 def probeEcho(host: str, port: int, timeout: float) -> None:

@@ -34,7 +34,7 @@ from twisted.internet.protocol import DatagramProtocol
 
 from ._addresses import ListenSpec
 from ._errors import ListenError
-from ._reactor import Reactor
+from ._reactor import asReactor
 from ._unix import UnixAcceptor
 
 _REASONS = {
@@ -147,12 +147,12 @@ class Listener:
         """
         return self.sock.fileno() != -1
 
-    def adoptStream(
-        self, reactor: Reactor, factory: IProtocolFactory
-    ) -> IListeningPort:
+    def adoptStream(self, reactor: object, factory: IProtocolFactory) -> IListeningPort:
         """
-        Start accepting connections for C{factory}.
+        Start accepting connections for C{factory} on C{reactor} (any Twisted
+        reactor: it needs C{IReactorSocket} and C{IReactorFDSet}).
         """
+        reactor = asReactor(reactor)
         if self.spec.kind == "unix":
             acceptor = UnixAcceptor(reactor, self.sock, factory)
             acceptor.startListening()
@@ -164,11 +164,12 @@ class Listener:
         return self.port
 
     def adoptDatagram(
-        self, reactor: Reactor, protocol: DatagramProtocol
+        self, reactor: object, protocol: DatagramProtocol
     ) -> IListeningPort:
         """
-        Start receiving datagrams for C{protocol}.
+        Start receiving datagrams for C{protocol} (C{reactor}: C{IReactorSocket}).
         """
+        reactor = asReactor(reactor)
         if self.spec.stream:
             raise ListenError(
                 f"cannot serve datagrams on {self.spec}: not a datagram listener"

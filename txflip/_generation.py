@@ -7,6 +7,7 @@ in L{txflip._machine}; the diagram and the public API in L{txflip._upgrader}.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -135,9 +136,9 @@ class _Core:
         """
         for waiter in waiters:
             if isinstance(result, Failure):
-                self.later(lambda waiter=waiter: waiter.errback(result))  # type: ignore[misc]
+                self.later(functools.partial(waiter.errback, result))
             else:
-                self.later(lambda waiter=waiter: waiter.callback(result))  # type: ignore[misc]
+                self.later(functools.partial(waiter.callback, result))
         waiters.clear()
 
     def fail(self, result: Deferred[T], error: Exception) -> None:

@@ -94,13 +94,21 @@ class Reactor(Clock, Protocol):
     ) -> IProcessTransport: ...
 
 
-def reactorOrGlobal(reactor: Reactor | None) -> Reactor:
+def asReactor(reactor: object) -> Reactor:
+    """
+    A reactor a user passed (typed by Twisted as one interface or another, the
+    global one as none that has everything), as the L{Reactor} txflip needs.
+    """
+    return cast(Reactor, reactor)
+
+
+def reactorOrGlobal(reactor: object | None) -> Reactor:
     """
     C{reactor}, or Twisted's global reactor (imported only then: importing it
     installs the default reactor).
     """
     if reactor is not None:
-        return reactor
+        return asReactor(reactor)
     from twisted.internet import reactor as globalReactor
 
-    return cast(Reactor, globalReactor)
+    return asReactor(globalReactor)

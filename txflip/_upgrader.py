@@ -55,7 +55,7 @@ from ._handoff import SUPERVISOR, ParentWatcher
 from ._machine import makeGeneration
 from ._pidfile import PidFile
 from ._process import ProcessState, thisProcess
-from ._reactor import Reactor, reactorOrGlobal
+from ._reactor import reactorOrGlobal
 from ._settings import seconds
 from ._spawn import Command, SpawnAttempt, Spawner
 from .systemd import listenFDs
@@ -88,7 +88,7 @@ class Upgrader:
 
     def __init__(
         self,
-        reactor: Reactor | None = None,
+        reactor: object | None = None,
         *,
         pidFile: str | None = None,
         upgradeTimeout: float = DEFAULT_UPGRADE_TIMEOUT,
@@ -101,6 +101,7 @@ class Upgrader:
         Read the handoff from the environment (removing the marker) and take over
         the inherited fds.
 
+        @param reactor: the reactor (default: Twisted's global one).
         @param spawner: starts the next generation (tests pass a fake).
         @param process: this process's state (tests pass a fresh one).
         @raise TxflipError: this process has an Upgrader already.

@@ -42,7 +42,7 @@ from ._moveout import Mover
 from ._movespawn import CHANNEL_NAME, ChannelSpawner, inheritedChannel
 from ._pidfile import startTime
 from ._process import tellParentError
-from ._reactor import Reactor
+from ._reactor import Reactor, asReactor
 from ._settings import seconds
 from ._spawn import releaseSignals
 from ._upgrader import Upgrader
@@ -69,7 +69,7 @@ class UpgradeService(Service):
         *,
         drainTimeout: float = DEFAULT_DRAIN_TIMEOUT,
         idleGrace: float = DEFAULT_IDLE_GRACE,
-        reactor: Reactor | None = None,
+        reactor: object | None = None,
         installSignalHandlers: bool = True,
         notifier: Notifier | None = None,
         move: bool = True,
@@ -82,7 +82,7 @@ class UpgradeService(Service):
             generation moves (L{False}: they all drain, as before).
         """
         self.upgrader = upgrader
-        reactor = upgrader.reactor if reactor is None else reactor
+        reactor = upgrader.reactor if reactor is None else asReactor(reactor)
         self.drainTimeout = seconds("drainTimeout", drainTimeout)
         self.idleGrace = seconds("idleGrace", idleGrace)
         self.move = move
