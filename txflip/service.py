@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable
 
 from twisted.application.service import Service
@@ -30,19 +29,16 @@ from ._drain import (
 )
 from ._errors import (
     ListenError,
-    Refused,
-    Stopping,
     TxflipError,
     UpgradeError,
-    UpgradeInProgress,
 )
 from ._fds import Listener
 from ._movein import Receiver
 from ._moveout import Mover
 from ._movespawn import CHANNEL_NAME, ChannelSpawner, inheritedChannel
-from ._pidfile import startTime
 from ._process import tellParentError
 from ._reactor import Reactor, asReactor
+from ._reports import Reports
 from ._settings import seconds
 from ._spawn import releaseSignals
 from ._upgrader import Upgrader
@@ -100,11 +96,8 @@ class UpgradeService(Service):
         self._stopping: Deferred[None] | None = None
         self._failed = False
         self.notifier = notifier if notifier is not None else Notifier.fromEnvironment()
-        self.startedAt = time.time()
-        #: When this generation became ready.
-        self.readyAt: float | None = None
-        #: C{(when, outcome)} of the last upgrade this generation attempted.
-        self.lastUpgrade: tuple[float, str] | None = None
+        #: What this generation says about itself: to systemd, to C{txflip status}.
+        self.reports = Reports(upgrader, self.notifier)
 
     @property
     def isReady(self) -> bool:
@@ -122,33 +115,9 @@ class UpgradeService(Service):
 
     def status(self) -> dict[str, object]:
         """
-        What C{txflip status} shows.
+        What C{txflip status} shows (L{Reports.status}).
         """
-        last = None
-        if self.lastUpgrade is not None:
-            last = {"at": self.lastUpgrade[0], "result": self.lastUpgrade[1]}
-        return {
-            "pid": os.getpid(),
-            "generation": self.upgrader.generation,
-            "ready": self.isReady,
-            "uptime": round(time.time() - self.startedAt, 3),
-            "connections": self.connections,
-            "listeners": [str(listener.spec) for listener in self.upgrader.listeners],
-            "startedBy": self.startedBy(),
-            "lastUpgrade": last,
-        }
-
-    def startedBy(self) -> dict[str, object]:
-        """
-        How this generation started: by an upgrade from which pid (or a first
-        start), when (the process's start), and how long it took to be ready.
-        """
-        at = startTime(os.getpid()) or self.startedAt
-        return {
-            "pid": self.upgrader.parentPID,
-            "at": at,
-            "readyIn": None if self.readyAt is None else round(self.readyAt - at, 3),
-        }
+        return self.reports.status(self.connections)
 
     @property
     def connections(self) -> int:
@@ -320,44 +289,13 @@ class UpgradeService(Service):
 
     def upgrade(self, join: bool = False) -> Deferred[int]:
         """
-        Upgrade now; fires with the new pid, or fails (logged) with the reason.
-
-        systemd hears C{RELOADING=1} when the upgrade starts, and C{READY=1} from
-        the new generation, or from us again (with the reason) if it fails; a
-        refusal is C{RELOADING=1} and C{READY=1} at once.
+        Upgrade now; fires with the new pid, or fails (logged, and told to systemd:
+        L{Reports.upgrade}) with the reason.
 
         @param join: if an upgrade is already in progress, wait for its outcome
             instead of being refused (what C{txflip upgrade} wants).
         """
-        generation = self.upgrader.generation
-        started: list[int] = []
-
-        def start(nextGeneration: int) -> None:
-            started.append(nextGeneration)
-            self.notifier.reloading(f"upgrading: starting generation {nextGeneration}")
-
-        def finished(result: int | Failure) -> int | Failure:
-            if isinstance(result, Failure) and result.check(Refused):
-                message = f"refused: {result.getErrorMessage()}"
-                self._log.warn("txflip: upgrade {message}", message=message)
-                if not result.check(UpgradeInProgress, Stopping):
-                    # Complete the reload systemd may have begun
-                    # (Type=notify-reload), in one message.
-                    self.notifier.reloadRefused(
-                        f"upgrade {message}; serving (generation {generation})"
-                    )
-            elif started and isinstance(result, Failure):
-                message = f"failed: {result.getErrorMessage()}"
-                self.lastUpgrade = (time.time(), message)
-                self.notifier.stillReady(
-                    f"upgrade {message}; serving (generation {generation})"
-                )
-            elif started:
-                self.lastUpgrade = (time.time(), f"succeeded: pid {result} serves")
-            # else: it joined an upgrade another request started and reports.
-            return result
-
-        return self.upgrader.upgrade(join, start).addBoth(finished)
+        return self.reports.upgrade(join)
 
     def _ready(self) -> None:
         try:
@@ -365,10 +303,7 @@ class UpgradeService(Service):
         except TxflipError as e:
             self.fatal(str(e))
             return
-        self.readyAt = time.time()
-        self.notifier.ready(
-            f"serving (generation {self.upgrader.generation}, pid {os.getpid()})"
-        )
+        self.reports.ready()
 
     def fatal(self, message: str) -> None:
         """
