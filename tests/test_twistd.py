@@ -304,7 +304,7 @@ def test_ssl_without_pyopenssl_is_one_line(tmp_path: Path) -> None:
         "sys.modules['OpenSSL'] = None\n"
         "from twisted.scripts.twistd import run\n"
         "sys.argv = ['twistd', *sys.argv[1:]]\n"
-        "runTwistd()\n"
+        "run()\n"
     )
     result = subprocess.run(
         [
