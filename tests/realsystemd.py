@@ -278,8 +278,8 @@ class Container:
             removeCgroup(folder)
         for sub in ("propagate", "unix-export"):
             shutil.rmtree(f"/run/systemd/nspawn/{sub}/{self.name}", ignore_errors=True)
-        for folder in ("propagate", "unix-export", "locks", ""):
+        for sub in ("propagate", "unix-export", "locks", ""):
             try:
-                os.rmdir(f"/run/systemd/nspawn/{folder}")
+                os.rmdir(f"/run/systemd/nspawn/{sub}")
             except OSError:
                 pass  # not empty (someone else's), or not there

@@ -14,6 +14,7 @@ tests skip, saying why (in CI they fail).  Figures go to stdout (C{pytest -s}).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import socket
@@ -175,7 +176,7 @@ def lifecycle(
             pids.append(new)
             for old in workers[-2]:
                 waitFor(
-                    lambda old=old: not alive(c, old), 30, what=f"old pid {old} to exit"
+                    functools.partial(gone, c, old), 30, what=f"old pid {old} to exit"
                 )
     finally:
         assert load.stop(10), "load clients did not stop"
@@ -241,6 +242,13 @@ def lifecycle(
         f" {stats.errorsTotal()} errors; broken reload exit {broken[0].returncode} in {brokenTime:.2f} s;"
         f" stop {stopTime:.2f} s; main pids {pids}, serving {workers}"
     )
+
+
+def gone(c: Any, pid: int) -> bool:
+    """
+    Whether C{pid} no longer runs in container C{c}.
+    """
+    return not alive(c, pid)
 
 
 def test_verify_shipped_units(systemd: Container) -> None:
