@@ -111,12 +111,14 @@ class Reader:
         self.buffer += chunk
         return bool(chunk)
 
-    def response(self, pace: float = 0.0) -> tuple[dict[bytes, bytes], bytes]:
+    def response(
+        self, pace: float = 0.0, status: bytes = b"200 OK"
+    ) -> tuple[dict[bytes, bytes], bytes]:
         while b"\r\n\r\n" not in self.buffer:
             assert self.fill(), f"connection closed mid-headers: {self.buffer!r}"
         head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
         lines = head.split(b"\r\n")
-        assert lines[0] == b"HTTP/1.1 200 OK", lines[0]
+        assert lines[0] == b"HTTP/1.1 " + status, lines[0]
         headers = {}
         for line in lines[1:]:
             name, _, value = line.partition(b":")
@@ -179,6 +181,29 @@ def test_requests_pipelined_during_drain_are_all_answered(web) -> None:
         assert [body for _, body in answers] == [SMALL] * 3
         assert [h.get(b"connection") for h, _ in answers] == [None, None, b"close"]
         assert reader.closed()
+
+
+def test_request_with_a_body_closes_with_its_response_during_drain(web) -> None:
+    """
+    A request with a body during the drain (twisted.web then keeps an empty chunk
+    in its buffer, which is no further request) gets C{Connection: close} and the
+    connection closes with its response, instead of lingering to the grace's end.
+    """
+    server = web(grace=30, timeout=60)
+    with connect(server.port, timeout=10) as sock:
+        reader = Reader(sock)
+        sock.sendall(GET % b"small.txt")
+        assert reader.response()[1] == SMALL
+        server.upgrade()
+        body = b"0123456789"
+        sock.sendall(
+            b"POST /small.txt HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+            % len(body)
+        )
+        sock.sendall(body)
+        headers, _ = reader.response(status=b"405 Method Not Allowed")
+        assert headers.get(b"connection") == b"close"
+        assert reader.closed(), "not closed with the response"
 
 
 def test_library_site_drains_keepalive_connections(web) -> None:

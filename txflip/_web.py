@@ -44,9 +44,10 @@ PRIVATE = ("_buffer", "_dataBuffer", "_handlingRequest")
 def _unparsed(channel: HTTPChannel) -> bool:
     """
     Whether bytes of a further request have arrived: buffered while a request is
-    handled (C{_dataBuffer}), or not yet split into lines (C{_buffer}).
+    handled (C{_dataBuffer}), or not yet split into lines (C{_buffer}).  After a
+    request with a body, C{_dataBuffer} holds an empty chunk: that is no request.
     """
-    return bool(channel._dataBuffer) or bool(channel._buffer)
+    return any(channel._dataBuffer) or bool(channel._buffer)
 
 
 def _busy(channel: HTTPChannel) -> bool:
