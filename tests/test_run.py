@@ -222,6 +222,43 @@ def test_first_start_failure_exits_with_the_reason(supervised: Any) -> None:
     assert not run.pidfile.exists() and not run.control.exists()
 
 
+def test_workersSayTheirSocketsComeFromTheSupervisor(supervised: Any) -> None:
+    """
+    A worker binds no socket itself, whether it asked the supervisor (the first
+    worker) or inherited it (a worker of the next generation): its log says so.
+    """
+    run = supervised(flipecho(), "--probation", "0")
+    (first,) = run.waitReady()
+    assert run.upgrade().returncode == 0
+    (second,) = run.waitReady()
+    line = f"listening on tcp:127.0.0.1:{run.port} (from the supervisor pid {run.pid})"
+    for pid in (first, second):
+        said = [each for each in run.logText().splitlines() if f"[pid {pid}]" in each]
+        assert any(each.endswith(f"txflip: {line}") for each in said), run.tail()
+    assert "(new)" not in run.logText() and "(inherited)" not in run.logText()
+
+
+def test_aWorkersOwnControlSocketIsRefusedAtFirstStart(supervised: Any) -> None:
+    """
+    Every worker would share (and answer on) one control socket: the first
+    start fails with one line saying which control socket to use instead.
+    """
+    own = supervised.tmp / "worker.sock"
+    run = supervised(flipecho("--control", str(own)), "--workers", "2", wait=False)
+    assert run.proc.waitExit(30) == 1
+    error = (
+        f"--control {own}: under txflip run the control socket is txflip run's own"
+        f" (txflip run --control PATH); supervisor pid {run.pid}"
+    )
+    assert "txflip run: cannot start: child pid=" in run.logText(), run.tail()
+    assert error in run.logText(), run.tail()
+    failure = [
+        line for line in run.logText().splitlines() if "txflip run: child" in line
+    ]
+    assert len(failure) == 1 and failure[0].endswith(error), failure
+    assert not own.exists() and not run.pidfile.exists() and not run.control.exists()
+
+
 # --- bad input: one line, a non-zero exit, nothing left behind ---------------------
 
 

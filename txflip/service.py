@@ -159,6 +159,14 @@ class UpgradeService(Service):
         Open the control socket at C{path} (mode 0600) for C{txflip upgrade} and
         C{txflip status}.
         """
+        supervisor = self.upgrader.supervisor
+        if supervisor is not None:
+            # Every worker would serve (and answer for) one shared socket.
+            raise ListenError(
+                f"--control {path}: under txflip run the control socket is"
+                f" txflip run's own (txflip run --control PATH); supervisor pid"
+                f" {supervisor.supervisorPID}"
+            )
         spec = ListenSpec("unix", path=os.path.abspath(path), mode=0o600)
         listener = self.upgrader.listen(spec)
         control = ControlFactory(self, requestTimeout)
@@ -250,10 +258,13 @@ class UpgradeService(Service):
         return Mover(self._reactor, sock, keys)
 
     def _logListening(self, listener: Listener) -> None:
+        how = "inherited" if listener.inherited else "new"
+        if (supervisor := self.upgrader.supervisor) is not None:
+            how = (
+                f"from the supervisor pid {supervisor.supervisorPID}"  # binds them all
+            )
         self._log.info(
-            "txflip: listening on {spec} ({how})",
-            spec=listener.spec,
-            how="inherited" if listener.inherited else "new",
+            "txflip: listening on {spec} ({how})", spec=listener.spec, how=how
         )
 
     def _installSignalHandlers(self) -> None:
