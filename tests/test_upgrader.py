@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 
 from txflip import _generation
 from txflip._addresses import parseListen
+from txflip._command import Command
 from txflip._errors import (
     ChildFailed,
     NotReady,
@@ -32,7 +33,7 @@ from txflip._errors import (
 from txflip._fds import bindSocket
 from txflip._handoff import MARKER, ParentWatcher
 from txflip._process import ProcessState
-from txflip._spawn import Command
+from txflip._spawn import Spawn
 from txflip._upgrader import Upgrader
 
 COMMAND = Command("/nonexistent/python", ("python", "-m", "app"), "/")
@@ -48,24 +49,15 @@ class FakeAttempt:
     cancelSynchronously = True
     failToStart: Exception | None = None
 
-    def __init__(
-        self,
-        reactor: Any,
-        command: Command,
-        environ: Any,
-        generation: int,
-        listeners: Any,
-        timeout: float,
-        extraFDs: Any,
-    ) -> None:
+    def __init__(self, reactor: Any, spawn: Spawn) -> None:
         if self.failToStart is not None:
             raise self.failToStart
         self.reactor = reactor
-        self.command = command
-        self.environ = dict(environ)
-        self.generation = generation
-        self.listeners = list(listeners)
-        self.timeout = timeout
+        self.command = spawn.command
+        self.environ = dict(spawn.environ)
+        self.generation = spawn.generation
+        self.listeners = list(spawn.listeners)
+        self.timeout = spawn.timeout
         self.result: Deferred[int] = Deferred()
         self.pid = 50000 + len(self.made)
         self.started: Deferred[int] = succeed(self.pid)

@@ -17,10 +17,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import _handoff
+from ._command import Command
 from ._fds import Listeners
 from ._pidfile import PidFile, pidAlive
 from ._reactor import Reactor
-from ._spawn import Attempt, Command, Spawner
+from ._spawn import Attempt, Spawner
 
 T = TypeVar("T")
 #: Called with the next generation's number when a request starts an upgrade.

@@ -23,7 +23,8 @@ from ._errors import (
     UpgradeInProgress,
 )
 from ._generation import OnStart, _Core, _Generation, _Killing, _Upgrade
-from ._spawn import releaseSignals
+from ._signals import releaseSignals
+from ._spawn import Spawn
 
 
 def _makeMachine() -> Callable[[_Core], _Generation]:
@@ -154,12 +155,14 @@ def _makeMachine() -> Callable[[_Core], _Generation]:
         try:
             attempt = s.spawner(
                 s.reactor,
-                s.command,
-                s.environ,
-                nextGeneration,
-                s.listeners.forNextGeneration(),
-                s.upgradeTimeout,
-                s.extraFDs,
+                Spawn(
+                    s.command,
+                    s.environ,
+                    nextGeneration,
+                    s.listeners.forNextGeneration(),
+                    s.upgradeTimeout,
+                    s.extraFDs,
+                ),
             )
         except Exception as e:  # noqa: BLE001 - any reason to fail is reported
             s.fail(result, ChildFailed(f"cannot start the next generation: {e}"))

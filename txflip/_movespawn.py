@@ -11,13 +11,13 @@ favour; the sockets then go from worker to worker, never through the supervisor.
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from twisted.python.failure import Failure
 
 if TYPE_CHECKING:
-    from ._spawn import Attempt, Command, Spawner
+    from ._reactor import Reactor
+    from ._spawn import Attempt, Spawn, Spawner
     from ._upgrader import Upgrader
 
 #: The channel's name in the handoff table's C{fds}.
@@ -56,27 +56,10 @@ class ChannelSpawner:
         upgrader.wrapSpawner(wrapping)
         return made[0]
 
-    def __call__(
-        self,
-        reactor: Any,
-        command: Command,
-        environ: Mapping[str, str],
-        generation: int,
-        listeners: Sequence[Any],
-        timeout: float,
-        extraFDs: Mapping[str, int],
-    ) -> Attempt:
+    def __call__(self, reactor: Reactor, spawn: Spawn) -> Attempt:
         ours, theirs = channelPair()
         try:
-            attempt = self._inner(
-                reactor,
-                command,
-                environ,
-                generation,
-                listeners,
-                timeout,
-                {**extraFDs, CHANNEL_NAME: theirs.fileno()},
-            )
+            attempt = self._inner(reactor, spawn.withFD(CHANNEL_NAME, theirs.fileno()))
         except BaseException:
             ours.close()
             raise

@@ -62,9 +62,9 @@ class _Run:
 
         from . import _log
         from ._addresses import ListenSpec
+        from ._command import Command
         from ._fds import Listeners, bindSocket
         from ._pidfile import PidFile
-        from ._spawn import Command
         from ._supervisor import Supervisor
         from ._workers import PRIVATE_VARIABLES, Sockets
         from .systemd import Notifier, listenFDs

@@ -1,33 +1,20 @@
 """
 Starting the next generation and waiting for it to say it serves.
 
-The child runs the same interpreter with the full original command line
-(C{sys.orig_argv}) in the directory the first generation started in, with our
-environment plus the handoff marker, sharing our stdin/stdout/stderr.  Its fds are
-placed with C{spawnProcess(childFDs=...)}: 3 is a pipe we read (it writes C{ready}),
-4 a pipe only we hold the write end of (it reads EOF when we exit), 5 onwards the
-listening sockets.  Twisted closes every other fd in the child, so nothing else of
-ours leaks into it.
-
-Under systemd (C{$NOTIFY_SOCKET} set) the child is started I{detached}: a tiny
-trampoline forks it and exits at once, so that it is PID 1's child (or the nearest
-subreaper's) before it starts, let alone names itself with C{MAINPID=}.  systemd
-then supervises it as its own child: it waits for it at C{systemctl stop} instead
-of killing it together with the stop signal, as it does an "alien" main process
-(one that is not its child).  The price is C{waitpid()}: we are not its parent.
-A pidfd gives back what matters: we learn when it exits (not its exit status,
-which its reaper gets; the reason a failed child gives on the ready pipe still
-reaches us), and we can kill it without racing a reused pid.
+The child runs the generation's L{Command} with our environment plus the handoff
+marker, sharing our stdin/stdout/stderr.  Its fds are placed with
+C{spawnProcess(childFDs=...)}: 3 is a pipe we read (it writes C{ready}), 4 a pipe
+only we hold the write end of (it reads EOF when we exit), 5 onwards the listening
+sockets and the named extra fds.  Twisted closes every other fd in the child, so
+nothing else of ours leaks into it.  Under systemd the child is started detached
+(L{txflip._detach}); a failure is told in the words of L{txflip._exits}.
 """
 
 from __future__ import annotations
 
-import os
 import signal
-import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from twisted.internet.defer import Deferred
@@ -36,165 +23,41 @@ from twisted.internet.interfaces import IDelayedCall, IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.runtime import platform
 
 from . import _handoff
+from ._command import Command
+from ._detach import PID_PREFIX, PidWatch, shouldDetach, throughTrampoline
 from ._errors import ChildFailed, Stopping, UpgradeTimeout
+from ._exits import cleanExit, describeExit, howItEnded
 from ._fds import Listener
 from ._reactor import Reactor
-
-#: Run as C{python -I -S -c TRAMPOLINE executable argv...}: fork; the parent says
-#: the child's pid on the ready pipe and exits; the child waits until it has been
-#: reparented, then becomes the next generation.
-TRAMPOLINE = """\
-import os, sys, time
-me = os.getpid()
-child = os.fork()
-if child:
-    os.write(3, b"pid %d\\n" % child)
-    os._exit(0)
-while os.getppid() == me:
-    time.sleep(0.001)
-try:
-    os.execv(sys.argv[1], sys.argv[2:])
-except OSError as e:
-    os.write(3, ("error cannot run %s: %s\\n" % (sys.argv[1], e.strerror)).encode())
-    os._exit(127)
-"""
-_PID_PREFIX = b"pid "
-
-
-def shouldDetach(environ: Mapping[str, str]) -> bool:
-    """
-    Whether to start the next generation as PID 1's child rather than ours: under
-    systemd (which supervises the main pid it is told of), where pidfds exist.
-    """
-    return (
-        bool(environ.get("NOTIFY_SOCKET"))
-        and platform.isLinux()
-        and hasattr(os, "pidfd_open")
-        and hasattr(signal, "pidfd_send_signal")
-    )
+from ._signals import signalsHeld
 
 
 @dataclass(frozen=True)
-class Command:
+class Spawn:
     """
-    How to start a generation: executable, argv, working directory.
+    What to start as the next generation: all a L{Spawner} is told besides the
+    reactor, in one value, so that a spawner that wraps another
+    (L{txflip._movespawn.ChannelSpawner}) adds to it instead of repeating it.
     """
 
-    executable: str
-    args: tuple[str, ...]
-    cwd: str
-    #: Variables added to the child's environment.
-    extraEnv: tuple[tuple[str, str], ...] = ()
+    command: Command
+    environ: Mapping[str, str]
+    #: The next generation's number.
+    generation: int
+    listeners: Sequence[Listener]
+    #: Seconds the child has to say it is ready.
+    timeout: float
+    #: Our fds to pass besides the listeners, by the name the child finds them
+    #: under (the handoff table's C{fds}).
+    extraFDs: Mapping[str, int] = field(default_factory=dict)
 
-    @classmethod
-    def current(cls, cwd: str | None = None) -> Command:
+    def withFD(self, name: str, fd: int) -> Spawn:
         """
-        This process's own command line, as it was started: a script the kernel
-        ran through its C{#!} line (C{twistd -n flipecho}) is executed again, so
-        that every generation has the same name in C{ps} and C{pgrep -x twistd};
-        otherwise the interpreter with its full original command line
-        (C{python3 -m app}, C{python3 /path/twistd ...}).
+        The same, passing C{fd} too, as C{name}.
         """
-        args = tuple(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
-        script = _scriptIndex(args)
-        if script is not None:
-            return cls(args[script], args[script:], cwd or os.getcwd())
-        return cls(sys.executable, args, cwd or os.getcwd())
-
-
-def _scriptIndex(args: tuple[str, ...]) -> int | None:
-    """
-    Where the script stands in the interpreter's command line C{args} when the
-    kernel started it through its C{#!} line: the process is then named after the
-    script (C{/proc/self/comm}), not the interpreter.  After the interpreter comes
-    the script, or one argument of the C{#!} line and then the script.
-    """
-    try:
-        with open("/proc/self/comm") as f:
-            name = f.read().strip()
-    except OSError:
-        return None
-    if not name or os.path.basename(args[0])[:15] == name:
-        return None
-    for index in (1, 2):
-        if index < len(args) and os.path.basename(args[index])[:15] == name:
-            path = args[index]
-            if os.path.isfile(path) and os.access(path, os.X_OK):
-                return index
-    return None
-
-
-def _cleanExit(reason: Failure) -> bool:
-    """
-    Whether the process exited with status 0.
-    """
-    value = reason.value
-    return not getattr(value, "signal", None) and getattr(value, "exitCode", 1) == 0
-
-
-def howItEnded(reason: Failure) -> str:
-    """
-    C{exited with status 3} / C{was killed by SIGKILL}.
-    """
-    value = reason.value
-    signum = getattr(value, "signal", None)
-    status = getattr(value, "exitCode", None)
-    if signum:
-        try:
-            name = signal.Signals(signum).name
-        except ValueError:
-            name = f"signal {signum}"
-        return f"was killed by {name}"
-    return f"exited with status {status}"
-
-
-def describeExit(pid: int, reason: Failure | None) -> str:
-    """
-    C{child pid=N exited with status 3} / C{... was killed by SIGKILL}; only
-    C{... exited} when the status is not ours to know (C{reason} None).
-    """
-    how = howItEnded(reason) if reason is not None else "exited"
-    return f"child pid={pid} {how} before it was ready"
-
-
-#: The signals txflip or twistd handle: a new generation is started with them
-#: blocked, so that one reaching it before its handler is installed (a
-#: process-group signal: a terminal's hangup or Ctrl-C, ``systemctl kill``, a log
-#: rotator's SIGUSR1) waits for the handler instead of killing it.
-HELD = frozenset(
-    getattr(signal, name)
-    for name in ("SIGHUP", "SIGQUIT", "SIGTERM", "SIGINT", "SIGUSR1")
-    if hasattr(signal, name)
-)
-
-
-@contextmanager
-def signalsHeld() -> Iterator[None]:
-    """
-    Block L{HELD} while the child is started.  The child inherits the blocked mask;
-    L{releaseSignals} delivers what came meanwhile once the handlers are in place.
-    Here, such a signal is only delayed.
-    """
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def releaseSignals(*signums: int) -> None:
-    """
-    Unblock C{signums} (by default all of L{HELD}), blocked since we were spawned:
-    call once their handlers are installed.
-    """
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, set(signums) or HELD)
+        return replace(self, extraFDs={**self.extraFDs, name: fd})
 
 
 class Attempt(Protocol):
@@ -223,16 +86,7 @@ class Spawner(Protocol):
     tests): the seam tableflip calls C{env}.
     """
 
-    def __call__(
-        self,
-        reactor: Reactor,
-        command: Command,
-        environ: Mapping[str, str],
-        generation: int,
-        listeners: Sequence[Listener],
-        timeout: float,
-        extraFDs: Mapping[str, int],
-    ) -> Attempt: ...
+    def __call__(self, reactor: Reactor, spawn: Spawn) -> Attempt: ...
 
 
 class _ChildProtocol(ProcessProtocol):
@@ -249,8 +103,8 @@ class _ChildProtocol(ProcessProtocol):
             self._buffer += data
             while b"\n" in self._buffer:
                 line, self._buffer = self._buffer.split(b"\n", 1)
-                if line.startswith(_PID_PREFIX) and self._attempt.detached:
-                    self._attempt._childStarted(line[len(_PID_PREFIX) :])
+                if line.startswith(PID_PREFIX) and self._attempt.detached:
+                    self._attempt._childStarted(line[len(PID_PREFIX) :])
                 elif line + b"\n" == _handoff.READY_MESSAGE:
                     self._attempt._childReady()
                 elif line.startswith(_handoff.ERROR_PREFIX):
@@ -293,12 +147,7 @@ class SpawnAttempt:
     def __init__(
         self,
         reactor: Reactor,
-        command: Command,
-        environ: Mapping[str, str],
-        generation: int,
-        listeners: Sequence[Listener],
-        timeout: float,
-        extraFDs: Mapping[str, int],
+        spawn: Spawn,
         afterReady: Callable[[Failure], None] | None = None,
         detach: bool | None = None,
     ) -> None:
@@ -311,21 +160,24 @@ class SpawnAttempt:
         self.started: Deferred[int] = Deferred()
         # A supervisor's workers stay its children (it waits for them).
         self.detached = afterReady is None and (
-            shouldDetach(environ) if detach is None else detach
+            shouldDetach(spawn.environ) if detach is None else detach
         )
-        self._pidfd: int | None = None
+        #: Detached: the child, once the trampoline named it.
+        self._watch: PidWatch | None = None
         self._reactor = reactor
         self._failure: Exception | None = None
         self._ready = False
         #: The reason the child gave for failing to start, if it gave one.
         self.childError: str | None = None
-        env = dict(environ)
+        command = spawn.command
+        env = dict(spawn.environ)
         env.update(command.extraEnv)
-        env[_handoff.MARKER], childFDs = _handoff.plan(generation, listeners, extraFDs)
+        env[_handoff.MARKER], childFDs = _handoff.plan(
+            spawn.generation, spawn.listeners, spawn.extraFDs
+        )
         executable, args = command.executable, list(command.args)
         if self.detached:
-            args = [sys.executable, "-I", "-S", "-c", TRAMPOLINE, executable, *args]
-            executable = sys.executable
+            executable, args = throughTrampoline(executable, args)
         with signalsHeld():
             self._process: IProcessTransport = reactor.spawnProcess(
                 _ChildProtocol(self),
@@ -339,7 +191,7 @@ class SpawnAttempt:
         if not self.detached:
             self.started.callback(self.pid)
         self._timeout: IDelayedCall | None = reactor.callLater(
-            timeout, self._timedOut, timeout
+            spawn.timeout, self._timedOut, spawn.timeout
         )
 
     def signal(self, name: str) -> None:
@@ -348,11 +200,8 @@ class SpawnAttempt:
         """
         signum = getattr(signal, f"SIG{name}")
         if self.detached:
-            if self._pidfd is not None and self._pidfd >= 0:
-                try:
-                    signal.pidfd_send_signal(self._pidfd, signum)
-                except ProcessLookupError:
-                    pass
+            if self._watch is not None:
+                self._watch.signal(signum)
             return
         try:
             self._process.signalProcess(signum)
@@ -363,19 +212,17 @@ class SpawnAttempt:
         """
         Detached: the trampoline named the child (now PID 1's): watch it.
         """
-        if self._pidfd is not None or self.started.called:
+        if self._watch is not None or self.started.called:
             return
         try:
-            pid = int(text)
-            self._pidfd = os.pidfd_open(pid)
+            self._watch = PidWatch(
+                self._reactor, int(text), lambda: self._childEnded(None)
+            )
         except (ValueError, OSError) as e:
             self._fail(ChildFailed(f"cannot watch the next generation: {e}"))
             return
-        self.pid = pid
-        # A pidfd reads as an error once the process exits: the pipe watcher's
-        # end-of-file, which closes the fd and tells us.
-        _handoff.ParentWatcher(self._reactor, self._pidfd, self._detachedEnded)
-        self.started.callback(pid)
+        self.pid = self._watch.pid
+        self.started.callback(self.pid)
         if self._failure is not None:
             self._kill()
 
@@ -385,7 +232,7 @@ class SpawnAttempt:
         child's pid first (L{_childStarted} follows, if it has not run yet);
         anything else, that there is no child.
         """
-        if self._pidfd is not None or howItEnded(reason) == "exited with status 0":
+        if self._watch is not None or cleanExit(reason):
             return
         self._cancelTimeout()
         error = self._failure or ChildFailed(
@@ -396,10 +243,6 @@ class SpawnAttempt:
         self.started.errback(Failure(error))
         self.started.addErrback(lambda _: None)
         self.result.errback(Failure(error))
-
-    def _detachedEnded(self) -> None:
-        self._pidfd = -1  # the watcher closed it: never signal it again
-        self._childEnded(None)
 
     def _kill(self) -> None:
         # Detached, before the trampoline named the child this does nothing, and
@@ -450,7 +293,7 @@ class SpawnAttempt:
             return
         if self._ready:
             how = howItEnded(reason) if reason is not None else "exited"
-            if reason is not None and _cleanExit(reason):
+            if reason is not None and cleanExit(reason):
                 self._log.info(
                     "txflip: pid {pid}, which replaced this generation, {how}",
                     pid=self.pid,

@@ -15,7 +15,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from ._spawn import Command
+from ._command import Command
 from ._supervisorcore import _Core, _Supervisor, backoff
 from ._supervisormachine import _Machine
 from ._workers import Sockets, Worker

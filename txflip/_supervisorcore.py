@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ._spawn import Command
+from ._command import Command
 from ._workers import Sockets, Worker
 from .systemd import Notifier
 

@@ -48,6 +48,7 @@ from twisted.logger import Logger
 
 from ._addresses import ListenSpec, parseListen
 from ._channel import SupervisorLink
+from ._command import Command
 from ._errors import Refused
 from ._fds import Listener, Listeners
 from ._generation import OnStart, _Core
@@ -57,7 +58,7 @@ from ._pidfile import PidFile
 from ._process import ProcessState, thisProcess
 from ._reactor import reactorOrGlobal
 from ._settings import seconds
-from ._spawn import Command, SpawnAttempt, Spawner
+from ._spawn import SpawnAttempt, Spawner
 from .systemd import listenFDs
 
 DEFAULT_UPGRADE_TIMEOUT = 60.0

@@ -23,10 +23,12 @@ from twisted.python.failure import Failure
 
 from ._addresses import ListenSpec
 from ._channel import ChannelServer, socketPair
+from ._command import Command
+from ._exits import howItEnded
 from ._fds import Listener, Listeners
 from ._handoff import SUPERVISOR
 from ._movespawn import CHANNEL_NAME, channelPair
-from ._spawn import Command, SpawnAttempt, howItEnded
+from ._spawn import Spawn, SpawnAttempt
 
 #: Not passed to workers: the supervisor alone talks to systemd, owns the
 #: sockets systemd passed, and is no generation of anything.
@@ -120,12 +122,14 @@ class Worker:
         try:
             self._attempt = SpawnAttempt(
                 reactor,
-                command,
-                environ,
-                generation,
-                sockets.table(),
-                upgradeTimeout,
-                {SUPERVISOR: theirs.fileno(), CHANNEL_NAME: movesTheirs.fileno()},
+                Spawn(
+                    command,
+                    environ,
+                    generation,
+                    sockets.table(),
+                    upgradeTimeout,
+                    {SUPERVISOR: theirs.fileno(), CHANNEL_NAME: movesTheirs.fileno()},
+                ),
                 afterReady=self._endedAfterReady,
             )
         except BaseException:

@@ -40,7 +40,7 @@ from ._process import tellParentError
 from ._reactor import Reactor, asReactor
 from ._reports import Reports
 from ._settings import seconds
-from ._spawn import releaseSignals
+from ._signals import releaseSignals
 from ._upgrader import Upgrader
 from .systemd import Notifier
 
