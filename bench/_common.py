@@ -38,11 +38,10 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))  # txflip from this checkout
 sys.path.insert(1, str(ROOT / "tests"))  # the tests' harness: what they observe with
 
-from txflip._pidfile import PidFile  # noqa: E402
-from txflip._pidfile import pidAlive as pid_alive  # noqa: E402
+from txflip._pidfile import PidFile, pidAlive  # noqa: E402
 
 
-def read_pidfile(path: str | os.PathLike[str]) -> int | None:
+def readPidfile(path: str | os.PathLike[str]) -> int | None:
     """The pid the file at C{path} names, if any (the service's own reader)."""
     return PidFile(os.fspath(path)).read()
 
@@ -105,7 +104,7 @@ def snapshot(commit: str, target: Path) -> Path:
     return target
 
 
-def become_subreaper() -> bool:
+def becomeSubreaper() -> bool:
     """
     Become the parent of every orphaned descendant (Linux): each generation's
     exit status comes to us, and no zombie is left.
@@ -139,7 +138,7 @@ def header(title: str, note: str = "") -> None:
     print()
 
 
-def raise_nofile(wanted: int) -> int:
+def raiseNofile(wanted: int) -> int:
     """Raise our open-files limit (children inherit it); the limit we got."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
@@ -148,7 +147,7 @@ def raise_nofile(wanted: int) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def free_port() -> int:
+def freePort() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         port: int = s.getsockname()[1]
@@ -162,7 +161,7 @@ def twistd() -> list[str]:
     return [sys.executable, found]
 
 
-def echo_once(port: int, timeout: float = 2.0) -> bool:
+def echoOnce(port: int, timeout: float = 2.0) -> bool:
     try:
         with socket.create_connection((HOST, port), timeout) as s:
             s.sendall(b"ping\n")
@@ -177,7 +176,7 @@ def echo_once(port: int, timeout: float = 2.0) -> bool:
         return False
 
 
-def http_once(port: int, timeout: float = 2.0) -> bool:
+def httpOnce(port: int, timeout: float = 2.0) -> bool:
     """One GET of the benchmark site's page: does an HTTP server answer 200?"""
     try:
         with socket.create_connection((HOST, port), timeout) as s:
@@ -199,7 +198,7 @@ def pin(pid: int, cpu: int) -> None:
 SERVER_CPU, LOAD_CPU = 1, 0
 
 
-def run_load(argv: list[str], seconds: float) -> str:
+def runLoad(argv: list[str], seconds: float) -> str:
     """Run a load generator for about C{seconds}, on the load CPU; its output."""
     done = subprocess.run(
         argv,
@@ -212,7 +211,7 @@ def run_load(argv: list[str], seconds: float) -> str:
     return done.stdout
 
 
-def wait_until(what: str, predicate: Callable[[], object], timeout: float) -> None:
+def waitUntil(what: str, predicate: Callable[[], object], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -232,20 +231,20 @@ class Running:
     ports: tuple[int, ...] = ()
 
     def serving(self) -> int | None:
-        return read_pidfile(self.pidfile)
+        return readPidfile(self.pidfile)
 
     def log(self) -> str:
         return (self.dir / "server.log").read_text(errors="replace")
 
-    def wait_ready(self, timeout: float = 30.0) -> int:
-        answers = http_once if self.name in WEB else echo_once
+    def waitReady(self, timeout: float = 30.0) -> int:
+        answers = httpOnce if self.name in WEB else echoOnce
 
         def ready() -> bool:
             pid = self.serving()
-            return pid is not None and pid_alive(pid) and answers(self.port)
+            return pid is not None and pidAlive(pid) and answers(self.port)
 
         try:
-            wait_until(f"{self.name} to serve", ready, timeout)
+            waitUntil(f"{self.name} to serve", ready, timeout)
         except RuntimeError:
             tail = self.log()[-2000:]
             raise RuntimeError(f"{self.name} did not start:\n{tail}") from None
@@ -265,9 +264,9 @@ class Running:
             now = time.monotonic()
             if new is None:
                 pid = self.serving()
-                if pid is not None and pid != old and pid_alive(pid):
+                if pid is not None and pid != old and pidAlive(pid):
                     new, to_new = pid, now - started
-            if not to_gone and not pid_alive(old):
+            if not to_gone and not pidAlive(old):
                 to_gone = now - started
             if new is not None and to_gone:
                 return new, to_new, to_gone
@@ -279,7 +278,7 @@ class Running:
         pid = self.serving()
         with contextlib.suppress(OSError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        if pid is not None and pid_alive(pid):
+        if pid is not None and pidAlive(pid):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -346,7 +345,7 @@ def start(
     options: Sequence[str] = (),
 ) -> Running:
     """Start server C{name} on a free port and wait until it echoes."""
-    port = free_port()
+    port = freePort()
     directory = Path(tempfile.mkdtemp(prefix=f"txflip-bench-{name}-"))
     pidfile = directory / "server.pid"
     full_env = {
@@ -367,7 +366,7 @@ def start(
         )
     server = Running(name, proc, pidfile, port, directory)
     try:
-        server.wait_ready()
+        server.waitReady()
     except BaseException:
         server.stop()
         raise
@@ -388,14 +387,14 @@ def running(
         server.stop()
 
 
-def rss_kib(pid: int) -> int:
+def rssKib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def cpu_seconds(pid: int) -> float:
+def cpuSeconds(pid: int) -> float:
     """User + system CPU time of C{pid} so far."""
     stat = Path(f"/proc/{pid}/stat").read_bytes()
     fields = stat[stat.rfind(b")") + 2 :].split()

@@ -26,7 +26,7 @@ import subprocess
 import sys
 
 import _common
-from _common import HOST, free_port, header, options, table, wait_until
+from _common import HOST, freePort, header, options, table, waitUntil
 
 
 def closeSeenWithReply(port: int) -> bool:
@@ -57,7 +57,7 @@ def main() -> None:
     servers = {}
     try:
         for mode in ("on", "off"):
-            port = free_port()
+            port = freePort()
             proc = subprocess.Popen(
                 [sys.executable, str(_common.CODE / "tests" / "drainingecho.py")]
                 + [str(port)]
@@ -73,7 +73,7 @@ def main() -> None:
                     return False
                 return True
 
-            wait_until(f"the server with the cork {mode}", listening, 20)
+            waitUntil(f"the server with the cork {mode}", listening, 20)
         shares: dict[str, list[float]] = {"on": [], "off": []}
         for _ in range(args.rounds):
             for mode, (_, port) in servers.items():

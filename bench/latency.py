@@ -32,13 +32,13 @@ import _common
 from _common import (
     HOST,
     command,
-    free_port,
+    freePort,
     header,
     median,
     ms,
     options,
-    pid_alive,
-    read_pidfile,
+    pidAlive,
+    readPidfile,
     running,
     table,
 )
@@ -49,9 +49,9 @@ def accepts(port: int) -> bool:
         return s.connect_ex((HOST, port)) == 0
 
 
-def cold_start(name: str) -> float:
+def coldStart(name: str) -> float:
     """Seconds from exec to serving: port accepting (plain), pid file (flipecho)."""
-    port = free_port()
+    port = freePort()
     with tempfile.TemporaryDirectory(prefix="txflip-bench-") as directory:
         pidfile = Path(directory) / "server.pid"
         code = str(_common.CODE)
@@ -70,7 +70,7 @@ def cold_start(name: str) -> float:
             while time.monotonic() < deadline:
                 if name == "plain" and accepts(port):
                     break
-                if name == "flipecho" and read_pidfile(pidfile) == proc.pid:
+                if name == "flipecho" and readPidfile(pidfile) == proc.pid:
                     break
                 time.sleep(0.0005)
             else:
@@ -95,12 +95,12 @@ def main() -> None:
     to_gone: list[float] = []
     with running("flipecho") as server:
         for _ in range(args.runs):
-            plain.append(cold_start("plain"))
-            flip.append(cold_start("flipecho"))
+            plain.append(coldStart("plain"))
+            flip.append(coldStart("flipecho"))
             new, ready, gone = server.upgrade()
             to_new.append(ready)
             to_gone.append(gone)
-            assert pid_alive(new)
+            assert pidAlive(new)
     rows = [
         ["bare start: twistd -n plain echo -> accepting", plain],
         ["cold start: twistd -n flipecho -> pid file (ready)", flip],

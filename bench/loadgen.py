@@ -40,7 +40,7 @@ class Load:
             return True
         return self.started < self.rate * (time.monotonic() - self.begin)
 
-    def next_token(self) -> float:
+    def nextToken(self) -> float:
         """Seconds until the next operation may start."""
         if self.rate is None or not self.waiting:
             return 1.0
@@ -70,7 +70,7 @@ class Load:
             while self.waiting and self.allowed():
                 self.started += 1
                 self.start(self.waiting.popleft())
-            timeout = min(end - now, self.next_token())
+            timeout = min(end - now, self.nextToken())
             for key, events in self.sel.select(timeout):
                 assert isinstance(key.fileobj, socket.socket)
                 self.event(key.fileobj, events)

@@ -16,7 +16,7 @@ import argparse
 import socket
 import time
 
-from _common import HOST, header, median, options, raise_nofile, rss_kib, running, table
+from _common import HOST, header, median, options, raiseNofile, rssKib, running, table
 
 
 def connect(port: int, n: int) -> list[socket.socket]:
@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--connections", type=int, default=1000)
     args = options(parser)
-    raise_nofile(4 * args.connections + 1000)
+    raiseNofile(4 * args.connections + 1000)
     header(
         "(d) memory: RSS of flipecho vs plain Twisted echo (target: idle <= +3 MB)",
         f"{args.runs} runs; VmRSS after 1 s idle, then with {args.connections}"
@@ -51,16 +51,16 @@ def main() -> None:
                 pid = server.serving()
                 assert pid is not None
                 time.sleep(1.0)
-                idle[name].append(rss_kib(pid))
+                idle[name].append(rssKib(pid))
                 socks = connect(server.port, args.connections)
                 time.sleep(0.5)
-                busy[name].append(rss_kib(pid))
+                busy[name].append(rssKib(pid))
                 for sock in socks:
                     sock.close()
                 if name == "flipecho":
                     new, _, _ = server.upgrade()
                     time.sleep(1.0)
-                    upgraded.append(rss_kib(new))
+                    upgraded.append(rssKib(new))
     mib = 1024.0
     rows = []
     for name in names:

@@ -32,10 +32,10 @@ from _common import (
     median,
     ms,
     options,
-    raise_nofile,
+    raiseNofile,
     running,
     table,
-    wait_until,
+    waitUntil,
 )
 from talkers import Talkers  # tests/, on the path since _common
 
@@ -57,7 +57,7 @@ def idle(n: int, move: bool) -> dict[str, Any]:
         try:
             pid = server.serving()
             assert pid is not None
-            wait_until(f"{n} connections", lambda: _connections(pid) >= n, 60)
+            waitUntil(f"{n} connections", lambda: _connections(pid) >= n, 60)
             _, toNew, toGone = server.upgrade(timeout=120)
             time.sleep(0.2)  # let closes reach the clients
             closed = talkers.stats.closed + talkers.stats.errors
@@ -96,7 +96,7 @@ def main() -> None:
     args = options(parser)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     losses = [int(s) for s in args.loss.split(",") if s]
-    limit = raise_nofile(2 * max(sizes + losses, default=0) + 1000)
+    limit = raiseNofile(2 * max(sizes + losses, default=0) + 1000)
     header(
         "moving connections vs draining them (flipecho, idle grace 1 s)",
         f"open-files limit {limit}; medians of {args.runs} runs",

@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import BENCH, HOST, header, options, pid_alive, read_pidfile, running
+from _common import BENCH, HOST, header, options, pidAlive, readPidfile, running
 
 BIN = 0.010
 BEFORE, AFTER = 0.3, 0.3
@@ -83,10 +83,10 @@ def main() -> None:
         new = None
         while not gone and time.monotonic() - hup < 30:
             now = time.monotonic()
-            pid = read_pidfile(server.pidfile)
-            if not ready and pid not in (None, old) and pid_alive(pid):
+            pid = readPidfile(server.pidfile)
+            if not ready and pid not in (None, old) and pidAlive(pid):
                 ready, new = now, pid
-            if not pid_alive(old):
+            if not pidAlive(old):
                 gone = now
             time.sleep(0.001)  # a tighter loop takes the GIL from the clients
         time.sleep(AFTER)

@@ -19,12 +19,12 @@ import re
 import socket
 import time
 
-from _common import HOST, header, median, ms, options, raise_nofile, running, table
+from _common import HOST, header, median, ms, options, raiseNofile, running, table
 
 TIMEOUT = 150.0
 
 
-def open_connections(ports: list[int], n: int) -> list[socket.socket]:
+def openConnections(ports: list[int], n: int) -> list[socket.socket]:
     socks = []
     for i in range(n):
         sock = socket.create_connection((HOST, ports[i % len(ports)]), 10)
@@ -48,7 +48,7 @@ def one(listeners: int, connections: int) -> tuple[float, float, float, int]:
         ports = sorted({int(p) for p in found})
         assert len(ports) == listeners, (ports, server.log()[-2000:])
         started = time.monotonic()
-        socks = open_connections(ports, connections)
+        socks = openConnections(ports, connections)
         connect = time.monotonic() - started
         try:
             _, to_new, to_gone = server.upgrade(TIMEOUT)
@@ -67,7 +67,7 @@ def main() -> None:
     args = options(parser)
     listener_counts = [int(n) for n in args.listeners.split(",")]
     connection_counts = [int(n) for n in args.connections.split(",")]
-    limit = raise_nofile(2 * max(connection_counts) + 1000)
+    limit = raiseNofile(2 * max(connection_counts) + 1000)
     header(
         "(e) scale: upgrade and drain time vs listeners and open connections",
         f"{args.runs} runs each, idle connections, idle grace 1 s; open files {limit}",

@@ -53,17 +53,16 @@ from _common import (
     HOST,
     ROOT,
     BenchError,
-    become_subreaper,
+    becomeSubreaper,
     resolve,
     snapshot,
-    wait_until,
+    waitUntil,
 )
-from harness import sessionProcesses as session_processes
+from harness import sessionProcesses
 
 from txflip._checkstats import Stats
 from txflip._echoload import Load
-from txflip._pidfile import PidFile
-from txflip._pidfile import pidAlive as pid_alive
+from txflip._pidfile import PidFile, pidAlive
 
 RSS_SLACK = (1.10, 2048)  # factor, KiB
 
@@ -81,15 +80,15 @@ class Sample:
     pid: int
     fds: int
     connections: int
-    rss_kib: int
+    rssKib: int
 
     @property
-    def own_fds(self) -> int:
+    def ownFds(self) -> int:
         """Open fds other than client connections."""
         return self.fds - self.connections
 
 
-def socket_inodes(pid: int) -> set[str]:
+def socketInodes(pid: int) -> set[str]:
     """
     The inodes of the sockets C{pid} holds: before any client connects, those are
     the listening sockets, which every later generation inherits.
@@ -146,12 +145,12 @@ class Watcher(threading.Thread):
             pid = PidFile(str(self.pidfile)).read()
             if pid is None:
                 self.problem("the pid file is missing or unreadable")
-            elif not pid_alive(pid) and PidFile(str(self.pidfile)).read() == pid:
+            elif not pidAlive(pid) and PidFile(str(self.pidfile)).read() == pid:
                 self.problem(f"the pid file names pid {pid}, which is gone")
             now = time.monotonic()
             if now >= next_scan:
                 next_scan = now + 0.05
-                running = [p for p, s in session_processes(self.sid) if s != "Z"]
+                running = [p for p, s in sessionProcesses(self.sid) if s != "Z"]
                 self.most_processes = max(self.most_processes, len(running))
             self._done.wait(0.002)
 
@@ -182,7 +181,7 @@ class LogTail:
         self.text += new.decode("utf-8", "replace")
         return self.text
 
-    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
+    def waitFor(self, pattern: str, timeout: float) -> re.Match[str]:
         regex = re.compile(pattern, re.M)
         found: list[re.Match[str]] = []
 
@@ -192,7 +191,7 @@ class LogTail:
                 found.append(match)
             return bool(match)
 
-        wait_until(repr(pattern), look, timeout)
+        waitUntil(repr(pattern), look, timeout)
         return found[0]
 
     def forget(self) -> None:
@@ -235,7 +234,7 @@ class Generations:
                     return True
                 return False
 
-            wait_until(f"pid {pid} to exit", exited, timeout)
+            waitUntil(f"pid {pid} to exit", exited, timeout)
             status = result[0]
         self.reaped += 1
         if status != 0:
@@ -269,7 +268,7 @@ def flipecho(
     try:
         yield process
     finally:
-        for pid, _ in session_processes(process.pid):
+        for pid, _ in sessionProcesses(process.pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -309,11 +308,11 @@ class Result:
             failed.append(f"short-lived clients saw errors: {self.short}")
         if self.long.lost:
             failed.append(f"long-lived clients lost lines: {self.long}")
-        own = {s.own_fds for s in self.inherited}
-        if len(own) != 1 or self.samples[-1].own_fds > self.samples[0].own_fds:
-            counts = [(s.generation, s.own_fds) for s in self.samples]
+        own = {s.ownFds for s in self.inherited}
+        if len(own) != 1 or self.samples[-1].ownFds > self.samples[0].ownFds:
+            counts = [(s.generation, s.ownFds) for s in self.samples]
             failed.append(f"fd counts (other than connections) vary: {counts}")
-        first, last = self.inherited[0].rss_kib, self.inherited[-1].rss_kib
+        first, last = self.inherited[0].rssKib, self.inherited[-1].rssKib
         if last > first * RSS_SLACK[0] + RSS_SLACK[1]:
             failed.append(f"RSS grew from {first} KiB to {last} KiB")
         if self.pidfile_problems:
@@ -334,7 +333,7 @@ class Result:
             return f"{kib / 1024:.1f} MiB"
 
         first, last = self.samples[0], self.samples[-1]
-        rss = [s.rss_kib for s in self.inherited]
+        rss = [s.rssKib for s in self.inherited]
         times = sorted(self.upgrade_seconds)
         lines = [
             f"upgrades: {self.upgrades} in {self.seconds:.0f} s"
@@ -349,9 +348,9 @@ class Result:
             f"long-lived clients: {self.long}",
             f"open fds (first / last generation): {first.fds} / {last.fds},"
             f" of which client connections {first.connections} / {last.connections};"
-            f" other fds {first.own_fds} / {last.own_fds}"
-            f" (all generations: {sorted({s.own_fds for s in self.samples})})",
-            f"RSS (first / last generation): {mib(first.rss_kib)} / {mib(last.rss_kib)};"
+            f" other fds {first.ownFds} / {last.ownFds}"
+            f" (all generations: {sorted({s.ownFds for s in self.samples})})",
+            f"RSS (first / last generation): {mib(first.rssKib)} / {mib(last.rssKib)};"
             f" generations 2..{last.generation}: min {mib(min(rss))},"
             f" median {mib(int(statistics.median(rss)))}, max {mib(max(rss))}",
             f"pid file: {self.pidfile_looks} looks,"
@@ -364,7 +363,7 @@ class Result:
         lines.append("FAILED:\n  " + "\n  ".join(failed) if failed else "OK")
         return "\n".join(lines)
 
-    def as_json(self) -> dict[str, object]:
+    def asJson(self) -> dict[str, object]:
         first, last = self.samples[0], self.samples[-1]
         return {
             "upgrades": self.upgrades,
@@ -376,10 +375,10 @@ class Result:
             "long_lost": self.long.lost,
             "fds_first": first.fds,
             "fds_last": last.fds,
-            "own_fds_first": first.own_fds,
-            "own_fds_last": last.own_fds,
-            "rss_kib_first": first.rss_kib,
-            "rss_kib_last": last.rss_kib,
+            "own_fds_first": first.ownFds,
+            "own_fds_last": last.ownFds,
+            "rss_kib_first": first.rssKib,
+            "rss_kib_last": last.rssKib,
             "pidfile_problems": self.pidfile_problems,
             "most_processes": self.most_processes,
             "bad_exits": self.bad_exits,
@@ -403,7 +402,7 @@ def soak(
     L{BenchError} if the server cannot be started or an upgrade does not complete in
     C{upgrade_timeout} seconds.
     """
-    become_subreaper()
+    becomeSubreaper()
     directory = Path(tempfile.mkdtemp(prefix="txflip-soak-"))
     pidfile = directory / "twistd.pid"
     try:
@@ -439,9 +438,9 @@ def _soak(
 ) -> Result:
     log = LogTail(directory / "server.log")
     generations = Generations(first)
-    log.wait_for(rf"\[pid {first.pid}\] .*generation 1 ready", 30)
-    port = int(log.wait_for(r"listening on tcp:127\.0\.0\.1:(\d+)", 5).group(1))
-    listening = socket_inodes(first.pid)
+    log.waitFor(rf"\[pid {first.pid}\] .*generation 1 ready", 30)
+    port = int(log.waitFor(r"listening on tcp:127\.0\.0\.1:(\d+)", 5).group(1))
+    listening = socketInodes(first.pid)
     samples = [sample(1, first.pid, listening)]
     times: list[float] = []
     problems: list[str] = []
@@ -451,7 +450,7 @@ def _soak(
     load = Load(HOST, port, short, long)
     load.start()
     try:
-        wait_until("the load to flow", lambda: load.stats.exchanges > 50, 10)
+        waitUntil("the load to flow", lambda: load.stats.exchanges > 50, 10)
         serving = first.pid
         for generation in range(2, upgrades + 2):
             log.forget()
@@ -459,29 +458,29 @@ def _soak(
             os.kill(serving, signal.SIGHUP)
             new: list[int] = []
 
-            def handed_over(old: int = serving, found: list[int] = new) -> bool:
+            def handedOver(old: int = serving, found: list[int] = new) -> bool:
                 pid = PidFile(str(pidfile)).read()
                 if pid is not None and pid != old and not found:
                     found.append(pid)
-                return bool(found) and not pid_alive(old)
+                return bool(found) and not pidAlive(old)
 
-            wait_until(
-                f"upgrade to generation {generation}", handed_over, upgrade_timeout
+            waitUntil(
+                f"upgrade to generation {generation}", handedOver, upgrade_timeout
             )
             times.append(time.monotonic() - hup)
             generations.reap(serving)
             serving = new[0]
             # Sampled once the new generation knows its parent is gone (its parent
             # pipe closed), so that every sample is taken in the same state.
-            log.wait_for(
+            log.waitFor(
                 rf"\[pid {serving}\] .*previous generation exited", upgrade_timeout
             )
             samples.append(sample(generation, serving, listening))
             if progress is not None and (generation - 1) % 50 == 0:
                 progress(
                     f"{generation - 1} upgrades, {time.monotonic() - started:.0f} s,"
-                    f" fds {samples[-1].own_fds}+{samples[-1].connections},"
-                    f" RSS {samples[-1].rss_kib} KiB, errors"
+                    f" fds {samples[-1].ownFds}+{samples[-1].connections},"
+                    f" RSS {samples[-1].rssKib} KiB, errors"
                     f" {load.shortStats.errorsTotal()}/{load.longStats.errorsTotal()}"
                 )
     finally:
@@ -490,7 +489,7 @@ def _soak(
     seconds = time.monotonic() - started
     os.kill(serving, signal.SIGQUIT)
     generations.reap(serving, 30)
-    wait_until("the session to end", lambda: not session_processes(first.pid), 10)
+    waitUntil("the session to end", lambda: not sessionProcesses(first.pid), 10)
     text = (directory / "server.log").read_text(errors="replace")
     for bad in ("Traceback", "Unhandled", "upgrade failed", "upgrade refused"):
         if bad in text:
@@ -506,7 +505,7 @@ def _soak(
         watcher.looks,
         watcher.most_processes,
         generations.bad_exits,
-        session_processes(first.pid),
+        sessionProcesses(first.pid),
         pidfile.exists(),
         problems,
     )
@@ -542,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(result.summary())
     if args.json:
-        print(json.dumps(result.as_json()))
+        print(json.dumps(result.asJson()))
     return 1 if result.failures() else 0
 
 

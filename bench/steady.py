@@ -30,12 +30,12 @@ import _common
 from _common import (
     BENCH,
     SERVER_CPU,
-    cpu_seconds,
+    cpuSeconds,
     header,
     median,
     options,
     pin,
-    run_load,
+    runLoad,
     running,
     table,
 )
@@ -48,9 +48,9 @@ def load(mode: str, port: int, pid: int, seconds: float) -> tuple[float, float]:
     concurrency = MODES[mode]
     argv = [sys.executable, str(BENCH / "loadgen.py"), mode, str(port)]
     argv += [str(seconds), str(concurrency)]
-    before = cpu_seconds(pid)
-    out = run_load(argv, seconds)
-    cpu = cpu_seconds(pid) - before
+    before = cpuSeconds(pid)
+    out = runLoad(argv, seconds)
+    cpu = cpuSeconds(pid) - before
     result = json.loads(out)
     if result["errors"]:
         print(f"   ({result['errors']} errors in a {mode} run)")
@@ -116,7 +116,7 @@ def main() -> None:
     headers += ["plain CPU us/op", "flip CPU us/op", "plain/flip CPU"]
     print(table(headers, rows))
     print()
-    plain_us, tracked_us = connection_life()
+    plain_us, tracked_us = connectionLife()
     print(
         f"   one connection's life in-process: plain Factory {plain_us:.2f} us,"
         f" txflip ConnectionTracker {tracked_us:.2f} us:"
@@ -124,7 +124,7 @@ def main() -> None:
     )
 
 
-def connection_life() -> tuple[float, float]:
+def connectionLife() -> tuple[float, float]:
     """Microseconds per connection's life: (plain factory, txflip tracker)."""
     done = subprocess.run(
         [sys.executable, str(BENCH / "connection_life.py")],

@@ -29,12 +29,12 @@ import _common
 from _common import (
     HOST,
     Running,
-    cpu_seconds,
+    cpuSeconds,
     header,
     median,
     ms,
     options,
-    rss_kib,
+    rssKib,
     start,
     table,
 )
@@ -63,9 +63,7 @@ def readyPids(server: Running, generation: int, count: int) -> list[int] | None:
 
 def supervised(count: int) -> Running:
     server = start(f"txflip-run-{count}")
-    _common.wait_until(
-        f"{count} ready workers", lambda: readyPids(server, 1, count), 30
-    )
+    _common.waitUntil(f"{count} ready workers", lambda: readyPids(server, 1, count), 30)
     return server
 
 
@@ -87,8 +85,8 @@ def upgradeTimes(server: Running, count: int, upgrades: int) -> tuple[float, flo
         answer = request(str(server.dir / "ctl"), "upgrade", 60.0)
         toReady.append(time.monotonic() - began)
         assert answer.get("ok"), answer
-        _common.wait_until(
-            "old workers gone", lambda old=old: not any(map(_common.pid_alive, old)), 60
+        _common.waitUntil(
+            "old workers gone", lambda old=old: not any(map(_common.pidAlive, old)), 60
         )
         toGone.append(time.monotonic() - began)
         time.sleep(0.3)
@@ -146,9 +144,9 @@ def share(seconds: float) -> tuple[list[int], list[float]]:
         held = {int(str(w["pid"])): w["connections"] for w in workers(run)}
         for c in clients:
             c.close()
-        before = [cpu_seconds(p) for p in pids]
+        before = [cpuSeconds(p) for p in pids]
         load("connections", run.port, pids[0], seconds)
-        spent = [cpu_seconds(p) - b for p, b in zip(pids, before, strict=True)]
+        spent = [cpuSeconds(p) - b for p, b in zip(pids, before, strict=True)]
         return [int(str(held[p])) for p in pids], [s / sum(spent) for s in spent]
     finally:
         run.stop()
@@ -186,7 +184,7 @@ def main() -> None:
             if count == 1:
                 worker = readyPids(run, args.upgrades + 1, 1)
                 assert worker is not None
-                memory = [rss_kib(run.proc.pid), rss_kib(worker[0])]
+                memory = [rssKib(run.proc.pid), rssKib(worker[0])]
         finally:
             run.stop()
     print(table(["upgrade", "-> new ready", "-> old gone"], times))

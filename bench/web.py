@@ -36,7 +36,7 @@ from _common import (
     ms,
     options,
     pin,
-    run_load,
+    runLoad,
     running,
     table,
 )
@@ -51,7 +51,7 @@ def wrk(port: int, seconds: float, connections: int) -> dict[str, Any]:
     # wrk takes whole seconds only
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{math.ceil(seconds)}s", "--latency"]
     argv.append(f"http://{HOST}:{port}/index.html")
-    out = run_load(argv, seconds)
+    out = runLoad(argv, seconds)
     found = _ERRORS.search(out)  # wrk prints the line only when there are errors
     counts = [int(n) for n in found.groups()] if found else [0, 0, 0, 0]
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -111,7 +111,7 @@ def steady(runs: int, seconds: float) -> None:
     print(f"   range: plain {spread['web']}, flip: {spread['flipweb']}")
 
 
-def through_upgrades(name: str, upgrades: int, connections: int) -> list[object]:
+def throughUpgrades(name: str, upgrades: int, connections: int) -> list[object]:
     """wrk for the whole run while the server is upgraded; one table row."""
     spacing = 1.5
     seconds = math.ceil(spacing * (upgrades + 1))
@@ -162,7 +162,7 @@ def main() -> None:
         " 1.5 s apart",
     )
     rows = [
-        through_upgrades(name, args.upgrades, args.connections)
+        throughUpgrades(name, args.upgrades, args.connections)
         for name in ("flipweb", "naiveweb")
     ]
     headers = ["server", "requests", "upgrades", "old gone p50", "connect"]

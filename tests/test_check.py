@@ -43,7 +43,7 @@ from txflip._cli import main
 HOST = "127.0.0.1"
 
 
-def test_flipecho_upgrades_without_errors(flip) -> None:
+def test_flipechoUpgradesWithoutErrors(flip) -> None:
     server = flip()
     status, report, stderr = check(
         "--port", str(server.port), "--pid-file", str(server.pidfile),
@@ -68,7 +68,7 @@ def test_flipecho_upgrades_without_errors(flip) -> None:
     assert report["throughput"]["lines_per_s"] > 0
 
 
-def test_flipecho_followed_by_pid(flip) -> None:
+def test_flipechoFollowedByPid(flip) -> None:
     """
     Without a pid file, each successor is found as a child of the old process.
     """
@@ -106,7 +106,7 @@ def naive(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         wrapper.send(signal.SIGTERM)
 
 
-def test_naive_restart_is_caught(naive: tuple[int, Path]) -> None:
+def test_naiveRestartIsCaught(naive: tuple[int, Path]) -> None:
     port, pidfile = naive
     status, report, _ = check(
         "--port", str(port), "--pid-file", str(pidfile),
@@ -123,7 +123,7 @@ def test_naive_restart_is_caught(naive: tuple[int, Path]) -> None:
     assert report["failures"] == []
 
 
-def test_max_errors_tolerates(naive: tuple[int, Path]) -> None:
+def test_maxErrorsTolerates(naive: tuple[int, Path]) -> None:
     port, pidfile = naive
     status, report, _ = check(
         "--port", str(port), "--pid-file", str(pidfile), "--short-clients", "2",
@@ -141,7 +141,7 @@ class _Echo(socketserver.StreamRequestHandler):
 
 
 @pytest.fixture
-def echo_port() -> Iterator[int]:
+def echoPort() -> Iterator[int]:
     """
     A healthy in-process echo server (no upgrades).
     """
@@ -154,8 +154,8 @@ def echo_port() -> Iterator[int]:
     server.server_close()
 
 
-def test_missed_upgrade_is_reported(
-    echo_port: int, capsys: pytest.CaptureFixture[str]
+def test_missedUpgradeIsReported(
+    echoPort: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """
     A process that ignores SIGHUP: the upgrade times out and the check fails,
@@ -169,7 +169,7 @@ def test_missed_upgrade_is_reported(
     try:
         assert deaf.stdout is not None and deaf.stdout.readline() == "ready\n"
         status = main(
-            ["check", "--port", str(echo_port), "--pid", str(deaf.pid),
+            ["check", "--port", str(echoPort), "--pid", str(deaf.pid),
              "--short-clients", "1", "--long-clients", "1", "--duration", "0.5",
              "--upgrades", "1", "--upgrade-timeout", "0.5"]
         )  # fmt: skip
@@ -186,11 +186,9 @@ def test_missed_upgrade_is_reported(
     assert "connect latency" in out and "lines echoed" in out
 
 
-def test_load_only_without_pid(
-    echo_port: int, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_loadOnlyWithoutPid(echoPort: int, capsys: pytest.CaptureFixture[str]) -> None:
     status = main(
-        ["check", "--port", str(echo_port), "--upgrades", "0", "--duration", "0.3",
+        ["check", "--port", str(echoPort), "--upgrades", "0", "--duration", "0.3",
          "--short-clients", "1", "--long-clients", "1", "--json"]
     )  # fmt: skip
     report = json.loads(capsys.readouterr().out)
@@ -198,14 +196,14 @@ def test_load_only_without_pid(
     assert report["upgrades"] == [] and report["total"]["lines"] > 0
 
 
-def test_waiting_costs_no_cpu(echo_port: int) -> None:
+def test_waitingCostsNoCpu(echoPort: int) -> None:
     """
     With no upgrade to wait for, the main thread sleeps: a busy loop there took
     the GIL from the clients (4 clients made 150 connections/s, not 2,900).
     """
     started = time.thread_time()
     report = _check.runCheck(
-        HOST, echo_port, upgradeOne=None, shortClients=1, longClients=0,
+        HOST, echoPort, upgradeOne=None, shortClients=1, longClients=0,
         duration=1.0, upgrades=0, interval=0.005,
         ioTimeout=5, maxErrors=0,
     )  # fmt: skip
@@ -243,7 +241,7 @@ def _deadPid() -> int:
         ),
     ],
 )
-def test_bad_input_is_one_line(
+def test_badInputIsOneLine(
     args: list[str],
     message: str,
     tmp_path: Path,
@@ -265,7 +263,7 @@ def test_bad_input_is_one_line(
 
 
 @pytest.mark.parametrize("value", ["inf", "nan", "0", "-1", "x"])
-def test_every_run_ends(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_everyRunEnds(value: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["check", "--port", "1", "--duration", value])
     assert exited.value.code == 2
@@ -274,7 +272,7 @@ def test_every_run_ends(value: str, capsys: pytest.CaptureFixture[str]) -> None:
     )
 
 
-def test_not_an_echo_server(capsys: pytest.CaptureFixture[str]) -> None:
+def test_notAnEchoServer(capsys: pytest.CaptureFixture[str]) -> None:
     class Upper(socketserver.StreamRequestHandler):
         def handle(self) -> None:
             self.wfile.write(self.rfile.readline().upper())
@@ -289,7 +287,7 @@ def test_not_an_echo_server(capsys: pytest.CaptureFixture[str]) -> None:
     assert err.count("\n") == 1
 
 
-def test_latencies_quantiles() -> None:
+def test_latenciesQuantiles() -> None:
     latencies = Latencies()
     assert latencies.quantile(0.5) is None
     for ms in range(1, 101):
@@ -303,13 +301,13 @@ def test_latencies_quantiles() -> None:
     assert merged.count == 202 and merged.quantile(0.5) == latencies.quantile(0.5)
 
 
-def test_upgrades_are_spaced_over_the_run() -> None:
+def test_upgradesAreSpacedOverTheRun() -> None:
     assert upgradeTimes(10, 1) == [5]
     assert upgradeTimes(8, 3) == [2, 4, 6]
     assert upgradeTimes(8, 0) == []
 
 
-def test_upgrades_through_the_control_socket(flip, tmp_path: Path) -> None:
+def test_upgradesThroughTheControlSocket(flip, tmp_path: Path) -> None:
     """
     C{--control} instead of a pid: the service answers each upgrade request, and
     the check still waits for the old pid to go.
@@ -330,14 +328,14 @@ def test_upgrades_through_the_control_socket(flip, tmp_path: Path) -> None:
     assert not pidAlive(first)
 
 
-def test_progress_line_on_a_terminal(echo_port: int) -> None:
+def test_progressLineOnATerminal(echoPort: int) -> None:
     """
     On a terminal, stderr shows a live line; the report stays on stdout.
     """
     parent, child = pty.openpty()
     with os.fdopen(parent, "rb", buffering=0) as terminal:
         done = subprocess.run(
-            [sys.executable, "-m", "txflip", "check", "--port", str(echo_port),
+            [sys.executable, "-m", "txflip", "check", "--port", str(echoPort),
              "--upgrades", "0", "--duration", "1", "--short-clients", "1",
              "--long-clients", "0"],
             env={**os.environ, "PYTHONPATH": str(ROOT)},

@@ -34,7 +34,7 @@ def txflip(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_upgrade_and_status_through_control_socket(flip, tmp_path: Path) -> None:
+def test_upgradeAndStatusThroughControlSocket(flip, tmp_path: Path) -> None:
     control = tmp_path / "control.sock"
     fault = tmp_path / "fault"
     server = flip(
@@ -77,7 +77,7 @@ def test_upgrade_and_status_through_control_socket(flip, tmp_path: Path) -> None
     waitFor(lambda: not control.exists(), 30, what="the control socket to go")
 
 
-def test_upgrade_with_pid_file(flip, tmp_path: Path) -> None:
+def test_upgradeWithPidFile(flip, tmp_path: Path) -> None:
     server = flip()
     old = server.serving()
     done = txflip("upgrade", "--pid-file", str(server.pidfile))
@@ -87,7 +87,7 @@ def test_upgrade_with_pid_file(flip, tmp_path: Path) -> None:
     assert new != old and server.serving() == new
 
 
-def test_upgrade_errors_are_one_line(tmp_path: Path) -> None:
+def test_upgradeErrorsAreOneLine(tmp_path: Path) -> None:
     missing = txflip("upgrade", "--control", str(tmp_path / "nope.sock"))
     assert missing.returncode == 1
     assert missing.stderr.startswith("txflip upgrade: cannot reach the control socket")
@@ -97,7 +97,7 @@ def test_upgrade_errors_are_one_line(tmp_path: Path) -> None:
     assert bad.stderr.strip() == f"txflip upgrade: no pid in {tmp_path / 'bad.pid'}"
 
 
-def test_upgrade_timeout_with_pid_file(flip, tmp_path: Path) -> None:
+def test_upgradeTimeoutWithPidFile(flip, tmp_path: Path) -> None:
     fault = tmp_path / "fault"
     server = flip(
         "--upgrade-timeout", "30", env={"FLIPAPP_FAULT": str(fault)}, app=True
@@ -110,7 +110,7 @@ def test_upgrade_timeout_with_pid_file(flip, tmp_path: Path) -> None:
     server.signal(signal.SIGQUIT)
 
 
-def test_garbage_on_control_socket(flip, tmp_path: Path) -> None:
+def test_garbageOnControlSocket(flip, tmp_path: Path) -> None:
     control = tmp_path / "control.sock"
     server = flip("--control", str(control), "--idle-grace", "0.2")
     pid = server.serving()
@@ -140,7 +140,7 @@ def test_garbage_on_control_socket(flip, tmp_path: Path) -> None:
     assert json.loads(exchange(b"status\n"))["pid"] == pid
 
 
-def test_concurrent_upgrade_requests_share_one_upgrade(flip, tmp_path: Path) -> None:
+def test_concurrentUpgradeRequestsShareOneUpgrade(flip, tmp_path: Path) -> None:
     """
     A second `txflip upgrade` while one runs waits for the same outcome instead of
     failing with "upgrade in progress" (systemd may reload while an operator does).
@@ -171,7 +171,7 @@ def test_concurrent_upgrade_requests_share_one_upgrade(flip, tmp_path: Path) -> 
     assert server.logText().count("started generation") == 1
 
 
-def test_upgrade_with_pid_file_refuses_a_reused_pid(tmp_path: Path) -> None:
+def test_upgradeWithPidFileRefusesAReusedPid(tmp_path: Path) -> None:
     """
     The pid file names a pid that another process now has (the service died and
     the pid was reused): that process is not signalled.
@@ -194,7 +194,7 @@ def test_upgrade_with_pid_file_refuses_a_reused_pid(tmp_path: Path) -> None:
         other.wait()
 
 
-def test_status_shows_how_this_generation_started(flip, tmp_path: Path) -> None:
+def test_statusShowsHowThisGenerationStarted(flip, tmp_path: Path) -> None:
     control = tmp_path / "control.sock"
     server = flip("--control", str(control))
     first = server.serving()

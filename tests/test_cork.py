@@ -16,7 +16,7 @@ from conftest import ROOT
 from harness import canConnect, freePort, waitFor
 
 
-def test_close_with_reply_is_seen_with_the_reply() -> None:
+def test_closeWithReplyIsSeenWithTheReply() -> None:
     port = freePort()
     server = subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "drainingecho.py"), str(port)],

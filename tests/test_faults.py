@@ -60,7 +60,7 @@ TCP0 = "tcp:0:interface=127.0.0.1"
         ("exit-before-ready", "exited with status 4"),
     ],
 )
-def test_child_fails_during_startup_under_load(
+def test_childFailsDuringStartupUnderLoad(
     flip, fault: Path, mode: str, status: str
 ) -> None:
     """
@@ -89,7 +89,7 @@ def test_child_fails_during_startup_under_load(
     alone(server, server.serving())
 
 
-def test_child_sigkilled_before_ready_under_load(flip, fault: Path) -> None:
+def test_childSigkilledBeforeReadyUnderLoad(flip, fault: Path) -> None:
     server = flip(env={"FLIPAPP_FAULT": str(fault)}, app=True)
     pid = server.serving()
     with Load(LOCALHOST, server.port, short=2, long=2) as load:
@@ -109,7 +109,7 @@ def test_child_sigkilled_before_ready_under_load(flip, fault: Path) -> None:
 
 
 @pytest.mark.parametrize("mode", ["hang", "block-at-ready"])
-def test_child_never_ready_times_out_under_load(flip, fault: Path, mode: str) -> None:
+def test_childNeverReadyTimesOutUnderLoad(flip, fault: Path, mode: str) -> None:
     """
     A new generation that never becomes ready is killed at the upgrade timeout:
     whether it never got as far as running twistd (C{hang}), or adopted the sockets
@@ -140,7 +140,7 @@ def test_child_never_ready_times_out_under_load(flip, fault: Path, mode: str) ->
 # --- the next generation dies after it said it was ready -----------------------
 
 
-def test_child_crashes_right_after_ready(flip, fault: Path, partial) -> None:
+def test_childCrashesRightAfterReady(flip, fault: Path, partial) -> None:
     """
     Documented behaviour (README, "Failure modes"): once the new generation has said
     it is ready, the handover is done.  If it dies right after, the old generation,
@@ -177,7 +177,7 @@ def test_child_crashes_right_after_ready(flip, fault: Path, partial) -> None:
 # --- the old generation is killed ----------------------------------------------
 
 
-def test_old_sigkilled_while_new_starts(flip, fault: Path, tmp_path: Path) -> None:
+def test_oldSigkilledWhileNewStarts(flip, fault: Path, tmp_path: Path) -> None:
     """
     The new generation already holds the listening sockets: connections queue for
     it while it starts, none is refused.  Only connections the killed process had
@@ -210,7 +210,7 @@ def test_old_sigkilled_while_new_starts(flip, fault: Path, tmp_path: Path) -> No
     alone(server, server.serving())
 
 
-def test_old_sigkilled_after_new_is_ready(flip, partial) -> None:
+def test_oldSigkilledAfterNewIsReady(flip, partial) -> None:
     """
     Killing the old generation while it drains loses only its own connections; the
     new one learns that its parent is gone and can upgrade.
@@ -242,7 +242,7 @@ def test_old_sigkilled_after_new_is_ready(flip, partial) -> None:
 # --- signals at bad times --------------------------------------------------------
 
 
-def test_sighup_storm(flip) -> None:
+def test_sighupStorm(flip) -> None:
     """
     50 SIGHUPs within 100 ms: one upgrade runs, every other SIGHUP that reached the
     process is refused with its reason, and no extra process is ever started.
@@ -289,7 +289,7 @@ def test_sighup_storm(flip) -> None:
 
 
 @pytest.mark.parametrize("stop", [signal.SIGQUIT, signal.SIGTERM])
-def test_sigquit_during_upgrade(
+def test_sigquitDuringUpgrade(
     flip, fault: Path, tmp_path: Path, stop: signal.Signals
 ) -> None:
     """
@@ -322,7 +322,7 @@ def test_sigquit_during_upgrade(
     assert stats.errorsTotal() == stats.count("refused"), stats
 
 
-def test_sighup_to_a_starting_generation(flip, fault: Path, tmp_path: Path) -> None:
+def test_sighupToAStartingGeneration(flip, fault: Path, tmp_path: Path) -> None:
     """
     A SIGHUP that reaches a new generation before it has installed its handler (a
     process-group or terminal hangup) does not kill it: the parent starts it with
@@ -340,7 +340,7 @@ def test_sighup_to_a_starting_generation(flip, fault: Path, tmp_path: Path) -> N
     alone(server, server.serving())
 
 
-def test_sighup_during_drain(flip, partial) -> None:
+def test_sighupDuringDrain(flip, partial) -> None:
     """
     While the old generation drains, SIGHUP to it is refused ("terminating"), and to
     the new one too ("previous generation hasn't exited yet"); nothing is started.
@@ -393,7 +393,7 @@ class Streamer(threading.Thread):
             self.sock.close()
 
 
-def test_drain_deadline_cuts_uncooperative_clients(flip) -> None:
+def test_drainDeadlineCutsUncooperativeClients(flip) -> None:
     """
     A client that never stops sending and one that never reads its replies are
     aborted at the drain timeout, and the old generation then exits.
@@ -434,7 +434,7 @@ def test_drain_deadline_cuts_uncooperative_clients(flip) -> None:
 # --- an unusable pid file or address: at first start, or for a later generation --
 
 
-def test_pidfile_parent_is_a_file_at_first_start(tmp_path: Path) -> None:
+def test_pidfileParentIsAFileAtFirstStart(tmp_path: Path) -> None:
     """
     As root, permission bits stop nothing: a parent that is a regular file does.
     """
@@ -485,7 +485,7 @@ def flipWithPidfile(tmp_path: Path, pidfile: Path) -> Iterator[Flip]:
         reapExited(server)
 
 
-def test_pidfile_directory_gone_for_later_generation(tmp_path: Path) -> None:
+def test_pidfileDirectoryGoneForLaterGeneration(tmp_path: Path) -> None:
     """
     The pid file's directory was replaced by a file: the next generation cannot
     write it, so the upgrade fails with that reason.  Once the directory is back,
@@ -508,7 +508,7 @@ def test_pidfile_directory_gone_for_later_generation(tmp_path: Path) -> None:
         alone(server, server.serving())
 
 
-def test_address_in_use_for_later_generation(flip, fault: Path) -> None:
+def test_addressInUseForLaterGeneration(flip, fault: Path) -> None:
     """
     A later generation whose configuration adds an address someone else holds:
     the upgrade fails with that reason, and the other holder is left alone.
@@ -530,7 +530,7 @@ def test_address_in_use_for_later_generation(flip, fault: Path) -> None:
     alone(server, server.serving())
 
 
-def test_failed_generation_leaves_parents_unix_path(
+def test_failedGenerationLeavesParentsUnixPath(
     flip, fault: Path, tmp_path: Path
 ) -> None:
     """
@@ -564,7 +564,7 @@ def test_failed_generation_leaves_parents_unix_path(
     alone(server, server.serving())
 
 
-def test_unix_path_is_a_file_for_later_generation(flip, fault: Path) -> None:
+def test_unixPathIsAFileForLaterGeneration(flip, fault: Path) -> None:
     server = flip(env={"FLIPAPP_FAULT": str(fault)}, app=True)
     precious = fault.parent / "data.txt"
     precious.write_text("precious")
@@ -737,7 +737,7 @@ BAD_HANDOFFS: dict[str, tuple[str | None, Callable[[int], str], str]] = {
 
 
 @pytest.mark.parametrize("case", list(BAD_HANDOFFS))
-def test_bad_handoff_is_one_line(
+def test_badHandoffIsOneLine(
     tmp_path: Path, handoffFDs: dict[str, int], case: str
 ) -> None:
     """
@@ -761,7 +761,7 @@ def test_bad_handoff_is_one_line(
     assert told.startswith(b"error ") and reason.encode() in told, told
 
 
-def test_stale_marker_without_fds(tmp_path: Path) -> None:
+def test_staleMarkerWithoutFds(tmp_path: Path) -> None:
     """
     A marker copied into an environment where no parent placed anything (an
     operator's shell): the fds it names are not there, one line says so.

@@ -113,7 +113,7 @@ def slowDownload(port: int, result: list[object]) -> None:
         result.append(e)
 
 
-def test_twistd_web_with_flip_endpoint_under_load(tmp_path: Path) -> None:
+def test_twistdWebWithFlipEndpointUnderLoad(tmp_path: Path) -> None:
     site = tmp_path / "site"
     site.mkdir()
     (site / "small.txt").write_bytes(b"small\n")
@@ -183,7 +183,7 @@ def test_twistd_web_with_flip_endpoint_under_load(tmp_path: Path) -> None:
         assert not pidfile.exists()
 
 
-def test_bad_flip_description_is_one_line(tmp_path: Path) -> None:
+def test_badFlipDescriptionIsOneLine(tmp_path: Path) -> None:
     result = subprocess.run(
         [
             *twistdCommand(),
@@ -206,7 +206,7 @@ def test_bad_flip_description_is_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and "port='http' is not a number" in lines[0], result.stderr
 
 
-def test_plain_program_with_serverFromString(tmp_path: Path) -> None:
+def test_plainProgramWithServerFromString(tmp_path: Path) -> None:
     port = freePort()
     pidfile = tmp_path / "plain.pid"
     description = f"flip:tcp:{port}:interface=127.0.0.1:pidfile={pidfile}"
@@ -233,7 +233,7 @@ def test_plain_program_with_serverFromString(tmp_path: Path) -> None:
         assert not pidfile.exists()
 
 
-def test_flip_ssl_across_upgrade(tmp_path: Path) -> None:
+def test_flipSslAcrossUpgrade(tmp_path: Path) -> None:
     """
     flip:ssl: each generation builds its TLS context from its own arguments; the
     listening socket is inherited.

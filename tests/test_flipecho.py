@@ -17,7 +17,7 @@ from harness import Load, pidAlive, readPidFile, waitFor, waitForUpgrade
 UPGRADES = 10
 
 
-def test_upgrades_under_load_lose_nothing(flip) -> None:
+def test_upgradesUnderLoadLoseNothing(flip) -> None:
     """
     Short-lived and lock-step long-lived clients run through 10 upgrades: no refused
     or reset connection, no wrong echo, no lost message; the pid file follows the
@@ -73,7 +73,7 @@ def test_upgrades_under_load_lose_nothing(flip) -> None:
     assert server.alive() == []
 
 
-def test_sigquit_and_sigterm_stop_gracefully(flip) -> None:
+def test_sigquitAndSigtermStopGracefully(flip) -> None:
     server = flip()
     pid = server.serving()
     assert echo(server.port) == b"hello\n"
@@ -83,7 +83,7 @@ def test_sigquit_and_sigterm_stop_gracefully(flip) -> None:
     assert not pidAlive(pid)
 
 
-def test_failed_child_keeps_parent_serving(flip, tmp_path: Path) -> None:
+def test_failedChildKeepsParentServing(flip, tmp_path: Path) -> None:
     fault = tmp_path / "fault"
     server = flip(env={"FLIPAPP_FAULT": str(fault)}, app=True)
     pid = server.serving()
@@ -103,7 +103,7 @@ def test_failed_child_keeps_parent_serving(flip, tmp_path: Path) -> None:
     assert echo(server.port) == b"hello\n"
 
 
-def test_hanging_child_is_killed_after_timeout(flip, tmp_path: Path) -> None:
+def test_hangingChildIsKilledAfterTimeout(flip, tmp_path: Path) -> None:
     fault = tmp_path / "fault"
     server = flip(
         "--upgrade-timeout", "1.5", env={"FLIPAPP_FAULT": str(fault)}, app=True
@@ -132,7 +132,7 @@ def test_hanging_child_is_killed_after_timeout(flip, tmp_path: Path) -> None:
     assert echo(server.port) == b"hello\n"
 
 
-def test_unix_socket_across_upgrades(flip, tmp_path: Path) -> None:
+def test_unixSocketAcrossUpgrades(flip, tmp_path: Path) -> None:
     path = tmp_path / "echo.sock"
     server = flip("--listen", f"unix:{path}", "--listen", "tcp:0:interface=127.0.0.1")
     mode = path.stat().st_mode & 0o777
@@ -157,7 +157,7 @@ def test_unix_socket_across_upgrades(flip, tmp_path: Path) -> None:
     waitFor(lambda: not path.exists(), 20, what="the unix path to be removed")
 
 
-def test_listeners_drain_together(flip) -> None:
+def test_listenersDrainTogether(flip) -> None:
     """
     Every listener's connections drain at once, within one idle grace: while an
     idle connection on the first listener holds its drain open, a connection on the

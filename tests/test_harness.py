@@ -93,7 +93,7 @@ class LineServer(socketserver.ThreadingTCPServer):
 
 
 @pytest.fixture
-def line_server(request: pytest.FixtureRequest) -> Iterator[LineServer]:
+def lineServer(request: pytest.FixtureRequest) -> Iterator[LineServer]:
     server = LineServer(getattr(request, "param", "echo"))
     try:
         yield server
@@ -101,8 +101,8 @@ def line_server(request: pytest.FixtureRequest) -> Iterator[LineServer]:
         server.kill()
 
 
-def test_load_against_healthy_server_has_no_errors(line_server: LineServer) -> None:
-    with Load(HOST, line_server.port, short=4, long=4) as load:
+def test_loadAgainstHealthyServerHasNoErrors(lineServer: LineServer) -> None:
+    with Load(HOST, lineServer.port, short=4, long=4) as load:
         time.sleep(1.0)  # the load duration itself, not a wait for state
     stats = load.stats
     assert stats.errorsTotal() == 0, str(stats)
@@ -113,11 +113,11 @@ def test_load_against_healthy_server_has_no_errors(line_server: LineServer) -> N
     assert load.longStats.connections == 4
 
 
-def test_load_detects_downtime(line_server: LineServer) -> None:
-    with Load(HOST, line_server.port, short=2, long=2) as load:
+def test_loadDetectsDowntime(lineServer: LineServer) -> None:
+    with Load(HOST, lineServer.port, short=2, long=2) as load:
         waitFor(lambda: load.longStats.exchanges > 20, 5, what="load flowing")
         assert load.stats.errorsTotal() == 0, str(load.stats)
-        line_server.kill()
+        lineServer.kill()
         waitFor(
             lambda: (
                 load.shortStats.count("refused") > 0
@@ -130,9 +130,9 @@ def test_load_detects_downtime(line_server: LineServer) -> None:
     assert "refused=" in str(load.stats)
 
 
-@pytest.mark.parametrize("line_server", ["swallow"], indirect=True)
-def test_unanswered_lines_count_as_lost(line_server: LineServer) -> None:
-    with Load(HOST, line_server.port, short=1, long=1) as load:
+@pytest.mark.parametrize("lineServer", ["swallow"], indirect=True)
+def test_unansweredLinesCountAsLost(lineServer: LineServer) -> None:
+    with Load(HOST, lineServer.port, short=1, long=1) as load:
         waitFor(lambda: load.longStats.lost >= 3, 5, what="lost long lines")
         waitFor(lambda: load.shortStats.lost >= 3, 5, what="lost short lines")
     stats = load.stats
@@ -140,25 +140,25 @@ def test_unanswered_lines_count_as_lost(line_server: LineServer) -> None:
     assert stats.count("short_read") >= stats.lost > 0, str(stats)
 
 
-@pytest.mark.parametrize("line_server", ["once"], indirect=True)
-def test_clean_close_after_echo_is_not_an_error(line_server: LineServer) -> None:
+@pytest.mark.parametrize("lineServer", ["once"], indirect=True)
+def test_cleanCloseAfterEchoIsNotAnError(lineServer: LineServer) -> None:
     # A generous interval so the server's close lands while the client idles.
-    with LongClients(HOST, line_server.port, 2, interval=0.05) as clients:
+    with LongClients(HOST, lineServer.port, 2, interval=0.05) as clients:
         waitFor(lambda: clients.stats.closedByServer >= 5, 5, what="server closes")
     stats = clients.stats
     assert stats.errorsTotal() == 0, str(stats)
     assert stats.connections > stats.closedByServer - 2
 
 
-@pytest.mark.parametrize("line_server", ["wrong"], indirect=True)
-def test_wrong_echo_detected(line_server: LineServer) -> None:
-    with ShortClients(HOST, line_server.port, 1) as clients:
+@pytest.mark.parametrize("lineServer", ["wrong"], indirect=True)
+def test_wrongEchoDetected(lineServer: LineServer) -> None:
+    with ShortClients(HOST, lineServer.port, 1) as clients:
         waitFor(lambda: clients.stats.count("wrong_echo") >= 3, 5, what="wrong echoes")
     assert clients.stats.lost == 0
     assert "wrong_echo: sent b's0-1\\n' got b'S0-1\\n'" in str(clients.stats)
 
 
-def test_stop_is_prompt_when_server_hangs() -> None:
+def test_stopIsPromptWhenServerHangs() -> None:
     # A listener that never accepts: connects succeed, echoes never come.
     with socket.create_server((HOST, 0)) as listener:
         port = listener.getsockname()[1]
@@ -172,14 +172,14 @@ def test_stop_is_prompt_when_server_hangs() -> None:
     assert clients.stats.lost == clients.stats.count("timeout")
 
 
-def test_refused_when_nothing_listens() -> None:
+def test_refusedWhenNothingListens() -> None:
     with ShortClients(HOST, freePort(), 1) as clients:
         waitFor(lambda: clients.stats.count("refused") > 0, 5, what="refused")
     assert clients.stats.connections == 0
     assert clients.stats.lost == 0
 
 
-def test_stats_add_and_str() -> None:
+def test_statsAddAndStr() -> None:
     a, b = Stats(), Stats()
     a.add("exchanges", 3)
     b.error("reset", "boom", lost=True)
@@ -189,7 +189,7 @@ def test_stats_add_and_str() -> None:
     assert "reset=1" in str(total) and "boom" in str(total)
 
 
-def test_wait_for() -> None:
+def test_waitFor() -> None:
     values = iter([0, None, 7])
     assert waitFor(lambda: next(values), 1, interval=0.001) == 7
     t0 = time.monotonic()
@@ -198,7 +198,7 @@ def test_wait_for() -> None:
     assert time.monotonic() - t0 < 1
 
 
-def test_read_pidfile(tmp_path: Path) -> None:
+def test_readPidfile(tmp_path: Path) -> None:
     path = tmp_path / "x.pid"
     assert readPidFile(path) is None
     for garbage in ["", "  \n", "abc", "-5", "0"]:
@@ -208,7 +208,7 @@ def test_read_pidfile(tmp_path: Path) -> None:
     assert readPidFile(path) == 1234
 
 
-def test_pid_alive_treats_zombies_as_dead() -> None:
+def test_pidAliveTreatsZombiesAsDead() -> None:
     assert pidAlive(os.getpid())
     assert not pidAlive(0)
     assert not pidAlive(-1)
@@ -244,7 +244,7 @@ FAKE_SERVER = textwrap.dedent(
 )
 
 
-def test_server_process_upgrade_and_cleanup(tmp_path: Path) -> None:
+def test_serverProcessUpgradeAndCleanup(tmp_path: Path) -> None:
     script = tmp_path / "fake.py"
     script.write_text(FAKE_SERVER)
     pidfile = tmp_path / "server.pid"
@@ -266,7 +266,7 @@ def test_server_process_upgrade_and_cleanup(tmp_path: Path) -> None:
     waitFor(lambda: not pidAlive(newPid), 5, what="tracked pid killed")
 
 
-def test_server_process_kills_on_exit_and_wait_exit_times_out(
+def test_serverProcessKillsOnExitAndWaitExitTimesOut(
     tmp_path: Path,
 ) -> None:
     argv = [sys.executable, "-c", "import time; time.sleep(60)"]
@@ -278,7 +278,7 @@ def test_server_process_kills_on_exit_and_wait_exit_times_out(
     assert not pidAlive(pid)
 
 
-def test_free_port_is_bindable() -> None:
+def test_freePortIsBindable() -> None:
     port = freePort()
     with socket.create_server((HOST, port)):
         pass

@@ -107,7 +107,7 @@ def _pids(report: dict[str, object]) -> set[int]:
     return {u["old_pid"] for u in upgrades} | {u["new_pid"] for u in upgrades}
 
 
-def test_twistd_web_flip_five_upgrades(serve, site: Path, tmp_path: Path) -> None:
+def test_twistdWebFlipFiveUpgrades(serve, site: Path, tmp_path: Path) -> None:
     pidfile = tmp_path / "twistd.pid"
     server = serve(
         [*twistdCommand(), "-n", "--pidfile", str(pidfile), "flip", "web",
@@ -129,7 +129,7 @@ def test_twistd_web_flip_five_upgrades(serve, site: Path, tmp_path: Path) -> Non
     assert report["throughput"]["requests_per_s"] > 0
 
 
-def test_klein_app_with_uploads(serve, tmp_path: Path) -> None:
+def test_kleinAppWithUploads(serve, tmp_path: Path) -> None:
     pidfile = tmp_path / "klein.pid"
     server = serve(
         [
@@ -158,7 +158,7 @@ def _resourceApp(serve, tmp_path: Path, env: dict[str, str]) -> tuple[Served, Pa
     return serve(argv, pidfile, env), control
 
 
-def test_500_during_upgrade_is_caught(serve, tmp_path: Path) -> None:
+def test_500DuringUpgradeIsCaught(serve, tmp_path: Path) -> None:
     """
     The new generation answers 500 for its first second: the check fails, and
     says so, though the upgrade completed.
@@ -177,7 +177,7 @@ def test_500_during_upgrade_is_caught(serve, tmp_path: Path) -> None:
     assert report["total"]["samples"][0].startswith("bad_status: status 500")
 
 
-def test_control_socket_says_why_an_upgrade_failed(serve, tmp_path: Path) -> None:
+def test_controlSocketSaysWhyAnUpgradeFailed(serve, tmp_path: Path) -> None:
     server, control = _resourceApp(serve, tmp_path, {"WEBAPP_BROKEN_LATER": "1"})
     status, report, _ = server.check(
         "--control", str(control), "--short-clients", "1", "--long-clients", "1",
@@ -193,7 +193,7 @@ def test_control_socket_says_why_an_upgrade_failed(serve, tmp_path: Path) -> Non
     ), failure
 
 
-def test_naive_restart_is_caught(serve, site: Path, tmp_path: Path) -> None:
+def test_naiveRestartIsCaught(serve, site: Path, tmp_path: Path) -> None:
     """
     Plain twistd web (SIGHUP kills it) that a supervisor restarts: downtime.
     """
@@ -289,7 +289,7 @@ def misbehaving() -> Iterator[Callable[[str], Target]]:
         ("drop-second", True, "dropped"),
     ],
 )
-def test_failures_are_counted(
+def test_failuresAreCounted(
     misbehaving, behaviour: str, keepAlive: bool, kind: str
 ) -> None:
     target = misbehaving(behaviour)
@@ -304,7 +304,7 @@ def test_failures_are_counted(
 
 
 @pytest.mark.parametrize("behaviour", ["close", "idle-close"])
-def test_clean_closes_are_not_failures(misbehaving, behaviour: str) -> None:
+def test_cleanClosesAreNotFailures(misbehaving, behaviour: str) -> None:
     """
     C{Connection: close}, or a close between responses: reconnect, no error.
     """
@@ -319,7 +319,7 @@ def test_clean_closes_are_not_failures(misbehaving, behaviour: str) -> None:
     assert stats.connections >= 3 and stats.exchanges >= 3, stats
 
 
-def test_expect_status() -> None:
+def test_expectStatus() -> None:
     accept = expectStatus("200, 3xx,404")
     assert [accept(s) for s in (200, 201, 302, 399, 404, 500)] == [
         True, False, True, True, True, False,
@@ -363,7 +363,7 @@ def test_expect_status() -> None:
         ),
     ],
 )
-def test_bad_input_is_one_line(
+def test_badInputIsOneLine(
     misbehaving, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     port = freePort()
@@ -380,9 +380,7 @@ def test_bad_input_is_one_line(
     assert captured.err == f"txflip check: {message.format(**values)}\n"
 
 
-def test_expected_status_passes(
-    misbehaving, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_expectedStatusPasses(misbehaving, capsys: pytest.CaptureFixture[str]) -> None:
     url = str(misbehaving("404"))
     status = main(
         ["check", "--http", url, "--expect-status", "404", "--upgrades", "0",

@@ -74,7 +74,7 @@ def reports(tmp_path: Path) -> Reports:
     return Reports(tmp_path / "reports")
 
 
-def test_fds_reach_only_the_next_generation(
+def test_fdsReachOnlyTheNextGeneration(
     flip, reports: Reports, tmp_path: Path, partial: list[PartialRequest]
 ) -> None:
     """
@@ -124,9 +124,7 @@ def test_fds_reach_only_the_next_generation(
     alone(server, child)
 
 
-def test_pidfile_is_atomic_0644_and_never_follows_a_symlink(
-    flip, tmp_path: Path
-) -> None:
+def test_pidfileIsAtomic0644AndNeverFollowsASymlink(flip, tmp_path: Path) -> None:
     """
     A symlink planted at the pid file's path (before the first start, and again
     before an upgrade) is replaced by a regular file; its target is never written.

@@ -20,7 +20,7 @@ from harness import (
 )
 
 
-def test_plain_program_upgrades_on_sighup(tmp_path: Path) -> None:
+def test_plainProgramUpgradesOnSighup(tmp_path: Path) -> None:
     pidfile = tmp_path / "app.pid"
     port = freePort()
     argv = [

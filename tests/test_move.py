@@ -58,11 +58,11 @@ class Plain(Protocol):
         self.transport.write(data)  # type: ignore[union-attr]
 
 
-def test_private_twisted_api_still_there() -> None:
+def test_privateTwistedApiStillThere() -> None:
     assert checkPrivateAPI() is None
 
 
-def test_frames_round_trip_and_fds_in_order() -> None:
+def test_framesRoundTripAndFdsInOrder() -> None:
     r, w = os.pipe()
     reader = FrameReader()
     data = encodeMove(7, "tcp:1.2.3.4:5", ConnectionState(3, b"partial")) + (
@@ -82,7 +82,7 @@ def test_frames_round_trip_and_fds_in_order() -> None:
     os.close(w)
 
 
-def test_bad_frames_break_the_channel() -> None:
+def test_badFramesBreakTheChannel() -> None:
     with pytest.raises(WireError, match="without its socket"):
         FrameReader().feed(encodeMove(1, "k", ConnectionState(1, b"")), [])
     with pytest.raises(WireError, match="unknown frame kind"):
@@ -182,7 +182,7 @@ def openFDs() -> int:
 
 
 @pytest_twisted.ensureDeferred
-async def test_connections_move_with_their_partial_line() -> None:
+async def test_connectionsMoveWithTheirPartialLine() -> None:
     world = World(Echo, NewEcho)
     try:
         await world.connect(300)
@@ -211,7 +211,7 @@ async def test_connections_move_with_their_partial_line() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_refused_state_drains_in_the_old_tracker() -> None:
+async def test_refusedStateDrainsInTheOldTracker() -> None:
     world = World(Echo, RefusingEcho)
     try:
         await world.connect(5)
@@ -231,7 +231,7 @@ async def test_refused_state_drains_in_the_old_tracker() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_protocol_without_the_interface_drains() -> None:
+async def test_protocolWithoutTheInterfaceDrains() -> None:
     world = World(Plain, NewEcho)
     try:
         await world.connect(3)
@@ -248,7 +248,7 @@ async def test_protocol_without_the_interface_drains() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_unknown_listener_is_refused() -> None:
+async def test_unknownListenerIsRefused() -> None:
     world = World(Echo, NewEcho)
     try:
         await world.connect(2)
@@ -261,7 +261,7 @@ async def test_unknown_listener_is_refused() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_broken_channel_brings_connections_back() -> None:
+async def test_brokenChannelBringsConnectionsBack() -> None:
     world = World(Echo, NewEcho)
     try:
         await world.connect(4)
@@ -317,7 +317,7 @@ async def httpResponse(client: socket.socket) -> bytes:
 
 
 @pytest_twisted.ensureDeferred
-async def test_idle_http_keepalive_connections_move() -> None:
+async def test_idleHttpKeepaliveConnectionsMove() -> None:
     world = World(site(b"old"), site(b"new"))
     try:
         await world.connect(20)

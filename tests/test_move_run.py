@@ -36,7 +36,7 @@ def supervised(tmp_path: Path) -> Iterator[Any]:
 
 
 @pytest.mark.parametrize("probation", ["0", "0.5"])
-def test_connections_move_between_workers(supervised: Any, probation: str) -> None:
+def test_connectionsMoveBetweenWorkers(supervised: Any, probation: str) -> None:
     """
     Two workers, upgraded five times (chained without probation, all at once
     after it): lock-step, idle and streaming clients keep their first socket and

@@ -54,7 +54,7 @@ def upgrade(server: object, pidfile: Path, track: object) -> tuple[int, int]:
     return old, new
 
 
-def test_long_lived_and_idle_clients_keep_their_socket(flip) -> None:
+def test_longLivedAndIdleClientsKeepTheirSocket(flip) -> None:
     """
     Through 20 upgrades: lock-step clients (each line in two writes), idle clients
     (silent for longer than the idle grace, then talking), and a client streaming
@@ -96,7 +96,7 @@ def test_long_lived_and_idle_clients_keep_their_socket(flip) -> None:
     assert server.alive() == [server.serving()]
 
 
-def test_unix_and_ipv6_connections_move(flip, tmp_path: Path) -> None:
+def test_unixAndIpv6ConnectionsMove(flip, tmp_path: Path) -> None:
     """
     Connections on a Unix socket and on ::1 move like TCP ones.
     """
@@ -126,7 +126,7 @@ def test_unix_and_ipv6_connections_move(flip, tmp_path: Path) -> None:
     assert re.findall(r"moved (\d+) connections", server.logText()) == ["2"] * 3
 
 
-def test_refused_state_drains_in_the_old_generation(flip, tmp_path: Path) -> None:
+def test_refusedStateDrainsInTheOldGeneration(flip, tmp_path: Path) -> None:
     """
     New code that cannot read the state refuses it: the connection stays with the
     old generation, which drains it (closes it with the next echo), never drops it.
@@ -154,7 +154,7 @@ def test_refused_state_drains_in_the_old_generation(flip, tmp_path: Path) -> Non
     assert "refused: flipapp: this version reads no moved state" in server.logText()
 
 
-def test_new_generation_gone_before_the_move_leaves_connections_draining(
+def test_newGenerationGoneBeforeTheMoveLeavesConnectionsDraining(
     flip, tmp_path: Path
 ) -> None:
     """
@@ -194,7 +194,7 @@ def plainProgram(tmp_path: Path, program: str, description: str) -> ServerProces
     )
 
 
-def test_protocol_without_the_interface_drains(tmp_path: Path) -> None:
+def test_protocolWithoutTheInterfaceDrains(tmp_path: Path) -> None:
     """
     A protocol that does not provide IMovable stays with the old generation,
     which serves it until its client closes.
@@ -219,7 +219,7 @@ def test_protocol_without_the_interface_drains(tmp_path: Path) -> None:
         waitFor(lambda: not pidAlive(first), 20, what="the old generation to exit")
 
 
-def test_tls_connection_drains(tmp_path: Path) -> None:
+def test_tlsConnectionDrains(tmp_path: Path) -> None:
     """
     TLS cannot move (the session lives in the old process): the old generation
     drains it, closing it with the next echo.
@@ -252,7 +252,7 @@ def test_tls_connection_drains(tmp_path: Path) -> None:
         waitFor(lambda: not pidAlive(first), 20, what="the old generation to exit")
 
 
-def test_ten_thousand_idle_connections_move(flip) -> None:
+def test_tenThousandIdleConnectionsMove(flip) -> None:
     """
     10,000 idle connections move in one upgrade, each still open and echoing
     afterwards.
@@ -292,7 +292,7 @@ def webServer(tmp_path: Path) -> tuple[ServerProcess, Path, int]:
     return proc, pidfile, int(match.group(1))
 
 
-def test_http_keepalive_clients_keep_their_connection(tmp_path: Path) -> None:
+def test_httpKeepaliveClientsKeepTheirConnection(tmp_path: Path) -> None:
     """
     HTTP/1.1 keep-alive clients of an unmodified twistd web (flip:) see one
     connection each through upgrades: ours (http.client, which would silently

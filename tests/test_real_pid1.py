@@ -32,7 +32,7 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def test_tini_ends_the_namespace_at_the_first_direct_upgrade(tmp_path: Path) -> None:
+def test_tiniEndsTheNamespaceAtTheFirstDirectUpgrade(tmp_path: Path) -> None:
     require("usr/bin/tini")
     port = freePort()
     argv = [
@@ -91,7 +91,7 @@ def zombies(pid: int) -> list[int]:
     return found
 
 
-def test_txflip_run_as_pid1_upgrades_and_drains(tmp_path: Path) -> None:
+def test_txflipRunAsPid1UpgradesAndDrains(tmp_path: Path) -> None:
     """
     C{txflip run} as the namespace's PID 1 (no tini): upgrades keep serving, no
     zombie is left, SIGTERM drains (a request in flight is answered).

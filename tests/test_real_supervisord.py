@@ -79,7 +79,7 @@ def supervisord(tmp_path: Path) -> Iterator[object]:
         s.close()
 
 
-def test_txflip_run_stays_running_with_one_pid(supervisord, tmp_path: Path) -> None:
+def test_txflipRunStaysRunningWithOnePid(supervisord, tmp_path: Path) -> None:
     port = freePort()
     control = tmp_path / "control.sock"
     txflip = Path(sys.executable).with_name("txflip")

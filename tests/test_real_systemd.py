@@ -251,7 +251,7 @@ def gone(c: Any, pid: int) -> bool:
     return not alive(c, pid)
 
 
-def test_verify_shipped_units(systemd: Container) -> None:
+def test_verifyShippedUnits(systemd: Container) -> None:
     """
     C{systemd-analyze verify} says nothing about any unit in contrib/.
     """
@@ -280,7 +280,7 @@ def test_service(systemd: Container) -> None:
         systemd.run("systemctl", "stop", "flipecho.service")
 
 
-def test_socket_activation(systemd: Container) -> None:
+def test_socketActivation(systemd: Container) -> None:
     """
     flipecho.socket holds the port; the first client starts flipecho.service, which
     adopts it; after a stop, the next client starts it again.
@@ -297,7 +297,7 @@ def test_socket_activation(systemd: Container) -> None:
         systemd.run("systemctl", "stop", "flipecho.service", "flipecho.socket")
 
 
-def test_txflip_run_service(systemd: Container) -> None:
+def test_txflipRunService(systemd: Container) -> None:
     """
     txflip-run.service: the supervisor keeps the unit's PID through upgrades.
     """

@@ -51,7 +51,7 @@ def echo(port: int, line: bytes = b"hello\n") -> bytes:
         return s.recv(100)
 
 
-def test_upgrades_keep_the_pid_under_load(supervised: Any) -> None:
+def test_upgradesKeepThePidUnderLoad(supervised: Any) -> None:
     """
     Ten upgrades of two workers under short and long clients: every one exits 0
     with two new pids, no client sees an error or loses a line, and the pid file
@@ -80,7 +80,7 @@ def test_upgrades_keep_the_pid_under_load(supervised: Any) -> None:
     assert not (run.dir / "twistd.pid").exists()
 
 
-def test_two_workers_each_serve_a_share(supervised: Any) -> None:
+def test_twoWorkersEachServeAShare(supervised: Any) -> None:
     run = supervised(flipecho(), "--workers", "2")
     first, second = run.waitReady()
     clients = []
@@ -98,7 +98,7 @@ def test_two_workers_each_serve_a_share(supervised: Any) -> None:
     assert counts[first] > 0 and counts[second] > 0, counts
 
 
-def test_killed_worker_is_replaced_and_nothing_is_refused(supervised: Any) -> None:
+def test_killedWorkerIsReplacedAndNothingIsRefused(supervised: Any) -> None:
     run = supervised(flipecho(), "--workers", "1")
     (pid,) = run.waitReady()
     with Load("127.0.0.1", run.port, short=4, long=0) as load:
@@ -114,7 +114,7 @@ def test_killed_worker_is_replaced_and_nothing_is_refused(supervised: Any) -> No
     assert "was killed by SIGKILL after ready; replacing it" in run.logText()
 
 
-def test_bad_deploy_leaves_the_old_workers_serving(supervised: Any) -> None:
+def test_badDeployLeavesTheOldWorkersServing(supervised: Any) -> None:
     run = supervised(["sh", "-c", BAD_DEPLOY, "sh", *flipecho()], "--workers", "2")
     old = run.waitReady()
     (run.dir / "broken").touch()
@@ -127,7 +127,7 @@ def test_bad_deploy_leaves_the_old_workers_serving(supervised: Any) -> None:
     assert run.status()["lastUpgrade"]["result"].startswith("failed: child pid=")
 
 
-def test_a_worker_dying_on_probation_rolls_back(supervised: Any) -> None:
+def test_aWorkerDyingOnProbationRollsBack(supervised: Any) -> None:
     run = supervised(
         ["sh", "-c", DIES, "sh", *flipecho()], "--workers", "2", "--probation", "5"
     )
@@ -143,7 +143,7 @@ def test_a_worker_dying_on_probation_rolls_back(supervised: Any) -> None:
     assert echo(run.port) == b"hello\n"
 
 
-def test_sigint_stops_gracefully(supervised: Any) -> None:
+def test_sigintStopsGracefully(supervised: Any) -> None:
     run = supervised(flipecho(), "--workers", "2")
     pids = run.waitReady()
     run.signal(signal.SIGINT)
@@ -154,7 +154,7 @@ def test_sigint_stops_gracefully(supervised: Any) -> None:
     assert "is gone: stopping" not in run.logText()  # it was not gone
 
 
-def test_ttin_ttou_change_the_number_of_workers(supervised: Any) -> None:
+def test_ttinTtouChangeTheNumberOfWorkers(supervised: Any) -> None:
     run = supervised(flipecho(), "--workers", "1")
     run.waitReady()
     run.signal(signal.SIGTTIN)
@@ -166,7 +166,7 @@ def test_ttin_ttou_change_the_number_of_workers(supervised: Any) -> None:
     assert len(run.waitReady()) == 1
 
 
-def test_sighup_during_an_upgrade_is_refused_and_txflip_upgrade_joins(
+def test_sighupDuringAnUpgradeIsRefusedAndTxflipUpgradeJoins(
     supervised: Any,
 ) -> None:
     import subprocess
@@ -185,7 +185,7 @@ def test_sighup_during_an_upgrade_is_refused_and_txflip_upgrade_joins(
     waitFor(lambda: "txflip run: upgrade: upgrade in progress" in run.logText(), 10)
 
 
-def test_a_worker_stops_when_its_supervisor_is_killed(supervised: Any) -> None:
+def test_aWorkerStopsWhenItsSupervisorIsKilled(supervised: Any) -> None:
     run = supervised(flipecho(), "--workers", "2")
     pids = run.waitReady()
     run.signal(signal.SIGKILL)
@@ -193,7 +193,7 @@ def test_a_worker_stops_when_its_supervisor_is_killed(supervised: Any) -> None:
     assert f"the supervisor (pid {run.pid}) is gone: stopping" in run.logText()
 
 
-def test_orphans_are_reaped(supervised: Any) -> None:
+def test_orphansAreReaped(supervised: Any) -> None:
     """
     A worker's own child, orphaned, is reparented to the supervisor (a child
     subreaper) and reaped once it exits.
@@ -207,7 +207,7 @@ def test_orphans_are_reaped(supervised: Any) -> None:
     waitFor(lambda: not os.path.exists(f"/proc/{pid}"), 10, what="orphan reaped")
 
 
-def test_first_start_failure_exits_with_the_reason(supervised: Any) -> None:
+def test_firstStartFailureExitsWithTheReason(supervised: Any) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -274,7 +274,7 @@ def test_aWorkersOwnControlSocketIsRefusedAtFirstStart(supervised: Any) -> None:
         (["--probation", "nan", "--", "true"], "expected a finite number of seconds"),
     ],
 )
-def test_bad_arguments(tmp_path: Path, args: list[str], error: str) -> None:
+def test_badArguments(tmp_path: Path, args: list[str], error: str) -> None:
     result = txflip("run", "--pidfile", str(tmp_path / "p"), *args)
     assert result.returncode == 2
     assert result.stderr.startswith("txflip run: ") and error in result.stderr
@@ -282,7 +282,7 @@ def test_bad_arguments(tmp_path: Path, args: list[str], error: str) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_pid_file_or_control_socket_in_use(supervised: Any, tmp_path: Path) -> None:
+def test_pidFileOrControlSocketInUse(supervised: Any, tmp_path: Path) -> None:
     run = supervised(flipecho())
     before = sorted(tmp_path.iterdir())
     other = str(tmp_path / "other")
@@ -305,7 +305,7 @@ def test_pid_file_or_control_socket_in_use(supervised: Any, tmp_path: Path) -> N
     os.geteuid() != 0 or not shutil.which("unshare"),
     reason="a new PID namespace needs root and unshare(1)",
 )
-def test_pid_1_in_a_new_pid_namespace(supervised: Any) -> None:
+def test_pid1InANewPidNamespace(supervised: Any) -> None:
     """
     As PID 1 of its namespace, the supervisor upgrades (nothing dies with the
     old worker), reaps an orphan, and leaves no zombie.
@@ -363,7 +363,7 @@ def _ppid(pid: int) -> int:
         return -1
 
 
-def test_usr1_reaches_the_workers_and_hup_to_a_worker_is_refused(
+def test_usr1ReachesTheWorkersAndHupToAWorkerIsRefused(
     supervised: Any,
 ) -> None:
     """
@@ -385,7 +385,7 @@ def test_usr1_reaches_the_workers_and_hup_to_a_worker_is_refused(
     assert echo(run.port) == b"hello\n"
 
 
-def test_a_crash_loop_backs_off_and_recovers(supervised: Any) -> None:
+def test_aCrashLoopBacksOffAndRecovers(supervised: Any) -> None:
     run = supervised(["sh", "-c", BAD_DEPLOY, "sh", *flipecho()])
     (pid,) = run.waitReady()
     (run.dir / "broken").touch()
@@ -402,7 +402,7 @@ def test_a_crash_loop_backs_off_and_recovers(supervised: Any) -> None:
     assert echo(run.port) == b"hello\n"
 
 
-def test_the_supervisor_alone_tells_systemd(tmp_path: Path) -> None:
+def test_theSupervisorAloneTellsSystemd(tmp_path: Path) -> None:
     """
     With NOTIFY_SOCKET (a test playing systemd): READY=1 with the supervisor's
     own pid once its workers serve, RELOADING=1 and READY=1 around an upgrade,

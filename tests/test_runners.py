@@ -71,7 +71,7 @@ def stop(pids: list[int]) -> None:
     waitFor(lambda: not pidAlive(pids[-1]), 30, what="the final exit")
 
 
-def test_twistd_foreground_logfile_keeps_every_generation(tmp_path: Path) -> None:
+def test_twistdForegroundLogfileKeepsEveryGeneration(tmp_path: Path) -> None:
     www = site(tmp_path)
     logfile, pidfile = tmp_path / "web.log", tmp_path / "tw.pid"
     argv = [*twistdCommand(), "-n", f"--logfile={logfile}", f"--pidfile={pidfile}"]
@@ -91,7 +91,7 @@ def test_twistd_foreground_logfile_keeps_every_generation(tmp_path: Path) -> Non
     assert not pidfile.exists()
 
 
-def test_twistd_daemonized_keeps_every_generation(tmp_path: Path) -> None:
+def test_twistdDaemonizedKeepsEveryGeneration(tmp_path: Path) -> None:
     www = site(tmp_path)
     pidfile = tmp_path / "twistd.pid"
     started = runTwistd(
@@ -138,7 +138,7 @@ def twistTwice(tmp: Path, args: list[str], pidfile: Path) -> tuple[list[int], st
     return pids, text
 
 
-def test_twist_with_flip_plugin(tmp_path: Path) -> None:
+def test_twistWithFlipPlugin(tmp_path: Path) -> None:
     """
     twist has no pid file of its own: the flip plugin's --pidfile names one.  Its
     text log lines carry the PID.
@@ -151,20 +151,20 @@ def test_twist_with_flip_plugin(tmp_path: Path) -> None:
     assert not pidfile.exists()
 
 
-def test_twistd_without_flip_plugin_is_one_line(tmp_path: Path) -> None:
+def test_twistdWithoutFlipPluginIsOneLine(tmp_path: Path) -> None:
     result = runTwistd(["-n", "web", "--listen", LISTEN, "--path", "."], tmp_path)
     line = oneLineError(result)
     assert "needs the flip plugin" in line and "twistd [options] flip PLUGIN" in line
 
 
-def test_flip_plugin_needs_a_plugin(tmp_path: Path) -> None:
+def test_flipPluginNeedsAPlugin(tmp_path: Path) -> None:
     result = runTwistd(["-n", "flip"], tmp_path)
     assert result.returncode != 0
     assert "which plugin should flip run?" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
 
 
-def test_twist_plain_flip_endpoint(tmp_path: Path) -> None:
+def test_twistPlainFlipEndpoint(tmp_path: Path) -> None:
     """
     twist without the flip plugin: the flip: endpoint alone upgrades.
     """

@@ -23,17 +23,17 @@ BAD = ["nan", "inf", "-inf", "-5", "0", "abc", "", "1e-9"]
 
 
 @pytest.mark.parametrize("value", [*BAD, math.nan, math.inf, -1.0, 0, True, None])
-def test_seconds_refuses(value: object) -> None:
+def test_secondsRefuses(value: object) -> None:
     with pytest.raises(SettingError, match=r"^drainTimeout must be a finite number"):
         seconds("drainTimeout", value)
 
 
 @pytest.mark.parametrize("value, expected", [("1.5", 1.5), (2, 2.0), ("1e-3", 1e-3)])
-def test_seconds_accepts(value: object, expected: float) -> None:
+def test_secondsAccepts(value: object, expected: float) -> None:
     assert seconds("x", value) == expected
 
 
-def test_constructors_refuse() -> None:
+def test_constructorsRefuse() -> None:
     with pytest.raises(SettingError, match=r"^upgradeTimeout must be"):
         Upgrader(upgradeTimeout=math.nan, environ={}, process=ProcessState())
     upgrader = Upgrader(environ={}, process=ProcessState())
@@ -48,9 +48,7 @@ def test_constructors_refuse() -> None:
 
 @pytest.mark.parametrize("option", ["drain-timeout", "upgrade-timeout", "idle-grace"])
 @pytest.mark.parametrize("value", ["nan", "-5", "abc"])
-def test_twistd_options_name_the_option(
-    tmp_path: Path, option: str, value: str
-) -> None:
+def test_twistdOptionsNameTheOption(tmp_path: Path, option: str, value: str) -> None:
     for plugin in (["flipecho"], ["flip", f"--{option}={value}", "web"]):
         args = ["-n", *plugin]
         if plugin == ["flipecho"]:
@@ -92,15 +90,13 @@ def plain(tmp: Path, *descriptions: str) -> subprocess.CompletedProcess[str]:
         ("idleGrace=inf", "idleGrace must be a finite number of seconds"),
     ],
 )
-def test_flip_settings_name_the_setting(
-    tmp_path: Path, setting: str, message: str
-) -> None:
+def test_flipSettingsNameTheSetting(tmp_path: Path, setting: str, message: str) -> None:
     result = plain(tmp_path, f"flip:tcp:0:interface=127.0.0.1:{setting}")
     assert result.returncode != 0 and "parsed" not in result.stdout
     assert f"flip:tcp:0:interface=127.0.0.1: {message}" in result.stderr
 
 
-def test_later_endpoint_cannot_change_a_setting(tmp_path: Path) -> None:
+def test_laterEndpointCannotChangeASetting(tmp_path: Path) -> None:
     first = "flip:tcp:0:interface=127.0.0.1:drainTimeout=5"
     result = plain(tmp_path, first, "flip:tcp:0:interface=127.0.0.1:drainTimeout=99")
     assert result.returncode != 0 and "parsed" not in result.stdout
@@ -115,7 +111,7 @@ def test_later_endpoint_cannot_change_a_setting(tmp_path: Path) -> None:
     assert omitted.returncode == 0, omitted.stderr
 
 
-def test_flip_setting_conflicting_with_twistd_flip_options(tmp_path: Path) -> None:
+def test_flipSettingConflictingWithTwistdFlipOptions(tmp_path: Path) -> None:
     result = runTwistd(
         [
             "-n",
@@ -135,7 +131,7 @@ def test_flip_setting_conflicting_with_twistd_flip_options(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "0", "-1", "x"])
-def test_cli_durations(value: str) -> None:
+def test_cliDurations(value: str) -> None:
     result = subprocess.run(
         [
             sys.executable,

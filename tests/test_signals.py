@@ -32,7 +32,7 @@ def reached(deadline: float) -> bool:
 
 
 @pytest.mark.parametrize("logfile", [False, True])
-def test_sigusr1_to_a_starting_generation(
+def test_sigusr1ToAStartingGeneration(
     flip, fault: Path, tmp_path: Path, logfile: bool
 ) -> None:
     """
@@ -51,7 +51,7 @@ def test_sigusr1_to_a_starting_generation(
 
 
 @pytest.mark.parametrize("logfile", [False, True])
-def test_sigusr1_never_kills_a_generation(flip, tmp_path: Path, logfile: bool) -> None:
+def test_sigusr1NeverKillsAGeneration(flip, tmp_path: Path, logfile: bool) -> None:
     """
     SIGUSR1 to the whole process group, at once and repeatedly through upgrades:
     no generation dies of it, with or without --logfile (with one, the file is
@@ -83,7 +83,7 @@ def test_sigusr1_never_kills_a_generation(flip, tmp_path: Path, logfile: bool) -
 
 
 @pytest.mark.parametrize("stop", [signal.SIGQUIT, signal.SIGTERM, signal.SIGINT])
-def test_stop_signal_to_a_starting_generation_waits_for_its_handler(
+def test_stopSignalToAStartingGenerationWaitsForItsHandler(
     flip, fault: Path, tmp_path: Path, stop: signal.Signals
 ) -> None:
     """

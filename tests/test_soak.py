@@ -16,7 +16,7 @@ from conftest import ROOT
 UPGRADES = 50
 
 
-def test_fifty_upgrades_under_load() -> None:
+def test_fiftyUpgradesUnderLoad() -> None:
     """
     No error for short-lived clients and no lost line for long-lived ones; each
     generation's own fds as many as the first's, RSS flat; the pid file always names

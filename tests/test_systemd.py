@@ -46,7 +46,7 @@ class NotifySocket:
         self.sock.close()
 
 
-def test_notify_sequence_across_upgrades_and_a_failure(flip, tmp_path: Path) -> None:
+def test_notifySequenceAcrossUpgradesAndAFailure(flip, tmp_path: Path) -> None:
     notify = NotifySocket(tmp_path / "notify.sock")
     fault = tmp_path / "fault"
     try:
@@ -96,7 +96,7 @@ def test_notify_sequence_across_upgrades_and_a_failure(flip, tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("underSystemd", [True, False], ids=["notify", "plain"])
-def test_under_systemd_the_new_generation_is_not_the_old_ones_child(
+def test_underSystemdTheNewGenerationIsNotTheOldOnesChild(
     flip, tmp_path: Path, underSystemd: bool
 ) -> None:
     """
@@ -135,7 +135,7 @@ def test_under_systemd_the_new_generation_is_not_the_old_ones_child(
         notify.close()
 
 
-def test_abstract_notify_socket(flip, tmp_path: Path) -> None:
+def test_abstractNotifySocket(flip, tmp_path: Path) -> None:
     name = f"txflip-test-{os.getpid()}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind("\0" + name)
@@ -149,7 +149,7 @@ def test_abstract_notify_socket(flip, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("byName", [False, True], ids=["by-address", "by-name"])
-def test_socket_activation(tmp_path: Path, byName: bool) -> None:
+def test_socketActivation(tmp_path: Path, byName: bool) -> None:
     """
     Start flipecho the way systemd does: LISTEN_* set, a listening socket at fd 3,
     asked for by its address or by its name (systemd:name=echo).

@@ -31,7 +31,7 @@ TCP0 = "tcp:0:interface=127.0.0.1"
 LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[pid \d+\] \[")
 
 
-def test_daemonized_with_logfile_and_pidfile(tmp_path: Path) -> None:
+def test_daemonizedWithLogfileAndPidfile(tmp_path: Path) -> None:
     """
     Without -n the first generation daemonizes; later ones must not daemonize again.
     All generations append to one --logfile without overwriting each other, and the
@@ -81,7 +81,7 @@ def test_daemonized_with_logfile_and_pidfile(tmp_path: Path) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_second_server_on_same_pidfile_is_refused(flip, tmp_path: Path) -> None:
+def test_secondServerOnSamePidfileIsRefused(flip, tmp_path: Path) -> None:
     server = flip()
     result = runTwistd(
         ["-n", "flipecho", "--listen", "tcp:0:interface=127.0.0.1"], tmp_path
@@ -91,7 +91,7 @@ def test_second_server_on_same_pidfile_is_refused(flip, tmp_path: Path) -> None:
     assert readPidFile(server.pidfile) == server.serving()
 
 
-def test_port_in_use_is_one_line(tmp_path: Path) -> None:
+def test_portInUseIsOneLine(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -106,7 +106,7 @@ def test_port_in_use_is_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "twistd.pid").exists()
 
 
-def test_unix_path_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+def test_unixPathThatIsAFileIsOneLine(tmp_path: Path) -> None:
     path = tmp_path / "data.txt"
     path.write_text("precious")
     result = runTwistd(["-n", "flipecho", "--listen", f"unix:{path}"], tmp_path)
@@ -115,7 +115,7 @@ def test_unix_path_that_is_a_file_is_one_line(tmp_path: Path) -> None:
     assert path.read_text() == "precious"
 
 
-def test_unwritable_pidfile_is_one_line(tmp_path: Path) -> None:
+def test_unwritablePidfileIsOneLine(tmp_path: Path) -> None:
     result = runTwistd(
         [
             "-n",
@@ -129,14 +129,14 @@ def test_unwritable_pidfile_is_one_line(tmp_path: Path) -> None:
     assert "cannot write pid file" in oneLineError(result)
 
 
-def test_bad_listen_description(tmp_path: Path) -> None:
+def test_badListenDescription(tmp_path: Path) -> None:
     result = runTwistd(["-n", "flipecho", "--listen", "tcp:http"], tmp_path)
     assert result.returncode != 0
     assert "port='http' is not a number" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
 
 
-def test_malformed_handoff_is_one_line(tmp_path: Path) -> None:
+def test_malformedHandoffIsOneLine(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TXFLIP_HANDOFF": "{not json"}
     result = subprocess.run(
         [*twistdCommand(), "-n", "flipecho", "--listen", "tcp:0:interface=127.0.0.1"],
@@ -149,7 +149,7 @@ def test_malformed_handoff_is_one_line(tmp_path: Path) -> None:
     assert "malformed handoff table: not JSON" in oneLineError(result)
 
 
-def test_udp_and_tcp6_across_upgrade(flip) -> None:
+def test_udpAndTcp6AcrossUpgrade(flip) -> None:
     server = flip(
         "--listen",
         "udp:0:interface=127.0.0.1",
@@ -178,7 +178,7 @@ def test_udp_and_tcp6_across_upgrade(flip) -> None:
     assert echo(tcp6Port, host="::1") == b"hello\n"
 
 
-def test_real_netcat_client(flip) -> None:
+def test_realNetcatClient(flip) -> None:
     """
     The README's client loop with Debian's netcat-openbsd, through an upgrade.
     """
@@ -210,7 +210,7 @@ def test_real_netcat_client(flip) -> None:
     assert ncEcho() == "hello\n"
 
 
-def test_every_generation_has_the_same_process_name(tmp_path: Path) -> None:
+def test_everyGenerationHasTheSameProcessName(tmp_path: Path) -> None:
     """
     Started as a script (C{twistd ...}, through its #! line), every generation is
     named C{twistd} in ps and pgrep -x, not after the interpreter.
@@ -255,7 +255,7 @@ FLIPWEB = ["flip", "web", "--listen", "flip:tcp:0:interface=127.0.0.1", "--path"
     ],
     ids=["foreground", "daemon", "flip-web", "flip-web-daemon"],
 )
-def test_missing_logfile_directory_is_one_line(tmp_path: Path, args: list[str]) -> None:
+def test_missingLogfileDirectoryIsOneLine(tmp_path: Path, args: list[str]) -> None:
     result = runTwistd([f"--logfile={tmp_path}/missing/dir/x.log", *args], tmp_path)
     line = oneLineError(result)
     assert line == (
@@ -265,12 +265,12 @@ def test_missing_logfile_directory_is_one_line(tmp_path: Path, args: list[str]) 
 
 
 @pytest.mark.parametrize("plugin", [["flip", "web"], ["web"]])
-def test_flip_without_colon_is_one_line(tmp_path: Path, plugin: list[str]) -> None:
+def test_flipWithoutColonIsOneLine(tmp_path: Path, plugin: list[str]) -> None:
     result = runTwistd(["-n", *plugin, "--listen", "flip", "--path", "."], tmp_path)
     assert "bad listen description 'flip': what should it wrap?" in oneLineError(result)
 
 
-def test_unescaped_ipv6_interface_says_to_escape_and_quote(tmp_path: Path) -> None:
+def test_unescapedIpv6InterfaceSaysToEscapeAndQuote(tmp_path: Path) -> None:
     result = runTwistd(["-n", "flipecho", "--listen", "tcp6:0:interface=::1"], tmp_path)
     assert result.returncode != 0
     output = result.stdout + result.stderr
@@ -279,7 +279,7 @@ def test_unescaped_ipv6_interface_says_to_escape_and_quote(tmp_path: Path) -> No
     assert "unexpected" not in output and "Traceback" not in output
 
 
-def test_pidfile_under_a_file_says_so(tmp_path: Path) -> None:
+def test_pidfileUnderAFileSaysSo(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("")
     result = runTwistd(
         ["-n", f"--pidfile={tmp_path}/afile/x.pid", "flipecho", "--listen", TCP0],
@@ -294,7 +294,7 @@ def test_pidfile_under_a_file_says_so(tmp_path: Path) -> None:
 TLS = "flip:ssl:0:interface=127.0.0.1:privateKey=k.pem"
 
 
-def test_ssl_without_pyopenssl_is_one_line(tmp_path: Path) -> None:
+def test_sslWithoutPyopensslIsOneLine(tmp_path: Path) -> None:
     """
     Without pyOpenSSL (simulated: it cannot be imported), flip:ssl: says what to
     install.
@@ -329,7 +329,7 @@ def test_ssl_without_pyopenssl_is_one_line(tmp_path: Path) -> None:
     assert "TLS needs pyOpenSSL: pip install 'twisted[tls]'" in line
 
 
-def test_unreplaceable_pidfile_is_found_before_binding() -> None:
+def test_unreplaceablePidfileIsFoundBeforeBinding() -> None:
     """
     A server that may not replace another user's pid file in a sticky directory
     (as root, without CAP_FOWNER: what a non-root user is): one line, and nothing

@@ -145,7 +145,7 @@ def connect(port: int, timeout: float) -> socket.socket:
     return sock
 
 
-def test_response_under_way_when_grace_ends_closes_after_it(web) -> None:
+def test_responseUnderWayWhenGraceEndsClosesAfterIt(web) -> None:
     """
     A keep-alive download still being sent when the idle grace ends is closed as
     soon as it completes, not left idle until the drain timeout aborts it.
@@ -165,7 +165,7 @@ def test_response_under_way_when_grace_ends_closes_after_it(web) -> None:
     waitFor(lambda: not pidAlive(server.first), 15, what="the old generation exit")
 
 
-def test_requests_pipelined_during_drain_are_all_answered(web) -> None:
+def test_requestsPipelinedDuringDrainAreAllAnswered(web) -> None:
     """
     Three GETs pipelined in one segment during the drain: three responses, the
     last with Connection: close, then the close.
@@ -183,7 +183,7 @@ def test_requests_pipelined_during_drain_are_all_answered(web) -> None:
         assert reader.closed()
 
 
-def test_request_with_a_body_closes_with_its_response_during_drain(web) -> None:
+def test_requestWithABodyClosesWithItsResponseDuringDrain(web) -> None:
     """
     A request with a body during the drain (twisted.web then keeps an empty chunk
     in its buffer, which is no further request) gets C{Connection: close} and the
@@ -206,7 +206,7 @@ def test_request_with_a_body_closes_with_its_response_during_drain(web) -> None:
         assert reader.closed(), "not closed with the response"
 
 
-def test_library_site_drains_keepalive_connections(web) -> None:
+def test_librarySiteDrainsKeepaliveConnections(web) -> None:
     """
     UpgradeService.listen(..., Site(...)) after only C{import txflip}: an idle
     keep-alive connection is closed at the end of the idle grace, not aborted at
@@ -222,7 +222,7 @@ def test_library_site_drains_keepalive_connections(web) -> None:
     waitFor(lambda: not pidAlive(server.first), 15, what="the old generation exit")
 
 
-def test_import_txflip_registers_the_web_adapter() -> None:
+def test_importTxflipRegistersTheWebAdapter() -> None:
     code = (
         "import txflip\n"
         "from twisted.web.http import HTTPChannel\n"
@@ -242,7 +242,7 @@ def test_import_txflip_registers_the_web_adapter() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_private_attributes_read_by_the_adapter_exist() -> None:
+def test_privateAttributesReadByTheAdapterExist() -> None:
     """
     txflip._web reads a few private attributes of twisted.web: fail loudly here,
     not quietly in a drain, when Twisted renames them.
