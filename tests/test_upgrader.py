@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
 from txflip import _generation
@@ -29,9 +30,10 @@ from txflip._errors import (
     Stopping,
     TxflipError,
     UpgradeInProgress,
+    WorkerOfSupervisor,
 )
 from txflip._fds import bindSocket
-from txflip._handoff import MARKER, ParentWatcher
+from txflip._handoff import MARKER, SUPERVISOR, ParentWatcher
 from txflip._process import ProcessState
 from txflip._spawn import Spawn
 from txflip._upgrader import Upgrader
@@ -808,3 +810,138 @@ def test_queriesFromCallbacks(
     upgrader.upgrade()
     attempts[0].ready()
     assert seen == [True, attempts[0].pid]
+
+
+# --- a supervisor's worker (txflip run) ----------------------------------------------
+
+
+@pytest.fixture
+def channel() -> Iterator[tuple[socket.socket, int]]:
+    """
+    A worker's channel to its supervisor: the supervisor's end, and the fd of
+    the worker's, which the Upgrader owns from then on.
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    yield ours, theirs.detach()
+    ours.close()
+
+
+def workerGeneration(
+    reactor: MemoryReactorClock, parent: Parent, channel: tuple[socket.socket, int]
+) -> Upgrader:
+    """
+    A worker, as a supervisor starts one: its parent is the supervisor (pid 777
+    in the table), and its table names the channel to it.
+    """
+    environ = {MARKER: parent.marker(parentPid=777, fds={SUPERVISOR: channel[1]})}
+    upgrader = makeUpgrader(reactor, environ=environ)
+    parent.open -= {parent.readyW, parent.parentR}
+    assert upgrader.supervisor is not None
+    assert upgrader.supervisor.supervisorPID == 777
+    return upgrader
+
+
+def test_workerRefusesEveryUpgradeNamingItsSupervisor(
+    reactor: MemoryReactorClock,
+    attempts: list[FakeAttempt],
+    parent: Parent,
+    channel: tuple[socket.socket, int],
+) -> None:
+    """
+    A worker never upgrades itself, before or after it serves, join or not: the
+    refusal names the supervisor to upgrade instead; nothing is started.
+    """
+    upgrader = workerGeneration(reactor, parent, channel)
+    started: list[int] = []
+    for join in (False, True):
+        error = failsWith(upgrader.upgrade(join, started.append), WorkerOfSupervisor)
+        assert str(error) == (
+            "this is a worker of the supervisor pid 777: upgrade that"
+            " (kill -HUP 777, or txflip upgrade)"
+        )
+    upgrader.ready()
+    assert parent.readReady() == b"ready\n"
+    assert upgrader.isReady
+    for join in (False, True):
+        failsWith(upgrader.upgrade(join, started.append), WorkerOfSupervisor)
+    assert started == [] and attempts == []
+    outcome(upgrader.stop())
+    # Stopping, a worker is refused as any generation is.
+    failsWith(upgrader.upgrade(), Stopping)
+
+
+def test_workerStopsWhenItsSupervisorsPipeCloses(
+    reactor: MemoryReactorClock, parent: Parent, channel: tuple[socket.socket, int]
+) -> None:
+    """
+    The supervisor's pipe closing is its death, not a parent generation's exit:
+    the worker stops gracefully at once (no 5 s wait for the pid), and does not
+    say that upgrades are allowed.
+    """
+    upgrader = workerGeneration(reactor, parent, channel)
+    upgrader.ready()
+    exiting = upgrader.whenExit()
+    parentExited = upgrader.whenParentExited()
+    with capturedLogs() as events:
+        parent.exit()
+        watcher(reactor).doRead()
+    assert outcome(exiting) is None
+    assert [e["log_format"] for e in events] == [
+        "txflip: the supervisor (pid {pid}) is gone: stopping"
+    ]
+    assert events[0]["pid"] == 777
+    assert reactor.getDelayedCalls() == []
+    assert not parentExited.called
+    assert upgrader.isReady and upgrader.successor is None
+    assert outcome(upgrader.stop()) is None
+
+
+def test_workerStartingStopsWhenItsSupervisorsPipeCloses(
+    reactor: MemoryReactorClock, parent: Parent, channel: tuple[socket.socket, int]
+) -> None:
+    """
+    Before it is ready, the same: it stops, and never tells the supervisor it
+    serves.
+    """
+    upgrader = workerGeneration(reactor, parent, channel)
+    exiting = upgrader.whenExit()
+    parent.exit()
+    watcher(reactor).doRead()
+    assert outcome(exiting) is None
+    upgrader.ready()
+    assert not upgrader.isReady
+    assert parent.readReady() == b""
+
+
+def test_workerStoppingIgnoresItsSupervisorsPipe(
+    reactor: MemoryReactorClock, parent: Parent, channel: tuple[socket.socket, int]
+) -> None:
+    """
+    Once stopping, the pipe's end is no news (the reactor closes it itself as
+    it shuts down): nothing is logged, nothing is waited for.
+    """
+    upgrader = workerGeneration(reactor, parent, channel)
+    upgrader.ready()
+    parentExited = upgrader.whenParentExited()
+    outcome(upgrader.stop())
+    with capturedLogs() as events:
+        parent.exit()
+        watcher(reactor).doRead()
+    assert events == []
+    assert reactor.getDelayedCalls() == []
+    assert not parentExited.called
+
+
+def test_stoppedChildWithNobodyWaitingIgnoresItsParentsPipe(
+    reactor: MemoryReactorClock, parent: Parent
+) -> None:
+    """
+    A stopped generation waits for its parent's exit only if someone still waits
+    for that (L{test_whenParentExitedAfterStopFails}); otherwise the pipe's end
+    schedules nothing.
+    """
+    upgrader, _ = childGeneration(reactor, parent)
+    outcome(upgrader.stop())
+    parent.exit()
+    watcher(reactor).doRead()
+    assert reactor.getDelayedCalls() == []

@@ -67,6 +67,14 @@ class Stopping(Refused):
         super().__init__("terminating")
 
 
+class WorkerOfSupervisor(Refused):
+    def __init__(self, supervisorPID: int) -> None:
+        super().__init__(
+            f"this is a worker of the supervisor pid {supervisorPID}: upgrade that"
+            f" (kill -HUP {supervisorPID}, or txflip upgrade)"
+        )
+
+
 class RunningAsInit(Refused):
     def __init__(self) -> None:
         super().__init__(

@@ -1,7 +1,8 @@
 """
 The vocabulary of one generation's state machine: its inputs (L{_Generation}), the
 data its states carry (L{_Upgrade}, L{_Killing}; C{Replaced} carries the
-successor's pid), and the core every transition shares (L{_Core}).  The rules are
+successor's pid, a worker's states the L{SupervisorLink}), and the core every
+transition shares (L{_Core}).  The rules are
 in L{txflip._machine}; the diagram and the public API in L{txflip._upgrader}.
 """
 
@@ -17,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import _handoff
+from ._channel import SupervisorLink
 from ._command import Command
 from ._fds import Listeners
 from ._pidfile import PidFile, pidAlive
@@ -24,6 +26,9 @@ from ._reactor import Reactor
 from ._spawn import Attempt, Spawner
 
 T = TypeVar("T")
+#: How long a child waits, once its parent's pipe is closed, for the parent to
+#: have exited (a zombie, or gone) before it counts it as exited anyway.
+PARENT_EXIT_WAIT = 5.0
 #: Called with the next generation's number when a request starts an upgrade.
 OnStart = Callable[[int], object]
 
@@ -34,6 +39,15 @@ class _Generation(Protocol):
 
     def _served(self) -> None:
         "The pid file is written: tell the parent, we serve."
+
+    def _enlist(self, link: SupervisorLink) -> None:
+        "This generation is a worker of the supervisor at the end of C{link}."
+
+    def _working(self, link: SupervisorLink) -> None:
+        "The worker has told the supervisor that it serves."
+
+    def parentPipeClosed(self) -> None:
+        "Our end of the parent's pipe reads end-of-file: the parent is exiting."
 
     def parentExited(self) -> None:
         "The previous generation is gone."
@@ -105,6 +119,9 @@ class _Core:
     #: The parent's pid (L{None} for a first generation).
     parentPID: int | None
     log: Logger
+    #: The supervisor whose worker we are (C{txflip run}), if any: fixed for the
+    #: process's life, it decides the machine's first state.
+    supervisor: SupervisorLink | None = None
     #: Named fds to pass to the next generation besides the listeners.
     extraFDs: dict[str, int] = field(default_factory=dict)
     exitWaiters: list[Deferred[None]] = field(default_factory=list)
@@ -152,6 +169,23 @@ class _Core:
         a child started detached (under systemd) never was the parent's child.
         """
         return self.parentPID is not None and not pidAlive(self.parentPID)
+
+    def awaitParentExit(self, then: Callable[[], object]) -> None:
+        """
+        The parent's pipe is closed: it is exiting.  Call C{then} once it has
+        exited (a zombie, or gone), or after L{PARENT_EXIT_WAIT} seconds, so that
+        "the previous generation exited" is exactly true when the next upgrade
+        is allowed.
+        """
+        deadline = self.reactor.seconds() + PARENT_EXIT_WAIT
+
+        def check() -> None:
+            if self.parentGone() or self.reactor.seconds() > deadline:
+                then()
+            else:
+                self.reactor.callLater(0.005, check)
+
+        check()
 
     def closeUnclaimed(self) -> None:
         for spec in self.listeners.closeUnclaimed():

@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from . import _handoff
+from ._channel import SupervisorLink
 from ._errors import (
     ChildFailed,
     NotReady,
@@ -21,6 +22,7 @@ from ._errors import (
     RunningAsInit,
     Stopping,
     UpgradeInProgress,
+    WorkerOfSupervisor,
 )
 from ._generation import OnStart, _Core, _Generation, _Killing, _Upgrade
 from ._signals import releaseSignals
@@ -42,13 +44,19 @@ def _makeMachine() -> Callable[[_Core], _Generation]:
     Replaced = machine.state("Replaced", lambda c, s, pid: pid)
     Stopped = machine.state("Stopped")
     Abandoned = machine.state("Abandoned")
+    # A worker of a supervisor (txflip run): a generation whose parent is the
+    # supervisor, which alone upgrades; its pipe's end means the supervisor died.
+    WorkerStarting = machine.state("WorkerStarting", lambda c, s, link: link)
+    Working = machine.state("Working", lambda c, s, link: link)
     starting = (Starting, StartingAlone)
     serving = (WaitingForParent, Ready)
+    worker = (WorkerStarting, Working)
 
     # --- readiness -------------------------------------------------------------
 
     @pep614(Starting.upon(_Generation.ready).loop())
     @pep614(StartingAlone.upon(_Generation.ready).loop())
+    @pep614(WorkerStarting.upon(_Generation.ready, nodata=True).loop())
     def writePidFile(c: _Generation, s: _Core) -> None:
         # The step that can fail comes before the state changes.
         if s.pidFile is not None:
@@ -57,7 +65,7 @@ def _makeMachine() -> Callable[[_Core], _Generation]:
 
     for state in (*serving, Stopped, Abandoned):
         state.upon(_Generation.ready).loop().returns(None)
-    for dataState in (Upgrading, Killing, Replaced):
+    for dataState in (Upgrading, Killing, Replaced, Working):
         dataState.upon(_Generation.ready, nodata=True).loop().returns(None)
 
     @pep614(Starting.upon(_Generation._served).to(WaitingForParent))
@@ -102,6 +110,24 @@ def _makeMachine() -> Callable[[_Core], _Generation]:
     @pep614(Abandoned.upon(_Generation.parentExited).loop())
     def parentGoneAfterEnd(c: _Generation, s: _Core) -> None:
         s.settle(s.parentWaiters, None)
+
+    @pep614(Starting.upon(_Generation.parentPipeClosed).loop())
+    @pep614(WaitingForParent.upon(_Generation.parentPipeClosed).loop())
+    @pep614(StartingAlone.upon(_Generation.parentPipeClosed).loop())
+    @pep614(Ready.upon(_Generation.parentPipeClosed).loop())
+    @pep614(Upgrading.upon(_Generation.parentPipeClosed, nodata=True).loop())
+    @pep614(Killing.upon(_Generation.parentPipeClosed, nodata=True).loop())
+    @pep614(Replaced.upon(_Generation.parentPipeClosed, nodata=True).loop())
+    def parentExiting(c: _Generation, s: _Core) -> None:
+        s.later(lambda: s.awaitParentExit(lambda: s.feed(c.parentExited)))
+
+    @pep614(Stopped.upon(_Generation.parentPipeClosed).loop())
+    @pep614(Abandoned.upon(_Generation.parentPipeClosed).loop())
+    def parentExitingAfterEnd(c: _Generation, s: _Core) -> None:
+        # Only news to whoever still waits for the parent (none for a worker:
+        # the reactor closes the supervisor's pipe itself as it shuts down).
+        if s.parentWaiters:
+            parentExiting(c, s)
 
     @pep614(Starting.upon(_Generation.whenParentExited).loop())
     @pep614(WaitingForParent.upon(_Generation.whenParentExited).loop())
@@ -302,6 +328,8 @@ def _makeMachine() -> Callable[[_Core], _Generation]:
     @pep614(Ready.upon(_Generation.whenExit).loop())
     @pep614(Upgrading.upon(_Generation.whenExit, nodata=True).loop())
     @pep614(Killing.upon(_Generation.whenExit, nodata=True).loop())
+    @pep614(WorkerStarting.upon(_Generation.whenExit, nodata=True).loop())
+    @pep614(Working.upon(_Generation.whenExit, nodata=True).loop())
     def waitForExit(c: _Generation, s: _Core, result: Deferred[None]) -> None:
         s.exitWaiters.append(result)
 
@@ -311,11 +339,66 @@ def _makeMachine() -> Callable[[_Core], _Generation]:
     def exitNow(c: _Generation, s: _Core, result: Deferred[None]) -> None:
         s.settle([result], None)
 
+    # --- a supervisor's worker -------------------------------------------------
+
+    Starting.upon(_Generation._enlist).to(WorkerStarting).returns(None)
+
+    @pep614(WorkerStarting.upon(_Generation._served).loop())
+    def servedAsWorker(c: _Generation, s: _Core, link: SupervisorLink) -> None:
+        # Not closeUnclaimed: the supervisor passes every socket it owns, and
+        # its pipe's end is no parent's exit but the supervisor's death.
+        served(c, s)
+        c._working(link)
+
+    WorkerStarting.upon(_Generation._working).to(Working).returns(None)
+
+    @pep614(WorkerStarting.upon(_Generation.upgrade).loop())
+    @pep614(WorkerStarting.upon(_Generation.join).loop())
+    @pep614(Working.upon(_Generation.upgrade).loop())
+    @pep614(Working.upon(_Generation.join).loop())
+    def upgradeTheSupervisor(
+        c: _Generation,
+        s: _Core,
+        link: SupervisorLink,
+        result: Deferred[int],
+        onStart: OnStart | None,
+    ) -> None:
+        s.fail(result, WorkerOfSupervisor(link.supervisorPID))
+
+    @pep614(WorkerStarting.upon(_Generation.parentPipeClosed).to(Abandoned))
+    @pep614(Working.upon(_Generation.parentPipeClosed).to(Stopped))
+    def supervisorGone(c: _Generation, s: _Core, link: SupervisorLink) -> None:
+        # Nobody would replace us, and a restarted service starts workers of
+        # its own: stop gracefully (draining), as a stop would.
+        s.log.warn(
+            "txflip: the supervisor (pid {pid}) is gone: stopping",
+            pid=link.supervisorPID,
+        )
+        s.settle(s.exitWaiters, None)
+
+    # (automat hands a data state's data to the output of a transition to a
+    # state without data even with nodata=True: these outputs take it.)
+    @pep614(WorkerStarting.upon(_Generation.stop).to(Abandoned))
+    @pep614(Working.upon(_Generation.stop).to(Stopped))
+    def stopWorker(
+        c: _Generation, s: _Core, link: SupervisorLink, result: Deferred[None]
+    ) -> None:
+        stopNow(c, s, result)
+
+    @pep614(WorkerStarting.upon(_Generation.whenParentExited, nodata=True).loop())
+    @pep614(Working.upon(_Generation.whenParentExited, nodata=True).loop())
+    def neverReplacing(c: _Generation, s: _Core, result: Deferred[None]) -> None:
+        # A worker's parent is the supervisor, whose end is our stop, not a
+        # previous generation's exit: nothing is waited for, and the Deferred
+        # never fires (it did not before the machine knew workers, either).
+        pass
+
     # --- queries -------------------------------------------------------------------
 
     @pep614(Starting.upon(_Generation.isReady).loop())
     @pep614(StartingAlone.upon(_Generation.isReady).loop())
     @pep614(Abandoned.upon(_Generation.isReady).loop())
+    @pep614(WorkerStarting.upon(_Generation.isReady, nodata=True).loop())
     def notServing(c: _Generation, s: _Core) -> bool:
         return False
 
@@ -325,12 +408,13 @@ def _makeMachine() -> Callable[[_Core], _Generation]:
     @pep614(Killing.upon(_Generation.isReady, nodata=True).loop())
     @pep614(Replaced.upon(_Generation.isReady, nodata=True).loop())
     @pep614(Stopped.upon(_Generation.isReady).loop())
+    @pep614(Working.upon(_Generation.isReady, nodata=True).loop())
     def servedOnce(c: _Generation, s: _Core) -> bool:
         return True
 
     for state in (*starting, *serving, Stopped, Abandoned):
         state.upon(_Generation.successor).loop().returns(None)
-    for dataState in (Upgrading, Killing):
+    for dataState in (Upgrading, Killing, *worker):
         dataState.upon(_Generation.successor, nodata=True).loop().returns(None)
 
     @pep614(Replaced.upon(_Generation.successor).loop())
@@ -341,7 +425,9 @@ def _makeMachine() -> Callable[[_Core], _Generation]:
 
     def start(core: _Core) -> _Generation:
         generation = built(core)
-        if core.parentPID is None:
+        if core.supervisor is not None:
+            core.feed(generation._enlist, core.supervisor)
+        elif core.parentPID is None:
             core.feed(generation.parentExited)
         return generation
 

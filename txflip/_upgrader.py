@@ -21,16 +21,33 @@ States (data in brackets) and the inputs that move between them::
                                               ▼
                                            Stopped
 
+    A worker of a supervisor (txflip run: the table names a SUPERVISOR fd):
+
+    Starting ──_enlist──► WorkerStarting [link] ──ready──► Working [link]
+                               │                               │
+                 stop / parentPipeClosed          stop / parentPipeClosed
+                               ▼                               ▼
+                           Abandoned                        Stopped
+
     stop: Starting, StartingAlone ──► Abandoned (never served);
           WaitingForParent, Ready ──► Stopped.
+
+C{parentPipeClosed} (our end of the parent's pipe reads end-of-file) is the
+parent's exit once it has exited (L{_Core.awaitParentExit}: a zombie, gone, or 5 s
+later), then C{parentExited}; in a worker's states it is the supervisor's death:
+the worker stops gracefully (as C{stop} would; C{whenExit} fires); in Stopped or
+Abandoned it is only news to whoever still waits in C{whenParentExited} (never a
+worker, whose pipe the reactor closes itself as it shuts down).
 
 Refusals (outputs, the state stays): C{upgrade} in Starting/StartingAlone fails
 with L{NotReady}, in WaitingForParent with L{ParentAlive} (unless the parent turns
 out to be gone: then it is noticed and the upgrade starts), in Upgrading with
-L{UpgradeInProgress} (C{join} waits for its outcome instead), after the end with
-L{Stopping}.  C{whenExit} fires on entering Replaced, Stopped or Abandoned;
-C{whenParentExited} on leaving Starting or WaitingForParent (at once if the
-parent is gone; after the end it fails with L{Stopping}).
+L{UpgradeInProgress} (C{join} waits for its outcome instead), in a worker's states
+(C{join} too) with L{WorkerOfSupervisor}, after the end with L{Stopping}.
+C{whenExit} fires on entering Replaced, Stopped or Abandoned; C{whenParentExited}
+on leaving Starting or WaitingForParent (at once if the parent is gone; after the
+end it fails with L{Stopping}; a worker's never fires: its parent's end is its
+own).
 
 Every input returns L{None} (a command is given the L{Deferred} it settles) except
 the queries C{isReady} and C{successor}; automat queues an input given while a
@@ -49,7 +66,6 @@ from twisted.logger import Logger
 from ._addresses import ListenSpec, parseListen
 from ._channel import SupervisorLink
 from ._command import Command
-from ._errors import Refused
 from ._fds import Listener, Listeners
 from ._generation import OnStart, _Core
 from ._handoff import SUPERVISOR, ParentWatcher
@@ -118,17 +134,11 @@ class Upgrader:
         self.generation = handoff.generation if handoff is not None else 1
         # A first generation may have been given sockets by systemd.
         inherited = handoff.listeners if handoff is not None else listenFDs(environ)
-        #: The supervisor whose worker we are (C{txflip run}), if any: it owns
-        #: the sockets, the pid file and the upgrades.
-        self.supervisor: SupervisorLink | None = None
+        supervisor: SupervisorLink | None = None
         if handoff is not None and SUPERVISOR in handoff.extraFDs:
-            self.supervisor = SupervisorLink(
-                handoff.extraFDs[SUPERVISOR], handoff.parentPID
-            )
+            supervisor = SupervisorLink(handoff.extraFDs[SUPERVISOR], handoff.parentPID)
             pidFile = None
-            self.listeners = Listeners(
-                inherited, bind=self.supervisor.listen, unlinks=False
-            )
+            self.listeners = Listeners(inherited, bind=supervisor.listen, unlinks=False)
         else:
             self.listeners = Listeners(inherited)
         # The parent may be gone already (killed while we started), or never was
@@ -151,40 +161,22 @@ class Upgrader:
             spawner,
             parentPID,
             self._log,
+            supervisor,
         )
         self._machine = makeGeneration(self._core)
-        self._stopping = False
         if handoff is not None:
             ParentWatcher(self.reactor, handoff.parentFD, self._parentPipeClosed)
 
     def _parentPipeClosed(self) -> None:
+        self._core.feed(self._machine.parentPipeClosed)
+
+    @property
+    def supervisor(self) -> SupervisorLink | None:
         """
-        The parent's end of the pipe is closed: it is exiting.  Wait (briefly) until
-        it has exited (a zombie, or gone), so that "the previous generation exited"
-        is exactly true when we allow the next upgrade.
-
-        A supervisor's worker stops gracefully instead: nobody would replace it,
-        and a restarted service starts workers of its own.
+        The supervisor whose worker we are (C{txflip run}), if any: it owns the
+        sockets, the pid file and the upgrades.
         """
-        if self.supervisor is not None:
-            # The reactor also closes the pipe as it shuts down: only news if
-            # we were not stopping anyway.
-            if not self._stopping:
-                self._log.warn(
-                    "txflip: the supervisor (pid {pid}) is gone: stopping",
-                    pid=self.supervisor.supervisorPID,
-                )
-                self.stop()
-            return
-        deadline = self.reactor.seconds() + 5.0
-
-        def check() -> None:
-            if self._core.parentGone() or self.reactor.seconds() > deadline:
-                self._core.feed(self._machine.parentExited)
-            else:
-                self.reactor.callLater(0.005, check)
-
-        check()
+        return self._core.supervisor
 
     @property
     def hasParent(self) -> bool:
@@ -272,17 +264,9 @@ class Upgrader:
             when nothing was started); this process keeps serving then.
         """
         result: Deferred[int] = Deferred()
-        if self.supervisor is not None:
-            pid = self.supervisor.supervisorPID
-            result.errback(
-                Refused(
-                    f"this is a worker of the supervisor pid {pid}: upgrade that"
-                    f" (kill -HUP {pid}, or txflip upgrade)"
-                )
-            )
-            return result
-        method = self._machine.join if join else self._machine.upgrade
-        self._core.feed(method, result, onStart)
+        self._core.feed(
+            self._machine.join if join else self._machine.upgrade, result, onStart
+        )
         return result
 
     def whenExit(self) -> Deferred[None]:
@@ -303,7 +287,6 @@ class Upgrader:
         """
         No more upgrades.  A child still starting is killed; fires once it is gone.
         """
-        self._stopping = True
         return self._deferred(self._machine.stop)
 
     def _deferred(self, method: Callable[[Deferred[None]], None]) -> Deferred[None]:
