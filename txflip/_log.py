@@ -25,6 +25,8 @@ from twisted.logger import (
     formatEventAsClassicLogText,
 )
 
+from ._reactor import reactorOrGlobal
+
 
 def formatWithPID(event: LogEvent) -> str | None:
     """
@@ -72,20 +74,22 @@ def pidObserver(outFile: TextIO | AppendFile) -> ILogObserver:
     return FileLogObserver(outFile, formatWithPID)  # type: ignore[arg-type]
 
 
-def reopenOnUSR1(target: AppendFile | None) -> None:
+def reopenOnUSR1(target: AppendFile | None, reactor: object | None = None) -> None:
     """
     SIGUSR1 reopens C{target} (logrotate's C{postrotate kill -USR1}); with no file
     it does nothing, so that a rotator or C{systemctl kill -s USR1} never kills a
     generation.  An application's own SIGUSR1 handler is left alone.
+
+    @param reactor: the reactor the reopening is handed to (a signal handler
+        only hands over); by default Twisted's global one, looked up only when
+        the signal comes, so that setting up logging never installs a reactor.
     """
     if not hasattr(signal, "SIGUSR1") or signal.getsignal(signal.SIGUSR1):
         return
 
     def reopen(signum: int, frame: object) -> None:
         if target is not None:
-            from twisted.internet import reactor
-
-            reactor.callFromThread(target.reopen)  # type: ignore[attr-defined]
+            reactorOrGlobal(reactor).callFromThread(target.reopen)
 
     signal.signal(signal.SIGUSR1, reopen)
 

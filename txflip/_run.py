@@ -25,6 +25,7 @@ from functools import partial
 from typing import Any
 
 from ._cli import argNumber, argSeconds
+from ._reactor import reactorOrGlobal
 
 DEFAULT_PROBATION = 5.0
 DEFAULT_DRAIN_TIMEOUT = 60.0
@@ -57,9 +58,12 @@ class _Run:
     One run of the supervisor: set up, serve, clean up.
     """
 
-    def __init__(self, args: argparse.Namespace, executable: str) -> None:
-        from twisted.internet import reactor
-
+    def __init__(
+        self, args: argparse.Namespace, executable: str, reactor: object | None = None
+    ) -> None:
+        """
+        @param reactor: the reactor to run on (default: Twisted's global one).
+        """
         from . import _log
         from ._addresses import ListenSpec
         from ._command import Command
@@ -69,7 +73,7 @@ class _Run:
         from ._workers import PRIVATE_VARIABLES, Sockets
         from .systemd import Notifier, listenFDs
 
-        self.reactor: Any = reactor
+        self.reactor = reactorOrGlobal(reactor)
         self.status = 0
         self.pidFile = PidFile(args.pidfile) if args.pidfile else None
         self.controlSock = None
@@ -84,7 +88,7 @@ class _Run:
         self.sockets = Sockets(listeners)
         environ = {k: v for k, v in os.environ.items() if k not in PRIVATE_VARIABLES}
         self.supervisor = Supervisor(
-            reactor,
+            self.reactor,
             Command(executable, tuple(args.command), os.getcwd()),
             environ,
             self.sockets,
