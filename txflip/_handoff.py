@@ -139,25 +139,28 @@ def _field(table: dict[str, Any], name: str, kind: type, where: str) -> Any:
     return value
 
 
-def _checkPipe(fd: int, name: str) -> None:
+def _checkKind(fd: int, isKind: Callable[[int], bool], what: str, kind: str) -> None:
+    """
+    Check that inherited fd C{fd} (C{what}, as the error names it) is open and
+    of C{kind} (C{isKind} of its mode: C{stat.S_ISFIFO}, C{stat.S_ISSOCK}).
+    """
     try:
         mode = os.fstat(fd).st_mode
     except OSError:
-        raise HandoffError(f"handoff {name} fd {fd} is closed") from None
-    if not stat.S_ISFIFO(mode):
-        raise HandoffError(f"handoff {name} fd {fd} is not a pipe")
+        raise HandoffError(f"{what} is closed") from None
+    if not isKind(mode):
+        raise HandoffError(f"{what} is not a {kind}")
+
+
+def _checkPipe(fd: int, name: str) -> None:
+    _checkKind(fd, stat.S_ISFIFO, f"handoff {name} fd {fd}", "pipe")
 
 
 def _adoptSocket(fd: int, spec: ListenSpec) -> socket.socket:
     """
     Take ownership of inherited fd C{fd} after checking it is what C{spec} says.
     """
-    try:
-        mode = os.fstat(fd).st_mode
-    except OSError:
-        raise HandoffError(f"inherited fd {fd} ({spec}) is closed") from None
-    if not stat.S_ISSOCK(mode):
-        raise HandoffError(f"inherited fd {fd} ({spec}) is not a socket")
+    _checkKind(fd, stat.S_ISSOCK, f"inherited fd {fd} ({spec})", "socket")
     sock = socket.socket(fileno=fd)
     try:
         if sock.family != spec.family or sock.type != spec.socktype:
