@@ -319,7 +319,7 @@ def command(
         workers = name.rsplit("-", 1)[1]
         run = [sys.executable, "-m", "txflip", "run", "--pidfile", str(pidfile)]
         run += ["--control", str(pidfile.parent / "ctl"), "--workers", workers]
-        run += ["--probation", "0", "--"]
+        run += [*options, "--probation", "0", "--"]  # options: txflip run's
         listen = ["--listen", f"tcp:{port}:interface={HOST}"]
         return [*run, *twistd(), "-n", "flipecho", *listen]
     if name == "plain":

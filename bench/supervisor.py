@@ -13,17 +13,21 @@ Side by side in one run:
    gone, for direct mode (SIGHUP), 1 and 2 workers (``--probation 0``: the chain
    reload, one new worker after the other);
 3. memory: the supervisor's RSS next to a worker's, and what it imports;
-4. the share of connections each of 2 workers serves: 200 long-lived connections
-   (counted by the supervisor's status), and the CPU each worker spent under
-   short-lived connections.
+4. the share of connections each of 2 workers serves, with balancing (the
+   default) and without (``--no-balance``) side by side: 200 long-lived
+   connections opened one after another, and 200 at once (counted by the
+   supervisor's status); short-lived connections/s and the CPU each worker spent
+   under them.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import time
+from collections.abc import Sequence
 
 import _common
 from _common import (
@@ -61,8 +65,8 @@ def readyPids(server: Running, generation: int, count: int) -> list[int] | None:
     return pids if len(pids) == count else None
 
 
-def supervised(count: int) -> Running:
-    server = start(f"txflip-run-{count}")
+def supervised(count: int, options: Sequence[str] = ()) -> Running:
+    server = start(f"txflip-run-{count}", options=options)
     _common.waitUntil(f"{count} ready workers", lambda: readyPids(server, 1, count), 30)
     return server
 
@@ -129,27 +133,85 @@ def throughput(args: argparse.Namespace) -> list[list[str]]:
     return rows
 
 
-def share(seconds: float) -> tuple[list[int], list[float]]:
-    """(long-lived connections held by each of 2 workers, CPU share under load)."""
-    import socket
+def holdLongLived(port: int, count: int, burst: bool) -> list[socket.socket]:
+    """
+    C{count} connections, each answered once and kept: opened one after another,
+    or (C{burst}) all at once, as clients reconnecting together do.
+    """
+    if not burst:
+        clients = []
+        for _ in range(count):
+            clients.append(socket.create_connection((HOST, port)))
+            clients[-1].sendall(b"x\n")
+            clients[-1].recv(10)
+        return clients
+    clients = [socket.socket() for _ in range(count)]
+    for c in clients:
+        c.setblocking(False)
+        c.connect_ex((HOST, port))
+    for c in clients:
+        c.setblocking(True)
+        c.sendall(b"x\n")
+    for c in clients:
+        c.recv(10)
+    return clients
 
-    run = supervised(2)
+
+def held(server: Running, pids: list[int], burst: bool) -> list[int]:
+    clients = holdLongLived(server.port, 200, burst)
     try:
-        pids = readyPids(run, 1, 2)
-        assert pids is not None
-        clients = [socket.create_connection((HOST, run.port)) for _ in range(200)]
-        for c in clients:
-            c.sendall(b"x\n")
-            c.recv(10)
-        held = {int(str(w["pid"])): w["connections"] for w in workers(run)}
+        counts = {int(str(w["pid"])): w["connections"] for w in workers(server)}
+        return [int(str(counts[p])) for p in pids]
+    finally:
         for c in clients:
             c.close()
-        before = [cpuSeconds(p) for p in pids]
-        load("connections", run.port, pids[0], seconds)
-        spent = [cpuSeconds(p) - b for p, b in zip(pids, before, strict=True)]
-        return [int(str(held[p])) for p in pids], [s / sum(spent) for s in spent]
+        _common.waitUntil(
+            "connections closed",
+            lambda: sum(int(str(w["connections"])) for w in workers(server)) == 0,
+            30,
+        )
+
+
+def share(args: argparse.Namespace) -> list[list[str]]:
+    """
+    2 workers with balancing (the default) and without (C{--no-balance}), side
+    by side: long-lived connections held by each, short-lived connections/s
+    (alternating runs) and the CPU each worker spent under them.
+    """
+    cases = {"balanced": (), "--no-balance": ("--no-balance",)}
+    servers = {
+        name: supervised(2, options) for name, options in cases.items()
+    }  # fmt: skip
+    try:
+        pids = {name: readyPids(s, 1, 2) or [] for name, s in servers.items()}
+        rows: dict[str, list[str]] = {name: [name] for name in servers}
+        for name, server in servers.items():
+            for burst in (False, True):
+                rows[name].append(" / ".join(map(str, held(server, pids[name], burst))))
+        rates: dict[str, list[float]] = {name: [] for name in servers}
+        spent = {name: [0.0, 0.0] for name in servers}
+        for name, server in servers.items():  # warm up
+            load("connections", server.port, pids[name][0], 0.5)
+        for i in range(args.runs):
+            order = list(servers) if i % 2 == 0 else list(reversed(servers))
+            for name in order:
+                before = [cpuSeconds(p) for p in pids[name]]
+                rate, _ = load(
+                    "connections", servers[name].port, pids[name][0], args.seconds
+                )
+                rates[name].append(rate)
+                for k, p in enumerate(pids[name]):
+                    spent[name][k] += cpuSeconds(p) - before[k]
+        for name in servers:
+            cpu = spent[name]
+            rows[name].append(f"{median(rates[name]):,.0f}")
+            rows[name].append(
+                f"{100 * cpu[0] / sum(cpu):.0f}% / {100 * cpu[1] / sum(cpu):.0f}%"
+            )
+        return list(rows.values())
     finally:
-        run.stop()
+        for server in servers.values():
+            server.stop()
 
 
 def main() -> None:
@@ -196,10 +258,16 @@ def main() -> None:
         f" {memory[1] / 1024:.1f} MiB; for scale, a bare python {python:.1f} MiB,"
         f" python with Twisted's reactor imported {reactor:.1f} MiB"
     )
-    held, cpu = share(args.seconds * 2)
+    print()
     print(
-        f"   2 workers: 200 long-lived connections held {held[0]} / {held[1]};"
-        f" CPU under short connections {100 * cpu[0]:.0f}% / {100 * cpu[1]:.0f}%"
+        table(
+            ["2 workers", "200 one by one", "200 at once", "short conn/s", "CPU"],
+            share(args),
+        )
+    )
+    print(
+        "   (long-lived connections each worker held; short-lived connections/s,"
+        " the median of alternating runs, and each worker's share of the CPU)"
     )
 
 

@@ -98,6 +98,90 @@ def test_twoWorkersEachServeAShare(supervised: Any) -> None:
     assert counts[first] > 0 and counts[second] > 0, counts
 
 
+def holdConnections(port: int, count: int) -> list[socket.socket]:
+    """
+    C{count} long-lived connections, opened one after another, each answered.
+    """
+    clients = []
+    try:
+        for _ in range(count):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            clients.append(s)
+            s.sendall(b"x\n")
+            assert s.recv(10) == b"x\n"
+    except BaseException:
+        for s in clients:
+            s.close()
+        raise
+    return clients
+
+
+def test_twoWorkersShareLongLivedConnections(supervised: Any) -> None:
+    """
+    Long-lived connections are spread across 2 workers, whether 100 clients
+    connect at once (without balancing, one worker's wakeup took 75 or 99 of
+    them) or another 100 connect one after another (one held 193 of 200).
+    """
+    run = supervised(flipecho(), "--workers", "2")
+    pids = run.waitReady()
+    burst = [socket.socket() for _ in range(100)]
+    clients = list(burst)
+    try:
+        for s in burst:
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", run.port))
+        for s in burst:
+            s.setblocking(True)
+            s.settimeout(5)
+            s.sendall(b"x\n")
+        assert all(s.recv(10) == b"x\n" for s in burst)
+        atOnce = {w["pid"]: w["connections"] for w in run.status()["workers"]}
+        clients += holdConnections(run.port, 100)
+        counts = {w["pid"]: w["connections"] for w in run.status()["workers"]}
+    finally:
+        for s in clients:
+            s.close()
+    assert sorted(counts) == sorted(pids) and sum(counts.values()) == 200, counts
+    assert min(atOnce.values()) >= 40 and min(counts.values()) >= 90, (atOnce, counts)
+
+
+def test_aHungWorkerDoesNotStopTheOthersAccepting(supervised: Any) -> None:
+    """
+    A worker stopped dead (SIGSTOP: its slot still says it holds few) is no
+    reason for the other to keep pausing once its heartbeat is stale: every
+    new connection is answered, by the other worker.
+    """
+    run = supervised(flipecho(), "--workers", "2")
+    hung, other = run.waitReady()
+    clients = holdConnections(run.port, 10)
+    os.kill(hung, signal.SIGSTOP)
+    try:
+        clients += holdConnections(run.port, 20)
+        counts = {w["pid"]: w["connections"] for w in run.status()["workers"]}
+    finally:
+        os.kill(hung, signal.SIGCONT)
+        for s in clients:
+            s.close()
+    assert counts[other] >= 20, counts
+
+
+def test_aWorkerAddedByTtinTakesTheNewConnections(supervised: Any) -> None:
+    run = supervised(flipecho(), "--workers", "1")
+    (old,) = run.waitReady()
+    clients = holdConnections(run.port, 20)
+    try:
+        run.signal(signal.SIGTTIN)
+        (new,) = waitFor(
+            lambda: [p for p in run.ready() if p != old], 30, what="a second worker"
+        )
+        clients += holdConnections(run.port, 20)
+        counts = {w["pid"]: w["connections"] for w in run.status()["workers"]}
+    finally:
+        for s in clients:
+            s.close()
+    assert counts[new] >= 15 and counts[old] + counts[new] == 40, counts
+
+
 def test_killedWorkerIsReplacedAndNothingIsRefused(supervised: Any) -> None:
     run = supervised(flipecho(), "--workers", "1")
     (pid,) = run.waitReady()

@@ -182,6 +182,8 @@ class ConnectionTracker(Factory):
         #: While draining after an upgrade: what moves connections to the new
         #: generation instead (connections it does not take drain here).
         self.mover: Mover | None = None
+        #: Called whenever a connection opens or closes (the balancer's cue).
+        self.onChange: Callable[[], object] | None = None
 
     def __len__(self) -> int:
         return len(self._live)
@@ -206,9 +208,13 @@ class ConnectionTracker(Factory):
 
     def _register(self, tracked: _Tracked) -> None:
         self._live.add(tracked)
+        if self.onChange is not None:
+            self.onChange()
 
     def _unregister(self, tracked: _Tracked) -> None:
         self._live.discard(tracked)
+        if self.onChange is not None:
+            self.onChange()
         if self.draining and not self._live:
             self._finish()
 

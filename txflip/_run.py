@@ -97,6 +97,7 @@ class _Run:
             probation=args.probation,
             drainTimeout=args.drain_timeout,
             notifier=notifier,
+            balance=not args.no_balance,
         )
         self.controlSpec = ListenSpec(
             "unix", path=os.path.abspath(args.control or "."), mode=0o600
@@ -257,6 +258,12 @@ def register(subparsers: Any) -> None:
         help="how many workers (default 1)",
     )
     parser.add_argument("--pidfile", metavar="PATH", help="write our pid there")
+    parser.add_argument(
+        "--no-balance",
+        action="store_true",
+        help="let whichever worker is awake take each connection, instead of"
+        " spreading connections across the workers by the number each holds",
+    )
     parser.add_argument(
         "--control",
         metavar="PATH",

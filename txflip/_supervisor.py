@@ -15,6 +15,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from ._balance import Table
 from ._command import Command
 from ._supervisorcore import _Core, _Supervisor, backoff
 from ._supervisormachine import _Machine
@@ -46,7 +47,11 @@ class Supervisor:
         probation: float,
         drainTimeout: float,
         notifier: Notifier,
+        balance: bool = True,
     ) -> None:
+        """
+        @param balance: spread connections across the workers (L{txflip._balance}).
+        """
         self._reactor = reactor
         self.startedAt = time.time()
         self._core = _Core(
@@ -62,6 +67,8 @@ class Supervisor:
             drainTimeout,
         )
         self._core.events = self
+        if balance:
+            self._core.balance = Table.create()
         self._machine: _Supervisor = _Machine(self._core)
         self._joiners: list[Deferred[list[int]]] | None = None
 

@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ._balance import Table
 from ._command import Command
 from ._workers import Sockets, Worker
 from .systemd import Notifier
@@ -88,6 +89,8 @@ class _Core:
     upgradeTimeout: float
     probation: float
     drainTimeout: float
+    #: The workers' balancing table and its fd (L{txflip._balance}), if any.
+    balance: tuple[Table, int] | None = None
     events: Any = None
     phase: str = "idle"
     generation: int = 1
@@ -130,6 +133,7 @@ class _Core:
                 self.events,
                 self.upgradeTimeout,
                 self.successorFor,
+                self.balance,
             )
         except Exception as e:  # noqa: BLE001 - reported as the worker's failure
             self.log.error("txflip run: cannot start a worker: {e}", e=e)

@@ -43,6 +43,8 @@ class UnixAcceptor:
         self._sock = sock
         self._factory = factory
         self._listening = False
+        #: At most this many accepts per wakeup (as C{tcp.Port}'s).
+        self.numberAccepts = 100
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -67,7 +69,7 @@ class UnixAcceptor:
         return UNIXAddress(self._sock.getsockname())
 
     def doRead(self) -> None:
-        for _ in range(100):
+        for _ in range(self.numberAccepts):
             try:
                 conn, _addr = self._sock.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):

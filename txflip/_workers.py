@@ -22,6 +22,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ._addresses import ListenSpec
+from ._balance import NAME as BALANCE
+from ._balance import Table
 from ._channel import ChannelServer, socketPair
 from ._command import Command
 from ._exits import howItEnded
@@ -104,7 +106,12 @@ class Worker:
         events: WorkerEvents,
         upgradeTimeout: float,
         successorFor: Callable[[Worker], socket.socket | None] = lambda w: None,
+        balance: tuple[Table, int] | None = None,
     ) -> None:
+        """
+        @param balance: the table workers share to spread connections
+            (L{txflip._balance}), and its fd to pass on; L{None} for none.
+        """
         self._reactor = reactor
         self._events = events
         self.generation = generation
@@ -119,6 +126,10 @@ class Worker:
         #: that will move its connections to this one (handed over once).
         self.movesEnd: socket.socket | None
         self.movesEnd, movesTheirs = channelPair()
+        extraFDs = {SUPERVISOR: theirs.fileno(), CHANNEL_NAME: movesTheirs.fileno()}
+        self._table = balance[0] if balance is not None else None
+        if balance is not None:
+            extraFDs[BALANCE] = balance[1]
         try:
             self._attempt = SpawnAttempt(
                 reactor,
@@ -128,7 +139,7 @@ class Worker:
                     generation,
                     sockets.table(),
                     upgradeTimeout,
-                    {SUPERVISOR: theirs.fileno(), CHANNEL_NAME: movesTheirs.fileno()},
+                    extraFDs,
                 ),
                 afterReady=self._endedAfterReady,
             )
@@ -140,6 +151,10 @@ class Worker:
             theirs.close()
             movesTheirs.close()
         self.pid = self._attempt.pid
+        if self._table is not None:
+            # Long before the worker looks for itself: it has an interpreter to
+            # start.  Without a slot it accepts as if there were no table.
+            self._table.claim(self.pid)
         self._channel = ChannelServer(
             reactor, ours, sockets.bind, lambda: successorFor(self)
         )
@@ -174,6 +189,8 @@ class Worker:
 
     def _finish(self) -> None:
         self.state = "gone"
+        if self._table is not None:
+            self._table.release(self.pid)
         self._channel.close()
         if self.movesEnd is not None:
             self.movesEnd.close()

@@ -20,6 +20,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ._addresses import ListenSpec
+from ._balance import NAME as BALANCE
+from ._balance import Balancer, balanceWorker
 from ._control import REQUEST_TIMEOUT, ControlFactory
 from ._drain import (
     DEFAULT_DRAIN_TIMEOUT,
@@ -93,6 +95,7 @@ class UpgradeService(Service):
         self._controls: list[tuple[Listener, ConnectionTracker, IProtocolFactory]] = []
         self._datagrams: list[tuple[Listener, DatagramProtocol]] = []
         self._adopted = False
+        self._balancer: Balancer | None = None
         self._stopping: Deferred[None] | None = None
         self._failed = False
         self.notifier = notifier if notifier is not None else Notifier.fromEnvironment()
@@ -217,6 +220,8 @@ class UpgradeService(Service):
         for listener, protocol in self._datagrams:
             listener.adoptDatagram(self._reactor, protocol)
             self._logListening(listener)
+        fd = self.upgrader.claimInheritedFD(BALANCE)  # txflip run's workers only
+        self._balancer = balanceWorker(self._reactor, fd, self._streams)
 
     def _receiveMoves(self) -> None:
         """
@@ -360,6 +365,8 @@ class UpgradeService(Service):
         unlink = final and (self.upgrader.isReady or not self.upgrader.hasParent)
         if final:
             self.notifier.stopping(f"stopping: draining {self.connections} connections")
+        if self._balancer is not None:
+            self._balancer.stop()
         await self.upgrader.listeners.stopListening()
         self.upgrader.listeners.close(unlink=unlink)
         self._log.info(
