@@ -343,6 +343,19 @@ def test_aWorkersOwnControlSocketIsRefusedAtFirstStart(supervised: Any) -> None:
     assert not own.exists() and not run.pidfile.exists() and not run.control.exists()
 
 
+def test_theSupervisorKeepsTlsOut(supervised: Any) -> None:
+    """
+    The supervisor never speaks TLS: pyOpenSSL and cryptography (about 12 MiB of
+    RSS) stay out of it, though importing txflip comes first; a worker has them.
+    """
+    run = supervised(flipecho())
+    (worker,) = run.waitReady()
+    with open(f"/proc/{worker}/maps") as f:
+        assert "/cryptography/" in f.read()
+    with open(f"/proc/{run.pid}/maps") as f:
+        assert "/cryptography/" not in f.read()
+
+
 # --- bad input: one line, a non-zero exit, nothing left behind ---------------------
 
 

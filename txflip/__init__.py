@@ -27,8 +27,30 @@ from ._errors import (
 )
 from ._fds import Listener
 from ._movable import ConnectionMoved, ConnectionState, IMovable, StateRefused
-from ._upgrader import Upgrader
-from .service import UpgradeService
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._upgrader import Upgrader
+    from .service import UpgradeService
+
+
+def __getattr__(name: str) -> object:
+    """
+    L{Upgrader} and L{UpgradeService} import Twisted's TCP support, and with it
+    its TLS layer (pyOpenSSL, cryptography: about 12 MiB): on first use, so that
+    C{txflip run}'s supervisor, which imports this package first, can keep them
+    out (L{txflip._run.withoutTLS}).
+    """
+    if name == "Upgrader":
+        from ._upgrader import Upgrader
+
+        return Upgrader
+    if name == "UpgradeService":
+        from .service import UpgradeService
+
+        return UpgradeService
+    raise AttributeError(f"module 'txflip' has no attribute {name!r}")
+
 
 __all__ = [
     "ChildFailed",
