@@ -2,13 +2,15 @@
 The vocabulary of one generation's state machine: its inputs (L{_Generation}), the
 data its states carry (L{_Upgrade}, L{_Killing}; C{Replaced} carries the
 successor's pid, a worker's states the L{SupervisorLink}), and the core every
-transition shares (L{_Core}).  The rules are
-in L{txflip._machine}; the diagram and the public API in L{txflip._upgrader}.
+transition shares (L{_Core}, with the steps the rules take: declare that we serve,
+spawn the next generation, wait for the parent's exit).  The rules are in
+L{txflip._machine}; the diagram and the public API in L{txflip._upgrader}.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -20,10 +22,12 @@ from twisted.python.failure import Failure
 from . import _handoff
 from ._channel import SupervisorLink
 from ._command import Command
+from ._errors import ChildFailed, PidFileError
 from ._fds import Listeners
 from ._pidfile import PidFile, pidAlive
 from ._reactor import Reactor
-from ._spawn import Attempt, Spawner
+from ._signals import releaseSignals
+from ._spawn import Attempt, Spawn, Spawner
 
 T = TypeVar("T")
 #: How long a child waits, once its parent's pipe is closed, for the parent to
@@ -186,6 +190,67 @@ class _Core:
                 self.reactor.callLater(0.005, check)
 
         check()
+
+    def declareServing(self) -> None:
+        """
+        The pid file names us: say so in the log, take the signals we were born
+        with blocked, and tell the parent (which then stops accepting).
+        """
+        # Log first, so that the shared log tells the story in order.
+        self.log.info(
+            "txflip: generation {generation} ready (pid {pid})",
+            generation=self.generation,
+            pid=os.getpid(),
+        )
+        # By now the reactor runs, with its SIGTERM/SIGINT handlers, and the
+        # application has its own.
+        releaseSignals()
+        if self.handoff is not None:
+            _handoff.tellParentReady(self.handoff)
+
+    def spawnNext(self) -> Attempt:
+        """
+        Start the next generation with our listeners and named fds.
+
+        @raise ChildFailed: it could not be started (one line, why).
+        """
+        nextGeneration = self.generation + 1
+        try:
+            spawn = Spawn(
+                self.command,
+                self.environ,
+                nextGeneration,
+                self.listeners.forNextGeneration(),
+                self.upgradeTimeout,
+                self.extraFDs,
+            )
+            attempt = self.spawner(self.reactor, spawn)
+        except Exception as e:  # noqa: BLE001 - any reason to fail is reported
+            raise ChildFailed(f"cannot start the next generation: {e}") from None
+        attempt.started.addCallback(
+            lambda pid: self.log.info(
+                "txflip: upgrade: started generation {generation} as pid {pid}",
+                generation=nextGeneration,
+                pid=pid,
+            )
+        )
+        return attempt
+
+    def stillServing(self, reason: Failure) -> None:
+        """
+        An upgrade failed: say so, and name us in the pid file again (the child
+        may have written it before dying).
+        """
+        self.log.error(
+            "txflip: upgrade failed: {reason}; still serving (pid {pid})",
+            reason=reason.getErrorMessage(),
+            pid=os.getpid(),
+        )
+        if self.pidFile is not None:
+            try:
+                self.pidFile.write(os.getpid())
+            except PidFileError as e:
+                self.log.error("txflip: {error}", error=str(e))
 
     def closeUnclaimed(self) -> None:
         for spec in self.listeners.closeUnclaimed():

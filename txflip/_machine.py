@@ -12,21 +12,17 @@ from automat import TypeMachineBuilder, pep614
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from . import _handoff
 from ._channel import SupervisorLink
 from ._errors import (
     ChildFailed,
     NotReady,
     ParentAlive,
-    PidFileError,
     RunningAsInit,
     Stopping,
     UpgradeInProgress,
     WorkerOfSupervisor,
 )
 from ._generation import OnStart, _Core, _Generation, _Killing, _Upgrade
-from ._signals import releaseSignals
-from ._spawn import Spawn
 
 
 def _makeMachine() -> Callable[[_Core], _Generation]:
@@ -70,17 +66,7 @@ def _makeMachine() -> Callable[[_Core], _Generation]:
 
     @pep614(Starting.upon(_Generation._served).to(WaitingForParent))
     def served(c: _Generation, s: _Core) -> None:
-        # Log first, so that the shared log tells the story in order.
-        s.log.info(
-            "txflip: generation {generation} ready (pid {pid})",
-            generation=s.generation,
-            pid=os.getpid(),
-        )
-        # The signals blocked since we were spawned: by now the reactor runs,
-        # with its SIGTERM/SIGINT handlers, and the application has its own.
-        releaseSignals()
-        if s.handoff is not None:
-            _handoff.tellParentReady(s.handoff)
+        s.declareServing()
 
     @pep614(StartingAlone.upon(_Generation._served).to(Ready))
     def servedAlone(c: _Generation, s: _Core) -> None:
@@ -179,27 +165,10 @@ def _makeMachine() -> Callable[[_Core], _Generation]:
         if onStart is not None:
             s.later(lambda: onStart(nextGeneration))
         try:
-            attempt = s.spawner(
-                s.reactor,
-                Spawn(
-                    s.command,
-                    s.environ,
-                    nextGeneration,
-                    s.listeners.forNextGeneration(),
-                    s.upgradeTimeout,
-                    s.extraFDs,
-                ),
-            )
-        except Exception as e:  # noqa: BLE001 - any reason to fail is reported
-            s.fail(result, ChildFailed(f"cannot start the next generation: {e}"))
+            attempt = s.spawnNext()
+        except ChildFailed as e:
+            s.fail(result, e)
             return
-        attempt.started.addCallback(
-            lambda pid: s.log.info(
-                "txflip: upgrade: started generation {generation} as pid {pid}",
-                generation=nextGeneration,
-                pid=pid,
-            )
-        )
         c._spawned(attempt, result)
         attempt.result.addCallbacks(
             lambda pid: s.feed(c._childReady, pid),
@@ -254,17 +223,7 @@ def _makeMachine() -> Callable[[_Core], _Generation]:
     def upgradeFailed(
         c: _Generation, s: _Core, upgrade: _Upgrade, reason: Failure
     ) -> None:
-        s.log.error(
-            "txflip: upgrade failed: {reason}; still serving (pid {pid})",
-            reason=reason.getErrorMessage(),
-            pid=os.getpid(),
-        )
-        if s.pidFile is not None:
-            # A child may have written the pid file before dying: name us again.
-            try:
-                s.pidFile.write(os.getpid())
-            except PidFileError as e:
-                s.log.error("txflip: {error}", error=str(e))
+        s.stillServing(reason)
         s.settle(upgrade.waiters, reason)
 
     # The killed child's own outcome: Killing waits for _childGone instead.
@@ -395,22 +354,14 @@ def _makeMachine() -> Callable[[_Core], _Generation]:
 
     # --- queries -------------------------------------------------------------------
 
-    @pep614(Starting.upon(_Generation.isReady).loop())
-    @pep614(StartingAlone.upon(_Generation.isReady).loop())
-    @pep614(Abandoned.upon(_Generation.isReady).loop())
-    @pep614(WorkerStarting.upon(_Generation.isReady, nodata=True).loop())
-    def notServing(c: _Generation, s: _Core) -> bool:
-        return False
-
-    @pep614(WaitingForParent.upon(_Generation.isReady).loop())
-    @pep614(Ready.upon(_Generation.isReady).loop())
-    @pep614(Upgrading.upon(_Generation.isReady, nodata=True).loop())
-    @pep614(Killing.upon(_Generation.isReady, nodata=True).loop())
-    @pep614(Replaced.upon(_Generation.isReady, nodata=True).loop())
-    @pep614(Stopped.upon(_Generation.isReady).loop())
-    @pep614(Working.upon(_Generation.isReady, nodata=True).loop())
-    def servedOnce(c: _Generation, s: _Core) -> bool:
-        return True
+    # Ready once served, and ever after: a generation that stopped served.
+    for state in (*starting, Abandoned):
+        state.upon(_Generation.isReady).loop().returns(False)
+    WorkerStarting.upon(_Generation.isReady, nodata=True).loop().returns(False)
+    for state in (*serving, Stopped):
+        state.upon(_Generation.isReady).loop().returns(True)
+    for dataState in (Upgrading, Killing, Replaced, Working):
+        dataState.upon(_Generation.isReady, nodata=True).loop().returns(True)
 
     for state in (*starting, *serving, Stopped, Abandoned):
         state.upon(_Generation.successor).loop().returns(None)
