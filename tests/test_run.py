@@ -343,6 +343,32 @@ def test_aWorkersOwnControlSocketIsRefusedAtFirstStart(supervised: Any) -> None:
     assert not own.exists() and not run.pidfile.exists() and not run.control.exists()
 
 
+def test_aWorkersExitIsSeenThoughAGrandchildHoldsItsPipes(supervised: Any) -> None:
+    """
+    A worker's own child that inherited its fds (here: a shell's background
+    C{sleep}, holding the ready and parent pipes and stdout) does not hide the
+    worker's death: it is replaced at once, not when the grandchild exits; and
+    the grandchild's output still reaches the log.
+    """
+    holder = '(echo "sleeping"; exec sleep 60) & echo $! > holder.pid; exec "$@"'
+    run = supervised(["sh", "-c", holder, "sh", *flipecho()])
+    (pid,) = run.waitReady()
+    sleeper = waitFor(lambda: readPidFile(run.dir / "holder.pid"), 10, what="holder")
+    try:
+        with open(f"/proc/{sleeper}/fdinfo/3"):
+            pass  # it holds the ready pipe
+        assert "sleeping" in run.logText()
+        os.kill(pid, signal.SIGKILL)
+        (new,) = waitFor(
+            lambda: [p for p in run.ready() if p != pid], 10, what="a replacement"
+        )
+        assert pidAlive(sleeper)  # the replacement did not wait for it
+        assert "was killed by SIGKILL after ready; replacing it" in run.logText()
+    finally:
+        os.kill(sleeper, signal.SIGKILL)
+    assert echo(run.port) == b"hello\n"
+
+
 def test_theSupervisorKeepsTlsOut(supervised: Any) -> None:
     """
     The supervisor never speaks TLS: pyOpenSSL and cryptography (about 12 MiB of
