@@ -238,3 +238,33 @@ def test_aPortWithoutNumberAcceptsIsLeftAlone() -> None:
     original = other.doRead
     assert not limitBatches(other, lambda: 1)
     assert other.doRead == original
+
+
+def test_eachConnectionOpenedOrClosedCountsAtOnce(table: Table) -> None:
+    """
+    Between ticks, the trackers' +1/-1 keep the slot right and pause or resume
+    the worker at the connection that crosses the line.
+    """
+    aHeld, bHeld = [0], [0]
+    a, aReactor, aPort = worker(table, 100, aHeld)
+    b, _, _ = worker(table, 200, bHeld)
+    b.start()
+    a.start()
+    a.changed(+1)
+    assert not a.paused and table.fewest(2, time.monotonic_ns()) == 1
+    a.changed(+1)
+    assert a.paused and aPort not in aReactor.readers
+    a.changed(-1)
+    assert not a.paused and aPort in aReactor.readers
+
+
+def test_aloneAWorkerOnlyCounts(table: Table) -> None:
+    held = [0]
+    lone, fdset, port = worker(table, 100, held)
+    lone.start()
+    for _ in range(50):
+        lone.changed(+1)
+    assert not lone.paused and lone.allowance is None and port in fdset.readers
+    other, _, _ = worker(table, 200, [0])
+    other.start()
+    assert table.fewest(2, time.monotonic_ns()) == 50

@@ -362,7 +362,7 @@ def test_aWorkersExitIsSeenThoughAGrandchildHoldsItsPipes(supervised: Any) -> No
         (new,) = waitFor(
             lambda: [p for p in run.ready() if p != pid], 10, what="a replacement"
         )
-        assert pidAlive(sleeper)  # the replacement did not wait for it
+        assert new != pid and pidAlive(sleeper)  # it did not wait for the holder
         assert "was killed by SIGKILL after ready; replacing it" in run.logText()
     finally:
         os.kill(sleeper, signal.SIGKILL)

@@ -189,6 +189,7 @@ class Balancer:
         self._connections = connections
         self._pid = os.getpid() if pid is None else pid
         self._slot: int | None = None
+        self._held = 0
         self._paused: list[IReadDescriptor] = []
         self._limited: list[object] = []
         #: How many connections we may accept before we pause (L{None}: no limit).
@@ -206,7 +207,8 @@ class Balancer:
 
     def check(self) -> None:
         """
-        Write our slot; pause or resume accepting.
+        Every L{TICK}: write our slot (count, heartbeat) from the trackers, look
+        at the others, pause or resume accepting, cap new ports' batches.
         """
         if self._stopped:
             return
@@ -215,31 +217,50 @@ class Balancer:
             if self._slot is None:
                 return  # not (yet) in the table: accept, as without one
             _log.info("txflip: balancing connections with the other workers")
-        now = time.monotonic_ns()
-        mine = self._connections()
+        self._held = self._connections()
         cells, base = self._table.cells, self._slot * _FIELDS
-        cells[base + CONNECTIONS] = mine
-        cells[base + BEAT] = now
+        cells[base + BEAT] = time.monotonic_ns()
         cells[base + SERVING] = 1
-        fewest = self._table.fewest(self._slot, now)
-        self.allowance = None if fewest is None else fewest + slack(fewest) - mine + 1
-        self._pause(self.allowance is not None and self.allowance <= 0)
-
-    def _pause(self, pause: bool) -> None:
         ports = self._ports()
         for port in ports:
             if port not in self._limited:
                 self._limited.append(port)
                 limitBatches(port, self._batch)
-        if pause:
-            for port in ports:
-                if port not in self._paused:
-                    self._reactor.removeReader(port)
-                    self._paused.append(port)
+        self._decide()
+        if self._paused:
+            self._pause(ports)  # a port added since
+
+    def changed(self, delta: int) -> None:
+        """
+        A connection opened (+1) or closed (-1): what a tracker calls, so it is
+        cheap (alone, a store; else a look at the others when it matters).
+        """
+        if self._slot is None or self._stopped:
+            return
+        self._held += delta
+        self._table.cells[self._slot * _FIELDS + CONNECTIONS] = self._held
+        if (delta > 0 and self.allowance is not None) or (delta < 0 and self._paused):
+            self._decide()
+
+    def _decide(self) -> None:
+        assert self._slot is not None
+        mine = self._held
+        self._table.cells[self._slot * _FIELDS + CONNECTIONS] = mine
+        fewest = self._table.fewest(self._slot, time.monotonic_ns())
+        self.allowance = None if fewest is None else fewest + slack(fewest) - mine + 1
+        if self.allowance is not None and self.allowance <= 0:
+            if not self._paused:
+                self._pause(self._ports())
         elif self._paused:
             paused, self._paused = self._paused, []
             for port in paused:
                 self._reactor.addReader(port)
+
+    def _pause(self, ports: Iterable[IReadDescriptor]) -> None:
+        for port in ports:
+            if port not in self._paused:
+                self._reactor.removeReader(port)
+                self._paused.append(port)
 
     def _batch(self) -> int | None:
         return None if self.allowance is None else max(1, self.allowance)
@@ -307,7 +328,7 @@ def balanceWorker(
         total = 0
         for _, tracker, _ in streams:
             if tracker.onChange is None:  # a listener added since (flip:)
-                tracker.onChange = balancer.check
+                tracker.onChange = balancer.changed
             total += len(tracker)
         return total
 

@@ -182,8 +182,8 @@ class ConnectionTracker(Factory):
         #: While draining after an upgrade: what moves connections to the new
         #: generation instead (connections it does not take drain here).
         self.mover: Mover | None = None
-        #: Called whenever a connection opens or closes (the balancer's cue).
-        self.onChange: Callable[[], object] | None = None
+        #: Called with +1 / -1 as a connection opens / closes (the balancer's cue).
+        self.onChange: Callable[[int], object] | None = None
 
     def __len__(self) -> int:
         return len(self._live)
@@ -209,12 +209,12 @@ class ConnectionTracker(Factory):
     def _register(self, tracked: _Tracked) -> None:
         self._live.add(tracked)
         if self.onChange is not None:
-            self.onChange()
+            self.onChange(1)
 
     def _unregister(self, tracked: _Tracked) -> None:
         self._live.discard(tracked)
         if self.onChange is not None:
-            self.onChange()
+            self.onChange(-1)
         if self.draining and not self._live:
             self._finish()
 

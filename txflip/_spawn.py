@@ -183,13 +183,16 @@ class _ChildProtocol(ProcessProtocol):
                     )
                 )
 
+    # Both from the reactor: a child that exits at once is reaped inside
+    # spawnProcess (no pipe of Twisted's holds processEnded back), before the
+    # attempt has even been set up.
     def processExited(self, reason: Failure) -> None:
         if self._attempt.detached:
-            self._attempt._trampolineExited(reason)
+            self._attempt.later(self._attempt._trampolineExited, reason)
 
     def processEnded(self, reason: Failure) -> None:
         if not self._attempt.detached:
-            self._attempt._childEnded(reason)
+            self._attempt.later(self._attempt._childEnded, reason)
 
 
 class SpawnAttempt:
@@ -271,6 +274,9 @@ class SpawnAttempt:
         self._timeout: IDelayedCall | None = reactor.callLater(
             spawn.timeout, self._timedOut, spawn.timeout
         )
+
+    def later(self, event: Callable[[Failure], None], reason: Failure) -> None:
+        self._reactor.callLater(0, event, reason)
 
     def signal(self, name: str) -> None:
         """
