@@ -8,7 +8,7 @@ only we hold the write end of (it reads EOF when we exit), 5 onwards the listeni
 sockets and the named extra fds.  Twisted closes every other fd in the child, so
 nothing else of ours leaks into it.
 
-The pipes are ours (L{_Pipes}), not Twisted's C{"r"}/C{"w"}, whose C{processEnded}
+The pipes are ours (L{ChildPipes}), not Twisted's C{"r"}/C{"w"}, whose C{processEnded}
 waits for every pipe to close: a grandchild holding them (a shell's background job)
 would hide the child's death as long as it lives.  Reaped, we read what it wrote
 before it died and close our ends.  Under systemd the child is started detached
@@ -17,7 +17,6 @@ before it died and close our ends.  Under systemd the child is started detached
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -25,13 +24,13 @@ from typing import Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IDelayedCall, IProcessTransport, IReadDescriptor
+from twisted.internet.interfaces import IDelayedCall, IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from . import _handoff
+from ._childpipes import ChildPipes
 from ._command import Command
 from ._detach import PID_PREFIX, PidWatch, shouldDetach, throughTrampoline
 from ._errors import ChildFailed, Stopping, UpgradeTimeout
@@ -94,65 +93,6 @@ class Spawner(Protocol):
     """
 
     def __call__(self, reactor: Reactor, spawn: Spawn) -> Attempt: ...
-
-
-@implementer(IReadDescriptor)
-class _Pipes:
-    """
-    Our ends of the child's ready pipe (read, fed to C{received}) and of its
-    parent pipe (held until the child is gone).
-    """
-
-    def __init__(self, reactor: Reactor, received: Callable[[bytes], None]) -> None:
-        self._reactor = reactor
-        self._received = received
-        self._ready, self.readyChildEnd = os.pipe()
-        self.parentChildEnd, self._parent = os.pipe()
-        os.set_blocking(self._ready, False)
-
-    def fileno(self) -> int:
-        return self._ready
-
-    def logPrefix(self) -> str:
-        return "txflip-ready"
-
-    def started(self) -> None:
-        "The child has its ends: close our copies, start reading."
-        os.close(self.readyChildEnd)
-        os.close(self.parentChildEnd)
-        self._reactor.addReader(self)
-
-    def doRead(self) -> None:
-        try:
-            data = os.read(self._ready, 4096)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            self._received(data)
-        else:  # every writer closed: nothing more will come
-            self._reactor.removeReader(self)
-
-    def connectionLost(self, reason: Failure) -> None:
-        self._reactor.removeReader(self)
-
-    def close(self) -> None:
-        "The child is gone: read what it wrote before it died, close our ends."
-        if self._ready == -1:
-            return
-        self._reactor.removeReader(self)
-        while True:
-            try:
-                data = os.read(self._ready, 4096)
-            except OSError:  # BlockingIOError: a grandchild holds the other end
-                break
-            if not data:
-                break
-            self._received(data)
-        for fd in (self._ready, self._parent):
-            os.close(fd)
-        self._ready = self._parent = -1
 
 
 class _ChildProtocol(ProcessProtocol):
@@ -245,7 +185,7 @@ class SpawnAttempt:
             spawn.generation, spawn.listeners, spawn.extraFDs
         )
         protocol = _ChildProtocol(self)
-        self._pipes = _Pipes(
+        self._pipes = ChildPipes(
             reactor, lambda data: protocol.childDataReceived(_handoff.READY_FD, data)
         )
         childFDs[_handoff.READY_FD] = self._pipes.readyChildEnd
