@@ -35,12 +35,10 @@ from ._errors import (
     UpgradeError,
 )
 from ._fds import Listener
-from ._movein import Receiver
-from ._moveout import Mover
-from ._movespawn import CHANNEL_NAME, ChannelSpawner, inheritedChannel
 from ._process import tellParentError
 from ._reactor import Reactor, asReactor
 from ._reports import Reports
+from ._servicemoves import ServiceMoves, Stream
 from ._settings import seconds
 from ._signals import releaseSignals
 from ._upgrader import Upgrader
@@ -84,15 +82,11 @@ class UpgradeService(Service):
         self.drainTimeout = seconds("drainTimeout", drainTimeout)
         self.idleGrace = seconds("idleGrace", idleGrace)
         self.move = move
-        self._channels: ChannelSpawner | None = None
-        if move:
-            self._channels = ChannelSpawner.wrap(upgrader)
-        self._receiver: Receiver | None = None
         self._reactor = reactor
         self._installSignals = installSignalHandlers
-        # (listener, tracker, what the listener serves: the tracker, maybe wrapped)
-        self._streams: list[tuple[Listener, ConnectionTracker, IProtocolFactory]] = []
-        self._controls: list[tuple[Listener, ConnectionTracker, IProtocolFactory]] = []
+        self._streams: list[Stream] = []
+        self._controls: list[Stream] = []
+        self._moves = ServiceMoves(upgrader, reactor, self._streams, move)
         self._datagrams: list[tuple[Listener, DatagramProtocol]] = []
         self._adopted = False
         self._balancer: Balancer | None = None
@@ -205,7 +199,7 @@ class UpgradeService(Service):
         # Outside twistd, privilegedStartService may never have been called.
         self._installSignalHandlers()
         self._adopt()
-        self._receiveMoves()
+        self._moves.receive()
         self.upgrader.whenParentExited().addCallback(self._parentExited)
         self.upgrader.whenExit().addCallback(self._exit)
         self._reactor.callWhenRunning(self._ready)
@@ -222,45 +216,6 @@ class UpgradeService(Service):
             self._logListening(listener)
         fd = self.upgrader.claimInheritedFD(BALANCE)  # txflip run's workers only
         self._balancer = balanceWorker(self._reactor, fd, self._streams)
-
-    def _receiveMoves(self) -> None:
-        """
-        Take the connections the previous generation moves to us (if it does).
-        """
-        fd = self.upgrader.claimInheritedFD(CHANNEL_NAME)
-        sock = inheritedChannel(fd) if fd is not None else None
-        if sock is None:
-            return
-        if not self.move:
-            sock.close()  # the previous generation sees it closed, and drains
-            return
-        self._receiver = Receiver(self._reactor, sock, self._movableTracker)
-
-    def _movableTracker(self, key: str) -> ConnectionTracker | None:
-        """
-        The tracker of the listener known as C{key} in both generations (its
-        address), if its connections may move: not through TLS.
-        """
-        for listener, tracker, served in self._streams:
-            if served is tracker and str(listener.spec) == key:
-                return tracker
-        return None
-
-    def _mover(self) -> Mover | None:
-        sock = self._channels.takeSuccessor() if self._channels else None
-        supervisor = self.upgrader.supervisor
-        if sock is None and self.move and supervisor is not None:
-            # A worker of txflip run: the supervisor pairs us with a newer
-            # worker; the sockets then go from us to it directly.
-            sock = supervisor.successorChannel()
-        if sock is None:
-            return None
-        keys = {
-            tracker: str(listener.spec)
-            for listener, tracker, served in self._streams
-            if served is tracker
-        }
-        return Mover(self._reactor, sock, keys)
 
     def _logListening(self, listener: Listener) -> None:
         how = "inherited" if listener.inherited else "new"
@@ -356,8 +311,7 @@ class UpgradeService(Service):
         return self._stopping
 
     async def _stop(self) -> None:
-        if self._receiver is not None:
-            self._receiver.close()
+        self._moves.stopReceiving()
         await self.upgrader.stop()
         final = self.upgrader.successor is None
         # Unix paths are removed only by a generation that served them: one that
@@ -374,21 +328,11 @@ class UpgradeService(Service):
             why="final stop" if final else f"pid {self.upgrader.successor} serves now",
         )
         trackers = [tracker for _, tracker, _ in self._streams + self._controls]
-        mover = self._mover()
+        mover = self._moves.mover()
         # All at once: one idle grace and one drain timeout for the whole process.
         cut = sum(await drainAll(trackers, self.idleGrace, self.drainTimeout, mover))
         if mover is not None:
-            mover.close()
-            self._log.info(
-                "txflip: moved {moved} connections to {where} in {ms:.1f} ms"
-                " ({refused} refused)",
-                moved=mover.moved,
-                where=f"pid {self.upgrader.successor}"
-                if self.upgrader.successor
-                else "a newer worker",
-                ms=mover.took * 1000,
-                refused=mover.refused,
-            )
+            self._moves.moved(mover)
         pidFile = self.upgrader.pidFile
         if final and pidFile is not None:
             pidFile.removeIfOurs(os.getpid())
