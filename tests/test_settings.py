@@ -46,7 +46,9 @@ def test_constructorsRefuse() -> None:
         upgrader.listeners.close(unlink=False)
 
 
-@pytest.mark.parametrize("option", ["drain-timeout", "upgrade-timeout", "idle-grace"])
+@pytest.mark.parametrize(
+    "option", ["drain-timeout", "upgrade-timeout", "idle-grace", "control-timeout"]
+)
 @pytest.mark.parametrize("value", ["nan", "-5", "abc"])
 def test_twistdOptionsNameTheOption(tmp_path: Path, option: str, value: str) -> None:
     for plugin in (["flipecho"], ["flip", f"--{option}={value}", "web"]):

@@ -41,6 +41,7 @@ from twisted.python import usage
 from twisted.python.components import Componentized
 
 from . import _handoff
+from ._control import REQUEST_TIMEOUT
 from ._drain import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE
 from ._errors import TxflipError
 from ._log import pidObserver, twistdObserverFactory
@@ -85,6 +86,14 @@ class UpgradeOptions(usage.Options):
             None,
             "Path of a control socket (mode 0600) for `txflip upgrade` and"
             " `txflip status`.",
+        ],
+        [
+            "control-timeout",
+            None,
+            REQUEST_TIMEOUT,
+            "Seconds a control socket client has to send its request (and to read"
+            " an error reply) before it is cut off.",
+            _duration("control-timeout"),
         ],
         [
             "upgrade-timeout",
@@ -211,7 +220,7 @@ def makeUpgradeService(options: UpgradeOptions) -> UpgradeService:
     )
     if options.get("control"):
         try:
-            service.listenControl(options["control"])
+            service.listenControl(options["control"], options["control-timeout"])
         except TxflipError as e:
             upgrader.listeners.close(unlink=False)
             failStartup(str(e))
