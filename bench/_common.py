@@ -38,6 +38,8 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))  # txflip from this checkout
 sys.path.insert(1, str(ROOT / "tests"))  # the tests' harness: what they observe with
 
+from harness import startLogged  # noqa: E402
+
 from txflip._pidfile import PidFile, pidAlive  # noqa: E402
 
 
@@ -161,18 +163,28 @@ def twistd() -> list[str]:
     return [sys.executable, found]
 
 
+def readLine(sock: socket.socket) -> bytes:
+    """
+    Read from C{sock} up to the end of a line (an echo's reply).
+
+    @raise ConnectionError: the connection closed before it.
+    """
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(100)
+        if not chunk:
+            raise ConnectionError("closed before the end of the line")
+        data += chunk
+    return data
+
+
 def echoOnce(port: int, timeout: float = 2.0) -> bool:
     try:
         with socket.create_connection((HOST, port), timeout) as s:
             s.sendall(b"ping\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(100)
-                if not chunk:
-                    return False
-                data += chunk
+            readLine(s)
             return True
-    except OSError:
+    except OSError:  # ConnectionError too
         return False
 
 
@@ -245,7 +257,7 @@ class Running:
 
         try:
             waitUntil(f"{self.name} to serve", ready, timeout)
-        except RuntimeError:
+        except BenchError:
             tail = self.log()[-2000:]
             raise RuntimeError(f"{self.name} did not start:\n{tail}") from None
         pid = self.serving()
@@ -348,22 +360,14 @@ def start(
     port = freePort()
     directory = Path(tempfile.mkdtemp(prefix=f"txflip-bench-{name}-"))
     pidfile = directory / "server.pid"
-    full_env = {
+    fullEnv = {
         **os.environ,
         "PYTHONPATH": str(CODE),
         "BENCH_PORT": str(port),
         **(env or {}),
     }
-    with open(directory / "server.log", "wb") as log:
-        proc = subprocess.Popen(
-            command(name, port, pidfile, listens, options),
-            cwd=directory,
-            env=full_env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    argv = command(name, port, pidfile, listens, options)
+    proc = startLogged(argv, directory / "server.log", cwd=directory, env=fullEnv)
     server = Running(name, proc, pidfile, port, directory)
     try:
         server.waitReady()

@@ -26,19 +26,14 @@ import subprocess
 import sys
 
 import _common
-from _common import HOST, freePort, header, options, table, waitUntil
+from _common import HOST, freePort, header, options, readLine, table, waitUntil
 
 
 def closeSeenWithReply(port: int) -> bool:
     with socket.create_connection((HOST, port), timeout=5) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.sendall(b"x\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(64)
-            if not chunk:
-                raise RuntimeError("closed before the reply")
-            data += chunk
+        readLine(s)
         readable, _, _ = select.select([s], [], [], 0)
         if not readable:
             return False

@@ -22,7 +22,16 @@ import threading
 import time
 from pathlib import Path
 
-from _common import BENCH, HOST, header, options, pidAlive, readPidfile, running
+from _common import (
+    BENCH,
+    HOST,
+    header,
+    options,
+    pidAlive,
+    readLine,
+    readPidfile,
+    running,
+)
 
 BIN = 0.010
 BEFORE, AFTER = 0.3, 0.3
@@ -43,12 +52,7 @@ class Clients:
             try:
                 with socket.create_connection((HOST, self.port), 5) as sock:
                     sock.sendall(b"x\n")
-                    data = b""
-                    while not data.endswith(b"\n"):
-                        chunk = sock.recv(100)
-                        if not chunk:
-                            raise ConnectionError("EOF before the reply")
-                        data += chunk
+                    data = readLine(sock)
                 self.served.append((time.monotonic(), int(data)))
             except (OSError, ValueError) as e:
                 self.errors.append((time.monotonic(), repr(e)))

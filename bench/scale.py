@@ -19,7 +19,17 @@ import re
 import socket
 import time
 
-from _common import HOST, header, median, ms, options, raiseNofile, running, table
+from _common import (
+    HOST,
+    header,
+    median,
+    ms,
+    options,
+    raiseNofile,
+    readLine,
+    running,
+    table,
+)
 
 TIMEOUT = 150.0
 
@@ -31,12 +41,7 @@ def openConnections(ports: list[int], n: int) -> list[socket.socket]:
         sock.sendall(b"x\n")
         socks.append(sock)
     for sock in socks:
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(100)
-            if not chunk:
-                raise RuntimeError("connection closed before its echo")
-            data += chunk
+        readLine(sock)
     return socks
 
 

@@ -56,9 +56,10 @@ from _common import (
     becomeSubreaper,
     resolve,
     snapshot,
+    twistd,
     waitUntil,
 )
-from harness import sessionProcesses
+from harness import sessionProcesses, startLogged
 
 from txflip._checkstats import Stats
 from txflip._echoload import Load
@@ -249,22 +250,10 @@ def flipecho(
     Start C{twistd -n flipecho} (txflip from C{source}) in C{directory}, in its own
     session; on the way out, SIGKILL whatever is left of its session.
     """
-    twistd = shutil.which("twistd", path=os.path.dirname(sys.executable))
-    if twistd is None:
-        raise BenchError("twistd is not installed next to this interpreter")
-    argv = [sys.executable, twistd, "-n", "flipecho"]
+    argv = [*twistd(), "-n", "flipecho"]
     argv += ["--listen", f"tcp:0:interface={HOST}", *extra]
     env = {**os.environ, "PYTHONPATH": str(source), "PYTHONUNBUFFERED": "1"}
-    with open(directory / "server.log", "ab") as log:
-        process = subprocess.Popen(
-            argv,
-            cwd=directory,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = startLogged(argv, directory / "server.log", cwd=directory, env=env)
     try:
         yield process
     finally:

@@ -141,6 +141,18 @@ def waitForUpgrade(
     return result.newPid, result.toNew, result.toOldGone
 
 
+def oneLine(message: str, prefix: str, *fragments: str) -> str:
+    """
+    Assert that C{message} (an error's) is one line, starts with C{prefix} and
+    contains every fragment; return it.
+    """
+    assert len(message.splitlines()) == 1, message
+    assert message.startswith(prefix), message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
 def isOpen(fd: int) -> bool:
     """
     Whether C{fd} is open in this process (only C{EBADF} means it is not).
@@ -208,6 +220,30 @@ def canConnect(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def startLogged(
+    argv: Sequence[str | os.PathLike[str]],
+    logPath: str | os.PathLike[str],
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """
+    Start C{argv} in a session of its own (signals aimed at the runner do not reach
+    it, and the session finds every process it starts), reading nothing, with its
+    output appended to C{logPath}.  The tests' servers and the benchmarks' alike.
+    """
+    with open(logPath, "ab") as log:
+        return subprocess.Popen(
+            [os.fspath(a) for a in argv],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 class ServerProcess:
     """A server subprocess whose output goes to a log file.
 
@@ -220,27 +256,20 @@ class ServerProcess:
     def __init__(
         self,
         argv: Sequence[str | os.PathLike[str]],
-        log_path: str | os.PathLike[str],
+        logPath: str | os.PathLike[str],
         *,
         cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        self.log_path = os.fspath(log_path)
+        self.logPath = os.fspath(logPath)
         self._tracked: set[int] = set()
-        # Unbuffered output so log_text() sees messages as they happen;
+        self._logStart = (
+            os.path.getsize(self.logPath) if os.path.exists(self.logPath) else 0
+        )
+        # Unbuffered output so logText() sees messages as they happen;
         # callers can override it through ``env``.
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        with open(self.log_path, "ab") as log:
-            self._log_start = log.tell()
-            self._popen = subprocess.Popen(
-                [os.fspath(a) for a in argv],
-                cwd=cwd,
-                env=full_env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        fullEnv = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self._popen = startLogged(argv, self.logPath, cwd=cwd, env=fullEnv)
 
     @property
     def pid(self) -> int:
@@ -272,8 +301,8 @@ class ServerProcess:
     def logText(self) -> str:
         """Return what was appended to the log since this process started."""
         try:
-            with open(self.log_path, "rb") as f:
-                f.seek(self._log_start)
+            with open(self.logPath, "rb") as f:
+                f.seek(self._logStart)
                 return f.read().decode("utf-8", errors="replace")
         except OSError:
             return ""
