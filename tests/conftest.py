@@ -224,13 +224,7 @@ def selfSigned(directory: Path) -> tuple[Path, Path]:
 def echo(port: int, line: bytes = b"hello\n", host: str = "127.0.0.1") -> bytes:
     with socket.create_connection((host, port), timeout=5) as s:
         s.sendall(line)
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-        return data
+        return lines(s)
 
 
 def lines(sock: socket.socket, count: int = 1) -> bytes:
@@ -247,10 +241,14 @@ def lines(sock: socket.socket, count: int = 1) -> bytes:
 
 
 def runTwistd(
-    args: list[str], cwd: Path, timeout: float = 30
+    args: list[str], cwd: Path, timeout: float = 30, twistd: list[str] | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """
+    Run twistd (C{twistd}: the command that does, by default L{twistdCommand}) with
+    C{args} to its end, txflip from this checkout; its output.
+    """
     return subprocess.run(
-        [*twistdCommand(), *args],
+        [*(twistd or twistdCommand()), *args],
         cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,

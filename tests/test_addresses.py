@@ -8,6 +8,7 @@ import os
 import socket
 
 import pytest
+from harness import oneLine
 
 from txflip._addresses import DEFAULT_BACKLOG, ListenSpec, parseListen
 from txflip._errors import ListenError
@@ -20,12 +21,8 @@ def refused(description: str, *fragments: str, cwd: str | None = None) -> str:
     """
     with pytest.raises(ListenError) as info:
         parseListen(description, cwd)
-    message = str(info.value)
-    assert len(message.splitlines()) == 1, message
-    assert message.startswith(f"bad listen description {description!r}"), message
-    for fragment in fragments:
-        assert fragment in message, message
-    return message
+    prefix = f"bad listen description {description!r}"
+    return oneLine(str(info.value), prefix, *fragments)
 
 
 # --- every kind -------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from harness import isOpen
+from harness import isOpen, oneLine
 from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
@@ -73,12 +73,7 @@ def connectAndAccept(listening: socket.socket) -> None:
 def refused(spec: ListenSpec, *fragments: str) -> str:
     with pytest.raises(ListenError) as info:
         bindSocket(spec)
-    message = str(info.value)
-    assert len(message.splitlines()) == 1, message
-    assert message.startswith(f"cannot listen on {spec}: "), message
-    for fragment in fragments:
-        assert fragment in message, message
-    return message
+    return oneLine(str(info.value), f"cannot listen on {spec}: ", *fragments)
 
 
 # --- bindSocket -------------------------------------------------------------------
@@ -203,11 +198,20 @@ def test_unixPathIsSymlinkToSocket(
     assert link.is_symlink()
 
 
+def unixSocket(sockets: list[socket.socket], path: str | None = None) -> socket.socket:
+    """
+    A Unix stream socket, closed after the test; bound to C{path} if given.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sockets.append(sock)
+    if path is not None:
+        sock.bind(path)
+    return sock
+
+
 def test_unixStaleSocketReplaced(sockets: list[socket.socket], tmp_path: Path) -> None:
     path = str(tmp_path / "s.sock")
-    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    stale.bind(path)
-    stale.close()  # the file stays, nobody listens
+    unixSocket(sockets, path).close()  # the file stays, nobody listens
     assert stat.S_ISSOCK(os.lstat(path).st_mode)
     sock = bindSocket(parseListen(f"unix:{path}"))
     sockets.append(sock)
@@ -218,9 +222,7 @@ def test_unixBoundButNotListeningIsStale(
     sockets: list[socket.socket], tmp_path: Path
 ) -> None:
     path = str(tmp_path / "s.sock")
-    bound = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sockets.append(bound)
-    bound.bind(path)  # bound, never listening: connect is refused
+    unixSocket(sockets, path)  # bound, never listening: connect is refused
     sock = bindSocket(parseListen(f"unix:{path}"))
     sockets.append(sock)
     connectAndAccept(sock)
@@ -244,13 +246,9 @@ def test_unixLiveSocketWithFullQueue(
     sockets: list[socket.socket], tmp_path: Path
 ) -> None:
     path = str(tmp_path / "s.sock")
-    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sockets.append(live)
-    live.bind(path)
-    live.listen(1)
+    unixSocket(sockets, path).listen(1)
     for _ in range(100):  # fill the accept queue
-        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sockets.append(client)
+        client = unixSocket(sockets)
         client.setblocking(False)
         try:
             client.connect(path)

@@ -10,7 +10,6 @@ import http.client
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -18,7 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conftest import PLAIN, ROOT, SUBREAPER, reap, selfSigned, twistdCommand
+from conftest import (
+    PLAIN,
+    ROOT,
+    SUBREAPER,
+    oneLineError,
+    reap,
+    runTwistd,
+    selfSigned,
+    twistdCommand,
+)
 from harness import (
     ServerProcess,
     freePort,
@@ -184,26 +192,8 @@ def test_twistdWebWithFlipEndpointUnderLoad(tmp_path: Path) -> None:
 
 
 def test_badFlipDescriptionIsOneLine(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            *twistdCommand(),
-            "-n",
-            "flip",
-            "web",
-            "--listen",
-            "flip:tcp:http",
-            "--path",
-            ".",
-        ],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "port='http' is not a number" in lines[0], result.stderr
+    args = ["-n", "flip", "web", "--listen", "flip:tcp:http", "--path", "."]
+    assert "port='http' is not a number" in oneLineError(runTwistd(args, tmp_path))
 
 
 def test_plainProgramWithServerFromString(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, lines
 from harness import Load, waitFor
 from realsystemd import Container, require
 
@@ -84,20 +84,10 @@ def connect(c: Container) -> socket.socket:
     return c.inNetns(lambda: socket.create_connection(("127.0.0.1", PORT), timeout=10))
 
 
-def readLine(s: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 def echo(c: Container, line: bytes = b"hello\n") -> bytes:
     with connect(c) as s:
         s.sendall(line)
-        return readLine(s)
+        return lines(s)
 
 
 def status(c: Container) -> dict[str, Any]:
@@ -214,7 +204,7 @@ def lifecycle(
     )
     inFlight.sendall(b" request\n")
     with inFlight:
-        assert readLine(inFlight) == b"in flight request\n"
+        assert lines(inFlight) == b"in flight request\n"
     waitFor(
         lambda: c.show(unit, "ActiveState")["ActiveState"] in ("inactive", "failed"),
         40,

@@ -306,25 +306,8 @@ def test_sslWithoutPyopensslIsOneLine(tmp_path: Path) -> None:
         "sys.argv = ['twistd', *sys.argv[1:]]\n"
         "run()\n"
     )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            code,
-            "-n",
-            "flip",
-            "web",
-            "--listen",
-            TLS,
-            "--path",
-            ".",
-        ],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    args = ["-n", "flip", "web", "--listen", TLS, "--path", "."]
+    result = runTwistd(args, tmp_path, twistd=[sys.executable, "-c", code])
     line = oneLineError(result)
     assert "TLS needs pyOpenSSL: pip install 'twisted[tls]'" in line
 
