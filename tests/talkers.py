@@ -16,6 +16,7 @@ C{open} tells how many of the first sockets are still there.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import random
@@ -23,6 +24,7 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 
@@ -312,3 +314,30 @@ class Streamer:
             self.problem = f"{self.sent - self.echoed} lines never echoed"
         self.sock.close()
         return self.problem
+
+
+@dataclass
+class Clients:
+    """Every kind of long-lived client, talking to one port (L{everyKind})."""
+
+    lockstep: Talkers
+    idle: Talkers
+    stream: Streamer
+
+
+@contextlib.contextmanager
+def everyKind(port: int, lockstep: int, idle: int, seed: int) -> Iterator[Clients]:
+    """
+    C{lockstep} lock-step clients (each line in two writes), C{idle} idle ones
+    (silent up to 1 s between lines) and one streaming client on 127.0.0.1:C{port}.
+    When the block ends, each of them has kept its first socket and lost nothing
+    (L{assertKeptTheirSockets}).
+    """
+    host = "127.0.0.1"
+    with (
+        Talkers(host, port, lockstep, split=True) as steps,
+        Talkers(host, port, idle, idle=(0.05, 1.0), seed=seed) as idlers,
+    ):
+        clients = Clients(steps, idlers, Streamer(host, port))
+        yield clients
+        assertKeptTheirSockets(steps, idlers, stream=clients.stream)

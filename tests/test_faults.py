@@ -52,6 +52,29 @@ TCP0 = "tcp:0:interface=127.0.0.1"
 # --- the next generation fails before it is ready -------------------------------
 
 
+@contextlib.contextmanager
+def failedUpgradeUnderLoad(server: Flip, fault: Path, mode: str) -> Iterator[int]:
+    """
+    Under load, upgrade to a generation with fault C{mode}; the block sees the
+    upgrade fail (it is given the child's pid).  Then: the old generation still
+    serves, traffic flows, the next upgrade (without the fault) works, and no
+    client saw an error.
+    """
+    pid = server.serving()
+    with Load(LOCALHOST, server.port, short=2, long=2) as load:
+        trafficFlows(load)
+        fault.write_text(mode)
+        os.kill(pid, signal.SIGHUP)
+        yield spawned(server, 2)
+        assert server.serving() == pid
+        trafficFlows(load)
+        fault.unlink()
+        upgradeWorks(server)
+        trafficFlows(load)
+    assert load.stats.errorsTotal() == 0, load.stats
+    alone(server, server.serving())
+
+
 @pytest.mark.parametrize(
     "mode, status",
     [
@@ -71,41 +94,19 @@ def test_childFailsDuringStartupUnderLoad(
     """
     server = flip(env={"FLIPAPP_FAULT": str(fault)}, app=True)
     pid = server.serving()
-    with Load(LOCALHOST, server.port, short=2, long=2) as load:
-        trafficFlows(load)
-        fault.write_text(mode)
-        os.kill(pid, signal.SIGHUP)
-        child = spawned(server, 2)
+    with failedUpgradeUnderLoad(server, fault, mode) as child:
         text = waitLog(server, "upgrade failed")
         assert f"child pid={child} {status} before it was ready" in text
         assert f"still serving (pid {pid})" in text
-        assert server.serving() == pid
         waitFor(lambda: not pidAlive(child), 10, what="the failed child to be gone")
-        trafficFlows(load)
-        fault.unlink()
-        upgradeWorks(server)
-        trafficFlows(load)
-    assert load.stats.errorsTotal() == 0, load.stats
-    alone(server, server.serving())
 
 
 def test_childSigkilledBeforeReadyUnderLoad(flip, fault: Path) -> None:
     server = flip(env={"FLIPAPP_FAULT": str(fault)}, app=True)
-    pid = server.serving()
-    with Load(LOCALHOST, server.port, short=2, long=2) as load:
-        trafficFlows(load)
-        fault.write_text("hang")
-        os.kill(pid, signal.SIGHUP)
-        child = spawned(server, 2)
+    with failedUpgradeUnderLoad(server, fault, "hang") as child:
         os.kill(child, signal.SIGKILL)
         text = waitLog(server, "upgrade failed")
         assert f"child pid={child} was killed by SIGKILL before it was ready" in text
-        assert server.serving() == pid
-        trafficFlows(load)
-        fault.unlink()
-        upgradeWorks(server)
-    assert load.stats.errorsTotal() == 0, load.stats
-    alone(server, server.serving())
 
 
 @pytest.mark.parametrize("mode", ["hang", "block-at-ready"])
@@ -120,21 +121,10 @@ def test_childNeverReadyTimesOutUnderLoad(flip, fault: Path, mode: str) -> None:
     server = flip(
         "--upgrade-timeout", "1.5", env={"FLIPAPP_FAULT": str(fault)}, app=True
     )
-    pid = server.serving()
-    with Load(LOCALHOST, server.port, short=2, long=2) as load:
-        trafficFlows(load)
-        fault.write_text(mode)
-        os.kill(pid, signal.SIGHUP)
-        child = spawned(server, 2)
+    with failedUpgradeUnderLoad(server, fault, mode) as child:
         text = waitLog(server, "upgrade failed")
         assert f"child pid={child} was not ready within 1.5 s; killed it" in text
         waitFor(lambda: not pidAlive(child), 10, what="the child to be killed")
-        assert server.serving() == pid
-        trafficFlows(load)
-        fault.unlink()
-        upgradeWorks(server)
-    assert load.stats.errorsTotal() == 0, load.stats
-    alone(server, server.serving())
 
 
 # --- the next generation dies after it said it was ready -----------------------

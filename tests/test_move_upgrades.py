@@ -20,24 +20,22 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PLAIN, ROOT, lines, selfSigned, twistdCommand
+from conftest import PLAIN, ROOT, Flip, lines, selfSigned, twistdCommand
 from harness import ServerProcess, freePort, pidAlive, readPidFile, waitFor
 from harness import waitForUpgrade as _waitForUpgrade
-from talkers import Streamer, Talkers, assertKeptTheirSockets
+from talkers import Clients, Talkers, everyKind
 
 UPGRADES = 20
 
 
-def flowing(
-    lockstep: Talkers, idle: Talkers, stream: Streamer, before: tuple[int, int, int]
-) -> bool:
+def flowing(clients: Clients, before: tuple[int, int, int]) -> bool:
     """
     Whether every kind of client has made progress since C{before}.
     """
     return (
-        lockstep.stats.exchanges > before[0] + 20
-        and idle.stats.exchanges > before[1] + 5
-        and stream.echoed > before[2] + 20
+        clients.lockstep.stats.exchanges > before[0] + 20
+        and clients.idle.stats.exchanges > before[1] + 5
+        and clients.stream.echoed > before[2] + 20
     )
 
 
@@ -65,27 +63,26 @@ def test_longLivedAndIdleClientsKeepTheirSocket(flip) -> None:
     server = flip("--idle-grace", "5")
     port = server.port
     partial = socket.create_connection(("127.0.0.1", port), timeout=10)
-    with (
-        Talkers("127.0.0.1", port, 8, split=True) as lockstep,
-        Talkers("127.0.0.1", port, 40, idle=(0.05, 1.0), seed=2) as idle,
-    ):
-        stream = Streamer("127.0.0.1", port)
+    with everyKind(port, lockstep=8, idle=40, seed=2) as clients:
         partial.sendall(b"hello\n")
         assert lines(partial) == b"hello\n"
         for n in range(UPGRADES):
             if n == 0:
                 partial.sendall(b"par")
-            before = (lockstep.stats.exchanges, idle.stats.exchanges, stream.echoed)
+            before = (
+                clients.lockstep.stats.exchanges,
+                clients.idle.stats.exchanges,
+                clients.stream.echoed,
+            )
             upgrade(server, server.pidfile, server.track)
             if n == 0:
                 partial.sendall(b"tial\n")
                 assert lines(partial) == b"partial\n"
             waitFor(
-                functools.partial(flowing, lockstep, idle, stream, before),
+                functools.partial(flowing, clients, before),
                 20,
                 what="traffic after the upgrade",
             )
-        assertKeptTheirSockets(lockstep, idle, stream=stream)
     partial.sendall(b"still the same socket\n")
     assert lines(partial) == b"still the same socket\n"
     partial.close()
@@ -126,25 +123,30 @@ def test_unixAndIpv6ConnectionsMove(flip, tmp_path: Path) -> None:
     assert re.findall(r"moved (\d+) connections", server.logText()) == ["2"] * 3
 
 
-def test_refusedStateDrainsInTheOldGeneration(flip, tmp_path: Path) -> None:
+def faultyUpgrade(server: Flip, fault: Path, mode: str, logged: str, what: str) -> int:
+    """
+    SIGHUP the serving generation with fault C{mode} set for the next one; wait
+    until the log says C{logged}.  @return: the old generation's pid.
+    """
+    fault.write_text(mode)
+    old = server.serving()
+    os.kill(old, signal.SIGHUP)
+    waitFor(lambda: logged in server.logText(), 20, what=what)
+    return old
+
+
+def test_refusedStateDrainsInTheOldGeneration(flip, fault: Path) -> None:
     """
     New code that cannot read the state refuses it: the connection stays with the
     old generation, which drains it (closes it with the next echo), never drops it.
     """
-    fault = tmp_path / "fault"
     server = flip("--idle-grace", "5", env={"FLIPAPP_FAULT": str(fault)}, app=True)
     client = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     client.sendall(b"one\n")
     assert lines(client) == b"one\n"
     client.sendall(b"tw")
-    fault.write_text("refuse-moves")
-    old = server.serving()
-    os.kill(old, signal.SIGHUP)
-    waitFor(
-        lambda: "move refused by the new generation" in server.logText(),
-        20,
-        what="the refusal",
-    )
+    refusal = "move refused by the new generation"
+    old = faultyUpgrade(server, fault, "refuse-moves", refusal, "the refusal")
     assert pidAlive(old)
     client.sendall(b"o\n")
     assert lines(client) == b"two\n"
@@ -155,24 +157,19 @@ def test_refusedStateDrainsInTheOldGeneration(flip, tmp_path: Path) -> None:
 
 
 def test_newGenerationGoneBeforeTheMoveLeavesConnectionsDraining(
-    flip, tmp_path: Path
+    flip, fault: Path
 ) -> None:
     """
     The new generation says ready, then dies before it takes anything: the
     channel breaks, and the old generation drains what it still holds (the
     partial line is echoed, then the connection closes), never dropping it.
     """
-    fault = tmp_path / "fault"
     server = flip("--idle-grace", "5", env={"FLIPAPP_FAULT": str(fault)}, app=True)
     client = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     client.sendall(b"half a li")
-    fault.write_text("exit-after-ready")
-    old = server.serving()
-    os.kill(old, signal.SIGHUP)
-    waitFor(
-        lambda: "connections drain here" in server.logText(),
-        20,
-        what="the channel to break",
+    drain = "connections drain here"
+    old = faultyUpgrade(
+        server, fault, "exit-after-ready", drain, "the channel to break"
     )
     client.sendall(b"ne\n")
     assert lines(client, 2) == b"half a line\n"  # then closed, by the old one
