@@ -341,6 +341,17 @@ def alone(server: Flip, pid: int) -> None:
         raise AssertionError(f"{e}; session: {session(server)}") from None
 
 
+def heldChild(server: Flip, fault: Path, gate: Path) -> tuple[int, int]:
+    """
+    Upgrade C{server} (a flipapp) to a new generation held before twistd starts
+    until C{gate} exists.  Return (the serving pid, the child's).
+    """
+    pid = server.serving()
+    fault.write_text(f"gate:{gate}")
+    os.kill(pid, signal.SIGHUP)
+    return pid, spawned(server, 2)
+
+
 def signalStartingChild(
     server: Flip, fault: Path, gate: Path, signum: int
 ) -> tuple[int, int]:
@@ -349,10 +360,7 @@ def signalStartingChild(
     it is held before twistd starts, with no handler yet; then let it go on.
     Return (the serving pid, the child's).
     """
-    pid = server.serving()
-    fault.write_text(f"gate:{gate}")
-    os.kill(pid, signal.SIGHUP)
-    child = spawned(server, 2)
+    pid, child = heldChild(server, fault, gate)
     os.kill(child, signum)
     gate.write_text("")
     return pid, child

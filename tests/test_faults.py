@@ -30,6 +30,7 @@ from conftest import (
     PartialRequest,
     alone,
     echo,
+    heldChild,
     oneLineError,
     reap,
     reapExited,
@@ -176,12 +177,9 @@ def test_oldSigkilledWhileNewStarts(flip, fault: Path, tmp_path: Path) -> None:
     """
     gate = tmp_path / "go"
     server = flip(env={"FLIPAPP_FAULT": str(fault)}, app=True)
-    pid = server.serving()
     with Load(LOCALHOST, server.port, short=3, long=0) as load:
         trafficFlows(load)
-        fault.write_text(f"gate:{gate}")
-        os.kill(pid, signal.SIGHUP)
-        child = spawned(server, 2)
+        pid, child = heldChild(server, fault, gate)
         os.kill(pid, signal.SIGKILL)
         assert server.proc.waitExit(10) == -signal.SIGKILL
         fault.unlink()
@@ -290,12 +288,9 @@ def test_sigquitDuringUpgrade(
     """
     gate = tmp_path / "go"
     server = flip(env={"FLIPAPP_FAULT": str(fault)}, app=True)
-    pid = server.serving()
     with Load(LOCALHOST, server.port, short=0, long=3) as load:
         trafficFlows(load)
-        fault.write_text(f"gate:{gate}")
-        os.kill(pid, signal.SIGHUP)
-        child = spawned(server, 2)
+        pid, child = heldChild(server, fault, gate)
         os.kill(pid, stop)
         waitLine(server, pid, f"stopping: killing starting child pid {child}")
         expected = 0 if stop == signal.SIGQUIT else -signal.SIGTERM

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Flip, PartialRequest, alone, spawned, waitLine
+from conftest import Flip, PartialRequest, alone, heldChild, waitLine
 from harness import readPidFile, waitFor, waitForUpgrade
 
 STDIO = {"0", "1", "2"}
@@ -96,9 +96,7 @@ def test_fdsReachOnlyTheNextGeneration(
     partial.append(PartialRequest(server.port))
     assertInheritsNothing(reports.ask(pid), "generation 1")
 
-    fault.write_text(f"gate:{gate}")
-    os.kill(pid, signal.SIGHUP)
-    child = spawned(server, 2)
+    _, child = heldChild(server, fault, gate)
     assertInheritsNothing(reports.ask(pid), "generation 1 while upgrading")
     # The child, held at its gate before any of its own code ran.
     parentFDs = fdTargets(pid)
