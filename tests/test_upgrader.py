@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -426,6 +426,27 @@ def test_childParentExitsBeforeReady(
     assert len(attempts) == 1
 
 
+def assertExitSeenAtOnce(
+    reactor: MemoryReactorClock,
+    parent: Parent,
+    upgrader: Upgrader,
+    attempts: list[FakeAttempt],
+    gone: Callable[[], None] = lambda: None,
+) -> None:
+    """
+    Ready C{upgrader}; its parent exits (and then C{gone} makes its pid look
+    gone): the pipe's end alone tells the child, and an upgrade is allowed.
+    """
+    upgrader.ready()
+    exited = upgrader.whenParentExited()
+    parent.exit()
+    gone()
+    watcher(reactor).doRead()
+    assert outcome(exited) is None
+    upgrader.upgrade()
+    assert len(attempts) == 1
+
+
 def test_childReparentedEndsWaitAtOnce(
     reactor: MemoryReactorClock,
     attempts: list[FakeAttempt],
@@ -438,14 +459,11 @@ def test_childReparentedEndsWaitAtOnce(
     reparented": a child started detached, under systemd, never was its child.)
     """
     upgrader, _ = childGeneration(reactor, parent)
-    upgrader.ready()
-    exited = upgrader.whenParentExited()
-    parent.exit()
-    monkeypatch.setattr(_generation, "pidAlive", lambda pid: False)
-    watcher(reactor).doRead()
-    assert outcome(exited) is None
-    upgrader.upgrade()
-    assert len(attempts) == 1
+
+    def gone() -> None:
+        monkeypatch.setattr(_generation, "pidAlive", lambda pid: False)
+
+    assertExitSeenAtOnce(reactor, parent, upgrader, attempts, gone)
 
 
 def test_childParentAlreadyGoneAtStart(
@@ -459,13 +477,7 @@ def test_childParentAlreadyGoneAtStart(
     with open("/proc/sys/kernel/pid_max") as f:
         gonePID = int(f.read())  # never allocated
     upgrader, _ = childGeneration(reactor, parent, parentPid=gonePID)
-    upgrader.ready()
-    exited = upgrader.whenParentExited()
-    parent.exit()
-    watcher(reactor).doRead()
-    assert outcome(exited) is None
-    upgrader.upgrade()
-    assert len(attempts) == 1
+    assertExitSeenAtOnce(reactor, parent, upgrader, attempts)
 
 
 def test_childParentPipeHangUpAsConnectionLost(
@@ -531,59 +543,78 @@ def test_childInheritsAndClosesUnclaimedOnceParentGone(
 # --- pid file ----------------------------------------------------------------------------
 
 
+@pytest.fixture
+def pidPath(tmp_path: Path) -> Path:
+    """Where the pid file goes (nothing there yet)."""
+    return tmp_path / "app.pid"
+
+
+@pytest.fixture
+def withPidFile(reactor: MemoryReactorClock, pidPath: Path) -> Upgrader:
+    """A first generation, not ready yet, with its pid file at L{pidPath}."""
+    return firstGeneration(reactor, pidFile=str(pidPath))
+
+
+def assertNames(path: Path, pid: int) -> None:
+    """The pid file at C{path} names C{pid}, on one line as a pid file does."""
+    assert path.read_text() == f"{pid}\n"
+
+
 def test_pidFileWrittenAtReady(
-    reactor: MemoryReactorClock, attempts: list[FakeAttempt], tmp_path: Path
+    attempts: list[FakeAttempt], withPidFile: Upgrader, pidPath: Path
 ) -> None:
-    path = tmp_path / "app.pid"
-    upgrader = firstGeneration(reactor, pidFile=str(path))
-    assert upgrader.pidFile is not None and upgrader.pidFile.path == str(path)
-    assert not path.exists()
+    upgrader = withPidFile
+    assert upgrader.pidFile is not None and upgrader.pidFile.path == str(pidPath)
+    assert not pidPath.exists()
     upgrader.ready()
-    assert path.read_text() == f"{os.getpid()}\n"
+    assertNames(pidPath, os.getpid())
+
+
+def childWritesPidFile(
+    upgrader: Upgrader, attempts: list[FakeAttempt], pidPath: Path
+) -> Deferred[int]:
+    """
+    An upgrade whose new generation writes its pid in the pid file, as it does
+    when it is ready; the upgrade's Deferred.
+    """
+    upgrader.ready()
+    d = upgrader.upgrade()
+    pidPath.write_text(f"{attempts[0].pid}\n")
+    return d
 
 
 def test_pidFileRewrittenOnFailedUpgrade(
-    reactor: MemoryReactorClock, attempts: list[FakeAttempt], tmp_path: Path
+    attempts: list[FakeAttempt], withPidFile: Upgrader, pidPath: Path
 ) -> None:
-    path = tmp_path / "app.pid"
-    upgrader = firstGeneration(reactor, pidFile=str(path))
-    upgrader.ready()
-    d = upgrader.upgrade()
-    path.write_text(f"{attempts[0].pid}\n")  # the child wrote it, then died
-    attempts[0].fail(ChildFailed("child pid=50000 was killed by SIGKILL"))
+    d = childWritesPidFile(withPidFile, attempts, pidPath)
+    attempts[0].fail(ChildFailed("child pid=50000 was killed by SIGKILL"))  # then died
     failsWith(d, ChildFailed)
-    assert path.read_text() == f"{os.getpid()}\n"
+    assertNames(pidPath, os.getpid())
 
 
 def test_pidFileLeftToSuccessor(
-    reactor: MemoryReactorClock, attempts: list[FakeAttempt], tmp_path: Path
+    attempts: list[FakeAttempt], withPidFile: Upgrader, pidPath: Path
 ) -> None:
-    path = tmp_path / "app.pid"
-    upgrader = firstGeneration(reactor, pidFile=str(path))
-    upgrader.ready()
-    d = upgrader.upgrade()
-    path.write_text(f"{attempts[0].pid}\n")
+    d = childWritesPidFile(withPidFile, attempts, pidPath)
     attempts[0].ready()
     outcome(d)
-    outcome(upgrader.stop())
-    assert path.read_text() == f"{attempts[0].pid}\n"
+    outcome(withPidFile.stop())
+    assertNames(pidPath, attempts[0].pid)
 
 
-def test_pidFileNamesLiveServer(reactor: MemoryReactorClock, tmp_path: Path) -> None:
-    path = tmp_path / "app.pid"
-    path.write_text(f"{os.getppid()}\n")
+def test_pidFileNamesLiveServer(reactor: MemoryReactorClock, pidPath: Path) -> None:
+    pidPath.write_text(f"{os.getppid()}\n")
     with pytest.raises(PidFileError, match="another server is running"):
-        firstGeneration(reactor, pidFile=str(path))
+        firstGeneration(reactor, pidFile=str(pidPath))
 
 
 def test_childAllowsParentInPidFile(
-    reactor: MemoryReactorClock, parent: Parent, tmp_path: Path
+    reactor: MemoryReactorClock, parent: Parent, pidPath: Path
 ) -> None:
-    path = tmp_path / "app.pid"
-    path.write_text(f"{os.getppid()}\n")
-    upgrader, _ = childGeneration(reactor, parent, pidFile=str(path))
+    pidPath.write_text(f"{os.getppid()}\n")
+    upgrader, _ = childGeneration(reactor, parent, pidFile=str(pidPath))
     upgrader.ready()
-    assert path.read_text() == f"{os.getpid()}\n"
+    assertNames(pidPath, os.getpid())
     parent.exit()
     parentGone(reactor, upgrader)
 
@@ -624,17 +655,15 @@ def test_readyCanBeRetriedAfterPidFileError(
         upgrader.ready()
     moved.rename(directory)
     upgrader.ready()
-    assert path.read_text() == f"{os.getpid()}\n"
+    assertNames(path, os.getpid())
 
 
 def test_readyTwiceIsHarmless(
-    reactor: MemoryReactorClock, attempts: list[FakeAttempt], tmp_path: Path
+    attempts: list[FakeAttempt], withPidFile: Upgrader
 ) -> None:
-    path = tmp_path / "app.pid"
-    upgrader = firstGeneration(reactor, pidFile=str(path))
-    upgrader.ready()
-    upgrader.ready()
-    upgrader.upgrade()
+    withPidFile.ready()
+    withPidFile.ready()
+    withPidFile.upgrade()
     assert len(attempts) == 1
 
 
