@@ -7,6 +7,7 @@ and a library user's own Site.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -145,6 +146,20 @@ def connect(port: int, timeout: float) -> socket.socket:
     return sock
 
 
+@contextlib.contextmanager
+def keptAlive(server: Web, timeout: float) -> Iterator[tuple[socket.socket, Reader]]:
+    """
+    A keep-alive connection that has had one response, then C{server}'s upgrade:
+    the block goes on with it during the old generation's drain.
+    """
+    with connect(server.port, timeout=timeout) as sock:
+        reader = Reader(sock)
+        sock.sendall(GET % b"small.txt")
+        assert reader.response()[1] == SMALL
+        server.upgrade()
+        yield sock, reader
+
+
 def test_responseUnderWayWhenGraceEndsClosesAfterIt(web) -> None:
     """
     A keep-alive download still being sent when the idle grace ends is closed as
@@ -171,11 +186,7 @@ def test_requestsPipelinedDuringDrainAreAllAnswered(web) -> None:
     last with Connection: close, then the close.
     """
     server = web(grace=5, timeout=30)
-    with connect(server.port, timeout=10) as sock:
-        reader = Reader(sock)
-        sock.sendall(GET % b"small.txt")
-        assert reader.response()[1] == SMALL
-        server.upgrade()
+    with keptAlive(server, timeout=10) as (sock, reader):
         sock.sendall((GET % b"small.txt") * 3)
         answers = [reader.response() for _ in range(3)]
         assert [body for _, body in answers] == [SMALL] * 3
@@ -190,11 +201,7 @@ def test_requestWithABodyClosesWithItsResponseDuringDrain(web) -> None:
     connection closes with its response, instead of lingering to the grace's end.
     """
     server = web(grace=30, timeout=60)
-    with connect(server.port, timeout=10) as sock:
-        reader = Reader(sock)
-        sock.sendall(GET % b"small.txt")
-        assert reader.response()[1] == SMALL
-        server.upgrade()
+    with keptAlive(server, timeout=10) as (sock, reader):
         body = b"0123456789"
         sock.sendall(
             b"POST /small.txt HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
@@ -213,11 +220,7 @@ def test_librarySiteDrainsKeepaliveConnections(web) -> None:
     the drain timeout.
     """
     server = web(grace=0.5, timeout=60, library=True)
-    with connect(server.port, timeout=15) as sock:
-        reader = Reader(sock)
-        sock.sendall(GET % b"small.txt")
-        assert reader.response()[1] == SMALL
-        server.upgrade()
+    with keptAlive(server, timeout=15) as (_, reader):
         assert reader.closed()
     waitFor(lambda: not pidAlive(server.first), 15, what="the old generation exit")
 
