@@ -271,17 +271,17 @@ class Running:
         started = time.monotonic()
         os.kill(old, signal.SIGHUP)
         new: int | None = None
-        to_new = to_gone = 0.0
+        toNew = toGone = 0.0
         while True:
             now = time.monotonic()
             if new is None:
                 pid = self.serving()
                 if pid is not None and pid != old and pidAlive(pid):
-                    new, to_new = pid, now - started
-            if not to_gone and not pidAlive(old):
-                to_gone = now - started
-            if new is not None and to_gone:
-                return new, to_new, to_gone
+                    new, toNew = pid, now - started
+            if not toGone and not pidAlive(old):
+                toGone = now - started
+            if new is not None and toGone:
+                return new, toNew, toGone
             if now - started > timeout:
                 raise RuntimeError(f"{self.name}: upgrade not done in {timeout} s")
             time.sleep(0.0005)

@@ -91,21 +91,21 @@ def main() -> None:
     )
     plain: list[float] = []
     flip: list[float] = []
-    to_new: list[float] = []
-    to_gone: list[float] = []
+    toNew: list[float] = []
+    toGone: list[float] = []
     with running("flipecho") as server:
         for _ in range(args.runs):
             plain.append(coldStart("plain"))
             flip.append(coldStart("flipecho"))
             new, ready, gone = server.upgrade()
-            to_new.append(ready)
-            to_gone.append(gone)
+            toNew.append(ready)
+            toGone.append(gone)
             assert pidAlive(new)
     rows = [
         ["bare start: twistd -n plain echo -> accepting", plain],
         ["cold start: twistd -n flipecho -> pid file (ready)", flip],
-        ["upgrade: SIGHUP -> new generation ready", to_new],
-        ["upgrade: SIGHUP -> old generation gone", to_gone],
+        ["upgrade: SIGHUP -> new generation ready", toNew],
+        ["upgrade: SIGHUP -> old generation gone", toGone],
     ]
     print(
         table(
@@ -113,7 +113,7 @@ def main() -> None:
             [[label, ms(median(v)), ms(min(v)), ms(max(v))] for label, v in rows],
         )
     )
-    added = median(to_new) - median(plain)
+    added = median(toNew) - median(plain)
     print()
     print(
         f"   txflip's added cost (upgrade ready - bare plain start, medians):"
@@ -121,7 +121,7 @@ def main() -> None:
         f" {'(target <= 50 ms: met)' if added <= 0.05 else '(target <= 50 ms: MISSED)'}"
     )
     print(
-        f"   upgrade ready - flipecho cold start: {(median(to_new) - median(flip)) * 1000:+.0f} ms"
+        f"   upgrade ready - flipecho cold start: {(median(toNew) - median(flip)) * 1000:+.0f} ms"
     )
 
 

@@ -79,13 +79,13 @@ def main() -> None:
             rows,
         )
     )
-    extra_idle = (median(idle["flipecho"]) - median(idle["plain"])) / mib
-    extra_busy = (median(busy["flipecho"]) - median(busy["plain"])) / mib
-    verdict = "met" if extra_idle <= 3 else "MISSED"
+    extraIdle = (median(idle["flipecho"]) - median(idle["plain"])) / mib
+    extraBusy = (median(busy["flipecho"]) - median(busy["plain"])) / mib
+    verdict = "met" if extraIdle <= 3 else "MISSED"
     print()
     print(
-        f"   flipecho - plain: idle {extra_idle:+.1f} MiB (target <= +3 MB: {verdict}),"
-        f" with {args.connections} connections {extra_busy:+.1f} MiB"
+        f"   flipecho - plain: idle {extraIdle:+.1f} MiB (target <= +3 MB: {verdict}),"
+        f" with {args.connections} connections {extraBusy:+.1f} MiB"
     )
 
 

@@ -56,12 +56,12 @@ def one(listeners: int, connections: int) -> tuple[float, float, float, int]:
         socks = openConnections(ports, connections)
         connect = time.monotonic() - started
         try:
-            _, to_new, to_gone = server.upgrade(TIMEOUT)
+            _, toNew, toGone = server.upgrade(TIMEOUT)
         finally:
             for sock in socks:
                 sock.close()
         drained = re.findall(r"draining (\d+) connections", server.log())
-        return to_new, to_gone, connect, sum(int(n) for n in drained)
+        return toNew, toGone, connect, sum(int(n) for n in drained)
 
 
 def main() -> None:
@@ -70,29 +70,29 @@ def main() -> None:
     parser.add_argument("--connections", default="0,1000,5000")
     parser.add_argument("--runs", type=int, default=3)
     args = options(parser)
-    listener_counts = [int(n) for n in args.listeners.split(",")]
-    connection_counts = [int(n) for n in args.connections.split(",")]
-    limit = raiseNofile(2 * max(connection_counts) + 1000)
+    listenerCounts = [int(n) for n in args.listeners.split(",")]
+    connectionCounts = [int(n) for n in args.connections.split(",")]
+    limit = raiseNofile(2 * max(connectionCounts) + 1000)
     header(
         "(e) scale: upgrade and drain time vs listeners and open connections",
         f"{args.runs} runs each, idle connections, idle grace 1 s; open files {limit}",
     )
     rows = []
-    for listeners in listener_counts:
-        for connections in connection_counts:
+    for listeners in listenerCounts:
+        for connections in connectionCounts:
             results = []
             for _ in range(args.runs):
                 results.append(one(listeners, connections))
                 if results[-1][1] > 20:  # slow: one run says enough
                     break
-            to_new = median([r[0] for r in results])
-            to_gone = median([r[1] for r in results])
+            toNew = median([r[0] for r in results])
+            toGone = median([r[1] for r in results])
             row = [
                 f"{listeners}",
                 f"{connections}",
-                ms(to_new),
-                ms(to_gone),
-                ms(to_gone - to_new),
+                ms(toNew),
+                ms(toGone),
+                ms(toGone - toNew),
                 f"{max(r[3] for r in results)}",
                 f"{len(results)}",
             ]

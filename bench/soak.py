@@ -135,12 +135,12 @@ class Watcher(threading.Thread):
         self.pidfile = pidfile
         self.sid = sid
         self.problems: list[str] = []
-        self.most_processes = 0
+        self.mostProcesses = 0
         self.looks = 0
         self._done = threading.Event()
 
     def run(self) -> None:
-        next_scan = 0.0
+        nextScan = 0.0
         while not self._done.is_set():
             self.looks += 1
             pid = PidFile(str(self.pidfile)).read()
@@ -149,10 +149,10 @@ class Watcher(threading.Thread):
             elif not pidAlive(pid) and PidFile(str(self.pidfile)).read() == pid:
                 self.problem(f"the pid file names pid {pid}, which is gone")
             now = time.monotonic()
-            if now >= next_scan:
-                next_scan = now + 0.05
+            if now >= nextScan:
+                nextScan = now + 0.05
                 running = [p for p, s in sessionProcesses(self.sid) if s != "Z"]
-                self.most_processes = max(self.most_processes, len(running))
+                self.mostProcesses = max(self.mostProcesses, len(running))
             self._done.wait(0.002)
 
     def problem(self, text: str) -> None:
@@ -212,7 +212,7 @@ class Generations:
     def __init__(self, first: subprocess.Popen[bytes]) -> None:
         self.first = first
         self.pending: list[int] = []
-        self.bad_exits: list[str] = []
+        self.badExits: list[str] = []
         self.reaped = 0
 
     def reap(self, pid: int, timeout: float = 10.0) -> None:
@@ -239,7 +239,7 @@ class Generations:
             status = result[0]
         self.reaped += 1
         if status != 0:
-            self.bad_exits.append(f"pid {pid} exited with status {status}")
+            self.badExits.append(f"pid {pid} exited with status {status}")
 
 
 @contextmanager
@@ -277,14 +277,14 @@ class Result:
     short: Stats
     long: Stats
     samples: list[Sample]
-    upgrade_seconds: list[float]
-    pidfile_problems: list[str]
-    pidfile_looks: int
-    most_processes: int
-    bad_exits: list[str]
-    left_behind: list[tuple[int, str]]
-    pidfile_left: bool
-    log_problems: list[str]
+    upgradeSeconds: list[float]
+    pidfileProblems: list[str]
+    pidfileLooks: int
+    mostProcesses: int
+    badExits: list[str]
+    leftBehind: list[tuple[int, str]]
+    pidfileLeft: bool
+    logProblems: list[str]
 
     @property
     def inherited(self) -> list[Sample]:
@@ -304,17 +304,17 @@ class Result:
         first, last = self.inherited[0].rssKib, self.inherited[-1].rssKib
         if last > first * RSS_SLACK[0] + RSS_SLACK[1]:
             failed.append(f"RSS grew from {first} KiB to {last} KiB")
-        if self.pidfile_problems:
-            failed.append("pid file: " + "; ".join(self.pidfile_problems))
-        if self.most_processes > 2:
-            failed.append(f"{self.most_processes} generations at once")
-        if self.bad_exits:
-            failed.append("bad exits: " + "; ".join(self.bad_exits[:10]))
-        if self.left_behind:
-            failed.append(f"processes left behind: {self.left_behind}")
-        if self.pidfile_left:
+        if self.pidfileProblems:
+            failed.append("pid file: " + "; ".join(self.pidfileProblems))
+        if self.mostProcesses > 2:
+            failed.append(f"{self.mostProcesses} generations at once")
+        if self.badExits:
+            failed.append("bad exits: " + "; ".join(self.badExits[:10]))
+        if self.leftBehind:
+            failed.append(f"processes left behind: {self.leftBehind}")
+        if self.pidfileLeft:
             failed.append("the pid file was not removed by the final stop")
-        failed += self.log_problems
+        failed += self.logProblems
         return failed
 
     def summary(self) -> str:
@@ -323,7 +323,7 @@ class Result:
 
         first, last = self.samples[0], self.samples[-1]
         rss = [s.rssKib for s in self.inherited]
-        times = sorted(self.upgrade_seconds)
+        times = sorted(self.upgradeSeconds)
         lines = [
             f"upgrades: {self.upgrades} in {self.seconds:.0f} s"
             f" ({self.seconds / max(self.upgrades, 1):.2f} s each);"
@@ -342,11 +342,11 @@ class Result:
             f"RSS (first / last generation): {mib(first.rssKib)} / {mib(last.rssKib)};"
             f" generations 2..{last.generation}: min {mib(min(rss))},"
             f" median {mib(int(statistics.median(rss)))}, max {mib(max(rss))}",
-            f"pid file: {self.pidfile_looks} looks,"
-            f" {len(self.pidfile_problems)} problems;"
-            f" most generations at once: {self.most_processes};"
-            f" exits not 0: {len(self.bad_exits)};"
-            f" left behind: {len(self.left_behind)}",
+            f"pid file: {self.pidfileLooks} looks,"
+            f" {len(self.pidfileProblems)} problems;"
+            f" most generations at once: {self.mostProcesses};"
+            f" exits not 0: {len(self.badExits)};"
+            f" left behind: {len(self.leftBehind)}",
         ]
         failed = self.failures()
         lines.append("FAILED:\n  " + "\n  ".join(failed) if failed else "OK")
@@ -368,10 +368,10 @@ class Result:
             "own_fds_last": last.ownFds,
             "rss_kib_first": first.rssKib,
             "rss_kib_last": last.rssKib,
-            "pidfile_problems": self.pidfile_problems,
-            "most_processes": self.most_processes,
-            "bad_exits": self.bad_exits,
-            "left_behind": self.left_behind,
+            "pidfile_problems": self.pidfileProblems,
+            "most_processes": self.mostProcesses,
+            "bad_exits": self.badExits,
+            "left_behind": self.leftBehind,
             "failures": self.failures(),
         }
 
@@ -381,15 +381,15 @@ def soak(
     *,
     short: int = 4,
     long: int = 2,
-    upgrade_timeout: float = 30.0,
-    server_args: list[str] | None = None,
+    upgradeTimeout: float = 30.0,
+    serverArgs: list[str] | None = None,
     commit: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Result:
     """
     Run the soak (with the code of C{commit}, or of the checkout); raise
     L{BenchError} if the server cannot be started or an upgrade does not complete in
-    C{upgrade_timeout} seconds.
+    C{upgradeTimeout} seconds.
     """
     becomeSubreaper()
     directory = Path(tempfile.mkdtemp(prefix="txflip-soak-"))
@@ -400,7 +400,7 @@ def soak(
             source = directory / "src"
             source.mkdir()
             snapshot(commit, source)
-        with flipecho(directory, source, server_args or []) as first:
+        with flipecho(directory, source, serverArgs or []) as first:
             return _soak(
                 first,
                 directory,
@@ -408,7 +408,7 @@ def soak(
                 upgrades,
                 short,
                 long,
-                upgrade_timeout,
+                upgradeTimeout,
                 progress,
             )
     finally:
@@ -422,7 +422,7 @@ def _soak(
     upgrades: int,
     short: int,
     long: int,
-    upgrade_timeout: float,
+    upgradeTimeout: float,
     progress: Callable[[str], None] | None,
 ) -> Result:
     log = LogTail(directory / "server.log")
@@ -453,16 +453,14 @@ def _soak(
                     found.append(pid)
                 return bool(found) and not pidAlive(old)
 
-            waitUntil(
-                f"upgrade to generation {generation}", handedOver, upgrade_timeout
-            )
+            waitUntil(f"upgrade to generation {generation}", handedOver, upgradeTimeout)
             times.append(time.monotonic() - hup)
             generations.reap(serving)
             serving = new[0]
             # Sampled once the new generation knows its parent is gone (its parent
             # pipe closed), so that every sample is taken in the same state.
             log.waitFor(
-                rf"\[pid {serving}\] .*previous generation exited", upgrade_timeout
+                rf"\[pid {serving}\] .*previous generation exited", upgradeTimeout
             )
             samples.append(sample(generation, serving, listening))
             if progress is not None and (generation - 1) % 50 == 0:
@@ -492,8 +490,8 @@ def _soak(
         times,
         watcher.problems,
         watcher.looks,
-        watcher.most_processes,
-        generations.bad_exits,
+        watcher.mostProcesses,
+        generations.badExits,
         sessionProcesses(first.pid),
         pidfile.exists(),
         problems,

@@ -87,8 +87,8 @@ def main() -> None:
                     rates[name].append(rate)
                     costs[name].append(cost)
             unit = "connections/s" if mode == "connections" else "lines/s"
-            plain_rate, flip_rate = median(rates["plain"]), median(rates["flipecho"])
-            plain_cost, flip_cost = median(costs["plain"]), median(costs["flipecho"])
+            plainRate, flipRate = median(rates["plain"]), median(rates["flipecho"])
+            plainCost, flipCost = median(costs["plain"]), median(costs["flipecho"])
             # Each run measured both servers back to back: compare within runs.
             paired = median(
                 [f / p for f, p in zip(rates["flipecho"], rates["plain"], strict=True)]
@@ -96,13 +96,13 @@ def main() -> None:
             rows.append(
                 [
                     unit,
-                    f"{plain_rate:,.0f}",
-                    f"{flip_rate:,.0f}",
-                    f"{100 * flip_rate / plain_rate:.1f}%",
+                    f"{plainRate:,.0f}",
+                    f"{flipRate:,.0f}",
+                    f"{100 * flipRate / plainRate:.1f}%",
                     f"{100 * paired:.1f}%",
-                    f"{plain_cost * 1e6:.1f}",
-                    f"{flip_cost * 1e6:.1f}",
-                    f"{100 * plain_cost / flip_cost:.1f}%",
+                    f"{plainCost * 1e6:.1f}",
+                    f"{flipCost * 1e6:.1f}",
+                    f"{100 * plainCost / flipCost:.1f}%",
                 ]
             )
             spread = {
@@ -116,11 +116,11 @@ def main() -> None:
     headers += ["plain CPU us/op", "flip CPU us/op", "plain/flip CPU"]
     print(table(headers, rows))
     print()
-    plain_us, tracked_us = connectionLife()
+    plainUs, trackedUs = connectionLife()
     print(
-        f"   one connection's life in-process: plain Factory {plain_us:.2f} us,"
-        f" txflip ConnectionTracker {tracked_us:.2f} us:"
-        f" txflip adds {tracked_us - plain_us:.2f} us per connection"
+        f"   one connection's life in-process: plain Factory {plainUs:.2f} us,"
+        f" txflip ConnectionTracker {trackedUs:.2f} us:"
+        f" txflip adds {trackedUs - plainUs:.2f} us per connection"
     )
 
 

@@ -83,8 +83,8 @@ def main() -> None:
         return ms(median(values)) if values else "-"
 
     def errors(report: dict[str, Any], group: str, *kinds: str) -> int:
-        by_kind = report[group]["errors_by_kind"]
-        return sum(by_kind[k] for k in kinds) if kinds else report[group]["errors"]
+        byKind = report[group]["errors_by_kind"]
+        return sum(byKind[k] for k in kinds) if kinds else report[group]["errors"]
 
     others = ("timeout", "short_read", "wrong_echo", "other")
     columns: list[tuple[str, Any]] = [

@@ -92,16 +92,16 @@ def steady(runs: int, seconds: float) -> None:
     paired = median(
         [f / p for f, p in zip(rates["flipweb"], rates["web"], strict=True)]
     )
-    plain_rate, flip_rate = median(rates["web"]), median(rates["flipweb"])
+    plainRate, flipRate = median(rates["web"]), median(rates["flipweb"])
     print(
         table(
             ["median", "twistd web", "flip: twistd web", "flip/plain", "paired"],
             [
                 [
                     "requests/s",
-                    f"{plain_rate:,.0f}",
-                    f"{flip_rate:,.0f}",
-                    f"{100 * flip_rate / plain_rate:.1f}%",
+                    f"{plainRate:,.0f}",
+                    f"{flipRate:,.0f}",
+                    f"{100 * flipRate / plainRate:.1f}%",
                     f"{100 * paired:.1f}%",
                 ]
             ],

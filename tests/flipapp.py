@@ -36,9 +36,9 @@ import time
 MARKER = "TXFLIP_HANDOFF"
 
 fault = ""
-fault_path = os.environ.get("FLIPAPP_FAULT")
-if fault_path and MARKER in os.environ and os.path.exists(fault_path):
-    with open(fault_path) as f:
+faultPath = os.environ.get("FLIPAPP_FAULT")
+if faultPath and MARKER in os.environ and os.path.exists(faultPath):
+    with open(faultPath) as f:
         fault = f.read().strip()
 fault, _, argument = fault.partition(":")
 
@@ -68,8 +68,8 @@ with open(sys.argv[1] + ".tmp", "w") as f:
 os.rename(sys.argv[1] + ".tmp", sys.argv[1])
 """
 
-report_dir = os.environ.get("FLIPAPP_REPORT")
-if report_dir:
+reportDir = os.environ.get("FLIPAPP_REPORT")
+if reportDir:
     import signal
     import subprocess
     import threading
@@ -77,8 +77,8 @@ if report_dir:
     reports = iter(range(1, 1 << 30))
 
     def report() -> None:
-        assert report_dir is not None
-        target = os.path.join(report_dir, f"{os.getpid()}-{next(reports)}.json")
+        assert reportDir is not None
+        target = os.path.join(reportDir, f"{os.getpid()}-{next(reports)}.json")
         # Deliberately careless: every inheritable fd of ours goes along.
         subprocess.run([sys.executable, "-c", REPORTER, target], close_fds=False)
 

@@ -339,7 +339,7 @@ class ServerProcess:
 
     def __exit__(
         self,
-        exc_type: type[BaseException] | None,
+        excType: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:

@@ -80,12 +80,12 @@ def test_flipechoFollowedByPid(flip) -> None:
     )  # fmt: skip
     server.track(server.serving())
     assert status == 0, (report, stderr)
-    first_upgrade, second_upgrade = report["upgrades"]
-    assert first_upgrade["old_pid"] == first
-    assert second_upgrade["old_pid"] == first_upgrade["new_pid"]
-    assert second_upgrade["new_pid"] == server.serving()
-    assert first_upgrade["to_new_s"] is None  # unknown without a pid file
-    assert first_upgrade["to_old_gone_s"] > 0
+    firstUpgrade, secondUpgrade = report["upgrades"]
+    assert firstUpgrade["old_pid"] == first
+    assert secondUpgrade["old_pid"] == firstUpgrade["new_pid"]
+    assert secondUpgrade["new_pid"] == server.serving()
+    assert firstUpgrade["to_new_s"] is None  # unknown without a pid file
+    assert firstUpgrade["to_old_gone_s"] > 0
 
 
 @pytest.fixture

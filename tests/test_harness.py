@@ -253,10 +253,10 @@ def test_serverProcessUpgradeAndCleanup(tmp_path: Path) -> None:
     with ServerProcess([sys.executable, script, pidfile], log) as srv:
         waitFor(lambda: readPidFile(pidfile) == srv.pid, 10, what="pidfile")
         srv.send(signal.SIGHUP)
-        newPid, t_new, t_old = waitForUpgrade(pidfile, srv.pid, 10)
+        newPid, tNew, tOld = waitForUpgrade(pidfile, srv.pid, 10)
         srv.track(newPid)
         assert newPid != srv.pid and pidAlive(newPid)
-        assert 0 <= t_new <= t_old < 10
+        assert 0 <= tNew <= tOld < 10
         assert srv.waitExit(5) == 0
         assert not pidAlive(srv.pid)
         waitFor(lambda: "old generation exiting" in srv.logText(), 5, what="log")
