@@ -303,6 +303,12 @@ class Running:
 WEB = ("web", "flipweb", "naiveweb")
 
 
+def naiveRestart(server: list[str]) -> list[str]:
+    """C{server} restarted by a supervisor whenever SIGHUP kills it."""
+    naive = ROOT / "tests" / "naive_server.py"
+    return [sys.executable, str(naive), "--restart", "--forever", *server]
+
+
 def command(
     name: str,
     port: int,
@@ -318,9 +324,7 @@ def command(
             listen, plugin = f"flip:{listen}", ["flip", "web"]
         web = [*twistd(), "-n", "--pidfile", str(pidfile), *plugin, "--listen", listen]
         web += ["--path", str(BENCH / "www")]
-        if name == "naiveweb":
-            return [sys.executable, str(BENCH / "naive_restart.py"), *web]
-        return web
+        return naiveRestart(web) if name == "naiveweb" else web
     if name == "flipecho":
         listen = [f"tcp:{port}:interface={HOST}", *listens]
         args = [a for each in listen for a in ("--listen", each)]
@@ -338,9 +342,7 @@ def command(
         tac = BENCH / "plain_echo.tac"
         return [*twistd(), "-n", "--pidfile", str(pidfile), "-y", str(tac)]
     if name == "naive":
-        naive = ROOT / "tests" / "naive_server.py"
-        restart = [sys.executable, str(naive), "--restart", "--forever"]
-        return restart + command("plain", port, pidfile)
+        return naiveRestart(command("plain", port, pidfile))
     if name == "reuseport":
         script = BENCH / "reuseport_echo.py"
         return [sys.executable, str(script), str(port), str(pidfile)]
