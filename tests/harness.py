@@ -24,7 +24,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -217,6 +217,23 @@ def canConnect(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def killedAtEnd(*processes: subprocess.Popen[Any]) -> Iterator[None]:
+    """
+    However the block ends, every one of C{processes} still running is killed,
+    and each is reaped (by its pid: the test's own children only).
+    """
+    try:
+        yield
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+        for process in processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(_KILL_WAIT)
 
 
 def startLogged(

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from conftest import ROOT, echo
-from harness import allGone, pidAlive, waitFor
+from harness import allGone, killedAtEnd, pidAlive, waitFor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -158,16 +158,18 @@ def test_concurrentUpgradeRequestsShareOneUpgrade(flip, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "txflip", "upgrade", "--control", str(control)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
-    waitFor(lambda: "started generation 2" in server.logText(), 20, what="spawn")
-    second = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
-    waitFor(
-        lambda: "joins the upgrade in progress" in server.logText(),
-        20,
-        what="the second request to join",
-    )
-    gate.write_text("")
-    out, _ = first.communicate(timeout=60)
-    out2, _ = second.communicate(timeout=60)
+    with killedAtEnd(first):
+        waitFor(lambda: "started generation 2" in server.logText(), 20, what="spawn")
+        second = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+        with killedAtEnd(second):
+            waitFor(
+                lambda: "joins the upgrade in progress" in server.logText(),
+                20,
+                what="the second request to join",
+            )
+            gate.write_text("")
+            out, _ = first.communicate(timeout=60)
+            out2, _ = second.communicate(timeout=60)
     assert first.returncode == 0 and second.returncode == 0
     assert int(out) == int(out2) == server.serving()
     server.track(int(out))

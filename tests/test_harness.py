@@ -27,6 +27,7 @@ from harness import (
     ShortClients,
     Stats,
     freePort,
+    killedAtEnd,
     pidAlive,
     readPidFile,
     waitFor,
@@ -276,6 +277,19 @@ def test_serverProcessKillsOnExitAndWaitExitTimesOut(
         pid = srv.pid
     assert srv.poll() == -signal.SIGKILL
     assert not pidAlive(pid)
+
+
+def test_killedAtEndKillsAndReapsWhenTheBlockFails() -> None:
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    with (
+        pytest.raises(RuntimeError, match="the test failed"),
+        killedAtEnd(running, done),
+    ):
+        raise RuntimeError("the test failed")
+    assert running.returncode == -signal.SIGKILL
+    assert done.returncode == 0
 
 
 def test_freePortIsBindable() -> None:

@@ -21,7 +21,14 @@ from pathlib import Path
 
 import pytest
 from conftest import PLAIN, ROOT, Flip, lines, selfSigned, twistdCommand
-from harness import ServerProcess, freePort, pidAlive, readPidFile, waitFor
+from harness import (
+    ServerProcess,
+    freePort,
+    killedAtEnd,
+    pidAlive,
+    readPidFile,
+    waitFor,
+)
 from harness import waitForUpgrade as _waitForUpgrade
 from talkers import Clients, Talkers, everyKind
 
@@ -314,23 +321,26 @@ def test_httpKeepaliveClientsKeepTheirConnection(tmp_path: Path) -> None:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )
-        curlAlive = []
-        for _ in range(5):
-            upgrade(proc, pidfile, proc.track)
-            curlAlive.append(curlRun is not None and curlRun.poll() is None)
-            for client, sock in zip(clients, sockets, strict=True):
-                client.request("GET", "/a.txt")
-                response = client.getresponse()
-                assert response.read() == b"a\n"
-                assert response.getheader("connection") != "close"
-                assert client.sock is sock and sock.fileno() != -1
-        if curlRun is not None:
-            assert sum(curlAlive) >= 3, f"curl ended before the upgrades: {curlAlive}"
-            out, err = curlRun.communicate(timeout=60)
-            assert curlRun.returncode == 0, err[-2000:]
-            assert out == b"a\n" * 80
-            assert err.count(b"Connected to") == 1, err.decode()[-3000:]
-            assert err.count(b"Re-using existing connection") == 79
+        with killedAtEnd(*([curlRun] if curlRun is not None else [])):
+            curlAlive = []
+            for _ in range(5):
+                upgrade(proc, pidfile, proc.track)
+                curlAlive.append(curlRun is not None and curlRun.poll() is None)
+                for client, sock in zip(clients, sockets, strict=True):
+                    client.request("GET", "/a.txt")
+                    response = client.getresponse()
+                    assert response.read() == b"a\n"
+                    assert response.getheader("connection") != "close"
+                    assert client.sock is sock and sock.fileno() != -1
+            if curlRun is not None:
+                assert sum(curlAlive) >= 3, (
+                    f"curl ended before the upgrades: {curlAlive}"
+                )
+                out, err = curlRun.communicate(timeout=60)
+                assert curlRun.returncode == 0, err[-2000:]
+                assert out == b"a\n" * 80
+                assert err.count(b"Connected to") == 1, err.decode()[-3000:]
+                assert err.count(b"Re-using existing connection") == 79
         for client in clients:
             client.close()
         moved = re.findall(r"moved (\d+) connections", proc.logText())

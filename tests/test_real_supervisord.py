@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, twistdCommand
-from harness import canConnect, freePort, waitFor
+from harness import canConnect, freePort, killedAtEnd, waitFor
 from realsystemd import TOOLS, require
 
 DIST = TOOLS / "usr/lib/python3/dist-packages"
@@ -104,9 +104,12 @@ def test_txflipRunStaysRunningWithOnePid(supervisord, tmp_path: Path) -> None:
              "-c", str(sd.conf), "stop", "flipecho"],
             env=sd.env, stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        waitFor(lambda: not canConnect("127.0.0.1", port), 30, what="to stop accepting")
-        s.sendall(b" request\n")
-        assert s.recv(100) == b"in flight request\n"
-    assert stopping.wait(60) == 0
+        with killedAtEnd(stopping):
+            waitFor(
+                lambda: not canConnect("127.0.0.1", port), 30, what="to stop accepting"
+            )
+            s.sendall(b" request\n")
+            assert s.recv(100) == b"in flight request\n"
+            assert stopping.wait(60) == 0
     assert sd.state()[0] == "STOPPED"
     assert not Path(f"/proc/{pid}").exists()

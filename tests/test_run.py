@@ -8,13 +8,15 @@ import os
 import shutil
 import signal
 import socket
-import time
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Load, allGone, pidAlive, readPidFile, waitFor
+from conftest import ROOT
+from harness import Load, allGone, killedAtEnd, pidAlive, readPidFile, waitFor
 from supervised import Supervised, flipecho, pidFileStays, txflip
 
 # A worker command that fails when the file "broken" exists in its directory (a bad
@@ -71,7 +73,15 @@ def test_upgradesKeepThePidUnderLoad(supervised: Any) -> None:
             assert pidFileStays(run)
             waitFor(allGone(*pids), 30, what="old")
             pids = new
-        time.sleep(0.5)
+        short, long = load.shortStats.exchanges, load.longStats.exchanges
+        waitFor(
+            lambda: (
+                load.shortStats.exchanges > short + 20
+                and load.longStats.exchanges > long + 20
+            ),
+            10,
+            what="traffic after the last upgrade",
+        )
     stats = load.stats
     assert stats.errorsTotal() == 0 and stats.lost == 0, stats
     assert load.shortStats.exchanges > 100 and load.longStats.exchanges > 100
@@ -186,7 +196,7 @@ def test_killedWorkerIsReplacedAndNothingIsRefused(supervised: Any) -> None:
     run = supervised(flipecho(), "--workers", "1")
     (pid,) = run.waitReady()
     with Load("127.0.0.1", run.port, short=4, long=0) as load:
-        time.sleep(0.3)
+        waitFor(lambda: load.shortStats.exchanges > 20, 10, what="load")
         os.kill(pid, signal.SIGKILL)
         (new,) = waitFor(
             lambda: [p for p in run.ready() if p != pid], 30, what="a replacement"
@@ -246,26 +256,28 @@ def test_ttinTtouChangeTheNumberOfWorkers(supervised: Any) -> None:
     run.signal(signal.SIGTTOU)
     waitFor(lambda: len(run.ready()) == 1, 30, what="one worker")
     run.signal(signal.SIGTTOU)  # never fewer than one
-    time.sleep(0.5)
+    waitFor(
+        lambda: run.logText().count("txflip run: 1 workers wanted") == 2,
+        10,
+        what="the second SIGTTOU handled",
+    )
     assert len(run.waitReady()) == 1
 
 
 def test_sighupDuringAnUpgradeIsRefusedAndTxflipUpgradeJoins(
     supervised: Any,
 ) -> None:
-    import subprocess
-    import sys
-
     run = supervised(flipecho(), "--probation", "3")
     command = [sys.executable, "-m", "txflip", "upgrade", "--control", str(run.control)]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     first = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
-    waitFor(lambda: "probation for 3 s" in run.logText(), 30, what="probation")
-    run.signal(signal.SIGHUP)
-    joined = run.upgrade()
-    assert first.wait(30) == 0 and joined.returncode == 0
-    assert first.stdout is not None
-    assert joined.stdout == first.stdout.read()
+    with killedAtEnd(first):
+        waitFor(lambda: "probation for 3 s" in run.logText(), 30, what="probation")
+        run.signal(signal.SIGHUP)
+        joined = run.upgrade()
+        assert first.wait(30) == 0 and joined.returncode == 0
+        assert first.stdout is not None
+        assert joined.stdout == first.stdout.read()
     waitFor(lambda: "txflip run: upgrade: upgrade in progress" in run.logText(), 10)
 
 
