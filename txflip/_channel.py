@@ -131,6 +131,16 @@ class SupervisorLink:
         sock.setblocking(False)
         return sock
 
+    def ownControl(self, path: str) -> ListenError:
+        """
+        Why a worker may not open a control socket of its own: every worker would
+        serve (and answer for) one shared socket.
+        """
+        return ListenError(
+            f"--control {path}: under txflip run the control socket is txflip run's"
+            f" own (txflip run --control PATH); supervisor pid {self.supervisorPID}"
+        )
+
     def successorChannel(self) -> socket.socket | None:
         """
         A moves channel to a newer worker (L{txflip._movewire}), to move our

@@ -156,14 +156,8 @@ class UpgradeService(Service):
         Open the control socket at C{path} (mode 0600) for C{txflip upgrade} and
         C{txflip status}.
         """
-        supervisor = self.upgrader.supervisor
-        if supervisor is not None:
-            # Every worker would serve (and answer for) one shared socket.
-            raise ListenError(
-                f"--control {path}: under txflip run the control socket is"
-                f" txflip run's own (txflip run --control PATH); supervisor pid"
-                f" {supervisor.supervisorPID}"
-            )
+        if (supervisor := self.upgrader.supervisor) is not None:
+            raise supervisor.ownControl(path)
         spec = ListenSpec("unix", path=os.path.abspath(path), mode=0o600)
         listener = self.upgrader.listen(spec)
         control = ControlFactory(self, requestTimeout)
