@@ -56,11 +56,16 @@ CODE = ROOT
 _CODE_NAME = "the checkout"
 
 
-def options(parser: argparse.ArgumentParser) -> argparse.Namespace:
+def options(doc: str | None, **defaults: int | float | str) -> argparse.Namespace:
     """
-    Parse the command line, with C{--commit REV}: run the servers on a snapshot.
+    Parse the benchmark's command line: C{--NAME VALUE} for each of C{defaults}
+    (a value of its default's type), and C{--commit REV}: run the servers on a
+    snapshot.  C{doc}, the benchmark's docstring: its first line is the help's.
     """
     global CODE, _CODE_NAME
+    parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0])
+    for name, default in defaults.items():
+        parser.add_argument(f"--{name}", type=type(default), default=default)
     parser.add_argument(
         "--commit", metavar="REV", help="run the servers from a snapshot of REV"
     )

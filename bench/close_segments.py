@@ -18,7 +18,6 @@ the share of closes the client saw with the reply, median over the rounds.
 
 from __future__ import annotations
 
-import argparse
 import select
 import socket
 import statistics
@@ -41,10 +40,7 @@ def closeSeenWithReply(port: int) -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--connections", type=int, default=1000)
-    args = options(parser)
+    args = options(__doc__, rounds=5, connections=1000)
     header(
         "(h) close seen with the reply, lock-step client on 127.0.0.1",
         f"{args.rounds} rounds x {args.connections} connections per server",

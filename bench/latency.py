@@ -19,7 +19,6 @@ hot upgrade costs beyond starting the same kind of server from scratch.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
@@ -82,9 +81,7 @@ def coldStart(name: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    parser.add_argument("--runs", type=int, default=9)
-    args = options(parser)
+    args = options(__doc__, runs=9)
     header(
         "(c) upgrade latency vs a bare twistd start (target: txflip adds <= 50 ms)",
         f"{args.runs} interleaved runs of each, idle server",

@@ -12,7 +12,6 @@ again.  After an upgrade, flipecho's new generation is measured too.
 
 from __future__ import annotations
 
-import argparse
 import socket
 import time
 
@@ -31,10 +30,7 @@ def connect(port: int, n: int) -> list[socket.socket]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--connections", type=int, default=1000)
-    args = options(parser)
+    args = options(__doc__, runs=3, connections=1000)
     raiseNofile(4 * args.connections + 1000)
     header(
         "(d) memory: RSS of flipecho vs plain Twisted echo (target: idle <= +3 MB)",

@@ -20,7 +20,6 @@ tableflip's Go demo is not measured here (see README: not built, time).
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import time
@@ -88,12 +87,7 @@ def loss(n: int, move: bool, upgrades: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--sizes", default="1000,10000")
-    parser.add_argument("--loss", default="200,2000")
-    parser.add_argument("--upgrades", type=int, default=5)
-    args = options(parser)
+    args = options(__doc__, runs=3, sizes="1000,10000", loss="200,2000", upgrades=5)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     losses = [int(s) for s in args.loss.split(",") if s]
     limit = raiseNofile(2 * max(sizes + losses, default=0) + 1000)

@@ -13,7 +13,6 @@ should be none).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import signal
@@ -64,10 +63,7 @@ class Clients:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    parser.add_argument("--out", default=str(BENCH / "upgrade.png"))
-    parser.add_argument("--clients", type=int, default=4)
-    args = options(parser)
+    args = options(__doc__, out=str(BENCH / "upgrade.png"), clients=4)
     try:
         import matplotlib
 

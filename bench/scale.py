@@ -14,7 +14,6 @@ there are connections.  Raises its open-files limit (and so the server's).
 
 from __future__ import annotations
 
-import argparse
 import re
 import socket
 import time
@@ -65,11 +64,7 @@ def one(listeners: int, connections: int) -> tuple[float, float, float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    parser.add_argument("--listeners", default="1,10,100")
-    parser.add_argument("--connections", default="0,1000,5000")
-    parser.add_argument("--runs", type=int, default=3)
-    args = options(parser)
+    args = options(__doc__, listeners="1,10,100", connections="0,1000,5000", runs=3)
     listenerCounts = [int(n) for n in args.listeners.split(",")]
     connectionCounts = [int(n) for n in args.connections.split(",")]
     limit = raiseNofile(2 * max(connectionCounts) + 1000)

@@ -20,7 +20,6 @@ same protocol from a plain Factory.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -58,10 +57,7 @@ def load(mode: str, port: int, pid: int, seconds: float) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--seconds", type=float, default=2.5)
-    args = options(parser)
+    args = options(__doc__, runs=10, seconds=2.5)
     header(
         "(b) steady state: flipecho vs plain Twisted echo (target >= 97%)",
         f"{args.runs} alternating runs of {args.seconds:g} s per server and mode",

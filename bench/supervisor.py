@@ -215,11 +215,7 @@ def share(args: argparse.Namespace) -> list[list[str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    parser.add_argument("--runs", type=int, default=6)
-    parser.add_argument("--seconds", type=float, default=2.5)
-    parser.add_argument("--upgrades", type=int, default=5)
-    args = options(parser)
+    args = options(__doc__, runs=6, seconds=2.5, upgrades=5)
     header(
         "(s) txflip run: the supervisor vs direct mode (target >= 97%)",
         f"{args.runs} alternating runs of {args.seconds:g} s; {args.upgrades}"

@@ -18,7 +18,6 @@ upgrades, median over the runs.  A client whose connect is refused retries after
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -47,11 +46,7 @@ def check(port: int, pidfile: str, upgrades: int, spacing: float) -> dict[str, A
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--upgrades", type=int, default=20)
-    parser.add_argument("--spacing", type=float, default=0.8)
-    args = options(parser)
+    args = options(__doc__, runs=3, upgrades=20, spacing=0.8)
     header(
         "(a) upgrades under load: errors per 100 upgrades",
         f"{args.runs} runs x {args.upgrades} upgrades per server,"

@@ -20,7 +20,6 @@ an upgrade is not graceful.
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import shutil
@@ -141,12 +140,7 @@ def throughUpgrades(name: str, upgrades: int, connections: int) -> list[object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    parser.add_argument("--runs", type=int, default=8)
-    parser.add_argument("--seconds", type=int, default=3)
-    parser.add_argument("--upgrades", type=int, default=5)
-    parser.add_argument("--connections", type=int, default=50)
-    args = options(parser)
+    args = options(__doc__, runs=8, seconds=3, upgrades=5, connections=50)
     if shutil.which("wrk") is None:
         raise SystemExit("bench: wrk is not installed (apt-get install wrk)")
     header(
