@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import ctypes
 import os
 import platform
 import resource
@@ -38,18 +37,15 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))  # txflip from this checkout
 sys.path.insert(1, str(ROOT / "tests"))  # the tests' harness: what they observe with
 
-from harness import startLogged  # noqa: E402
+from harness import (  # noqa: E402
+    freePort,
+    readPidFile,
+    startLogged,
+)
 
-from txflip._pidfile import PidFile, pidAlive  # noqa: E402
-
-
-def readPidfile(path: str | os.PathLike[str]) -> int | None:
-    """The pid the file at C{path} names, if any (the service's own reader)."""
-    return PidFile(os.fspath(path)).read()
-
+from txflip._pidfile import pidAlive  # noqa: E402
 
 HOST = "127.0.0.1"
-PR_SET_CHILD_SUBREAPER = 36
 
 #: Where the servers import txflip from: the checkout, or a snapshot (L{options}).
 CODE = ROOT
@@ -111,17 +107,6 @@ def snapshot(commit: str, target: Path) -> Path:
     return target
 
 
-def becomeSubreaper() -> bool:
-    """
-    Become the parent of every orphaned descendant (Linux): each generation's
-    exit status comes to us, and no zombie is left.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
-
-
 def machine() -> str:
     """One line saying where the numbers come from."""
     model = "?"
@@ -152,13 +137,6 @@ def raiseNofile(wanted: int) -> int:
     if soft < target:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def twistd() -> list[str]:
@@ -248,7 +226,7 @@ class Running:
     ports: tuple[int, ...] = ()
 
     def serving(self) -> int | None:
-        return readPidfile(self.pidfile)
+        return readPidFile(self.pidfile)
 
     def log(self) -> str:
         return (self.dir / "server.log").read_text(errors="replace")

@@ -37,7 +37,7 @@ from _common import (
     ms,
     options,
     pidAlive,
-    readPidfile,
+    readPidFile,
     running,
     table,
 )
@@ -69,7 +69,7 @@ def coldStart(name: str) -> float:
             while time.monotonic() < deadline:
                 if name == "plain" and accepts(port):
                     break
-                if name == "flipecho" and readPidfile(pidfile) == proc.pid:
+                if name == "flipecho" and readPidFile(pidfile) == proc.pid:
                     break
                 time.sleep(0.0005)
             else:

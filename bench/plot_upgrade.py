@@ -28,7 +28,7 @@ from _common import (
     options,
     pidAlive,
     readLine,
-    readPidfile,
+    readPidFile,
     running,
 )
 
@@ -83,7 +83,7 @@ def main() -> None:
         new = None
         while not gone and time.monotonic() - hup < 30:
             now = time.monotonic()
-            pid = readPidfile(server.pidfile)
+            pid = readPidFile(server.pidfile)
             if not ready and pid not in (None, old) and pidAlive(pid):
                 ready, new = now, pid
             if not pidAlive(old):

@@ -53,13 +53,12 @@ from _common import (
     HOST,
     ROOT,
     BenchError,
-    becomeSubreaper,
     resolve,
     snapshot,
     twistd,
     waitUntil,
 )
-from harness import sessionProcesses, startLogged
+from harness import becomeSubreaper, reap, sessionProcesses, startLogged
 
 from txflip._checkstats import Stats
 from txflip._echoload import Load
@@ -220,25 +219,14 @@ class Generations:
         Wait for C{pid} to exit (it is exiting) and keep its status.
         """
         if pid == self.first.pid:
-            status = self.first.wait(timeout)
+            status: int | None = self.first.wait(timeout)
         else:
-            result: list[int] = []
-
-            def exited() -> bool:
-                try:
-                    got, raw = os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    result.append(0)  # not ours (no subreaper): not checkable
-                    return True
-                if got == pid:
-                    result.append(os.waitstatus_to_exitcode(raw))
-                    return True
-                return False
-
-            waitUntil(f"pid {pid} to exit", exited, timeout)
-            status = result[0]
+            try:
+                status = reap(pid, timeout)
+            except AssertionError as e:  # timed out
+                raise BenchError(str(e)) from None
         self.reaped += 1
-        if status != 0:
+        if status not in (0, None):  # None: not ours (no subreaper), not checkable
             self.badExits.append(f"pid {pid} exited with status {status}")
 
 

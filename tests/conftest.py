@@ -10,7 +10,6 @@ our child: we can collect its exit status and no zombie is left behind.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import shutil
@@ -25,6 +24,7 @@ import pytest
 from harness import (
     Load,
     ServerProcess,
+    becomeSubreaper,
     pidAlive,
     readPidFile,
     sessionProcesses,
@@ -33,41 +33,10 @@ from harness import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-PR_SET_CHILD_SUBREAPER = 36
 LOCALHOST = "127.0.0.1"
 
 
-def _becomeSubreaper() -> bool:
-    if not sys.platform.startswith("linux"):
-        return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
-
-
-SUBREAPER = _becomeSubreaper()
-
-
-def reap(pid: int, timeout: float) -> int | None:
-    """
-    Wait for C{pid} (one of our children, thanks to the subreaper) to exit; return
-    its exit status as C{subprocess} does (negative for a signal), or None if it is
-    not our child.
-    """
-    result: list[int] = []
-
-    def exited() -> bool:
-        try:
-            got, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            result.append(-999)
-            return True
-        if got == pid:
-            result.append(os.waitstatus_to_exitcode(status))
-            return True
-        return False
-
-    waitFor(exited, timeout, what=f"pid {pid} to exit")
-    return None if result[0] == -999 else result[0]
+SUBREAPER = becomeSubreaper()
 
 
 def twistdCommand() -> list[str]:

@@ -15,6 +15,7 @@ failed assertion instead of a hung test run.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import json
 import os
@@ -44,14 +45,19 @@ __all__ = [
     "ShortClients",
     "Stats",
     "allGone",
+    "becomeSubreaper",
     "canConnect",
     "found",
     "freePort",
     "isOpen",
+    "killedAtEnd",
     "moreThan",
+    "oneLine",
     "pidAlive",
     "readPidFile",
+    "reap",
     "sessionProcesses",
+    "startLogged",
     "txflipCheck",
     "waitFor",
     "waitForUpgrade",
@@ -67,6 +73,7 @@ def readPidFile(path: str | os.PathLike[str]) -> int | None:
     return PidFile(os.fspath(path)).read()
 
 
+PR_SET_CHILD_SUBREAPER = 36
 _KILL_WAIT = 5.0  # seconds to wait for SIGKILLed processes to disappear
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,6 +157,40 @@ def oneLine(message: str, prefix: str, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in message, message
     return message
+
+
+def becomeSubreaper() -> bool:
+    """
+    Become the parent of every orphaned descendant (Linux): the exit status of
+    each generation of a server comes to us (L{reap}), and no zombie is left.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+
+
+def reap(pid: int, timeout: float) -> int | None:
+    """
+    Wait for C{pid} (one of our children, thanks to the subreaper) to exit; return
+    its exit status as C{subprocess} does (negative for a signal), or None if it is
+    not our child.
+    """
+    result: list[int | None] = []
+
+    def exited() -> bool:
+        try:
+            got, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            result.append(None)
+            return True
+        if got == pid:
+            result.append(os.waitstatus_to_exitcode(status))
+            return True
+        return False
+
+    waitFor(exited, timeout, what=f"pid {pid} to exit")
+    return result[0]
 
 
 def isOpen(fd: int) -> bool:

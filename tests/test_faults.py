@@ -32,7 +32,6 @@ from conftest import (
     echo,
     heldChild,
     oneLineError,
-    reap,
     reapExited,
     runTwistd,
     session,
@@ -44,7 +43,7 @@ from conftest import (
     waitLine,
     waitLog,
 )
-from harness import Load, pidAlive, readPidFile, waitFor, waitForUpgrade
+from harness import Load, pidAlive, readPidFile, reap, waitFor, waitForUpgrade
 
 LOCALHOST = "127.0.0.1"
 TCP0 = "tcp:0:interface=127.0.0.1"

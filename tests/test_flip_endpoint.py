@@ -22,7 +22,6 @@ from conftest import (
     ROOT,
     SUBREAPER,
     oneLineError,
-    reap,
     runTwistd,
     selfSigned,
     twistdCommand,
@@ -32,6 +31,7 @@ from harness import (
     freePort,
     pidAlive,
     readPidFile,
+    reap,
     waitFor,
     waitForUpgrade,
 )

@@ -9,12 +9,13 @@ import signal
 import sys
 from pathlib import Path
 
-from conftest import ROOT, SUBREAPER, echo, reap
+from conftest import ROOT, SUBREAPER, echo
 from harness import (
     ServerProcess,
     freePort,
     pidAlive,
     readPidFile,
+    reap,
     waitFor,
     waitForUpgrade,
 )

@@ -19,12 +19,11 @@ from conftest import (
     SUBREAPER,
     alone,
     echo,
-    reap,
     signalStartingChild,
     upgradeWorks,
     waitLine,
 )
-from harness import pidAlive, waitFor, waitForUpgrade
+from harness import pidAlive, reap, waitFor, waitForUpgrade
 
 
 def reached(deadline: float) -> bool:

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SUBREAPER, echo, reap, twistdCommand
-from harness import pidAlive, readPidFile, waitFor, waitForUpgrade
+from conftest import ROOT, SUBREAPER, echo, twistdCommand
+from harness import pidAlive, readPidFile, reap, waitFor, waitForUpgrade
 
 
 class NotifySocket:

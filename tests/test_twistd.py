@@ -16,13 +16,14 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SUBREAPER, echo, oneLineError, reap, runTwistd, twistdCommand
+from conftest import ROOT, SUBREAPER, echo, oneLineError, runTwistd, twistdCommand
 from harness import (
     ServerProcess,
     found,
     freePort,
     pidAlive,
     readPidFile,
+    reap,
     waitFor,
     waitForUpgrade,
 )
