@@ -6,9 +6,10 @@
 Side by side in one run:
 
 1. throughput: flipecho direct (``twistd -n flipecho``) against the same command
-   as the single worker of ``txflip run --workers 1`` (target >= 97%): the load
-   generator of bench/steady.py, alternating runs, worker and direct server pinned
-   to one CPU, the load to the other;
+   as the single worker of ``txflip run --workers 1`` (target >= 97%), beside a
+   second direct server (the noise floor between two identical processes): the
+   load generator of bench/steady.py, rotating runs, the servers pinned to one CPU,
+   the load to the other; the CPU each spends per operation, and the supervisor's;
 2. upgrade time: the request -> every new worker ready, and -> every old worker
    gone, for direct mode (SIGHUP), 1 and 2 workers (``--probation 0``: the chain
    reload, one new worker after the other);
@@ -97,25 +98,41 @@ def upgradeTimes(server: Running, count: int, upgrades: int) -> tuple[float, flo
     return median(toReady), median(toGone)
 
 
-def throughput(args: argparse.Namespace) -> list[list[str]]:
+def throughput(args: argparse.Namespace) -> tuple[list[list[str]], str]:
+    """
+    Direct mode, a second direct server (the noise floor: two identical
+    processes differ by a few percent on this machine), and the single worker
+    of txflip run, in rotating order; rates and the serving process's CPU per
+    operation.
+    """
     rows = []
-    direct, run = start("flipecho"), supervised(1)
+    servers = {"direct": start("flipecho"), "direct again": start("flipecho")}
+    servers["txflip run"] = run = supervised(1)
     try:
         (worker,) = readyPids(run, 1, 1) or [0]
-        pids = {"direct": direct.serving() or 0, "txflip run": worker}
-        ports = {"direct": direct.port, "txflip run": run.port}
+        pids = {name: s.serving() or 0 for name, s in servers.items()}
+        pids["txflip run"] = worker
         for pid in pids.values():
             pin(pid, SERVER_CPU)
+        supervisorBefore, began = cpuSeconds(run.proc.pid), time.monotonic()
+        names = list(servers)
         for mode in ("connections", "lines"):
             rates: dict[str, list[float]] = {name: [] for name in pids}
+            costs: dict[str, list[float]] = {name: [] for name in pids}
             for name in pids:  # warm up
-                load(mode, ports[name], pids[name], 0.5)
+                load(mode, servers[name].port, pids[name], 0.5)
             for i in range(args.runs):
-                order = list(pids) if i % 2 == 0 else list(reversed(pids))
-                for name in order:
-                    rate, _ = load(mode, ports[name], pids[name], args.seconds)
+                for name in names[i % 3 :] + names[: i % 3]:
+                    rate, cost = load(
+                        mode, servers[name].port, pids[name], args.seconds
+                    )
                     rates[name].append(rate)
-            ratios = [
+                    costs[name].append(cost)
+
+            def percent(name: str, rates: dict[str, list[float]] = rates) -> str:
+                return f"{100 * median(rates[name]) / median(rates['direct']):.1f}%"
+
+            paired = [
                 r / d for r, d in zip(rates["txflip run"], rates["direct"], strict=True)
             ]
             rows.append(
@@ -123,14 +140,24 @@ def throughput(args: argparse.Namespace) -> list[list[str]]:
                     "connections/s" if mode == "connections" else "lines/s",
                     f"{median(rates['direct']):,.0f}",
                     f"{median(rates['txflip run']):,.0f}",
-                    f"{100 * median(rates['txflip run']) / median(rates['direct']):.1f}%",
-                    f"{100 * median(ratios):.1f}%",
+                    percent("txflip run"),
+                    f"{100 * median(paired):.1f}%",
+                    percent("direct again"),
+                    " / ".join(
+                        f"{1e6 * median(costs[name]):.1f}"
+                        for name in ("direct", "txflip run")
+                    ),
                 ]
             )
+        spent = cpuSeconds(run.proc.pid) - supervisorBefore
+        note = (
+            f"   (the supervisor itself: {1e3 * spent:.0f} ms of CPU in"
+            f" {time.monotonic() - began:.0f} s of load)"
+        )
     finally:
-        direct.stop()
-        run.stop()
-    return rows
+        for server in servers.values():
+            server.stop()
+    return rows, note
 
 
 def holdLongLived(port: int, count: int, burst: bool) -> list[socket.socket]:
@@ -221,8 +248,27 @@ def main() -> None:
         f"{args.runs} alternating runs of {args.seconds:g} s; {args.upgrades}"
         " upgrades per case",
     )
-    rows = throughput(args)
-    print(table(["median", "direct", "txflip run", "run/direct", "paired"], rows))
+    rows, note = throughput(args)
+    print(
+        table(
+            [
+                "median",
+                "direct",
+                "txflip run",
+                "run/direct",
+                "paired",
+                "direct again",
+                "CPU µs/op",
+            ],
+            rows,
+        )
+    )
+    print(
+        "   (paired: the median of the ratios of runs side by side; direct again: a"
+        " second direct server, the noise floor; CPU: the serving process's, per"
+        " operation, direct / txflip run)"
+    )
+    print(note)
     print()
 
     times = []
