@@ -37,13 +37,12 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))  # txflip from this checkout
 sys.path.insert(1, str(ROOT / "tests"))  # the tests' harness: what they observe with
 
-from harness import (  # noqa: E402
-    freePort,
-    readPidFile,
-    startLogged,
-)
+# freePort, readPidFile and pidAlive are the benchmarks' too: re-exported ("as").
+from harness import freePort as freePort  # noqa: E402
+from harness import readPidFile as readPidFile  # noqa: E402
+from harness import startLogged  # noqa: E402
 
-from txflip._pidfile import pidAlive  # noqa: E402
+from txflip._pidfile import pidAlive as pidAlive  # noqa: E402
 
 HOST = "127.0.0.1"
 
@@ -309,8 +308,8 @@ def command(
         web += ["--path", str(BENCH / "www")]
         return naiveRestart(web) if name == "naiveweb" else web
     if name == "flipecho":
-        listen = [f"tcp:{port}:interface={HOST}", *listens]
-        args = [a for each in listen for a in ("--listen", each)]
+        endpoints = [f"tcp:{port}:interface={HOST}", *listens]
+        args = [a for each in endpoints for a in ("--listen", each)]
         return [
             *twistd(), "-n", "--pidfile", str(pidfile), "flipecho", *args, *options
         ]  # fmt: skip
@@ -319,8 +318,8 @@ def command(
         run = [sys.executable, "-m", "txflip", "run", "--pidfile", str(pidfile)]
         run += ["--control", str(pidfile.parent / "ctl"), "--workers", workers]
         run += [*options, "--probation", "0", "--"]  # options: txflip run's
-        listen = ["--listen", f"tcp:{port}:interface={HOST}"]
-        return [*run, *twistd(), "-n", "flipecho", *listen]
+        listenArgs = ["--listen", f"tcp:{port}:interface={HOST}"]
+        return [*run, *twistd(), "-n", "flipecho", *listenArgs]
     if name == "plain":
         tac = BENCH / "plain_echo.tac"
         return [*twistd(), "-n", "--pidfile", str(pidfile), "-y", str(tac)]

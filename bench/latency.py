@@ -98,11 +98,11 @@ def main() -> None:
             toNew.append(ready)
             toGone.append(gone)
             assert pidAlive(new)
-    rows = [
-        ["bare start: twistd -n plain echo -> accepting", plain],
-        ["cold start: twistd -n flipecho -> pid file (ready)", flip],
-        ["upgrade: SIGHUP -> new generation ready", toNew],
-        ["upgrade: SIGHUP -> old generation gone", toGone],
+    rows: list[tuple[str, list[float]]] = [
+        ("bare start: twistd -n plain echo -> accepting", plain),
+        ("cold start: twistd -n flipecho -> pid file (ready)", flip),
+        ("upgrade: SIGHUP -> new generation ready", toNew),
+        ("upgrade: SIGHUP -> old generation gone", toGone),
     ]
     print(
         table(

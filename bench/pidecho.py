@@ -31,6 +31,7 @@ class PidEcho(Protocol):
         pending = self._pending + data
         lines = pending.count(b"\n")
         self._pending = pending[pending.rfind(b"\n") + 1 :]
+        assert self.transport is not None  # connected: it has data
         if lines:
             self.transport.write(REPLY * lines)
         if self.draining and lines and not self._pending:
@@ -40,6 +41,7 @@ class PidEcho(Protocol):
         self.draining = True
 
     def closeIfIdle(self) -> None:
+        assert self.transport is not None  # only connections are drained
         if not self._pending:
             self.transport.loseConnection()
 

@@ -21,14 +21,19 @@ import signal
 import socket
 import sys
 
-from twisted.internet import reactor
+from twisted.internet import reactor as globalReactor
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.python.failure import Failure
 
 from txflip._drain import ConnectionTracker
+from txflip._reactor import asReactor
 from txflip.echo import Echo
 
 READY = "REUSEPORT_READY_FD"
+
+#: Twisted types its global reactor as an interface without adoptStreamPort or
+#: callFromThread; txflip's Reactor names what this script calls.
+reactor = asReactor(globalReactor)
 
 
 def bind(port: int) -> socket.socket:

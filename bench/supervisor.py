@@ -33,17 +33,19 @@ from collections.abc import Sequence
 import _common
 from _common import (
     HOST,
+    SERVER_CPU,
     Running,
     cpuSeconds,
     header,
     median,
     ms,
     options,
+    pin,
     rssKib,
     start,
     table,
 )
-from steady import SERVER_CPU, load, pin
+from steady import load
 
 
 def status(server: Running) -> dict[str, object]:
@@ -90,9 +92,11 @@ def upgradeTimes(server: Running, count: int, upgrades: int) -> tuple[float, flo
         answer = request(str(server.dir / "ctl"), "upgrade", 60.0)
         toReady.append(time.monotonic() - began)
         assert answer.get("ok"), answer
-        _common.waitUntil(
-            "old workers gone", lambda old=old: not any(map(_common.pidAlive, old)), 60
-        )
+
+        def gone(old: list[int] = old) -> bool:
+            return not any(map(_common.pidAlive, old))
+
+        _common.waitUntil("old workers gone", gone, 60)
         toGone.append(time.monotonic() - began)
         time.sleep(0.3)
     return median(toReady), median(toGone)
