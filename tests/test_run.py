@@ -126,6 +126,28 @@ def holdConnections(port: int, count: int) -> list[socket.socket]:
     return clients
 
 
+def connectAtOnce(port: int, count: int) -> list[socket.socket]:
+    """
+    C{count} long-lived connections opened all at once (clients reconnecting
+    together), then each answered.
+    """
+    clients = [socket.socket() for _ in range(count)]
+    try:
+        for s in clients:
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+        for s in clients:
+            s.setblocking(True)
+            s.settimeout(5)
+            s.sendall(b"x\n")
+        assert all(s.recv(10) == b"x\n" for s in clients)
+    except BaseException:
+        for s in clients:
+            s.close()
+        raise
+    return clients
+
+
 def test_twoWorkersShareLongLivedConnections(supervised: Any) -> None:
     """
     Long-lived connections are spread across 2 workers, whether 100 clients
@@ -134,17 +156,8 @@ def test_twoWorkersShareLongLivedConnections(supervised: Any) -> None:
     """
     run = supervised(flipecho(), "--workers", "2")
     pids = run.waitReady()
-    burst = [socket.socket() for _ in range(100)]
-    clients = list(burst)
+    clients = connectAtOnce(run.port, 100)
     try:
-        for s in burst:
-            s.setblocking(False)
-            s.connect_ex(("127.0.0.1", run.port))
-        for s in burst:
-            s.setblocking(True)
-            s.settimeout(5)
-            s.sendall(b"x\n")
-        assert all(s.recv(10) == b"x\n" for s in burst)
         atOnce = {w["pid"]: w["connections"] for w in run.status()["workers"]}
         clients += holdConnections(run.port, 100)
         counts = {w["pid"]: w["connections"] for w in run.status()["workers"]}
@@ -153,6 +166,32 @@ def test_twoWorkersShareLongLivedConnections(supervised: Any) -> None:
             s.close()
     assert sorted(counts) == sorted(pids) and sum(counts.values()) == 200, counts
     assert min(atOnce.values()) >= 40 and min(counts.values()) >= 90, (atOnce, counts)
+
+
+def test_balancingSurvivesUpgradesAndACrash(supervised: Any) -> None:
+    """
+    After two upgrades and a worker killed (its replacement in a reused slot of
+    the table), a burst is still spread across both workers.
+    """
+    run = supervised(flipecho(), "--workers", "2", "--probation", "0")
+    old = run.waitReady()
+    for _ in range(2):
+        assert run.upgrade().returncode == 0
+    killed = waitFor(lambda: [p for p in run.ready() if p not in old], 30)[0]
+    os.kill(killed, signal.SIGKILL)
+
+    def replaced() -> list[int]:
+        ready = run.ready()
+        return ready if killed not in ready else []
+
+    pids = waitFor(replaced, 30, what="a replacement")
+    clients = connectAtOnce(run.port, 100)
+    try:
+        counts = {w["pid"]: w["connections"] for w in run.status()["workers"]}
+    finally:
+        for s in clients:
+            s.close()
+    assert sorted(counts) == sorted(pids) and min(counts.values()) >= 40, counts
 
 
 def test_aHungWorkerDoesNotStopTheOthersAccepting(supervised: Any) -> None:
