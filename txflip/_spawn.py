@@ -103,6 +103,14 @@ class _ChildProtocol(ProcessProtocol):
     def __init__(self, attempt: SpawnAttempt) -> None:
         self._attempt = attempt
         self._buffer = b""
+        #: The child's pid, kept when we are connected: Twisted sets its
+        #: transport's to None once it reaps the child, which for a child that
+        #: exits at once happens inside spawnProcess, before it returns.
+        self.pid = 0
+
+    def makeConnection(self, transport: IProcessTransport) -> None:
+        self.pid = transport.pid or 0
+        super().makeConnection(transport)
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD == _handoff.READY_FD:
@@ -208,7 +216,7 @@ class SpawnAttempt:
             self._pipes.close()
             raise
         self._pipes.started()
-        self.pid: int = self._process.pid or 0
+        self.pid: int = protocol.pid
         if not self.detached:
             self.started.callback(self.pid)
         self._timeout: IDelayedCall | None = reactor.callLater(
