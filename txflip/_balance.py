@@ -57,6 +57,9 @@ from ._reactor import Reactor
 NAME = "balance"
 #: Slots, the first of which is the header (how many slots were ever used).
 SLOTS = 256
+#: The most workers C{txflip run} runs: an upgrade's probation runs twice as many,
+#: each with a slot of its own (and each an interpreter: 127 are some 6 GiB).
+MAX_WORKERS = (SLOTS - 1) // 2
 PID, CONNECTIONS, SERVING, BEAT = range(4)
 _FIELDS = 4
 _SIZE = SLOTS * _FIELDS * 8

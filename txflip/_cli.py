@@ -19,10 +19,11 @@ from ._settings import EXPECTED, SettingError, seconds
 
 
 def argNumber(
-    kind: Callable[[str], Any], low: float, what: str
+    kind: Callable[[str], Any], low: float, what: str, high: float = math.inf
 ) -> Callable[[str], Any]:
     """
-    An argparse type: C{kind(text)}, at least C{low}, finite (every run must end).
+    An argparse type: C{kind(text)}, at least C{low}, finite (every run must end)
+    and below C{high} if given.
     """
 
     def parse(text: str) -> Any:
@@ -30,7 +31,7 @@ def argNumber(
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or not low <= value < math.inf:
+        if value is None or not (low <= value < math.inf and value <= high):
             raise argparse.ArgumentTypeError(f"{what}, not {text!r}")
         return value
 

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from ._balance import MAX_WORKERS
 from ._cli import argNumber, argSeconds
 from ._reactor import reactorOrGlobal
 
@@ -252,7 +253,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--workers",
-        type=argNumber(int, 1, "expected a whole number of workers >= 1"),
+        type=argNumber(
+            int,
+            1,
+            f"expected a whole number of workers from 1 to {MAX_WORKERS}",
+            MAX_WORKERS,
+        ),
         default=1,
         metavar="N",
         help="how many workers (default 1)",

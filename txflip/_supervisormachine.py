@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 
 from . import _errors
+from ._balance import MAX_WORKERS
 from ._errors import NotReady, UpgradeError, UpgradeInProgress
 from ._supervisorcore import STABLE, _Core, _Supervisor
 from ._workers import Worker
@@ -228,7 +229,15 @@ def _makeMachine() -> Any:
     @pep614(Stopping.upon(_Supervisor.resize).loop())
     @pep614(Stopped.upon(_Supervisor.resize).loop())
     def resizeLater(c: _Supervisor, s: _Core, delta: int) -> None:
-        s.target = max(1, s.target + delta)
+        wanted = s.target + delta
+        if not 1 <= wanted <= MAX_WORKERS:
+            s.log.warn(
+                "txflip run: staying at {n} workers (1 to {most})",
+                n=s.target,
+                most=MAX_WORKERS,
+            )
+            return
+        s.target = wanted
         s.log.info("txflip run: {n} workers wanted", n=s.target)
 
     # -- stopping ----------------------------------------------------------------

@@ -154,7 +154,12 @@ class Worker:
         if self._table is not None:
             # Long before the worker looks for itself: it has an interpreter to
             # start.  Without a slot it accepts as if there were no table.
-            self._table.claim(self.pid)
+            if self._table.claim(self.pid) is None:
+                self._log.warn(
+                    "txflip run: no balancing slot for worker pid {pid}:"
+                    " it accepts without balancing",
+                    pid=self.pid,
+                )
         self._channel = ChannelServer(
             reactor, ours, sockets.bind, lambda: successorFor(self)
         )
