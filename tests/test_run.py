@@ -276,6 +276,18 @@ def test_aWorkerDyingOnProbationRollsBack(supervised: Any) -> None:
     assert echo(run.port) == b"hello\n"
 
 
+def test_humanStatusOfTheSupervisor(supervised: Any) -> None:
+    run = supervised(flipecho(), "--workers", "2")
+    pids = run.waitReady()
+    human = txflip("status", "--control", str(run.control))
+    assert human.returncode == 0, human.stderr
+    assert f"pid          {run.pid}\n" in human.stdout
+    assert "started by   a first start at " in human.stdout, human.stdout
+    assert "unknown" not in human.stdout
+    for pid in pids:
+        assert f"{pid:>10}           1  ready" in human.stdout, human.stdout
+
+
 def test_sigintStopsGracefully(supervised: Any) -> None:
     run = supervised(flipecho(), "--workers", "2")
     pids = run.waitReady()

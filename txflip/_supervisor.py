@@ -148,6 +148,8 @@ class Supervisor:
             "wanted": s.target,
             "workers": workers,
             "note": s.note,
+            # The supervisor is never anyone's successor: its pid is the service's.
+            "startedBy": {"pid": None, "at": self.startedAt},
             "lastUpgrade": last,
         }
 
