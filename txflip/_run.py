@@ -261,7 +261,7 @@ def register(subparsers: Any) -> None:
         ),
         default=1,
         metavar="N",
-        help="how many workers (default 1)",
+        help=f"how many workers, 1 to {MAX_WORKERS} (default 1)",
     )
     parser.add_argument("--pidfile", metavar="PATH", help="write our pid there")
     parser.add_argument(
