@@ -42,7 +42,7 @@ from harness import freePort as freePort  # noqa: E402
 from harness import readPidFile as readPidFile  # noqa: E402
 from harness import startLogged  # noqa: E402
 
-from txflip._pidfile import pidAlive as pidAlive  # noqa: E402
+from txflip.generation._pidfile import pidAlive as pidAlive  # noqa: E402
 
 HOST = "127.0.0.1"
 

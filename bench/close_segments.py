@@ -4,7 +4,7 @@
 A draining connection is closed with the reply to its next request.  If the reply
 and the FIN leave in two segments, a lock-step client can read the reply before
 the FIN arrives and send its next request into a connection that is closing: that
-request is lost.  txflip corks the socket before such a close (txflip/_cork.py) so
+request is lost.  txflip corks the socket before such a close (txflip/drain/_cork.py) so
 that both leave in one segment.
 
 Two servers side by side, alternating in rounds: flipecho's Echo, every connection

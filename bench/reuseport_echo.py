@@ -25,8 +25,8 @@ from twisted.internet import reactor as globalReactor
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.python.failure import Failure
 
-from txflip._drain import ConnectionTracker
 from txflip._reactor import asReactor
+from txflip.drain._tracker import ConnectionTracker
 from txflip.echo import Echo
 
 READY = "REUSEPORT_READY_FD"

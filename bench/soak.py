@@ -60,9 +60,9 @@ from _common import (
 )
 from harness import becomeSubreaper, reap, sessionProcesses, startLogged
 
-from txflip._checkstats import Stats
-from txflip._echoload import Load
-from txflip._pidfile import PidFile, pidAlive
+from txflip.check._echoload import Load
+from txflip.check._stats import Stats
+from txflip.generation._pidfile import PidFile, pidAlive
 
 RSS_SLACK = (1.10, 2048)  # factor, KiB
 

@@ -49,7 +49,7 @@ from steady import load
 
 
 def status(server: Running) -> dict[str, object]:
-    from txflip._controlcli import request
+    from txflip.control._client import request
 
     answer = request(str(server.dir / "ctl"), "status", 10.0)
     assert answer.get("ok"), answer
@@ -81,7 +81,7 @@ def upgradeTimes(server: Running, count: int, upgrades: int) -> tuple[float, flo
     comes when the last new worker is ready: polling the status instead would load
     the supervisor being measured.
     """
-    from txflip._controlcli import request
+    from txflip.control._client import request
 
     toReady, toGone = [], []
     for _ in range(upgrades):

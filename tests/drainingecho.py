@@ -10,11 +10,11 @@ import sys
 from twisted.internet import reactor
 from twisted.internet.protocol import ServerFactory
 
-import txflip._cork
+import txflip.drain._cork
 from txflip.echo import Echo
 
 if sys.argv[2:] == ["nocork"]:
-    txflip._cork.CORK = None
+    txflip.drain._cork.CORK = None
 
 
 class Draining(ServerFactory):

@@ -95,7 +95,7 @@ if fault == "fail-in-makeservice":
 
     txflip.echo.makeService = makeService  # type: ignore[assignment]
 if fault in ("exit-before-ready", "block-at-ready"):
-    from txflip._upgrader import Upgrader
+    from txflip.generation._upgrader import Upgrader
 
     def ready(self: object) -> None:
         if fault == "exit-before-ready":
@@ -109,7 +109,7 @@ if fault in ("exit-before-ready", "block-at-ready"):
 
     Upgrader.ready = ready  # type: ignore[method-assign]
 if fault == "exit-after-ready":
-    from txflip import _handoff
+    from txflip.generation import _handoff
 
     tellParentReady = _handoff.tellParentReady
 
@@ -122,8 +122,8 @@ if fault == "exit-after-ready":
     _handoff.tellParentReady = tellAndExit
 
 if fault == "refuse-moves":
-    from txflip._movable import StateRefused
     from txflip.echo import Echo
+    from txflip.move._movable import StateRefused
 
     def importState(self: object, state: object) -> None:
         raise StateRefused("flipapp: this version reads no moved state")

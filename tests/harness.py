@@ -2,7 +2,7 @@
 
 The load clients (:class:`Load`, :class:`ShortClients`, :class:`LongClients`,
 :class:`Stats`) and the pid helpers are those of ``txflip check``
-(``txflip/_echoload.py``, ``txflip/_checkpid.py``, ``txflip/_pidfile.py``),
+(``txflip/check/_echoload.py``, ``txflip/check/_pid.py``, ``txflip/generation/_pidfile.py``),
 re-exported here.  They are plain threads and
 sockets, not Twisted, on purpose: the harness must observe the server from
 the outside, exactly like a real client would, so that a bug in the reactor
@@ -29,10 +29,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from txflip._checkpid import Server, watchUpgrade
-from txflip._checkstats import ERROR_KINDS, Stats
-from txflip._echoload import Load, LongClients, ShortClients
-from txflip._pidfile import PidFile, pidAlive
+from txflip.check._echoload import Load, LongClients, ShortClients
+from txflip.check._pid import Server, watchUpgrade
+from txflip.check._stats import ERROR_KINDS, Stats
+from txflip.generation._pidfile import PidFile, pidAlive
 
 if TYPE_CHECKING:
     from typing_extensions import Self

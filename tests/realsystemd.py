@@ -10,7 +10,7 @@ every process (by pid), cgroup and nspawn folder it left.
 
 Clients reach the container's loopback from threads that joined its network
 namespace (L{Container.inNetns}): threads they start inherit it, so the load
-clients of L{txflip._check} work there unchanged.
+clients of L{txflip.check._cli} work there unchanged.
 """
 
 from __future__ import annotations

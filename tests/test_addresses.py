@@ -1,5 +1,5 @@
 """
-Unit tests for txflip._addresses: listen descriptions and their canonical keys.
+Unit tests for txflip.listen._addresses: listen descriptions and their canonical keys.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import socket
 import pytest
 from harness import oneLine
 
-from txflip._addresses import DEFAULT_BACKLOG, ListenSpec, parseListen
 from txflip._errors import ListenError
+from txflip.listen._addresses import DEFAULT_BACKLOG, ListenSpec, parseListen
 
 
 def refused(description: str, *fragments: str, cwd: str | None = None) -> str:

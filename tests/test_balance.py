@@ -1,5 +1,5 @@
 """
-Unit tests for txflip._balance: the workers' shared table, one worker's pausing and
+Unit tests for txflip.run._balance: the workers' shared table, one worker's pausing and
 resuming, and the one private part of Twisted it uses (C{tcp.Port.numberAccepts}).
 """
 
@@ -15,7 +15,7 @@ from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 
-from txflip._balance import TICK, Balancer, Table, limitBatches, slack
+from txflip.run._balance import TICK, Balancer, Table, limitBatches, slack
 
 
 class FakeFDSet(Clock):

@@ -35,10 +35,10 @@ from harness import (
     txflipCheck as check,
 )
 
-from txflip import _check
-from txflip._checkrun import upgradeTimes
-from txflip._checkstats import Latencies
 from txflip._cli import main
+from txflip.check._cli import runCheck
+from txflip.check._drive import upgradeTimes
+from txflip.check._stats import Latencies
 
 HOST = "127.0.0.1"
 
@@ -202,7 +202,7 @@ def test_waitingCostsNoCpu(echoPort: int) -> None:
     the GIL from the clients (4 clients made 150 connections/s, not 2,900).
     """
     started = time.thread_time()
-    report = _check.runCheck(
+    report = runCheck(
         HOST, echoPort, upgradeOne=None, shortClients=1, longClients=0,
         duration=1.0, upgrades=0, interval=0.005,
         ioTimeout=5, maxErrors=0,

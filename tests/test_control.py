@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from txflip._control import ControlFactory, ControlProtocol
+from txflip.control._server import ControlFactory, ControlProtocol
 
 
 def txflip(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -225,7 +225,7 @@ def test_statusShowsHowThisGenerationStarted(flip, tmp_path: Path) -> None:
 
 class Controlled:
     """
-    The little a control socket needs of its service (L{txflip._control.Controlled}).
+    The little a control socket needs of its service (L{txflip.control._server.Controlled}).
     """
 
     def __init__(self) -> None:

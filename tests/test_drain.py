@@ -1,5 +1,5 @@
 """
-Unit tests for txflip._drain.ConnectionTracker and the flipecho Echo protocol:
+Unit tests for txflip.drain._tracker.ConnectionTracker and the flipecho Echo protocol:
 draining at a clean boundary, with a fake clock and in-memory transports.
 """
 
@@ -18,7 +18,7 @@ from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.python.failure import Failure
 from zope.interface import Interface, directlyProvides, implementer
 
-from txflip._drain import ConnectionTracker, IDrainable, drainAll
+from txflip.drain._tracker import ConnectionTracker, IDrainable, drainAll
 from txflip.echo import MAX_LINE, Echo
 
 GRACE = 1.0

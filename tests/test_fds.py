@@ -1,5 +1,5 @@
 """
-Unit tests for txflip._fds: binding, inheriting, adopting and closing listeners.
+Unit tests for txflip.listen._fds: binding, inheriting, adopting and closing listeners.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 
-from txflip._addresses import ListenSpec, parseListen
 from txflip._errors import ListenError
-from txflip._fds import Listener, Listeners, bindSocket
 from txflip._reactor import asReactor
-from txflip._unix import UnixAcceptor
+from txflip.listen._addresses import ListenSpec, parseListen
+from txflip.listen._fds import Listener, Listeners, bindSocket
+from txflip.listen._unix import UnixAcceptor
 
 
 def _hasIPv6Loopback() -> bool:

@@ -1,5 +1,5 @@
 """
-Unit tests for txflip._handoff: the fd table between generations.
+Unit tests for txflip.generation._handoff: the fd table between generations.
 
 Real sockets and pipes are placed at high fd numbers (50 and up, never allocated
 by the lowest-free rule while the test runs), and the table names them.
@@ -22,10 +22,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 
-from txflip._addresses import ListenSpec
 from txflip._errors import HandoffError
-from txflip._fds import Listener
-from txflip._handoff import (
+from txflip._reactor import asReactor
+from txflip.generation._handoff import (
     MARKER,
     Handoff,
     ParentWatcher,
@@ -35,7 +34,8 @@ from txflip._handoff import (
     plan,
     tellParentReady,
 )
-from txflip._reactor import asReactor
+from txflip.listen._addresses import ListenSpec
+from txflip.listen._fds import Listener
 
 FIRST_HIGH_FD = 50
 

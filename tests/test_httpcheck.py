@@ -27,8 +27,8 @@ from harness import (
 )
 
 from txflip._cli import main
-from txflip._httpexchange import Target, expectStatus
-from txflip._httpload import HTTPClients
+from txflip.check._httpexchange import Target, expectStatus
+from txflip.check._httpload import HTTPClients
 
 HOST = "127.0.0.1"
 FLIP = "flip:tcp:0:interface=127.0.0.1"

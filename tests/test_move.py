@@ -20,15 +20,15 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.web.server import Site
 
-from txflip import _moveweb  # noqa: F401 - registers IMovable for HTTPChannel
-from txflip._addresses import parseListen
-from txflip._drain import ConnectionTracker
-from txflip._fds import bindSocket
-from txflip._movable import ConnectionState, StateRefused
-from txflip._movein import Receiver
-from txflip._moveout import Mover
-from txflip._movetransport import checkPrivateAPI
-from txflip._movewire import (
+from txflip.drain._tracker import ConnectionTracker
+from txflip.echo import Echo
+from txflip.listen._addresses import parseListen
+from txflip.listen._fds import bindSocket
+from txflip.move._in import Receiver
+from txflip.move._movable import ConnectionState, StateRefused
+from txflip.move._out import Mover
+from txflip.move._transport import checkPrivateAPI
+from txflip.move._wire import (
     Accepted,
     FrameReader,
     Move,
@@ -37,7 +37,7 @@ from txflip._movewire import (
     encodeAnswer,
     encodeMove,
 )
-from txflip.echo import Echo
+from txflip.protocols import _webmove  # noqa: F401 - registers IMovable for HTTPChannel
 
 KEY = "tcp:127.0.0.1:0"
 

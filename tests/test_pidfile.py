@@ -1,5 +1,5 @@
 """
-Unit tests for txflip._pidfile: atomic writes, the liveness check, removal.
+Unit tests for txflip.generation._pidfile: atomic writes, the liveness check, removal.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from txflip._errors import PidFileError
-from txflip._pidfile import PidFile, pidAlive
+from txflip.generation._pidfile import PidFile, pidAlive
 
 
 def deadPID() -> int:

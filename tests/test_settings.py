@@ -16,8 +16,8 @@ import pytest
 from conftest import PLAIN, ROOT, oneLineError, runTwistd
 
 from txflip import Upgrader, UpgradeService
-from txflip._process import ProcessState
 from txflip._settings import SettingError, seconds
+from txflip.generation._process import ProcessState
 
 BAD = ["nan", "inf", "-inf", "-5", "0", "abc", "", "1e-9"]
 

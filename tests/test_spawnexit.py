@@ -16,10 +16,10 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 
-from txflip._command import Command
 from txflip._errors import ChildFailed
 from txflip._reactor import asReactor
-from txflip._spawn import Spawn, SpawnAttempt
+from txflip.generation._command import Command
+from txflip.generation._spawn import Spawn, SpawnAttempt
 
 
 class ReapedInsideSpawn:

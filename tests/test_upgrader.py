@@ -1,5 +1,5 @@
 """
-Unit tests for txflip._upgrader.Upgrader: what is allowed when, with a fake
+Unit tests for txflip.generation._upgrader.Upgrader: what is allowed when, with a fake
 reactor and a fake SpawnAttempt whose outcome the test decides.
 """
 
@@ -18,9 +18,6 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
-from txflip import _generation
-from txflip._addresses import parseListen
-from txflip._command import Command
 from txflip._errors import (
     ChildFailed,
     NotReady,
@@ -32,18 +29,21 @@ from txflip._errors import (
     UpgradeInProgress,
     WorkerOfSupervisor,
 )
-from txflip._fds import bindSocket
-from txflip._handoff import MARKER, SUPERVISOR, ParentWatcher
-from txflip._process import ProcessState
-from txflip._spawn import Spawn
-from txflip._upgrader import Upgrader
+from txflip.generation import _states
+from txflip.generation._command import Command
+from txflip.generation._handoff import MARKER, SUPERVISOR, ParentWatcher
+from txflip.generation._process import ProcessState
+from txflip.generation._spawn import Spawn
+from txflip.generation._upgrader import Upgrader
+from txflip.listen._addresses import parseListen
+from txflip.listen._fds import bindSocket
 
 COMMAND = Command("/nonexistent/python", ("python", "-m", "app"), "/")
 
 
 class FakeAttempt:
     """
-    Stands in for L{txflip._spawn.SpawnAttempt}: records how it was made; the
+    Stands in for L{txflip.generation._spawn.SpawnAttempt}: records how it was made; the
     test fires C{result}.
     """
 
@@ -461,7 +461,7 @@ def test_childReparentedEndsWaitAtOnce(
     upgrader, _ = childGeneration(reactor, parent)
 
     def gone() -> None:
-        monkeypatch.setattr(_generation, "pidAlive", lambda pid: False)
+        monkeypatch.setattr(_states, "pidAlive", lambda pid: False)
 
     assertExitSeenAtOnce(reactor, parent, upgrader, attempts, gone)
 

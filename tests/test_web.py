@@ -247,14 +247,14 @@ def test_importTxflipRegistersTheWebAdapter() -> None:
 
 def test_privateAttributesReadByTheAdapterExist() -> None:
     """
-    txflip._web reads a few private attributes of twisted.web: fail loudly here,
+    txflip.protocols._web reads a few private attributes of twisted.web: fail loudly here,
     not quietly in a drain, when Twisted renames them.
     """
     from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
     from twisted.web.resource import Resource
     from twisted.web.server import Site
 
-    from txflip import _web
+    from txflip.protocols import _web
 
     channel = HTTPChannel()
     for name in _web.PRIVATE:

@@ -8,9 +8,7 @@ connections at a clean boundary, and exits.
 
 # Registers the IDrainable and IMovable adapters for twisted.web's channels: every
 # entry point (UpgradeService, Upgrader, flip:, flipecho) imports this package first.
-from . import _moveweb, _web  # noqa: F401
-from ._drain import ConnectionTracker, IDrainable
-from ._errors import (
+from txflip._errors import (
     ChildFailed,
     HandoffError,
     ListenError,
@@ -25,13 +23,23 @@ from ._errors import (
     UpgradeInProgress,
     UpgradeTimeout,
 )
-from ._fds import Listener
-from ._movable import ConnectionMoved, ConnectionState, IMovable, StateRefused
+from txflip.drain._tracker import ConnectionTracker, IDrainable
+from txflip.listen._fds import Listener
+from txflip.move._movable import (
+    ConnectionMoved,
+    ConnectionState,
+    IMovable,
+    StateRefused,
+)
+from txflip.protocols import (
+    _web,  # noqa: F401
+    _webmove,  # noqa: F401
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._upgrader import Upgrader
-    from .service import UpgradeService
+    from txflip.generation._upgrader import Upgrader
+    from txflip.service import UpgradeService
 
 
 def __getattr__(name: str) -> object:
@@ -39,14 +47,14 @@ def __getattr__(name: str) -> object:
     L{Upgrader} and L{UpgradeService} import Twisted's TCP support, and with it
     its TLS layer (pyOpenSSL, cryptography: about 12 MiB): on first use, so that
     C{txflip run}'s supervisor, which imports this package first, can keep them
-    out (L{txflip._run.withoutTLS}).
+    out (L{txflip.run._cli.withoutTLS}).
     """
     if name == "Upgrader":
-        from ._upgrader import Upgrader
+        from txflip.generation._upgrader import Upgrader
 
         return Upgrader
     if name == "UpgradeService":
-        from .service import UpgradeService
+        from txflip.service import UpgradeService
 
         return UpgradeService
     raise AttributeError(f"module 'txflip' has no attribute {name!r}")

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._settings import EXPECTED, SettingError, seconds
+from txflip._settings import EXPECTED, SettingError, seconds
 
 
 def argNumber(
@@ -50,7 +50,7 @@ def argSeconds(text: str) -> float:
 
 
 #: Subcommand modules, in the order C{--help} lists them.
-SUBCOMMANDS = ("txflip._run", "txflip._controlcli", "txflip._check")
+SUBCOMMANDS = ("txflip.run._cli", "txflip.control._client", "txflip.check._cli")
 
 
 def parser() -> argparse.ArgumentParser:

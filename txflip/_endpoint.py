@@ -32,13 +32,13 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ._addresses import ListenSpec, parseListen
-from ._drain import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE
-from ._errors import ListenError, TxflipError
-from ._fds import Listener
-from ._settings import SettingError, seconds
-from ._upgrader import DEFAULT_UPGRADE_TIMEOUT, Upgrader
-from .service import UpgradeService
+from txflip._errors import ListenError, TxflipError
+from txflip._settings import SettingError, seconds
+from txflip.drain._tracker import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE
+from txflip.generation._upgrader import DEFAULT_UPGRADE_TIMEOUT, Upgrader
+from txflip.listen._addresses import ListenSpec, parseListen
+from txflip.listen._fds import Listener
+from txflip.service import UpgradeService
 
 _log = Logger()
 _SETTINGS = {"pidfile", "upgradeTimeout", "drainTimeout", "idleGrace", "move"}
@@ -83,7 +83,7 @@ class _FlipProcess:
         process = cls.current
         if process is None:
             if "twisted.scripts.twistd" in sys.modules:
-                from .twistd import failStartup
+                from txflip.twistd import failStartup
 
                 failStartup(
                     f"flip:{inner} under twistd needs the flip plugin in front of"
@@ -296,7 +296,7 @@ def parseFlip(reactor: Any, *args: str, **kwargs: str) -> FlipServerEndpoint:
             else "twisted.scripts.twistd" in sys.modules
         )
         if underTwistd:
-            from .twistd import failStartup
+            from txflip.twistd import failStartup
 
             failStartup(str(e) if isinstance(e, TxflipError) else f"flip:{inner}: {e}")
         raise

@@ -25,7 +25,7 @@ from twisted.logger import (
     formatEventAsClassicLogText,
 )
 
-from ._reactor import reactorOrGlobal
+from txflip._reactor import reactorOrGlobal
 
 
 def formatWithPID(event: LogEvent) -> str | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from ._errors import TxflipError
+from txflip._errors import TxflipError
 
 
 class SettingError(TxflipError, ValueError):

@@ -17,12 +17,12 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.python import usage
 from zope.interface import implementer
 
-from ._addresses import parseListen
-from ._cork import closeWithReply
-from ._drain import IDrainable
-from ._errors import ListenError
-from ._movable import ConnectionState, IMovable, StateRefused
-from .twistd import UpgradeOptions, failStartup, makeUpgradeService, rootService
+from txflip._errors import ListenError
+from txflip.drain._cork import closeWithReply
+from txflip.drain._tracker import IDrainable
+from txflip.listen._addresses import parseListen
+from txflip.move._movable import ConnectionState, IMovable, StateRefused
+from txflip.twistd import UpgradeOptions, failStartup, makeUpgradeService, rootService
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 MAX_LINE = 1 << 20

@@ -19,30 +19,30 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ._addresses import ListenSpec
-from ._balance import NAME as BALANCE
-from ._balance import Balancer, balanceWorker
-from ._control import REQUEST_TIMEOUT, ControlFactory
-from ._drain import (
+from txflip._errors import (
+    ListenError,
+    TxflipError,
+    UpgradeError,
+)
+from txflip._reactor import Reactor, asReactor
+from txflip._settings import seconds
+from txflip.control._reports import Reports
+from txflip.control._server import REQUEST_TIMEOUT, ControlFactory
+from txflip.drain._tracker import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_IDLE_GRACE,
     ConnectionTracker,
     drainAll,
 )
-from ._errors import (
-    ListenError,
-    TxflipError,
-    UpgradeError,
-)
-from ._fds import Listener
-from ._process import tellParentError
-from ._reactor import Reactor, asReactor
-from ._reports import Reports
-from ._servicemoves import ServiceMoves, Stream
-from ._settings import seconds
-from ._signals import releaseSignals
-from ._upgrader import Upgrader
-from .systemd import Notifier
+from txflip.generation._process import tellParentError
+from txflip.generation._signals import releaseSignals
+from txflip.generation._upgrader import Upgrader
+from txflip.listen._addresses import ListenSpec
+from txflip.listen._fds import Listener
+from txflip.move._service import ServiceMoves, Stream
+from txflip.run._balance import NAME as BALANCE
+from txflip.run._balance import Balancer, balanceWorker
+from txflip.systemd import Notifier
 
 
 class UpgradeService(Service):

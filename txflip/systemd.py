@@ -35,8 +35,8 @@ from collections.abc import MutableMapping
 from twisted.logger import Logger
 from twisted.python.systemd import ListenFDs
 
-from ._addresses import KINDS, ListenSpec
-from ._fds import Listener
+from txflip.listen._addresses import KINDS, ListenSpec
+from txflip.listen._fds import Listener
 
 _log = Logger()
 _LISTEN_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")

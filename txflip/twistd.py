@@ -40,15 +40,15 @@ from twisted.logger import ILogObserver, textFileLogObserver
 from twisted.python import usage
 from twisted.python.components import Componentized
 
-from . import _handoff
-from ._control import REQUEST_TIMEOUT
-from ._drain import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE
-from ._errors import TxflipError
-from ._log import pidObserver, twistdObserverFactory
-from ._process import tellParentError
-from ._settings import SettingError, seconds
-from ._upgrader import DEFAULT_UPGRADE_TIMEOUT, Upgrader
-from .service import UpgradeService
+from txflip._errors import TxflipError
+from txflip._log import pidObserver, twistdObserverFactory
+from txflip._settings import SettingError, seconds
+from txflip.control._server import REQUEST_TIMEOUT
+from txflip.drain._tracker import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE
+from txflip.generation import _handoff
+from txflip.generation._process import tellParentError
+from txflip.generation._upgrader import DEFAULT_UPGRADE_TIMEOUT, Upgrader
+from txflip.service import UpgradeService
 
 
 def _duration(name: str) -> Callable[[str], float]:
@@ -284,7 +284,7 @@ class Options(UpgradeOptions):
 
 
 def makeService(options: Options) -> MultiService:
-    from ._endpoint import useService
+    from txflip._endpoint import useService
 
     service = makeUpgradeService(options)
     useService(service, options.settings(), "the flip plugin's options")

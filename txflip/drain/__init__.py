@@ -1,0 +1,7 @@
+"""
+Draining: ending each open connection at a clean application boundary.
+
+L{_tracker} tracks a server's connections and ends them when the generation steps
+aside; L{_cork} sends a last reply and the FIN in one segment.  Connections that can
+move are handed to a mover (L{txflip.move}) through a small Protocol defined here.
+"""

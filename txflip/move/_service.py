@@ -1,0 +1,114 @@
+"""
+Moving connections, as the service does it: take what the previous generation
+moves to us when we start, and move ours to the next generation (or, under
+C{txflip run}, to a newer worker) when we stop.
+
+The service keeps its listeners and their trackers; this module decides which of
+them may move (not through TLS: the session lives in this process) and finds the
+channel to move them over (L{txflip.move._spawn}).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.logger import Logger
+
+from txflip._reactor import Reactor
+from txflip.drain._tracker import ConnectionTracker
+from txflip.generation._upgrader import Upgrader
+from txflip.listen._fds import Listener
+from txflip.move._in import Receiver
+from txflip.move._out import Mover
+from txflip.move._spawn import CHANNEL_NAME, ChannelSpawner, inheritedChannel
+
+#: (listener, tracker, what the listener serves: the tracker, maybe wrapped)
+Stream = tuple[Listener, ConnectionTracker, IProtocolFactory]
+
+
+class ServiceMoves:
+    """
+    One generation's moving, in and out, over the service's C{streams} (the
+    service's own list: listeners added later count too).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        upgrader: Upgrader,
+        reactor: Reactor,
+        streams: Sequence[Stream],
+        move: bool,
+    ) -> None:
+        """
+        @param move: whether to move at all (L{False}: everything drains).
+        """
+        self._upgrader = upgrader
+        self._reactor = reactor
+        self._streams = streams
+        self._move = move
+        self._channels = ChannelSpawner.wrap(upgrader) if move else None
+        self._receiver: Receiver | None = None
+
+    def receive(self) -> None:
+        """
+        Take the connections the previous generation moves to us (if it does).
+        """
+        fd = self._upgrader.claimInheritedFD(CHANNEL_NAME)
+        sock = inheritedChannel(fd) if fd is not None else None
+        if sock is None:
+            return
+        if not self._move:
+            sock.close()  # the previous generation sees it closed, and drains
+            return
+        self._receiver = Receiver(self._reactor, sock, self._movableTracker)
+
+    def stopReceiving(self) -> None:
+        if self._receiver is not None:
+            self._receiver.close()
+
+    def _movableTracker(self, key: str) -> ConnectionTracker | None:
+        """
+        The tracker of the listener known as C{key} in both generations (its
+        address), if its connections may move: not through TLS.
+        """
+        for listener, tracker, served in self._streams:
+            if served is tracker and str(listener.spec) == key:
+                return tracker
+        return None
+
+    def mover(self) -> Mover | None:
+        """
+        What moves our connections as we drain, if a newer generation takes them.
+        """
+        sock = self._channels.takeSuccessor() if self._channels else None
+        supervisor = self._upgrader.supervisor
+        if sock is None and self._move and supervisor is not None:
+            # A worker of txflip run: the supervisor pairs us with a newer
+            # worker; the sockets then go from us to it directly.
+            sock = supervisor.successorChannel()
+        if sock is None:
+            return None
+        keys = {
+            tracker: str(listener.spec)
+            for listener, tracker, served in self._streams
+            if served is tracker
+        }
+        return Mover(self._reactor, sock, keys)
+
+    def moved(self, mover: Mover) -> None:
+        """
+        The drain is over: close C{mover}'s channel and say what it moved.
+        """
+        mover.close()
+        successor = self._upgrader.successor
+        self._log.info(
+            "txflip: moved {moved} connections to {where} in {ms:.1f} ms"
+            " ({refused} refused)",
+            moved=mover.moved,
+            where=f"pid {successor}" if successor else "a newer worker",
+            ms=mover.took * 1000,
+            refused=mover.refused,
+        )

@@ -1,0 +1,53 @@
+"""
+Moving twisted.web's HTTP/1.x keep-alive connections, which know nothing of txflip.
+
+Between two requests an HTTP/1.1 keep-alive connection holds nothing worth
+carrying: no request in flight, nothing received and not yet parsed, nothing of the
+last response left in Twisted's buffer (txflip checks that part).  Its state is
+empty, and the new generation's C{Site} builds a fresh channel for it: the client
+keeps its connection through the upgrade, with no code change for C{flip:} users.
+A connection in the middle of a request moves once that request is answered; one
+that will close anyway (not persistent), HTTP/2 and TLS connections do not move and
+drain as L{txflip.protocols._web} says.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.python.components import registerAdapter
+from twisted.web.http import HTTPChannel
+from twisted.web.http import _GenericHTTPChannelProtocol as _Negotiating
+from zope.interface import implementer
+
+from txflip.move._movable import ConnectionState, IMovable, StateRefused
+from txflip.protocols._web import _busy
+
+#: An idle keep-alive connection, which carries no bytes.
+IDLE = 1
+
+
+@implementer(IMovable)
+class MoveHTTPChannel:
+    def __init__(self, protocol: Any) -> None:
+        self._protocol = protocol
+
+    def exportState(self) -> ConnectionState | None:
+        # Site's protocol negotiates HTTP/1.1 or HTTP/2 and delegates to the
+        # channel it picked.
+        channel = getattr(self._protocol, "_channel", self._protocol)
+        if not isinstance(channel, HTTPChannel) or channel.transport is None:
+            return None
+        if not channel.persistent or _busy(channel):
+            return None
+        # The idle timeout must not close the socket while it is in transit.
+        channel.resetTimeout()
+        return ConnectionState(IDLE, b"")
+
+    def importState(self, state: ConnectionState) -> None:
+        if state.version != IDLE or state.data:
+            raise StateRefused(f"unknown HTTP channel state version {state.version}")
+
+
+registerAdapter(MoveHTTPChannel, HTTPChannel, IMovable)
+registerAdapter(MoveHTTPChannel, _Negotiating, IMovable)

@@ -1,0 +1,299 @@
+"""
+C{txflip run [options] -- COMMAND [ARG...]}: the stable-PID supervisor.
+
+This process owns the service's PID, its pid file, its control socket, its
+conversation with systemd and every listening socket; it runs N workers of
+COMMAND (each a txflip program: flipecho, a C{flip:} endpoint, an
+L{UpgradeService}) and replaces them on C{SIGHUP} or C{txflip upgrade}.  It imports
+Twisted for the reactor, C{spawnProcess} and txflip's own spawning, handoff and
+control code -- never the application's.
+
+Signals: C{HUP} upgrades; C{QUIT}, C{TERM} and C{INT} stop gracefully (every worker
+drains, then exit 0); C{TTIN}/C{TTOU} add/remove a worker; C{USR1} is forwarded to
+the workers (log reopen).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from txflip._cli import argNumber, argSeconds
+from txflip._reactor import reactorOrGlobal
+from txflip.run._balance import MAX_WORKERS
+
+DEFAULT_PROBATION = 5.0
+DEFAULT_DRAIN_TIMEOUT = 60.0
+DEFAULT_UPGRADE_TIMEOUT = 60.0
+_FORWARDED = ("USR1",)
+
+
+class RunError(Exception):
+    """
+    Reported as one line, exit status 1; nothing is left behind.
+    """
+
+
+def resolve(command: list[str]) -> str:
+    """
+    The executable for C{command}, as a shell would find it.
+    """
+    if command and command[0] == "--":
+        command.pop(0)
+    if not command:
+        raise RunError("no command given (txflip run [options] -- COMMAND [ARG...])")
+    found = shutil.which(command[0])
+    if found is None:
+        raise RunError(f"command not found: {command[0]}")
+    return os.path.abspath(found)
+
+
+class _Run:
+    """
+    One run of the supervisor: set up, serve, clean up.
+    """
+
+    def __init__(
+        self, args: argparse.Namespace, executable: str, reactor: object | None = None
+    ) -> None:
+        """
+        @param reactor: the reactor to run on (default: Twisted's global one).
+        """
+        from txflip import _log
+        from txflip.generation._command import Command
+        from txflip.generation._pidfile import PidFile
+        from txflip.listen._addresses import ListenSpec
+        from txflip.listen._fds import Listeners, bindSocket
+        from txflip.run._supervisor import Supervisor
+        from txflip.run._workers import PRIVATE_VARIABLES, Sockets
+        from txflip.systemd import Notifier, listenFDs
+
+        self.reactor = reactorOrGlobal(reactor)
+        self.status = 0
+        self.pidFile = PidFile(args.pidfile) if args.pidfile else None
+        self.controlSock = None
+        if self.pidFile is not None:
+            self.pidFile.check()
+        notifier = Notifier.fromEnvironment()
+        inherited = listenFDs(os.environ)
+        listeners = Listeners(inherited)
+        # Claim every socket systemd passed, so that each worker inherits it.
+        for entry in inherited:
+            listeners.listen(ListenSpec("systemd", alias=entry.aliases[0]))
+        self.sockets = Sockets(listeners)
+        environ = {k: v for k, v in os.environ.items() if k not in PRIVATE_VARIABLES}
+        self.supervisor = Supervisor(
+            self.reactor,
+            Command(executable, tuple(args.command), os.getcwd()),
+            environ,
+            self.sockets,
+            workers=args.workers,
+            upgradeTimeout=args.upgrade_timeout,
+            probation=args.probation,
+            drainTimeout=args.drain_timeout,
+            notifier=notifier,
+            balance=not args.no_balance,
+        )
+        self.controlSpec = ListenSpec(
+            "unix", path=os.path.abspath(args.control or "."), mode=0o600
+        )
+        if args.control:
+            self.controlSock = bindSocket(self.controlSpec)  # ListenError: one line
+        from twisted.logger import globalLogBeginner
+
+        globalLogBeginner.beginLoggingTo(
+            [_log.pidObserver(sys.stdout)], redirectStandardIO=False
+        )
+        self._installSignals()
+
+    def _installSignals(self) -> None:
+        actions: dict[str, Callable[[], object]] = {
+            "HUP": self._onHUP,
+            "QUIT": self._onStop,
+            "TERM": self._onStop,
+            "INT": self._onStop,
+            "TTIN": lambda: self.supervisor.resize(+1),
+            "TTOU": lambda: self.supervisor.resize(-1),
+        }
+        for name in _FORWARDED:
+            actions[name] = partial(self.supervisor.signalWorkers, name)
+        for name, action in actions.items():
+            number = getattr(signal, f"SIG{name}", None)
+            if number is not None:
+                signal.signal(number, partial(self._onSignal, action))
+
+    def _onSignal(self, action: Callable[[], object], signum: int, frame: Any) -> None:
+        # A signal handler only hands over to the reactor.
+        self.reactor.callFromThread(action)
+
+    def _onHUP(self) -> None:
+        from twisted.logger import Logger
+
+        log = Logger()
+        log.info("txflip run: SIGHUP: upgrading")
+        self.supervisor.upgrade().addErrback(
+            lambda f: log.warn(
+                "txflip run: upgrade: {reason}", reason=f.getErrorMessage()
+            )
+        )
+
+    def _onStop(self) -> None:
+        self.supervisor.stop()
+
+    def _serveControl(self) -> Any:
+        from txflip.control._server import ControlFactory
+        from txflip.drain._tracker import ConnectionTracker
+        from txflip.listen._fds import Listener
+
+        assert self.controlSock is not None
+        tracker = ConnectionTracker(ControlFactory(self.supervisor), self.reactor)
+        listener = Listener(
+            self.controlSpec, self.controlSpec, self.controlSock, inherited=False
+        )
+        listener.adoptStream(self.reactor, tracker)
+        return listener, tracker
+
+    def run(self) -> int:
+        from txflip.run._reaper import Reaper, becomeSubreaper
+
+        if self.pidFile is not None:
+            self.pidFile.write(os.getpid())
+        if os.getpid() != 1:
+            becomeSubreaper()
+        reaper = Reaper(self.reactor, lambda: {w.pid for w in self.supervisor.workers})
+        control = self._serveControl() if self.controlSock is not None else None
+
+        def failed(reason: Any) -> None:
+            if self.supervisor.failure is not None:
+                self.status = 1
+                print(f"txflip run: {self.supervisor.failure}", file=sys.stderr)
+
+        def stopped(_: object) -> Any:
+            return self._cleanUp(control, reaper)
+
+        def begin() -> None:
+            # Twisted installed its SIGINT/SIGTERM handlers as it started: ours win.
+            self._installSignals()
+            reaper.start()
+            self.supervisor.start().addErrback(failed)
+            self.supervisor.whenStopped().addCallback(stopped)
+
+        self.reactor.callWhenRunning(begin)
+        self.reactor.run()
+        return self.status
+
+    async def _drainControl(self, control: Any) -> None:
+        from txflip.drain._tracker import drainAll
+
+        listener, tracker = control
+        await listener.stopListening()
+        await drainAll([tracker], 0.1, 2.0)
+        listener.close(unlink=True)
+
+    def _cleanUp(self, control: Any, reaper: Any) -> Any:
+        from twisted.internet.defer import Deferred
+
+        async def cleanUp() -> None:
+            reaper.stop()
+            if control is not None:
+                await self._drainControl(control)
+            self.sockets.listeners.close(unlink=True)
+            if self.pidFile is not None:
+                self.pidFile.removeIfOurs(os.getpid())
+            reaper.reapNow()
+            self.reactor.stop()
+
+        return Deferred.fromCoroutine(cleanUp())
+
+
+def withoutTLS() -> None:
+    """
+    The supervisor never speaks TLS: keep pyOpenSSL (and cryptography's native
+    library, about 12 MiB of RSS) out of it.  Twisted's TCP support imports its TLS
+    layer only if it can (C{twisted.internet.tcp}: C{except ImportError}), and the
+    workers, separate programs, are not affected.
+    """
+    if "OpenSSL" not in sys.modules and "twisted.internet.reactor" not in sys.modules:
+        sys.modules["OpenSSL"] = None  # type: ignore[assignment]
+
+
+def main(args: argparse.Namespace) -> int:
+    from txflip._errors import TxflipError
+
+    withoutTLS()
+
+    try:
+        executable = resolve(args.command)
+    except RunError as e:
+        print(f"txflip run: {e}", file=sys.stderr)
+        return 2
+    try:
+        run = _Run(args, executable)
+    except TxflipError as e:
+        print(f"txflip run: {e}", file=sys.stderr)
+        return 1
+    return run.run()
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="run a service under a stable-PID supervisor",
+        description="Run N workers of COMMAND (a txflip server) under a supervisor"
+        " that owns the listening sockets and the PID: SIGHUP or `txflip upgrade`"
+        " replaces the workers one by one, QUIT/TERM/INT stop gracefully,"
+        " TTIN/TTOU add/remove a worker, USR1 is forwarded.",
+        usage="txflip run [options] -- COMMAND [ARG...]",
+    )
+    parser.add_argument(
+        "--workers",
+        type=argNumber(
+            int,
+            1,
+            f"expected a whole number of workers from 1 to {MAX_WORKERS}",
+            MAX_WORKERS,
+        ),
+        default=1,
+        metavar="N",
+        help=f"how many workers, 1 to {MAX_WORKERS} (default 1)",
+    )
+    parser.add_argument("--pidfile", metavar="PATH", help="write our pid there")
+    parser.add_argument(
+        "--no-balance",
+        action="store_true",
+        help="let whichever worker is awake take each connection, instead of"
+        " spreading connections across the workers by the number each holds",
+    )
+    parser.add_argument(
+        "--control",
+        metavar="PATH",
+        help="control socket (mode 0600) for `txflip upgrade` and `txflip status`",
+    )
+    for name, default, text in (
+        ("upgrade-timeout", DEFAULT_UPGRADE_TIMEOUT, "a new worker has to be ready"),
+        ("probation", DEFAULT_PROBATION, "new workers are watched after an upgrade"),
+        ("drain-timeout", DEFAULT_DRAIN_TIMEOUT, "a stopping worker has to exit"),
+    ):
+        parser.add_argument(
+            f"--{name}",
+            type=argSeconds
+            if name != "probation"
+            else argNumber(float, 0, "expected a finite number of seconds >= 0"),
+            default=default,
+            metavar="S",
+            help=f"seconds {text} (default {default:g})",
+        )
+    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
+    parser.set_defaults(func=main)
+
+    def oneLine(message: str) -> Any:
+        parser.exit(2, f"txflip run: {message}\n")
+
+    # Bad input is one line, not argparse's usage block.
+    setattr(parser, "error", oneLine)  # noqa: B010
