@@ -32,17 +32,14 @@ from pathlib import Path
 
 import twisted
 
+# freePort, readPidFile and pidAlive are the benchmarks' too: re-exported ("as").
+from tests.harness import freePort as freePort
+from tests.harness import readPidFile as readPidFile
+from tests.harness import startLogged
+from txflip.generation._pidfile import pidAlive as pidAlive
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-sys.path.insert(0, str(ROOT))  # txflip from this checkout
-sys.path.insert(1, str(ROOT / "tests"))  # the tests' harness: what they observe with
-
-# freePort, readPidFile and pidAlive are the benchmarks' too: re-exported ("as").
-from harness import freePort as freePort  # noqa: E402
-from harness import readPidFile as readPidFile  # noqa: E402
-from harness import startLogged  # noqa: E402
-
-from txflip.generation._pidfile import pidAlive as pidAlive  # noqa: E402
 
 HOST = "127.0.0.1"
 

@@ -13,7 +13,7 @@ code with the cork switched off).  A client connects, sends a line, reads the
 echo, and looks at once (no waiting) whether the close has arrived too.  Printed:
 the share of closes the client saw with the reply, median over the rounds.
 
-    python bench/close_segments.py [--rounds 5] [--connections 1000]
+    python -m bench.close_segments [--rounds 5] [--connections 1000]
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import statistics
 import subprocess
 import sys
 
-import _common
-from _common import HOST, freePort, header, options, readLine, table, waitUntil
+from bench import _common
+from bench._common import HOST, freePort, header, options, readLine, table, waitUntil
 
 
 def closeSeenWithReply(port: int) -> bool:

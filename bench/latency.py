@@ -2,7 +2,7 @@
 (c) Upgrade latency: SIGHUP -> new flipecho generation ready, vs a bare ``twistd -n``
 start of the plain echo server.  Target: txflip's own added cost <= 50 ms.
 
-    python bench/latency.py [--runs 9]
+    python -m bench.latency [--runs 9]
 
 Interleaved, each --runs times:
 
@@ -27,8 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import _common
-from _common import (
+from bench import _common
+from bench._common import (
     HOST,
     command,
     freePort,

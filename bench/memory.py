@@ -2,7 +2,7 @@
 (d) Memory: RSS of flipecho vs the plain Twisted echo server, idle and with 1,000
 idle connections open.  Target: idle flipecho at most +3 MB over plain.
 
-    python bench/memory.py [--runs 3] [--connections 1000]
+    python -m bench.memory [--runs 3] [--connections 1000]
 
 Each run starts both servers (the order alternates), reads VmRSS from /proc once
 they serve and have been idle for a second, then opens the connections to each
@@ -15,7 +15,16 @@ from __future__ import annotations
 import socket
 import time
 
-from _common import HOST, header, median, options, raiseNofile, rssKib, running, table
+from bench._common import (
+    HOST,
+    header,
+    median,
+    options,
+    raiseNofile,
+    rssKib,
+    running,
+    table,
+)
 
 
 def connect(port: int, n: int) -> list[socket.socket]:

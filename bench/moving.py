@@ -1,7 +1,7 @@
 """
 (m) Moving connections to the new generation instead of closing them.
 
-    python bench/moving.py [--runs 3] [--sizes 1000,10000] [--loss 200,2000]
+    python -m bench.moving [--runs 3] [--sizes 1000,10000] [--loss 200,2000]
                            [--upgrades 5]
 
 1. Idle connections through one upgrade of flipecho, moving on (default) and off
@@ -25,7 +25,7 @@ import re
 import time
 from typing import Any
 
-from _common import (
+from bench._common import (
     HOST,
     header,
     median,
@@ -36,7 +36,7 @@ from _common import (
     table,
     waitUntil,
 )
-from talkers import Talkers  # tests/, on the path since _common
+from tests.talkers import Talkers  # tests/, on the path since _common
 
 MOVED = re.compile(r"moved (\d+) connections to pid \d+ in ([\d.]+) ms")
 

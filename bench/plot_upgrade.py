@@ -3,7 +3,7 @@
 that served them, with SIGHUP, "new generation ready" and "old generation exited"
 marked.  Needs matplotlib (``pip install '.[bench]'``).
 
-    python bench/plot_upgrade.py [--out bench/upgrade.png] [--clients 4]
+    python -m bench.plot_upgrade [--out bench/upgrade.png] [--clients 4]
 
 The server is bench/pidecho.py (flipecho that answers each line with its pid, txflip
 used as a library); short-lived clients (connect, one line, close) run throughout.
@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import (
+from bench._common import (
     BENCH,
     HOST,
     header,

@@ -2,7 +2,7 @@
 (e) Scale: upgrade and drain time of flipecho with 1, 10, 100 listeners and 0, 1,000,
 5,000 open (idle) connections: how the cost grows.
 
-    python bench/scale.py [--listeners 1,10,100] [--connections 0,1000,5000] [--runs 3]
+    python -m bench.scale [--listeners 1,10,100] [--connections 0,1000,5000] [--runs 3]
 
 For each combination: start flipecho with that many TCP listeners, open the
 connections (spread over the listeners, each echoes one line so that the server has
@@ -18,7 +18,7 @@ import re
 import socket
 import time
 
-from _common import (
+from bench._common import (
     HOST,
     header,
     median,

@@ -1,9 +1,9 @@
 """
 Soak: many consecutive upgrades of flipecho under load, and what they leave behind.
 
-    python bench/soak.py                 # 1,000 upgrades (about 7 minutes here)
-    python bench/soak.py --upgrades 50   # the version tests/test_soak.py runs
-    python bench/soak.py --commit HEAD   # the code of a commit, not of the checkout
+    python -m bench.soak                 # 1,000 upgrades (about 7 minutes here)
+    python -m bench.soak --upgrades 50   # the version tests/test_soak.py runs
+    python -m bench.soak --commit HEAD   # the code of a commit, not of the checkout
 
 Every new generation imports the code on disk (that is what an upgrade is for): in a
 checkout others are editing, use C{--commit}, which runs the server from a snapshot
@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from _common import (
+from bench._common import (
     HOST,
     ROOT,
     BenchError,
@@ -58,8 +58,7 @@ from _common import (
     twistd,
     waitUntil,
 )
-from harness import becomeSubreaper, reap, sessionProcesses, startLogged
-
+from tests.harness import becomeSubreaper, reap, sessionProcesses, startLogged
 from txflip.check._echoload import Load
 from txflip.check._stats import Stats
 from txflip.generation._pidfile import PidFile, pidAlive

@@ -2,7 +2,7 @@
 (b) Steady-state cost: flipecho vs the plain Twisted echo server (same protocol,
 plain ``listenTCP``, no txflip).  Target: flipecho >= 97% of plain.
 
-    python bench/steady.py [--runs 10] [--seconds 2.5]
+    python -m bench.steady [--runs 10] [--seconds 2.5]
 
 Both servers run side by side; bench/loadgen.py (one epoll process) loads one at a
 time, alternating, as fast as it can: connections/s (connect, one line, its echo,
@@ -25,8 +25,8 @@ import os
 import subprocess
 import sys
 
-import _common
-from _common import (
+from bench import _common
+from bench._common import (
     BENCH,
     SERVER_CPU,
     cpuSeconds,

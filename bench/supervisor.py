@@ -1,7 +1,7 @@
 """
 (s) ``txflip run``: what the stable-PID supervisor costs, and how it upgrades.
 
-    python bench/supervisor.py [--runs 6] [--seconds 2.5] [--upgrades 5]
+    python -m bench.supervisor [--runs 6] [--seconds 2.5] [--upgrades 5]
 
 Side by side in one run:
 
@@ -30,8 +30,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-import _common
-from _common import (
+from bench import _common
+from bench._common import (
     HOST,
     SERVER_CPU,
     Running,
@@ -45,7 +45,7 @@ from _common import (
     start,
     table,
 )
-from steady import load
+from bench.steady import load
 
 
 def status(server: Running) -> dict[str, object]:

@@ -1,7 +1,7 @@
 """
 (a) Upgrades under load: flipecho vs a naive restart vs a SO_REUSEPORT handoff.
 
-    python bench/upgrades.py [--runs 3] [--upgrades 20] [--spacing 0.8]
+    python -m bench.upgrades [--runs 3] [--upgrades 20] [--spacing 0.8]
 
 Each run starts a server and runs ``txflip check`` against it (4 short-lived and 4
 long-lived clients, N upgrades spaced over the run), then reports errors per 100
@@ -23,7 +23,7 @@ import subprocess
 import sys
 from typing import Any
 
-from _common import ROOT, header, median, ms, options, running, table
+from bench._common import ROOT, header, median, ms, options, running, table
 
 SERVERS = ("flipecho", "reuseport", "naive")
 

@@ -1,7 +1,7 @@
 """
 (g) HTTP: twistd web behind ``flip:`` against plain ``twistd web``, with wrk.
 
-    python bench/web.py [--runs 8] [--seconds 3] [--upgrades 5] [--connections 50]
+    python -m bench.web [--runs 8] [--seconds 3] [--upgrades 5] [--connections 50]
 
 Steady state: both servers run side by side (``twistd -n web --listen tcp:PORT
 --path bench/www``, and ``twistd -n flip web --listen flip:tcp:PORT --path
@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Any
 
-from _common import (
+from bench._common import (
     HOST,
     SERVER_CPU,
     header,

@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import (
+
+from tests.harness import (
     Load,
     ServerProcess,
     becomeSubreaper,

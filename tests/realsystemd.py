@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from harness import waitFor
+
+from tests.harness import waitFor
 
 T = TypeVar("T")
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness import ServerProcess, pidAlive, readPidFile, waitFor
+from tests.harness import ServerProcess, pidAlive, readPidFile, waitFor
 
 ROOT = Path(__file__).resolve().parent.parent
 FLIPECHO = ["-n", "flipecho", "--listen", "tcp:0:interface=127.0.0.1"]
@@ -144,6 +144,6 @@ def pidFileStays(run: Supervised) -> bool:
 
 
 def flipecho(*args: str) -> list[str]:
-    from conftest import twistdCommand
+    from tests.conftest import twistdCommand
 
     return [*twistdCommand(), *FLIPECHO, *args]

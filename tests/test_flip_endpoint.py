@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conftest import (
+from tests.conftest import (
     PLAIN,
     ROOT,
     SUBREAPER,
@@ -26,7 +26,7 @@ from conftest import (
     selfSigned,
     twistdCommand,
 )
-from harness import (
+from tests.harness import (
     ServerProcess,
     freePort,
     pidAlive,

@@ -11,8 +11,8 @@ import socket
 import statistics
 from pathlib import Path
 
-from conftest import SUBREAPER, echo, trafficFlows
-from harness import Load, pidAlive, readPidFile, reap, waitFor, waitForUpgrade
+from tests.conftest import SUBREAPER, echo, trafficFlows
+from tests.harness import Load, pidAlive, readPidFile, reap, waitFor, waitForUpgrade
 
 UPGRADES = 10
 

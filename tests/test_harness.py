@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import (
+
+from tests.harness import (
     Load,
     LongClients,
     ServerProcess,

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Flip, PartialRequest, alone, heldChild, waitLine
-from harness import readPidFile, waitFor, waitForUpgrade
+
+from tests.conftest import Flip, PartialRequest, alone, heldChild, waitLine
+from tests.harness import readPidFile, waitFor, waitForUpgrade
 
 STDIO = {"0", "1", "2"}
 

@@ -9,8 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
-from conftest import ROOT, SUBREAPER, echo
-from harness import (
+from tests.conftest import ROOT, SUBREAPER, echo
+from tests.harness import (
     ServerProcess,
     freePort,
     pidAlive,

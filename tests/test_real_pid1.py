@@ -14,9 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT, twistdCommand
-from harness import canConnect, freePort, waitFor
-from realsystemd import TOOLS, require
+from tests.conftest import ROOT, twistdCommand
+from tests.harness import canConnect, freePort, waitFor
+from tests.realsystemd import TOOLS, require
 
 
 def descendants(pid: int) -> list[int]:

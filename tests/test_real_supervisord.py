@@ -18,9 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, twistdCommand
-from harness import canConnect, freePort, killedAtEnd, waitFor
-from realsystemd import TOOLS, require
+
+from tests.conftest import ROOT, twistdCommand
+from tests.harness import canConnect, freePort, killedAtEnd, waitFor
+from tests.realsystemd import TOOLS, require
 
 DIST = TOOLS / "usr/lib/python3/dist-packages"
 

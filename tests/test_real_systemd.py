@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, lines
-from harness import Load, waitFor
-from realsystemd import Container, require
+
+from tests.conftest import ROOT, lines
+from tests.harness import Load, waitFor
+from tests.realsystemd import Container, require
 
 PORT = 8080
 CONTROL = "/run/flipecho/control.sock"

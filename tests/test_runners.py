@@ -15,8 +15,15 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from conftest import ROOT, SUBREAPER, oneLineError, runTwistd, twistdCommand
-from harness import ServerProcess, pidAlive, readPidFile, reap, waitFor, waitForUpgrade
+from tests.conftest import ROOT, SUBREAPER, oneLineError, runTwistd, twistdCommand
+from tests.harness import (
+    ServerProcess,
+    pidAlive,
+    readPidFile,
+    reap,
+    waitFor,
+    waitForUpgrade,
+)
 
 LISTEN = "flip:tcp:0:interface=127.0.0.1"
 

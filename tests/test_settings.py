@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import PLAIN, ROOT, oneLineError, runTwistd
 
+from tests.conftest import PLAIN, ROOT, oneLineError, runTwistd
 from txflip import Upgrader, UpgradeService
 from txflip._settings import SettingError, seconds
 from txflip.generation._process import ProcessState

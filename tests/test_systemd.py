@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SUBREAPER, echo, twistdCommand
-from harness import pidAlive, readPidFile, reap, waitFor, waitForUpgrade
+
+from tests.conftest import ROOT, SUBREAPER, echo, twistdCommand
+from tests.harness import pidAlive, readPidFile, reap, waitFor, waitForUpgrade
 
 
 class NotifySocket:

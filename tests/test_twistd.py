@@ -16,8 +16,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SUBREAPER, echo, oneLineError, runTwistd, twistdCommand
-from harness import (
+
+from tests.conftest import ROOT, SUBREAPER, echo, oneLineError, runTwistd, twistdCommand
+from tests.harness import (
     ServerProcess,
     found,
     freePort,

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT
-from harness import Load, allGone, killedAtEnd, pidAlive, readPidFile, waitFor
-from supervised import Supervised, flipecho, pidFileStays, txflip
+
+from tests.conftest import ROOT
+from tests.harness import Load, allGone, killedAtEnd, pidAlive, readPidFile, waitFor
+from tests.supervised import Supervised, flipecho, pidFileStays, txflip
 
 # A worker command that fails when the file "broken" exists in its directory (a bad
 # deploy), and one whose worker dies 1.5 s after it started when "dies" exists
@@ -596,7 +597,7 @@ def test_theSupervisorAloneTellsSystemd(tmp_path: Path) -> None:
     own pid once its workers serve, RELOADING=1 and READY=1 around an upgrade,
     STOPPING=1; the workers say nothing (no NotifyAccess=all needed).
     """
-    from test_systemd import NotifySocket
+    from tests.test_systemd import NotifySocket
 
     notify = NotifySocket(tmp_path / "notify")
     env = {"NOTIFY_SOCKET": str(notify.path)}

@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, twistdCommand
-from harness import (
+
+from tests.conftest import ROOT, twistdCommand
+from tests.harness import (
     ServerProcess,
     freePort,
     readPidFile,
     txflipCheck,
     waitFor,
 )
-
 from txflip._cli import main
 from txflip.check._httpexchange import Target, expectStatus
 from txflip.check._httpload import HTTPClients

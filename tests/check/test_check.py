@@ -23,18 +23,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
-from harness import (
+
+from tests.conftest import ROOT
+from tests.harness import (
     ServerProcess,
     freePort,
     pidAlive,
     readPidFile,
     waitFor,
 )
-from harness import (
+from tests.harness import (
     txflipCheck as check,
 )
-
 from txflip._cli import main
 from txflip.check._cli import runCheck
 from txflip.check._drive import upgradeTimes

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from harness import isOpen, oneLine
 from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 
+from tests.harness import isOpen, oneLine
 from txflip._errors import ListenError
 from txflip._reactor import asReactor
 from txflip.listen._addresses import ListenSpec, parseListen

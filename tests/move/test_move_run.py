@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import lines
-from harness import allGone, moreThan, waitFor
-from supervised import Supervised, flipecho
-from talkers import everyKind
+
+from tests.conftest import lines
+from tests.harness import allGone, moreThan, waitFor
+from tests.supervised import Supervised, flipecho
+from tests.talkers import everyKind
 
 UPGRADES = 5
 

@@ -8,8 +8,8 @@ import os
 import socket
 
 import pytest
-from harness import oneLine
 
+from tests.harness import oneLine
 from txflip._errors import ListenError
 from txflip.listen._addresses import DEFAULT_BACKLOG, ListenSpec, parseListen
 

@@ -18,8 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, twistdCommand
-from harness import ServerProcess, pidAlive, readPidFile, waitFor
+
+from tests.conftest import ROOT, twistdCommand
+from tests.harness import ServerProcess, pidAlive, readPidFile, waitFor
 
 BIG = 8 * 1024 * 1024
 SMALL = b"small\n"

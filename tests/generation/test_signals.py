@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import (
+
+from tests.conftest import (
     SUBREAPER,
     alone,
     echo,
@@ -23,7 +24,7 @@ from conftest import (
     upgradeWorks,
     waitLine,
 )
-from harness import pidAlive, reap, waitFor, waitForUpgrade
+from tests.harness import pidAlive, reap, waitFor, waitForUpgrade
 
 
 def reached(deadline: float) -> bool:

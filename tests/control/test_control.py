@@ -15,12 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import ROOT, echo
-from harness import allGone, killedAtEnd, pidAlive, waitFor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from tests.conftest import ROOT, echo
+from tests.harness import allGone, killedAtEnd, pidAlive, waitFor
 from txflip.control._server import ControlFactory, ControlProtocol
 
 

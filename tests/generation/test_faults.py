@@ -24,7 +24,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import (
+
+from tests.conftest import (
     ROOT,
     Flip,
     PartialRequest,
@@ -43,7 +44,7 @@ from conftest import (
     waitLine,
     waitLog,
 )
-from harness import Load, pidAlive, readPidFile, reap, waitFor, waitForUpgrade
+from tests.harness import Load, pidAlive, readPidFile, reap, waitFor, waitForUpgrade
 
 LOCALHOST = "127.0.0.1"
 TCP0 = "tcp:0:interface=127.0.0.1"

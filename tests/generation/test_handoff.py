@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from harness import isOpen
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 
+from tests.harness import isOpen
 from txflip._errors import HandoffError
 from txflip._reactor import asReactor
 from txflip.generation._handoff import (

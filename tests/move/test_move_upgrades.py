@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PLAIN, ROOT, Flip, lines, selfSigned, twistdCommand
-from harness import (
+
+from tests.conftest import PLAIN, ROOT, Flip, lines, selfSigned, twistdCommand
+from tests.harness import (
     ServerProcess,
     freePort,
     killedAtEnd,
@@ -29,8 +30,8 @@ from harness import (
     readPidFile,
     waitFor,
 )
-from harness import waitForUpgrade as _waitForUpgrade
-from talkers import Clients, Talkers, everyKind
+from tests.harness import waitForUpgrade as _waitForUpgrade
+from tests.talkers import Clients, Talkers, everyKind
 
 UPGRADES = 20
 

@@ -12,8 +12,8 @@ import socket
 import subprocess
 import sys
 
-from conftest import ROOT
-from harness import canConnect, freePort, waitFor
+from tests.conftest import ROOT
+from tests.harness import canConnect, freePort, waitFor
 
 
 def test_closeWithReplyIsSeenWithTheReply() -> None:
