@@ -35,6 +35,7 @@ from zope.interface import implementer
 from txflip._errors import ListenError, TxflipError
 from txflip._settings import SettingError, seconds
 from txflip.drain._tracker import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE
+from txflip.generation._process import failStartup
 from txflip.generation._upgrader import DEFAULT_UPGRADE_TIMEOUT, Upgrader
 from txflip.listen._addresses import ListenSpec, parseListen
 from txflip.listen._fds import Listener
@@ -83,8 +84,6 @@ class _FlipProcess:
         process = cls.current
         if process is None:
             if "twisted.scripts.twistd" in sys.modules:
-                from txflip.twistd import failStartup
-
                 failStartup(
                     f"flip:{inner} under twistd needs the flip plugin in front of"
                     " yours: twistd [options] flip PLUGIN [plugin options]"
@@ -296,7 +295,5 @@ def parseFlip(reactor: Any, *args: str, **kwargs: str) -> FlipServerEndpoint:
             else "twisted.scripts.twistd" in sys.modules
         )
         if underTwistd:
-            from txflip.twistd import failStartup
-
             failStartup(str(e) if isinstance(e, TxflipError) else f"flip:{inner}: {e}")
         raise

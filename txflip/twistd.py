@@ -33,20 +33,21 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from operator import attrgetter
-from typing import Any, NoReturn
+from typing import Any
 
 from twisted.application.service import IService, MultiService
 from twisted.logger import ILogObserver, textFileLogObserver
 from twisted.python import usage
 from twisted.python.components import Componentized
 
+from txflip._endpoint import useService
 from txflip._errors import TxflipError
 from txflip._log import pidObserver, twistdObserverFactory
 from txflip._settings import SettingError, seconds
 from txflip.control._server import REQUEST_TIMEOUT
 from txflip.drain._tracker import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE
 from txflip.generation import _handoff
-from txflip.generation._process import tellParentError
+from txflip.generation._process import failStartup
 from txflip.generation._upgrader import DEFAULT_UPGRADE_TIMEOUT, Upgrader
 from txflip.service import UpgradeService
 
@@ -189,15 +190,6 @@ class _Root(MultiService):
         super().setServiceParent(parent)
 
 
-def failStartup(message: str) -> NoReturn:
-    """
-    Exit with C{message} on one line; a later generation also tells its parent,
-    whose failed upgrade then names the reason.
-    """
-    tellParentError(message)
-    raise SystemExit(f"txflip: {message}")
-
-
 def makeUpgradeService(options: UpgradeOptions) -> UpgradeService:
     """
     The L{UpgradeService} configured by C{options}.
@@ -284,8 +276,6 @@ class Options(UpgradeOptions):
 
 
 def makeService(options: Options) -> MultiService:
-    from txflip._endpoint import useService
-
     service = makeUpgradeService(options)
     useService(service, options.settings(), "the flip plugin's options")
     assert options.subCommand is not None  # postOptions refused it otherwise

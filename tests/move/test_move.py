@@ -26,7 +26,7 @@ from txflip.listen._addresses import parseListen
 from txflip.listen._fds import bindSocket
 from txflip.move._in import Receiver
 from txflip.move._movable import ConnectionState, StateRefused
-from txflip.move._out import Mover
+from txflip.move._out import ChannelMover
 from txflip.move._transport import checkPrivateAPI
 from txflip.move._wire import (
     Accepted,
@@ -121,11 +121,11 @@ class World:
         self.receiver = Receiver(
             reactor, self.channel[1], (trackers or {KEY: self.new}).get
         )
-        self.mover = Mover(reactor, self.channel[0], {self.old: KEY})
+        self.mover = ChannelMover(reactor, self.channel[0], {self.old: KEY})
         return self.old.drain(1.0, 10.0, self.mover)
 
     receiver: Receiver | None = None
-    mover: Mover | None = None
+    mover: ChannelMover | None = None
 
     def close(self) -> None:
         self.port.stopListening()
@@ -271,7 +271,7 @@ async def test_brokenChannelBringsConnectionsBack() -> None:
         # The new generation is gone before it reads anything.
         world.channel[1].close()
         world.receiver = Receiver(reactor, socket.socketpair()[0], lambda key: None)
-        world.mover = Mover(reactor, world.channel[0], {world.old: KEY})
+        world.mover = ChannelMover(reactor, world.channel[0], {world.old: KEY})
         drained = world.old.drain(1.0, 10.0, world.mover)
         assert world.mover is not None
         await until(lambda: not world.mover._channel.open, "the channel to break")

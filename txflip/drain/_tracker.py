@@ -19,7 +19,8 @@ C{HTTPChannel} among them) abort when it is called.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import (
@@ -41,9 +42,6 @@ from zope.interface import (
 )
 
 from txflip._reactor import Clock
-
-if TYPE_CHECKING:
-    from txflip.move._out import Mover
 
 DEFAULT_IDLE_GRACE = 1.0
 DEFAULT_DRAIN_TIMEOUT = 30.0
@@ -160,6 +158,36 @@ def _track(tracker: ConnectionTracker, wrapped: IProtocol) -> _Tracked:
     if provided is not implementedBy(kind):
         directlyProvides(tracked, provided)
     return tracked
+
+
+class Mover(TypingProtocol):
+    """
+    What a drain needs of whatever moves connections to the next generation
+    (L{txflip.move} provides it).  Defined here, on the side that uses it, so that
+    draining never imports moving: the tracker offers each connection, asks which
+    ones are still in transit, and hands the rest back at the end of the idle grace.
+    """
+
+    def offer(self, tracker: ConnectionTracker, tracked: _Tracked) -> bool:
+        """
+        Take C{tracked} to move it; C{False} if it cannot move (then it drains).
+        """
+
+    def holds(self, tracked: _Tracked) -> bool:
+        """
+        Whether C{tracked} is waiting to move or in transit: not ours to close.
+        """
+
+    def giveUp(self, tracker: ConnectionTracker) -> None:
+        """
+        The idle grace is over: hand back every connection of C{tracker} still
+        waiting for a boundary, to drain here.
+        """
+
+    def close(self, why: str = "done") -> None:
+        """
+        Stop moving; every connection still held comes back to its tracker.
+        """
 
 
 class ConnectionTracker(Factory):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import MutableMapping
+from typing import NoReturn
 
 from txflip._errors import TxflipError
 from txflip.generation import _handoff
@@ -77,3 +78,16 @@ def tellParentError(message: str) -> None:
     L{ProcessState.tellParentError} for this process.
     """
     thisProcess.tellParentError(message)
+
+
+def failStartup(message: str) -> NoReturn:
+    """
+    Exit with C{message} on one line; a later generation also tells its parent,
+    whose failed upgrade then names the reason.
+
+    Here, beside the process state, because every entry point that can fail while
+    starting (twistd's plugins, C{flip:} endpoints, flipecho) needs it, and none of
+    them should import another to get it.
+    """
+    tellParentError(message)
+    raise SystemExit(f"txflip: {message}")

@@ -47,7 +47,7 @@ POLL_INTERVAL = 0.002
 ANSWER_TIMEOUT = 5.0
 
 
-class Mover:
+class ChannelMover:
     """
     Moves connections of several trackers through one channel.
 

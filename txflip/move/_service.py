@@ -20,7 +20,7 @@ from txflip.drain._tracker import ConnectionTracker
 from txflip.generation._upgrader import Upgrader
 from txflip.listen._fds import Listener
 from txflip.move._in import Receiver
-from txflip.move._out import Mover
+from txflip.move._out import ChannelMover
 from txflip.move._spawn import CHANNEL_NAME, ChannelSpawner, inheritedChannel
 
 #: (listener, tracker, what the listener serves: the tracker, maybe wrapped)
@@ -79,7 +79,7 @@ class ServiceMoves:
                 return tracker
         return None
 
-    def mover(self) -> Mover | None:
+    def mover(self) -> ChannelMover | None:
         """
         What moves our connections as we drain, if a newer generation takes them.
         """
@@ -96,9 +96,9 @@ class ServiceMoves:
             for listener, tracker, served in self._streams
             if served is tracker
         }
-        return Mover(self._reactor, sock, keys)
+        return ChannelMover(self._reactor, sock, keys)
 
-    def moved(self, mover: Mover) -> None:
+    def moved(self, mover: ChannelMover) -> None:
         """
         The drain is over: close C{mover}'s channel and say what it moved.
         """
