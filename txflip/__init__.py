@@ -22,7 +22,10 @@ from txflip._errors import (
     UpgradeError,
     UpgradeInProgress,
     UpgradeTimeout,
+    WorkerOfSupervisor,
 )
+from txflip._settings import SettingError
+from txflip.drain._cork import closeWithReply
 from txflip.drain._tracker import ConnectionTracker, IDrainable
 from txflip.listen._fds import Listener
 from txflip.move._movable import (
@@ -75,6 +78,7 @@ __all__ = [
     "PidFileError",
     "Refused",
     "RunningAsInit",
+    "SettingError",
     "StateRefused",
     "Stopping",
     "TxflipError",
@@ -83,4 +87,6 @@ __all__ = [
     "UpgradeService",
     "UpgradeTimeout",
     "Upgrader",
+    "WorkerOfSupervisor",
+    "closeWithReply",
 ]

@@ -17,12 +17,16 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.python import usage
 from zope.interface import implementer
 
+from txflip import (
+    ConnectionState,
+    IDrainable,
+    IMovable,
+    StateRefused,
+    closeWithReply,
+)
 from txflip._errors import ListenError
-from txflip.drain._cork import closeWithReply
-from txflip.drain._tracker import IDrainable
 from txflip.generation._process import failStartup
 from txflip.listen._addresses import parseListen
-from txflip.move._movable import ConnectionState, IMovable, StateRefused
 from txflip.twistd import UpgradeOptions, makeUpgradeService, rootService
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"

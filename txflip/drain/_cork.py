@@ -15,22 +15,34 @@ which sends both together.  C{bench/close_segments.py} measures it.
 from __future__ import annotations
 
 import socket
-from typing import Any
+
+from twisted.internet.interfaces import ITransport
 
 #: The option that holds back partial segments, where the platform has one.
 CORK = getattr(socket, "TCP_CORK", None) or getattr(socket, "TCP_NOPUSH", None)
 
 
-def closeWithReply(transport: Any) -> None:
+def closeWithReply(transport: ITransport | None) -> None:
     """
     Close C{transport} after what was written to it, reply and FIN together when
     it is a TCP connection.
+
+    Use it instead of C{transport.loseConnection()} to end a connection with its
+    reply while draining (in L{txflip.IDrainable.startDraining}'s aftermath, or in
+    C{closeIfIdle}): a plain C{loseConnection} lets the kernel send the reply and the
+    FIN in two segments, and a lock-step client that reads the reply in between
+    sends its next request into a closing connection, where it is lost.
+
+    @param transport: a protocol's C{transport}; C{None} (not connected) is
+        nothing to close.
     """
+    if transport is None:
+        return
     cork(transport)
     transport.loseConnection()
 
 
-def cork(transport: Any) -> None:
+def cork(transport: ITransport | None) -> None:
     """
     Hold back partial segments on C{transport}'s socket until it closes (not a TCP
     socket, or no such option here: nothing to do).
