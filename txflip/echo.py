@@ -75,7 +75,7 @@ class Echo(Protocol):
 
     def closeIfIdle(self) -> None:
         if not self._pending:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            closeWithReply(self.transport)
 
     def exportState(self) -> ConnectionState | None:
         # Every echo is written as soon as its line is complete: between two
