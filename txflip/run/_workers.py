@@ -68,6 +68,51 @@ class Sockets:
         return [str(each.spec) for each in self.listeners]
 
 
+class WorkerProcess(Protocol):
+    """
+    A worker's process as L{Worker} drives it (a L{SpawnAttempt}, or a fake).
+    """
+
+    #: The process's pid.
+    pid: int
+    #: Fires with the pid once it is ready, or fails once it is gone before.
+    result: Deferred[int]
+
+    def cancel(self) -> object:
+        """
+        Kill it unless it is ready; L{result} fails once it is gone.
+        """
+
+    def signal(self, name: str) -> None:
+        """
+        Send it C{SIG}C{name}.
+        """
+
+
+class WorkerSpawner(Protocol):
+    """
+    How a L{Worker} starts its process: the seam that lets the supervisor's
+    rules be tested on a fake clock, without processes.
+    """
+
+    def __call__(
+        self, reactor: Any, spawn: Spawn, afterReady: Callable[[Failure], None]
+    ) -> WorkerProcess:
+        """
+        Start C{spawn}; call C{afterReady} with the reason if it ends after it
+        was ready.
+        """
+
+
+def spawnWorker(
+    reactor: Any, spawn: Spawn, afterReady: Callable[[Failure], None]
+) -> WorkerProcess:
+    """
+    The real L{WorkerSpawner}: a child process that stays ours (not detached).
+    """
+    return SpawnAttempt(reactor, spawn, afterReady=afterReady)
+
+
 class WorkerEvents(Protocol):
     def workerReady(self, worker: Worker) -> None:
         """
@@ -107,10 +152,12 @@ class Worker:
         upgradeTimeout: float,
         successorFor: Callable[[Worker], socket.socket | None] = lambda w: None,
         balance: tuple[Table, int] | None = None,
+        spawner: WorkerSpawner = spawnWorker,
     ) -> None:
         """
         @param balance: the table workers share to spread connections
             (L{txflip.run._balance}), and its fd to pass on; L{None} for none.
+        @param spawner: starts the process (L{spawnWorker}, or a fake in tests).
         """
         self._reactor = reactor
         self._events = events
@@ -131,7 +178,7 @@ class Worker:
         if balance is not None:
             extraFDs[BALANCE] = balance[1]
         try:
-            self._attempt = SpawnAttempt(
+            self._attempt = spawner(
                 reactor,
                 Spawn(
                     command,
@@ -141,7 +188,7 @@ class Worker:
                     upgradeTimeout,
                     extraFDs,
                 ),
-                afterReady=self._endedAfterReady,
+                self._endedAfterReady,
             )
         except BaseException:
             ours.close()
