@@ -1,36 +1,565 @@
 """
-The supervisor of C{txflip run}: the small public API in front of its state
-machine (L{txflip.run._machine}), which starts its workers, upgrades them one
-by one, puts the new ones on probation and stops them.  The processes themselves
-are L{txflip.run._workers.Worker}s.
+The supervisor of C{txflip run}, as one typed automat machine: its inputs
+(L{_Inputs}), its data (L{_Core}, and L{_Upgrade} while an upgrade runs), its
+rules (L{_makeMachine}), and the public front (L{Supervisor}) whose methods each
+give the machine one input.  Workers report straight to the machine (it is their
+L{txflip.run._workers.WorkerEvents}); the processes themselves are
+L{txflip.run._workers.Worker}s.
+
+A worker that fails while the service starts makes C{txflip run} exit with the
+reason; one that dies while serving is replaced, with a backoff; a new worker
+that fails during an upgrade fails it (the old workers serve on), and one that
+dies during the probation rolls the upgrade back.
+
+Rules that decide on another input (every first worker serves, the last new
+one does, a worker is gone) give it to the machine from inside the transition:
+automat runs it once the transition is over.
 """
 
 from __future__ import annotations
 
-import os
+import socket
 import time
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred
+from automat import TypeMachineBuilder, pep614
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from txflip import _errors
+from txflip._errors import NotReady, UpgradeError, UpgradeInProgress
 from txflip.generation._command import Command
-from txflip.run._balance import Table
-from txflip.run._core import _Core, _Supervisor, backoff
-from txflip.run._machine import _Machine
-from txflip.run._workers import Sockets, Worker
+from txflip.run._backoff import STABLE, backoff
+from txflip.run._balance import MAX_WORKERS, Table
+from txflip.run._status import supervisorStatus
+from txflip.run._workers import Sockets, Worker, WorkerSpawner, spawnWorker
 from txflip.systemd import Notifier
+
+
+class _Inputs(Protocol):
+    def start(self) -> None:
+        "Start the workers."
+
+    def upgrade(self, join: bool) -> Deferred[list[int]]:
+        "Replace every worker by a new one (or join the upgrade in progress)."
+
+    def stop(self) -> Deferred[None]:
+        "Stop every worker gracefully."
+
+    def resize(self, delta: int) -> None:
+        "One worker more (+1) or fewer (-1)."
+
+    def phase(self) -> str:
+        "The state's name, for the status report."
+
+    def workerReady(self, worker: Worker) -> None:
+        "C{worker} serves."
+
+    def workerFailed(self, worker: Worker, reason: str) -> None:
+        "C{worker} is gone without having become ready."
+
+    def workerEnded(self, worker: Worker, how: str) -> None:
+        "C{worker} is gone after it was ready."
+
+    def spawnFailed(self, reason: str) -> None:
+        "A worker could not even be spawned (C{fork} failed, say)."
+
+    def _started(self) -> None:
+        "Every first worker serves."
+
+    def _crashed(self, worker: Worker, reason: str) -> None:
+        "A worker nobody asked to stop is gone."
+
+    def _newFailed(self, reason: str) -> None:
+        "A new worker of the upgrade failed, before or after ready."
+
+    def _beginProbation(self) -> None:
+        "Every new worker serves; watch them for the probation."
+
+    def _upgradeDone(self) -> None:
+        "The upgrade succeeded: retire the old workers."
+
+    def _restart(self) -> None:
+        "The backoff is over: replace the missing workers."
+
+    def _allGone(self) -> None:
+        "Every worker is gone."
+
+
+@dataclass
+class _Upgrade:
+    """
+    The upgrade in progress (states Upgrading and Probation).
+    """
+
+    #: What the caller of L{Supervisor.upgrade} waits on, and those who joined.
+    pending: Deferred[list[int]]
+    old: list[Worker]
+    count: int
+    new: list[Worker] = field(default_factory=list)
+    joiners: list[Deferred[list[int]]] = field(default_factory=list)
+    #: The end of the probation.
+    timer: IDelayedCall | None = None
+
+
+@dataclass
+class _Core:
+    reactor: Any
+    command: Command
+    environ: Mapping[str, str]
+    sockets: Sockets
+    notifier: Notifier
+    log: Logger
+    target: int
+    upgradeTimeout: float
+    probation: float
+    drainTimeout: float
+    spawner: WorkerSpawner
+    #: The workers' balancing table and its fd (L{txflip.run._balance}), if any.
+    balance: tuple[Table, int] | None = None
+    generation: int = 1
+    workers: list[Worker] = field(default_factory=list)
+    startup: Deferred[None] = field(default_factory=Deferred)
+    stopped: Deferred[None] = field(default_factory=Deferred)
+    #: Why the service could not start, if it could not.
+    failure: str | None = None
+    upgrade: _Upgrade | None = None
+    lastUpgrade: tuple[float, str] | None = None
+    # Replacing workers that died:
+    failures: int = 0
+    restartCall: IDelayedCall | None = None
+    note: str | None = None
+
+    def active(self) -> list[Worker]:
+        return [w for w in self.workers if not w.retiring and w.state != "gone"]
+
+    def isNew(self, worker: Worker) -> bool:
+        return self.upgrade is not None and worker in self.upgrade.new
+
+    def successorFor(self, asking: Worker) -> socket.socket | None:
+        """
+        A retiring worker asks where to move its connections: the moves channel
+        of a newer worker that serves and has none yet (one old worker for each
+        new one).  Under probation, old workers retire only once it is over, so
+        connections move only to workers that passed it.
+        """
+        for worker in self.workers:
+            if worker.generation > asking.generation:
+                end = worker.takeMovesEnd()
+                if end is not None:
+                    return end
+        return None
+
+    def retire(self, worker: Worker) -> None:
+        worker.retire(self.drainTimeout)
+
+    def later(self, d: Deferred[Any], result: object) -> None:
+        """
+        Fire C{d} from the reactor, outside the machine's transition: its
+        callbacks may give the machine its next input.
+        """
+        method = d.errback if isinstance(result, Failure) else d.callback
+        self.reactor.callLater(0, method, result)
+
+
+# -- the steps the rules share --------------------------------------------------
+
+
+def spawn(c: _Inputs, s: _Core, generation: int) -> Worker | None:
+    try:
+        worker = Worker(
+            s.reactor,
+            s.command,
+            s.environ,
+            generation,
+            s.sockets,
+            c,
+            s.upgradeTimeout,
+            s.successorFor,
+            s.balance,
+            s.spawner,
+        )
+    except Exception as e:  # noqa: BLE001 - reported as the worker's failure
+        s.log.error("txflip run: cannot start a worker: {e}", e=e)
+        s.reactor.callLater(0, c.spawnFailed, f"cannot start: {e}")
+        return None
+    s.workers.append(worker)
+    s.log.info(
+        "txflip run: started worker pid {pid} (generation {generation})",
+        pid=worker.pid,
+        generation=generation,
+    )
+    return worker
+
+
+def topUp(c: _Inputs, s: _Core) -> None:
+    """
+    Serving: start workers until there are C{target}, after the backoff if
+    workers keep failing; retire the newest if there are too many.
+    """
+    active = s.active()
+    for extra in active[s.target :][::-1]:
+        s.log.info("txflip run: retiring worker pid {pid}", pid=extra.pid)
+        s.retire(extra)
+    missing = s.target - len(active)
+    if missing <= 0 or s.restartCall is not None:
+        return
+    delay = backoff(s.failures)
+    if delay:
+        s.note = f"{s.note or 'workers missing'}; restarting in {delay:g} s"
+        s.log.warn("txflip run: {note}", note=s.note)
+        s.restartCall = s.reactor.callLater(delay, c._restart)
+        return
+    for _ in range(missing):
+        spawn(c, s, s.generation)
+
+
+def finishUpgrade(s: _Core, outcome: str, result: object) -> None:
+    upgrade, s.upgrade = s.upgrade, None
+    s.lastUpgrade = (time.time(), outcome)
+    if upgrade is None:
+        return
+    if upgrade.timer is not None and upgrade.timer.active():
+        upgrade.timer.cancel()
+    for waiting in (upgrade.pending, *upgrade.joiners):
+        s.later(waiting, result)
+
+
+def beginStop(c: _Inputs, s: _Core) -> None:
+    if s.restartCall is not None and s.restartCall.active():
+        s.restartCall.cancel()
+    s.restartCall = None
+    s.notifier.stopping(f"stopping: draining {len(s.active())} workers")
+    for worker in s.workers:
+        s.retire(worker)
+    if s.upgrade is not None:
+        finishUpgrade(s, "refused: terminating", Failure(_errors.Stopping()))
+    if not s.startup.called:
+        s.later(s.startup, Failure(UpgradeError(s.failure or "terminating")))
+    if not s.workers:
+        c._allGone()
+
+
+def whenStopped(s: _Core) -> Deferred[None]:
+    done: Deferred[None] = Deferred()
+    s.stopped.addBoth(lambda _: done.callback(None))
+    return done
+
+
+def gone(c: _Inputs, s: _Core, worker: Worker, reason: str, after: bool) -> None:
+    """
+    A worker is gone: expected if it was retiring, an upgrade's failure if it
+    was new, a crash otherwise.
+    """
+    s.workers.remove(worker)
+    if worker.retiring:
+        s.log.info(
+            "txflip run: worker pid {pid} is gone ({reason})",
+            pid=worker.pid,
+            reason=reason.replace(" after ready", ""),
+        )
+    elif s.isNew(worker):
+        message = f"worker pid {worker.pid} {reason}" if after else reason
+        if after and s.probation:
+            message = f"rolled back: {message}"
+        c._newFailed(message)
+    else:
+        c._crashed(worker, reason)
+    if not s.workers:
+        c._allGone()
+
+
+# -- the rules --------------------------------------------------------------------
+
+
+def _makeMachine() -> Any:
+    machine = TypeMachineBuilder(_Inputs, _Core)
+    Idle = machine.state("Idle")
+    Starting = machine.state("Starting")
+    Serving = machine.state("Serving")
+    Upgrading = machine.state("Upgrading")
+    Probation = machine.state("Probation")
+    Stopping = machine.state("Stopping")
+    Stopped = machine.state("Stopped")
+    busy = (Upgrading, Probation)
+    everyState = (Idle, Starting, Serving, *busy, Stopping, Stopped)
+
+    for state in everyState:
+        state.upon(_Inputs.phase).loop().returns(state.name.lower())
+
+        @pep614(state.upon(_Inputs.workerFailed).loop())
+        def workerFailed(c: _Inputs, s: _Core, worker: Worker, reason: str) -> None:
+            gone(c, s, worker, reason, after=False)
+
+        @pep614(state.upon(_Inputs.workerEnded).loop())
+        def workerEnded(c: _Inputs, s: _Core, worker: Worker, how: str) -> None:
+            gone(c, s, worker, f"{how} after ready", after=True)
+
+    @pep614(Idle.upon(_Inputs.start).to(Starting))
+    def start(c: _Inputs, s: _Core) -> None:
+        for _ in range(s.target):
+            spawn(c, s, s.generation)
+
+    @pep614(Starting.upon(_Inputs.workerReady).loop())
+    def firstReady(c: _Inputs, s: _Core, worker: Worker) -> None:
+        if all(w.state == "ready" for w in s.active()):
+            c._started()
+
+    @pep614(Serving.upon(_Inputs.workerReady).loop())
+    @pep614(Probation.upon(_Inputs.workerReady).loop())
+    @pep614(Stopping.upon(_Inputs.workerReady).loop())
+    def replacementReady(c: _Inputs, s: _Core, worker: Worker) -> None:
+        if s.isNew(worker):
+            return  # on probation already
+        s.log.info("txflip run: worker pid {pid} is ready", pid=worker.pid)
+        if len(s.active()) >= s.target:
+            s.note = None
+
+    @pep614(Starting.upon(_Inputs._started).to(Serving))
+    def started(c: _Inputs, s: _Core) -> None:
+        pids = " ".join(str(w.pid) for w in s.active())
+        s.log.info("txflip run: serving (workers {pids})", pids=pids)
+        s.notifier.ready(f"serving: {len(s.active())} workers (pids {pids})")
+        s.later(s.startup, None)
+        topUp(c, s)
+
+    # -- failures ----------------------------------------------------------------
+
+    @pep614(Starting.upon(_Inputs._crashed).to(Stopping))
+    def cannotStart(c: _Inputs, s: _Core, worker: Worker, reason: str) -> None:
+        s.failure = reason
+        s.log.critical("txflip run: cannot start: {reason}", reason=reason)
+        beginStop(c, s)
+
+    @pep614(Serving.upon(_Inputs._crashed).loop())
+    def crashed(c: _Inputs, s: _Core, worker: Worker, reason: str) -> None:
+        if worker.readyAt is not None and worker.uptime >= STABLE:
+            s.failures = 0
+        else:
+            s.failures += 1
+        s.note = f"worker pid {worker.pid} {reason}"
+        s.log.error("txflip run: {note}; replacing it", note=s.note)
+        topUp(c, s)
+
+    @pep614(Upgrading.upon(_Inputs._crashed).loop())
+    @pep614(Probation.upon(_Inputs._crashed).loop())
+    @pep614(Stopping.upon(_Inputs._crashed).loop())
+    def crashedMeanwhile(c: _Inputs, s: _Core, worker: Worker, reason: str) -> None:
+        # Replaced (if still needed) once the upgrade is over.
+        s.log.error(
+            "txflip run: worker pid {pid} {reason}", pid=worker.pid, reason=reason
+        )
+
+    @pep614(Serving.upon(_Inputs._restart).loop())
+    def restart(c: _Inputs, s: _Core) -> None:
+        s.restartCall = None
+        for _ in range(s.target - len(s.active())):
+            spawn(c, s, s.generation)
+
+    @pep614(Starting.upon(_Inputs.spawnFailed).to(Stopping))
+    def cannotSpawnFirst(c: _Inputs, s: _Core, reason: str) -> None:
+        s.failure = reason
+        stop(c, s)
+
+    @pep614(Serving.upon(_Inputs.spawnFailed).loop())
+    def cannotSpawn(c: _Inputs, s: _Core, reason: str) -> None:
+        if s.restartCall is None:
+            s.failures += 1
+            s.note = reason
+            s.restartCall = s.reactor.callLater(backoff(s.failures), c._restart)
+
+    # -- upgrades ----------------------------------------------------------------
+
+    @pep614(Idle.upon(_Inputs.upgrade).loop())
+    @pep614(Starting.upon(_Inputs.upgrade).loop())
+    def notReady(c: _Inputs, s: _Core, join: bool) -> Deferred[list[int]]:
+        return fail(NotReady())
+
+    @pep614(Upgrading.upon(_Inputs.upgrade).loop())
+    @pep614(Probation.upon(_Inputs.upgrade).loop())
+    def inProgress(c: _Inputs, s: _Core, join: bool) -> Deferred[list[int]]:
+        if not join or s.upgrade is None:
+            return fail(UpgradeInProgress())
+        joined: Deferred[list[int]] = Deferred()
+        s.upgrade.joiners.append(joined)
+        return joined
+
+    @pep614(Stopping.upon(_Inputs.upgrade).loop())
+    @pep614(Stopped.upon(_Inputs.upgrade).loop())
+    def terminating(c: _Inputs, s: _Core, join: bool) -> Deferred[list[int]]:
+        return fail(_errors.Stopping())
+
+    @pep614(Serving.upon(_Inputs.upgrade).to(Upgrading))
+    def startUpgrade(c: _Inputs, s: _Core, join: bool) -> Deferred[list[int]]:
+        if s.restartCall is not None and s.restartCall.active():
+            s.restartCall.cancel()
+        s.restartCall = None
+        s.upgrade = _Upgrade(Deferred(), s.active(), s.target)
+        s.notifier.reloading(f"upgrading: starting generation {s.generation + 1}")
+        s.log.info(
+            "txflip run: upgrading {n} workers to generation {g}",
+            n=s.upgrade.count,
+            g=s.generation + 1,
+        )
+        nextNew(c, s)
+        return s.upgrade.pending
+
+    def nextNew(c: _Inputs, s: _Core) -> None:
+        worker = spawn(c, s, s.generation + 1)
+        if worker is not None and s.upgrade is not None:
+            s.upgrade.new.append(worker)
+
+    @pep614(Upgrading.upon(_Inputs.workerReady).loop())
+    def readyWhileUpgrading(c: _Inputs, s: _Core, worker: Worker) -> None:
+        upgrade = s.upgrade
+        if upgrade is None or worker not in upgrade.new:
+            return replacementReady(c, s, worker)
+        s.log.info(
+            "txflip run: new worker pid {pid} is ready ({i}/{n})",
+            pid=worker.pid,
+            i=len(upgrade.new),
+            n=upgrade.count,
+        )
+        if not s.probation:
+            # Chain: one old worker drains for each new one that serves.
+            serving = [w for w in upgrade.old if not w.retiring and w.state != "gone"]
+            if serving:
+                s.retire(serving[0])
+        if len(upgrade.new) < upgrade.count:
+            nextNew(c, s)
+        elif s.probation:
+            c._beginProbation()
+        else:
+            c._upgradeDone()
+
+    @pep614(Upgrading.upon(_Inputs._beginProbation).to(Probation))
+    def beginProbation(c: _Inputs, s: _Core) -> None:
+        s.log.info(
+            "txflip run: every new worker serves; probation for {p:g} s",
+            p=s.probation,
+        )
+        if s.upgrade is not None:
+            s.upgrade.timer = s.reactor.callLater(s.probation, c._upgradeDone)
+
+    @pep614(Upgrading.upon(_Inputs._upgradeDone).to(Serving))
+    @pep614(Probation.upon(_Inputs._upgradeDone).to(Serving))
+    def upgradeDone(c: _Inputs, s: _Core) -> None:
+        s.generation += 1
+        new, old = (s.upgrade.new, s.upgrade.old) if s.upgrade else ([], [])
+        pids = [w.pid for w in new]
+        for worker in old:
+            s.retire(worker)
+        s.log.info(
+            "txflip run: upgrade done: generation {g} serves (pids {pids})",
+            g=s.generation,
+            pids=" ".join(map(str, pids)),
+        )
+        s.notifier.stillReady(f"serving: generation {s.generation} (pids {pids})")
+        finishUpgrade(s, f"succeeded: pids {' '.join(map(str, pids))} serve", pids)
+        s.failures = 0
+        topUp(c, s)
+
+    @pep614(Upgrading.upon(_Inputs._newFailed).to(Serving))
+    @pep614(Upgrading.upon(_Inputs.spawnFailed).to(Serving))
+    @pep614(Probation.upon(_Inputs._newFailed).to(Serving))
+    def upgradeFailed(c: _Inputs, s: _Core, reason: str) -> None:
+        if s.upgrade is not None:
+            # A new worker that replaced a drained old one keeps serving (no
+            # probation: chain); any other is stopped, and the old ones serve on.
+            new, old = s.upgrade.new, s.upgrade.old
+            ready = [w for w in new if w.state == "ready" and not w.retiring]
+            replaced = sum(1 for w in old if w.retiring)
+            for worker in ready[replaced:]:
+                s.retire(worker)
+        s.log.error("txflip run: upgrade failed: {reason}", reason=reason)
+        s.notifier.stillReady(f"upgrade failed: {reason}; serving")
+        finishUpgrade(s, f"failed: {reason}", Failure(UpgradeError(reason)))
+        topUp(c, s)
+
+    # -- size --------------------------------------------------------------------
+
+    @pep614(Serving.upon(_Inputs.resize).loop())
+    def resizeNow(c: _Inputs, s: _Core, delta: int) -> None:
+        resizeLater(c, s, delta)
+        topUp(c, s)
+
+    @pep614(Idle.upon(_Inputs.resize).loop())
+    @pep614(Starting.upon(_Inputs.resize).loop())
+    @pep614(Upgrading.upon(_Inputs.resize).loop())
+    @pep614(Probation.upon(_Inputs.resize).loop())
+    @pep614(Stopping.upon(_Inputs.resize).loop())
+    @pep614(Stopped.upon(_Inputs.resize).loop())
+    def resizeLater(c: _Inputs, s: _Core, delta: int) -> None:
+        wanted = s.target + delta
+        if not 1 <= wanted <= MAX_WORKERS:
+            s.log.warn(
+                "txflip run: staying at {n} workers (1 to {most})",
+                n=s.target,
+                most=MAX_WORKERS,
+            )
+            return
+        s.target = wanted
+        s.log.info("txflip run: {n} workers wanted", n=s.target)
+
+    # -- stopping ----------------------------------------------------------------
+
+    @pep614(Idle.upon(_Inputs.stop).to(Stopping))
+    @pep614(Starting.upon(_Inputs.stop).to(Stopping))
+    @pep614(Serving.upon(_Inputs.stop).to(Stopping))
+    @pep614(Upgrading.upon(_Inputs.stop).to(Stopping))
+    @pep614(Probation.upon(_Inputs.stop).to(Stopping))
+    def stop(c: _Inputs, s: _Core) -> Deferred[None]:
+        s.log.info("txflip run: stopping {n} workers", n=len(s.active()))
+        beginStop(c, s)
+        return whenStopped(s)
+
+    @pep614(Stopping.upon(_Inputs.stop).loop())
+    @pep614(Stopped.upon(_Inputs.stop).loop())
+    def alreadyStopping(c: _Inputs, s: _Core) -> Deferred[None]:
+        return succeed(None) if s.stopped.called else whenStopped(s)
+
+    @pep614(Stopping.upon(_Inputs._allGone).to(Stopped))
+    def allGone(c: _Inputs, s: _Core) -> None:
+        s.later(s.stopped, None)
+
+    # -- every other input is ignored where it is not listed above ---------------
+
+    ignored: dict[Any, tuple[Any, ...]] = {
+        _Inputs.start: (Starting, Serving, *busy, Stopping, Stopped),
+        _Inputs.workerReady: (Idle, Stopped),
+        _Inputs.spawnFailed: (Idle, Probation, Stopping, Stopped),
+        _Inputs._started: (Idle, Serving, *busy, Stopping, Stopped),
+        _Inputs._crashed: (Idle, Stopped),
+        _Inputs._newFailed: (Idle, Starting, Serving, Stopping, Stopped),
+        _Inputs._beginProbation: (
+            Idle,
+            Starting,
+            Serving,
+            Probation,
+            Stopping,
+            Stopped,
+        ),
+        _Inputs._upgradeDone: (Idle, Starting, Serving, Stopping, Stopped),
+        _Inputs._restart: (Idle, Starting, *busy, Stopping, Stopped),
+        _Inputs._allGone: (Idle, Starting, Serving, *busy, Stopped),
+    }
+    for method, states in ignored.items():
+        for state in states:
+            state.upon(method).loop().returns(None)
+    return machine.build()
+
+
+_Machine = _makeMachine()
 
 
 class Supervisor:
     """
-    Runs C{target} workers of C{command} on the sockets of C{sockets}, upgrades
-    them one by one, and stops them.
-
-    Workers' events arrive here first: whether a worker is one of the upgrade's
-    new ones, one being retired, or one nobody asked to stop decides which input
-    the machine gets.
+    Runs C{workers} workers of C{command} on the sockets of C{sockets}, upgrades
+    them one by one, and stops them: each method gives its machine one input.
     """
 
     _log = Logger()
@@ -48,11 +577,12 @@ class Supervisor:
         drainTimeout: float,
         notifier: Notifier,
         balance: bool = True,
+        spawner: WorkerSpawner = spawnWorker,
     ) -> None:
         """
         @param balance: spread connections across the workers (L{txflip.run._balance}).
+        @param spawner: starts a worker's process (a fake one in tests).
         """
-        self._reactor = reactor
         self.startedAt = time.time()
         self._core = _Core(
             reactor,
@@ -65,27 +595,21 @@ class Supervisor:
             upgradeTimeout,
             probation,
             drainTimeout,
+            spawner,
+            Table.create() if balance else None,
         )
-        self._core.events = self
-        if balance:
-            self._core.balance = Table.create()
-        self._machine: _Supervisor = _Machine(self._core)
-        self._joiners: list[Deferred[list[int]]] | None = None
-
-    # -- the public API: one line each --------------------------------------------
+        self._machine: _Inputs = _Machine(self._core)
 
     @property
     def clock(self) -> Any:
-        return self._reactor
+        return self._core.reactor
 
     def start(self) -> Deferred[None]:
         self._machine.start()
         return self._core.startup
 
     def stop(self) -> Deferred[None]:
-        done = self._machine.stop()
-        self._checkGone()
-        return done
+        return self._machine.stop()
 
     def resize(self, delta: int) -> None:
         self._machine.resize(delta)
@@ -96,21 +620,7 @@ class Supervisor:
 
         @param join: an upgrade in progress is joined, not refused.
         """
-        if join and self._joiners is not None:
-            joined: Deferred[list[int]] = Deferred()
-            self._joiners.append(joined)
-            return joined
-        upgrading = self._machine.upgrade()
-        if not upgrading.called:
-            self._joiners = []
-            upgrading.addBoth(self._upgradeFinished)
-        return upgrading
-
-    def _upgradeFinished(self, result: Any) -> Any:
-        joiners, self._joiners = self._joiners or [], None
-        for joiner in joiners:
-            joiner.callback(result)
-        return result
+        return self._machine.upgrade(join)
 
     @property
     def workers(self) -> list[Worker]:
@@ -121,95 +631,11 @@ class Supervisor:
         return self._core.failure
 
     def whenStopped(self) -> Deferred[None]:
-        done: Deferred[None] = Deferred()
-        self._core.stopped.addBoth(lambda _: done.callback(None))
-        return done
+        return whenStopped(self._core)
 
     def signalWorkers(self, name: str) -> None:
         for worker in self._core.workers:
             worker.signal(name)
 
     def status(self) -> dict[str, object]:
-        s = self._core
-        last = None
-        if s.lastUpgrade is not None:
-            last = {"at": s.lastUpgrade[0], "result": s.lastUpgrade[1]}
-        workers = [w.status() for w in s.workers if w.state != "gone"]
-        counts = [w["connections"] for w in workers if w["state"] == "ready"]
-        return {
-            "pid": os.getpid(),
-            "supervisor": True,
-            "state": s.phase,
-            "generation": s.generation,
-            "ready": s.phase in ("serving", "upgrading", "probation"),
-            "uptime": round(time.time() - self.startedAt, 3),
-            "connections": sum(c for c in counts if isinstance(c, int)),
-            "listeners": s.sockets.describe(),
-            "wanted": s.target,
-            "workers": workers,
-            "note": s.note,
-            # The supervisor is never anyone's successor: its pid is the service's.
-            "startedBy": {"pid": None, "at": self.startedAt},
-            "lastUpgrade": last,
-        }
-
-    # -- worker events (WorkerEvents) --------------------------------------------
-
-    def workerReady(self, worker: Worker) -> None:
-        if worker in self._core.new:
-            if self._machine._newReady(worker):
-                if self._core.probation:
-                    self._machine._beginProbation()
-                else:
-                    self._machine._upgradeDone()
-        elif self._machine._workerReady(worker):
-            self._machine._started()
-
-    def workerFailed(self, worker: Worker, reason: str) -> None:
-        self._gone(worker, reason, after=False)
-
-    def workerEnded(self, worker: Worker, how: str) -> None:
-        self._gone(worker, f"{how} after ready", after=True)
-
-    def _gone(self, worker: Worker, reason: str, after: bool) -> None:
-        self._core.workers.remove(worker)
-        if worker.retiring:
-            self._log.info(
-                "txflip run: worker pid {pid} is gone ({reason})",
-                pid=worker.pid,
-                reason=reason.replace(" after ready", ""),
-            )
-        elif worker in self._core.new:
-            message = f"worker pid {worker.pid} {reason}" if after else reason
-            if after and self._core.probation:
-                message = f"rolled back: {message}"
-            self._machine._newFailed(message)
-        else:
-            self._machine._crashed(worker, reason)
-        self._checkGone()
-
-    def spawnFailed(self, reason: str) -> None:
-        """
-        A worker could not even be spawned (C{fork} failed, say).
-        """
-        s = self._core
-        if s.phase == "upgrading":
-            self._machine._newFailed(reason)
-        elif s.phase == "starting":
-            s.failure = reason
-            self.stop()
-        elif s.phase == "serving" and s.restartCall is None:
-            s.failures += 1
-            s.note = reason
-            s.restartCall = self._reactor.callLater(backoff(s.failures), self.restart)
-
-    def probationOver(self) -> None:
-        self._core.timer = None
-        self._machine._upgradeDone()
-
-    def restart(self) -> None:
-        self._machine._restart()
-
-    def _checkGone(self) -> None:
-        if self._core.phase == "stopping" and not self._core.workers:
-            self._machine._allGone()
+        return supervisorStatus(self._machine.phase(), self.startedAt, self._core)
