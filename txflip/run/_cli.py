@@ -29,7 +29,11 @@ from txflip._reactor import reactorOrGlobal
 from txflip.run._balance import MAX_WORKERS
 
 DEFAULT_PROBATION = 5.0
-DEFAULT_DRAIN_TIMEOUT = 60.0
+#: Seconds a retiring worker has, after C{SIGQUIT}, to exit before the supervisor
+#: kills it (C{--drain-timeout}).  Not the worker's own drain timeout
+#: (L{txflip.drain._tracker.DEFAULT_DRAIN_TIMEOUT}, 30 s, its wait for its
+#: connections): longer, so that a worker's own drain ends before the kill.
+DEFAULT_WORKER_EXIT_TIMEOUT = 60.0
 DEFAULT_UPGRADE_TIMEOUT = 60.0
 _FORWARDED = ("USR1",)
 
@@ -278,7 +282,7 @@ def register(subparsers: Any) -> None:
     for name, default, text in (
         ("upgrade-timeout", DEFAULT_UPGRADE_TIMEOUT, "a new worker has to be ready"),
         ("probation", DEFAULT_PROBATION, "new workers are watched after an upgrade"),
-        ("drain-timeout", DEFAULT_DRAIN_TIMEOUT, "a stopping worker has to exit"),
+        ("drain-timeout", DEFAULT_WORKER_EXIT_TIMEOUT, "a stopping worker has to exit"),
     ):
         parser.add_argument(
             f"--{name}",
