@@ -288,16 +288,16 @@ def _makeMachine() -> Any:
     busy = (Upgrading, Probation)
     everyState = (Idle, Starting, Serving, *busy, Stopping, Stopped)
 
+    def workerFailed(c: _Inputs, s: _Core, worker: Worker, reason: str) -> None:
+        gone(c, s, worker, reason, after=False)
+
+    def workerEnded(c: _Inputs, s: _Core, worker: Worker, how: str) -> None:
+        gone(c, s, worker, f"{how} after ready", after=True)
+
     for state in everyState:
         state.upon(_Inputs.phase).loop().returns(state.name.lower())
-
-        @pep614(state.upon(_Inputs.workerFailed).loop())
-        def workerFailed(c: _Inputs, s: _Core, worker: Worker, reason: str) -> None:
-            gone(c, s, worker, reason, after=False)
-
-        @pep614(state.upon(_Inputs.workerEnded).loop())
-        def workerEnded(c: _Inputs, s: _Core, worker: Worker, how: str) -> None:
-            gone(c, s, worker, f"{how} after ready", after=True)
+        state.upon(_Inputs.workerFailed).loop()(workerFailed)
+        state.upon(_Inputs.workerEnded).loop()(workerEnded)
 
     @pep614(Idle.upon(_Inputs.start).to(Starting))
     def start(c: _Inputs, s: _Core) -> None:
