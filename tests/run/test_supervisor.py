@@ -1,0 +1,188 @@
+"""
+The supervisor's machine on a fake clock, with fake worker processes (the
+L{Worker} spawner seam): probation, rollback and crash backoff, as
+C{tests/run/test_run.py} checks them with real processes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+
+from txflip._errors import UpgradeError
+from txflip.generation._command import Command
+from txflip.generation._spawn import Spawn
+from txflip.listen._fds import Listeners
+from txflip.run._supervisor import Supervisor
+from txflip.run._workers import Sockets
+from txflip.systemd import Notifier
+
+_pids = itertools.count(4_000_001)
+
+
+class FakeProcess:
+    """
+    A worker's process that does what the test says (a L{WorkerProcess}).
+    """
+
+    def __init__(self, spawn: Spawn, afterReady: Callable[[Failure], None]) -> None:
+        self.pid = next(_pids)
+        self.generation = spawn.generation
+        self.result: Deferred[int] = Deferred()
+        self.signals: list[str] = []
+        self._afterReady = afterReady
+
+    def ready(self) -> None:
+        self.result.callback(self.pid)
+
+    def failBeforeReady(self, why: str) -> None:
+        self.result.errback(Failure(UpgradeError(why)))
+
+    def end(self, reason: Exception) -> None:
+        self._afterReady(Failure(reason))
+
+    def cancel(self) -> None:
+        self.signals.append("cancel")
+        self.failBeforeReady("cancelled")
+
+    def signal(self, name: str) -> None:
+        self.signals.append(name)
+
+
+class Fixture:
+    def __init__(self, workers: int, probation: float) -> None:
+        self.clock = MemoryReactorClock()
+        self.processes: list[FakeProcess] = []
+        self.supervisor = Supervisor(
+            self.clock,
+            Command("/bin/false", (), "/"),
+            {},
+            Sockets(Listeners()),
+            workers=workers,
+            upgradeTimeout=60,
+            probation=probation,
+            drainTimeout=60,
+            notifier=Notifier(None),
+            balance=False,
+            spawner=self.spawn,
+        )
+
+    def spawn(
+        self, reactor: object, spawn: Spawn, afterReady: Callable[[Failure], None]
+    ) -> FakeProcess:
+        process = FakeProcess(spawn, afterReady)
+        self.processes.append(process)
+        return process
+
+    def started(self) -> list[FakeProcess]:
+        started = self.supervisor.start()
+        first = list(self.processes)
+        for process in first:
+            process.ready()
+        self.clock.advance(0)
+        assert started.called
+        return first
+
+    def upgradeToProbation(self) -> tuple[Deferred[list[int]], list[FakeProcess]]:
+        count = len(self.supervisor.workers)
+        upgrade = self.supervisor.upgrade()
+        new: list[FakeProcess] = []
+        for _ in range(count):
+            # One by one: the next new worker starts once the last one serves.
+            process = self.processes[-1]
+            assert process.generation == 2 and process not in new
+            new.append(process)
+            process.ready()
+        assert self.supervisor.status()["state"] == "probation"
+        return upgrade, new
+
+    def result(self, d: Deferred[list[int]]) -> list[int] | Failure:
+        outcome: list[list[int] | Failure] = []
+        d.addBoth(outcome.append)
+        self.clock.advance(0)
+        assert outcome, "not fired"
+        return outcome[0]
+
+    def pids(self) -> list[int]:
+        return sorted(w.pid for w in self.supervisor.workers)
+
+
+def test_newWorkersThatSurviveTheProbationReplaceTheOld() -> None:
+    f = Fixture(workers=2, probation=5)
+    old = f.started()
+    upgrade, new = f.upgradeToProbation()
+    f.clock.advance(4.9)
+    assert not upgrade.called
+    assert all(p.signals == [] for p in old)  # the old serve on meanwhile
+    f.clock.advance(0.1)
+    assert f.result(upgrade) == [p.pid for p in new]
+    assert all(p.signals == ["QUIT"] for p in old)
+    assert all(p.signals == [] for p in new)
+    for process in old:
+        process.end(ProcessDone(0))
+    assert f.pids() == sorted(p.pid for p in new)
+    status = f.supervisor.status()
+    assert status["state"] == "serving" and status["generation"] == 2
+    last = status["lastUpgrade"]
+    assert isinstance(last, dict) and last["result"].startswith("succeeded: pids ")
+
+
+def test_aNewWorkerDyingOnProbationRollsBack() -> None:
+    f = Fixture(workers=2, probation=5)
+    old = f.started()
+    upgrade, new = f.upgradeToProbation()
+    f.clock.advance(1)
+    new[0].end(ProcessTerminated(exitCode=7))
+    failure = f.result(upgrade)
+    assert isinstance(failure, Failure) and failure.check(UpgradeError)
+    reason = f"rolled back: worker pid {new[0].pid} exited with status 7 after ready"
+    assert failure.getErrorMessage() == reason
+    # The other new worker is stopped; the old ones were never told anything.
+    assert new[1].signals == ["QUIT"]
+    assert all(p.signals == [] for p in old)
+    new[1].end(ProcessDone(0))
+    f.clock.advance(10)  # the probation's end changes nothing now
+    assert f.pids() == sorted(p.pid for p in old)
+    assert len(f.processes) == 4  # no replacement started
+    status = f.supervisor.status()
+    assert status["state"] == "serving" and status["generation"] == 1
+    last = status["lastUpgrade"]
+    assert isinstance(last, dict) and last["result"] == f"failed: {reason}"
+
+
+def test_aCrashLoopBacksOffLongerEachTimeAndRecovers() -> None:
+    f = Fixture(workers=1, probation=5)
+    (first,) = f.started()
+    first.end(ProcessTerminated(signal=9))
+    for delay in (0.5, 1, 2, 4):
+        spawned = len(f.processes)
+        note = f.supervisor.status()["note"]
+        assert isinstance(note, str) and note.endswith(f"restarting in {delay:g} s")
+        f.clock.advance(delay - 0.01)
+        assert len(f.processes) == spawned, f"restarted before {delay} s"
+        f.clock.advance(0.01)
+        assert len(f.processes) == spawned + 1, f"not restarted after {delay} s"
+        f.processes[-1].failBeforeReady("child exited with status 3")
+    f.clock.advance(8)
+    f.processes[-1].ready()
+    assert f.pids() == [f.processes[-1].pid]
+    assert f.supervisor.status()["note"] is None
+
+
+@pytest.mark.parametrize("probation", [0, 5])
+def test_aJoinedUpgradeGetsTheSameOutcome(probation: float) -> None:
+    f = Fixture(workers=1, probation=probation)
+    f.started()
+    upgrade = f.supervisor.upgrade()
+    joined = f.supervisor.upgrade(join=True)
+    refused = f.result(f.supervisor.upgrade())
+    assert isinstance(refused, Failure)
+    f.processes[-1].ready()
+    f.clock.advance(probation)
+    assert f.result(upgrade) == f.result(joined) == [f.processes[-1].pid]
