@@ -33,10 +33,15 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txflip._errors import ListenError, TxflipError
-from txflip._settings import SettingError, seconds
-from txflip.drain._tracker import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE
+from txflip._settings import (
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_IDLE_GRACE,
+    DEFAULT_UPGRADE_TIMEOUT,
+    SettingError,
+    seconds,
+)
 from txflip.generation._process import failStartup
-from txflip.generation._upgrader import DEFAULT_UPGRADE_TIMEOUT, Upgrader
+from txflip.generation._upgrader import Upgrader
 from txflip.listen._addresses import ListenSpec, parseListen
 from txflip.listen._fds import Listener
 from txflip.service import UpgradeService

@@ -15,6 +15,16 @@ import math
 
 from txflip._errors import TxflipError
 
+#: Each default duration, defined once for every entry point.  How long a new
+#: generation has to say it is ready before it is killed and the upgrade fails:
+DEFAULT_UPGRADE_TIMEOUT = 60.0
+#: How long an exiting generation waits for its own connections before aborting
+#: the rest:
+DEFAULT_DRAIN_TIMEOUT = 30.0
+#: How long an idle connection is kept while draining, to close with the reply to
+#: its next request:
+DEFAULT_IDLE_GRACE = 1.0
+
 
 class SettingError(TxflipError, ValueError):
     """

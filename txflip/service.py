@@ -25,15 +25,10 @@ from txflip._errors import (
     UpgradeError,
 )
 from txflip._reactor import Reactor, asReactor
-from txflip._settings import seconds
+from txflip._settings import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE, seconds
 from txflip.control._reports import Reports
 from txflip.control._server import REQUEST_TIMEOUT, ControlFactory
-from txflip.drain._tracker import (
-    DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_IDLE_GRACE,
-    ConnectionTracker,
-    drainAll,
-)
+from txflip.drain._tracker import ConnectionTracker, drainAll
 from txflip.generation._process import tellParentError
 from txflip.generation._signals import releaseSignals
 from txflip.generation._upgrader import Upgrader

@@ -43,12 +43,17 @@ from twisted.python.components import Componentized
 from txflip._endpoint import useService
 from txflip._errors import TxflipError
 from txflip._log import pidObserver, twistdObserverFactory
-from txflip._settings import SettingError, seconds
+from txflip._settings import (
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_IDLE_GRACE,
+    DEFAULT_UPGRADE_TIMEOUT,
+    SettingError,
+    seconds,
+)
 from txflip.control._server import REQUEST_TIMEOUT
-from txflip.drain._tracker import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE
 from txflip.generation import _handoff
 from txflip.generation._process import failStartup
-from txflip.generation._upgrader import DEFAULT_UPGRADE_TIMEOUT, Upgrader
+from txflip.generation._upgrader import Upgrader
 from txflip.service import UpgradeService
 
 

@@ -42,9 +42,7 @@ from zope.interface import (
 )
 
 from txflip._reactor import Clock
-
-DEFAULT_IDLE_GRACE = 1.0
-DEFAULT_DRAIN_TIMEOUT = 30.0
+from txflip._settings import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE
 
 
 class IDrainable(Interface):

@@ -64,7 +64,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from txflip._reactor import reactorOrGlobal
-from txflip._settings import seconds
+from txflip._settings import DEFAULT_UPGRADE_TIMEOUT, seconds
 from txflip.generation._command import Command
 from txflip.generation._handoff import SUPERVISOR, ParentWatcher
 from txflip.generation._pidfile import PidFile
@@ -76,8 +76,6 @@ from txflip.listen._addresses import ListenSpec, parseListen
 from txflip.listen._fds import Listener, Listeners
 from txflip.run._channel import SupervisorLink
 from txflip.systemd import listenFDs
-
-DEFAULT_UPGRADE_TIMEOUT = 60.0
 
 
 class Upgrader:

@@ -26,15 +26,15 @@ from typing import Any
 
 from txflip._cli import argNumber, argSeconds
 from txflip._reactor import reactorOrGlobal
+from txflip._settings import DEFAULT_UPGRADE_TIMEOUT
 from txflip.run._balance import MAX_WORKERS
 
 DEFAULT_PROBATION = 5.0
 #: Seconds a retiring worker has, after C{SIGQUIT}, to exit before the supervisor
 #: kills it (C{--drain-timeout}).  Not the worker's own drain timeout
-#: (L{txflip.drain._tracker.DEFAULT_DRAIN_TIMEOUT}, 30 s, its wait for its
+#: (L{txflip._settings.DEFAULT_DRAIN_TIMEOUT}, 30 s, its wait for its
 #: connections): longer, so that a worker's own drain ends before the kill.
 DEFAULT_WORKER_EXIT_TIMEOUT = 60.0
-DEFAULT_UPGRADE_TIMEOUT = 60.0
 _FORWARDED = ("USR1",)
 
 
