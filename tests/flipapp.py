@@ -95,7 +95,7 @@ if fault == "fail-in-makeservice":
 
     txflip.echo.makeService = makeService  # type: ignore[assignment]
 if fault in ("exit-before-ready", "block-at-ready"):
-    from txflip.generation._upgrader import Upgrader
+    from txflip import Upgrader
 
     def ready(self: object) -> None:
         if fault == "exit-before-ready":

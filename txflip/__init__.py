@@ -39,9 +39,13 @@ from txflip.protocols import (
     _webmove,  # noqa: F401
 )
 
+# Registers the supervisor as a kind of parent (a worker of txflip run finds it in
+# its handoff table): the core (txflip.generation) never imports txflip.run.
+from txflip.run import _channel  # noqa: F401
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from txflip.generation._upgrader import Upgrader
+    from txflip.generation._machine import Upgrader
     from txflip.service import UpgradeService
 
 
@@ -53,7 +57,7 @@ def __getattr__(name: str) -> object:
     out (L{txflip.run._cli.withoutTLS}).
     """
     if name == "Upgrader":
-        from txflip.generation._upgrader import Upgrader
+        from txflip.generation._machine import Upgrader
 
         return Upgrader
     if name == "UpgradeService":

@@ -41,7 +41,7 @@ from txflip._settings import (
     seconds,
 )
 from txflip.generation._process import failStartup
-from txflip.generation._upgrader import Upgrader
+from txflip.generation._machine import Upgrader
 from txflip.listen._addresses import ListenSpec, parseListen
 from txflip.listen._fds import Listener
 from txflip.service import UpgradeService

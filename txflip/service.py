@@ -29,9 +29,9 @@ from txflip._settings import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE, seconds
 from txflip.control._reports import Reports
 from txflip.control._server import REQUEST_TIMEOUT, ControlFactory
 from txflip.drain._tracker import ConnectionTracker, drainAll
+from txflip.generation._machine import Upgrader
 from txflip.generation._process import tellParentError
 from txflip.generation._signals import releaseSignals
-from txflip.generation._upgrader import Upgrader
 from txflip.listen._addresses import ListenSpec
 from txflip.listen._fds import Listener
 from txflip.move._service import ServiceMoves, Stream
@@ -60,7 +60,7 @@ class UpgradeService(Service):
         *,
         drainTimeout: float = DEFAULT_DRAIN_TIMEOUT,
         idleGrace: float = DEFAULT_IDLE_GRACE,
-        reactor: object | None = None,
+        reactor: Reactor | None = None,
         installSignalHandlers: bool = True,
         notifier: Notifier | None = None,
         move: bool = True,
@@ -73,7 +73,7 @@ class UpgradeService(Service):
             generation moves (L{False}: they all drain, as before).
         """
         self.upgrader = upgrader
-        reactor = upgrader.reactor if reactor is None else asReactor(reactor)
+        reactor = upgrader.reactor if reactor is None else reactor
         self.drainTimeout = seconds("drainTimeout", drainTimeout)
         self.idleGrace = seconds("idleGrace", idleGrace)
         self.move = move
@@ -151,8 +151,7 @@ class UpgradeService(Service):
         Open the control socket at C{path} (mode 0600) for C{txflip upgrade} and
         C{txflip status}.
         """
-        if (supervisor := self.upgrader.supervisor) is not None:
-            raise supervisor.ownControl(path)
+        self.upgrader.parent.checkControl(path)
         spec = ListenSpec("unix", path=os.path.abspath(path), mode=0o600)
         listener = self.upgrader.listen(spec)
         control = ControlFactory(self, requestTimeout)
@@ -207,13 +206,10 @@ class UpgradeService(Service):
         self._balancer = balanceWorker(self._reactor, fd, self._streams)
 
     def _logListening(self, listener: Listener) -> None:
-        how = "inherited" if listener.inherited else "new"
-        if (supervisor := self.upgrader.supervisor) is not None:
-            how = (
-                f"from the supervisor pid {supervisor.supervisorPID}"  # binds them all
-            )
         self._log.info(
-            "txflip: listening on {spec} ({how})", spec=listener.spec, how=how
+            "txflip: listening on {spec} ({how})",
+            spec=listener.spec,
+            how=self.upgrader.parent.listenedFrom(listener),
         )
 
     def _installSignalHandlers(self) -> None:

@@ -53,7 +53,7 @@ from txflip._settings import (
 from txflip.control._server import REQUEST_TIMEOUT
 from txflip.generation import _handoff
 from txflip.generation._process import failStartup
-from txflip.generation._upgrader import Upgrader
+from txflip.generation._machine import Upgrader
 from txflip.service import UpgradeService
 
 

@@ -1,5 +1,5 @@
 """
-Unit tests for txflip.generation._upgrader.Upgrader: what is allowed when, with a fake
+Unit tests for txflip.Upgrader: what is allowed when, with a fake
 reactor and a fake SpawnAttempt whose outcome the test decides.
 """
 
@@ -18,6 +18,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
+from txflip import Upgrader
 from txflip._errors import (
     ChildFailed,
     NotReady,
@@ -29,14 +30,15 @@ from txflip._errors import (
     UpgradeInProgress,
     WorkerOfSupervisor,
 )
-from txflip.generation import _states
+from txflip._reactor import asReactor
+from txflip.generation import _parent
 from txflip.generation._command import Command
 from txflip.generation._handoff import MARKER, SUPERVISOR, ParentWatcher
 from txflip.generation._process import ProcessState
 from txflip.generation._spawn import Spawn
-from txflip.generation._upgrader import Upgrader
 from txflip.listen._addresses import parseListen
 from txflip.listen._fds import bindSocket
+from txflip.run._channel import SupervisorLink
 
 COMMAND = Command("/nonexistent/python", ("python", "-m", "app"), "/")
 
@@ -97,7 +99,9 @@ def makeUpgrader(reactor: MemoryReactorClock, **kwargs: Any) -> Upgrader:
     starts L{FakeAttempt}s.
     """
     kwargs.setdefault("command", COMMAND)
-    return Upgrader(reactor, spawner=FakeAttempt, process=ProcessState(), **kwargs)
+    return Upgrader(
+        asReactor(reactor), spawner=FakeAttempt, process=ProcessState(), **kwargs
+    )
 
 
 def firstGeneration(reactor: MemoryReactorClock, **kwargs: Any) -> Upgrader:
@@ -461,7 +465,7 @@ def test_childReparentedEndsWaitAtOnce(
     upgrader, _ = childGeneration(reactor, parent)
 
     def gone() -> None:
-        monkeypatch.setattr(_states, "pidAlive", lambda pid: False)
+        monkeypatch.setattr(_parent, "pidAlive", lambda pid: False)
 
     assertExitSeenAtOnce(reactor, parent, upgrader, attempts, gone)
 
@@ -748,9 +752,9 @@ def test_secondUpgraderInOneProcessRefused(reactor: MemoryReactorClock) -> None:
     believe it is a first generation, so it is refused.
     """
     process = ProcessState()
-    Upgrader(reactor, environ={}, command=COMMAND, process=process)
+    Upgrader(asReactor(reactor), environ={}, command=COMMAND, process=process)
     with pytest.raises(TxflipError, match="an Upgrader exists already"):
-        Upgrader(reactor, environ={}, command=COMMAND, process=process)
+        Upgrader(asReactor(reactor), environ={}, command=COMMAND, process=process)
 
 
 def test_joinWaitsForTheUpgradeInProgress(
@@ -865,8 +869,8 @@ def workerGeneration(
     environ = {MARKER: parent.marker(parentPid=777, fds={SUPERVISOR: channel[1]})}
     upgrader = makeUpgrader(reactor, environ=environ)
     parent.open -= {parent.readyW, parent.parentR}
-    assert upgrader.supervisor is not None
-    assert upgrader.supervisor.supervisorPID == 777
+    assert isinstance(upgrader.parent, SupervisorLink)
+    assert upgrader.parent.supervisorPID == 777
     return upgrader
 
 

@@ -14,8 +14,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txflip._errors import Refused, Stopping, UpgradeInProgress
+from txflip.generation._machine import Upgrader
 from txflip.generation._pidfile import startTime
-from txflip.generation._upgrader import Upgrader
 from txflip.systemd import Notifier
 
 

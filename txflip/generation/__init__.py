@@ -4,8 +4,9 @@ The generation: one process's life from start to exit, the core of txflip.
 A generation adopts what its parent handed over (L{_handoff}, L{_process}), says it
 is ready, and on an upgrade spawns its successor (L{_spawn} and its helpers
 L{_command}, L{_childpipes}, L{_detach}, L{_signals}, L{_exits}), waits for it, and
-steps aside.  The machine that decides what happens when is L{_upgrader} (its inputs
-and per-state data in L{_states}, its rules in L{_rules}); the pid file that always
+steps aside.  The machine that decides what happens when is L{_machine} (its inputs,
+per-state data, rules and the public L{Upgrader} in one module; the steps it takes in
+L{_steps}); who started the generation is its L{_parent}; the pid file that always
 names the serving generation is L{_pidfile}.
 
 Layering: this package imports only L{txflip.listen} and the top-level helpers

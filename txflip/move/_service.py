@@ -17,7 +17,7 @@ from twisted.logger import Logger
 
 from txflip._reactor import Reactor
 from txflip.drain._tracker import ConnectionTracker
-from txflip.generation._upgrader import Upgrader
+from txflip.generation._machine import Upgrader
 from txflip.listen._fds import Listener
 from txflip.move._in import Receiver
 from txflip.move._out import ChannelMover
@@ -84,11 +84,10 @@ class ServiceMoves:
         What moves our connections as we drain, if a newer generation takes them.
         """
         sock = self._channels.takeSuccessor() if self._channels else None
-        supervisor = self._upgrader.supervisor
-        if sock is None and self._move and supervisor is not None:
+        if sock is None and self._move:
             # A worker of txflip run: the supervisor pairs us with a newer
             # worker; the sockets then go from us to it directly.
-            sock = supervisor.successorChannel()
+            sock = self._upgrader.parent.successorChannel()
         if sock is None:
             return None
         keys = {

@@ -17,8 +17,8 @@ from twisted.python.failure import Failure
 
 if TYPE_CHECKING:
     from txflip._reactor import Reactor
+    from txflip.generation._machine import Upgrader
     from txflip.generation._spawn import Attempt, Spawn, Spawner
-    from txflip.generation._upgrader import Upgrader
 
 #: The channel's name in the handoff table's C{fds}.
 CHANNEL_NAME = "moves"

@@ -23,7 +23,7 @@ import array
 import json
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor
@@ -31,8 +31,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txflip._errors import ListenError
+from txflip._errors import ListenError, WorkerOfSupervisor
+from txflip.generation._handoff import SUPERVISOR
+from txflip.generation._parent import Start, registerParent
 from txflip.listen._addresses import KINDS, ListenSpec
+from txflip.listen._fds import Listener, Listeners
 
 MAX_MESSAGE = 4096
 #: How long a worker waits for the supervisor's answer.
@@ -102,7 +105,9 @@ def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
 
 class SupervisorLink:
     """
-    A worker's end: asks the supervisor for listening sockets.
+    A worker's end: asks the supervisor for listening sockets.  The parent of a
+    worker's generation (L{Parent}, and the L{Owner} that replaces it), chosen
+    by the worker's L{Upgrader} when its handoff table names L{SUPERVISOR}.
     """
 
     def __init__(self, fd: int, supervisorPID: int | None = None) -> None:
@@ -110,6 +115,36 @@ class SupervisorLink:
         self._sock.set_inheritable(False)
         self._sock.setblocking(True)
         self.supervisorPID = supervisorPID or os.getppid()
+
+    @property
+    def pid(self) -> int:
+        return self.supervisorPID
+
+    def begin(self, start: Start) -> None:
+        start.owned(self)
+
+    def listeners(self, inherited: Sequence[Listener]) -> Listeners:
+        # Addresses nobody passed us are the supervisor's to bind, and their
+        # Unix paths its to remove.
+        return Listeners(inherited, bind=self.listen, unlinks=False)
+
+    def pidFile(self, path: str | None) -> None:
+        return None  # the supervisor's own pid is the service's
+
+    def checkControl(self, path: str) -> None:
+        raise self.ownControl(path)
+
+    def listenedFrom(self, listener: Listener) -> str:
+        return f"from the supervisor pid {self.supervisorPID}"  # binds them all
+
+    def upgradeRefused(self) -> WorkerOfSupervisor:
+        return WorkerOfSupervisor(self.supervisorPID)
+
+    def lost(self, log: Logger) -> None:
+        log.warn(
+            "txflip: the supervisor (pid {pid}) is gone: stopping",
+            pid=self.supervisorPID,
+        )
 
     def listen(self, spec: ListenSpec) -> socket.socket:
         """
@@ -172,6 +207,9 @@ class SupervisorLink:
             error = reply.get("error") if isinstance(reply, dict) else None
             return (str(error) if error else None), None
         return None, socket.socket(fileno=fds[0])
+
+
+registerParent(SUPERVISOR, SupervisorLink)
 
 
 @implementer(IReadDescriptor)
