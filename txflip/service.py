@@ -28,13 +28,14 @@ from txflip._reactor import Reactor, asReactor
 from txflip._settings import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE, seconds
 from txflip.control._reports import Reports
 from txflip.control._server import REQUEST_TIMEOUT, ControlFactory
+from txflip.drain._served import Served
 from txflip.drain._tracker import ConnectionTracker, drainAll
 from txflip.generation._machine import Upgrader
 from txflip.generation._process import tellParentError
 from txflip.generation._signals import releaseSignals
 from txflip.listen._addresses import ListenSpec
 from txflip.listen._fds import Listener
-from txflip.move._service import ServiceMoves, Stream
+from txflip.move._service import ServiceMoves
 from txflip.run._balance import NAME as BALANCE
 from txflip.run._balance import Balancer, balanceWorker
 from txflip.systemd import Notifier
@@ -79,8 +80,8 @@ class UpgradeService(Service):
         self.move = move
         self._reactor = reactor
         self._installSignals = installSignalHandlers
-        self._streams: list[Stream] = []
-        self._controls: list[Stream] = []
+        self._streams: list[Served] = []
+        self._controls: list[Served] = []
         self._moves = ServiceMoves(upgrader, reactor, self._streams, move)
         self._datagrams: list[tuple[Listener, DatagramProtocol]] = []
         self._adopted = False
@@ -116,7 +117,7 @@ class UpgradeService(Service):
         """
         How many connections are open now.
         """
-        return sum(len(tracker) for _, tracker, _ in self._streams)
+        return sum(len(each.tracker) for each in self._streams)
 
     def listen(
         self,
@@ -138,7 +139,7 @@ class UpgradeService(Service):
         )
         tracker = ConnectionTracker(factory, self._reactor)
         served = tracker if wrap is None else wrap(tracker)
-        self._streams.append((listener, tracker, served))
+        self._streams.append(Served.serving(listener, tracker, served))
         if self._adopted:
             listener.adoptStream(self._reactor, served)
             self._logListening(listener)
@@ -156,7 +157,8 @@ class UpgradeService(Service):
         listener = self.upgrader.listen(spec)
         control = ControlFactory(self, requestTimeout)
         tracker = ConnectionTracker(control, self._reactor)
-        self._controls.append((listener, tracker, tracker))
+        # Never moved: not among the streams the mover sees.
+        self._controls.append(Served(listener, tracker, tracker, movable=False))
         if self._adopted:
             listener.adoptStream(self._reactor, tracker)
         return listener
@@ -196,9 +198,9 @@ class UpgradeService(Service):
         if self._adopted:
             return
         self._adopted = True
-        for listener, _, served in self._streams + self._controls:
-            listener.adoptStream(self._reactor, served)
-            self._logListening(listener)
+        for each in self._streams + self._controls:
+            each.listener.adoptStream(self._reactor, each.factory)
+            self._logListening(each.listener)
         for listener, protocol in self._datagrams:
             listener.adoptDatagram(self._reactor, protocol)
             self._logListening(listener)
@@ -312,7 +314,7 @@ class UpgradeService(Service):
             "txflip: stopped listening ({why})",
             why="final stop" if final else f"pid {self.upgrader.successor} serves now",
         )
-        trackers = [tracker for _, tracker, _ in self._streams + self._controls]
+        trackers = [each.tracker for each in self._streams + self._controls]
         mover = self._moves.mover()
         # All at once: one idle grace and one drain timeout for the whole process.
         cut = sum(await drainAll(trackers, self.idleGrace, self.drainTimeout, mover))

@@ -12,19 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger
 
 from txflip._reactor import Reactor
+from txflip.drain._served import Served
 from txflip.drain._tracker import ConnectionTracker
 from txflip.generation._machine import Upgrader
-from txflip.listen._fds import Listener
 from txflip.move._in import Receiver
 from txflip.move._out import ChannelMover
 from txflip.move._spawn import CHANNEL_NAME, ChannelSpawner, inheritedChannel
-
-#: (listener, tracker, what the listener serves: the tracker, maybe wrapped)
-Stream = tuple[Listener, ConnectionTracker, IProtocolFactory]
 
 
 class ServiceMoves:
@@ -39,7 +35,7 @@ class ServiceMoves:
         self,
         upgrader: Upgrader,
         reactor: Reactor,
-        streams: Sequence[Stream],
+        streams: Sequence[Served],
         move: bool,
     ) -> None:
         """
@@ -74,9 +70,9 @@ class ServiceMoves:
         The tracker of the listener known as C{key} in both generations (its
         address), if its connections may move: not through TLS.
         """
-        for listener, tracker, served in self._streams:
-            if served is tracker and str(listener.spec) == key:
-                return tracker
+        for each in self._streams:
+            if each.movable and str(each.listener.spec) == key:
+                return each.tracker
         return None
 
     def mover(self) -> ChannelMover | None:
@@ -91,9 +87,9 @@ class ServiceMoves:
         if sock is None:
             return None
         keys = {
-            tracker: str(listener.spec)
-            for listener, tracker, served in self._streams
-            if served is tracker
+            each.tracker: str(each.listener.spec)
+            for each in self._streams
+            if each.movable
         }
         return ChannelMover(self._reactor, sock, keys)
 

@@ -50,8 +50,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from txflip._reactor import Reactor
-from txflip.drain._tracker import ConnectionTracker
-from txflip.listen._fds import Listener
+from txflip.drain._served import Served
 
 #: The handoff's name for the table's fd.
 NAME = "balance"
@@ -313,7 +312,7 @@ def limitBatches(port: object, limit: Callable[[], int | None]) -> bool:
 def balanceWorker(
     reactor: Reactor,
     fd: int | None,
-    streams: Sequence[tuple[Listener, ConnectionTracker, object]],
+    streams: Sequence[Served],
 ) -> Balancer | None:
     """
     Start balancing a worker's stream listeners (C{streams}, a live list: the
@@ -325,11 +324,16 @@ def balanceWorker(
         return None
 
     def ports() -> list[IReadDescriptor]:
-        return [IReadDescriptor(each.port) for each, _, _ in streams if each.port]
+        return [
+            IReadDescriptor(each.listener.port)
+            for each in streams
+            if each.listener.port
+        ]
 
     def connections() -> int:
         total = 0
-        for _, tracker, _ in streams:
+        for each in streams:
+            tracker = each.tracker
             if tracker.onChange is None:  # a listener added since (flip:)
                 tracker.onChange = balancer.changed
             total += len(tracker)
