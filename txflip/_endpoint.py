@@ -40,8 +40,8 @@ from txflip._settings import (
     SettingError,
     seconds,
 )
-from txflip.generation._process import failStartup
 from txflip.generation._machine import Upgrader
+from txflip.generation._process import failStartup
 from txflip.listen._addresses import ListenSpec, parseListen
 from txflip.listen._fds import Listener
 from txflip.service import UpgradeService

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.interfaces import IProtocolFactory, IReactorCore
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -61,28 +61,29 @@ class UpgradeService(Service):
         *,
         drainTimeout: float = DEFAULT_DRAIN_TIMEOUT,
         idleGrace: float = DEFAULT_IDLE_GRACE,
-        reactor: Reactor | None = None,
+        reactor: IReactorCore | None = None,
         installSignalHandlers: bool = True,
         notifier: Notifier | None = None,
         move: bool = True,
     ) -> None:
         """
         @param reactor: defaults to the upgrader's (the one reactor of the
-            process).
+            process).  Typed by Twisted's core interface, which Twisted's own
+            global reactor is typed as providing; txflip also uses its socket,
+            process and file descriptor interfaces, which every POSIX reactor has.
         @param move: move connections whose protocol provides L{IMovable} to the
             next generation instead of draining them, and take those the previous
             generation moves (L{False}: they all drain, as before).
         """
         self.upgrader = upgrader
-        reactor = upgrader.reactor if reactor is None else reactor
+        self._reactor = upgrader.reactor if reactor is None else asReactor(reactor)
         self.drainTimeout = seconds("drainTimeout", drainTimeout)
         self.idleGrace = seconds("idleGrace", idleGrace)
         self.move = move
-        self._reactor = reactor
         self._installSignals = installSignalHandlers
         self._streams: list[Served] = []
         self._controls: list[Served] = []
-        self._moves = ServiceMoves(upgrader, reactor, self._streams, move)
+        self._moves = ServiceMoves(upgrader, self._reactor, self._streams, move)
         self._datagrams: list[tuple[Listener, DatagramProtocol]] = []
         self._adopted = False
         self._balancer: Balancer | None = None

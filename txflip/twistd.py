@@ -52,8 +52,8 @@ from txflip._settings import (
 )
 from txflip.control._server import REQUEST_TIMEOUT
 from txflip.generation import _handoff
-from txflip.generation._process import failStartup
 from txflip.generation._machine import Upgrader
+from txflip.generation._process import failStartup
 from txflip.service import UpgradeService
 
 

@@ -30,7 +30,6 @@ from txflip._errors import (
     UpgradeInProgress,
     WorkerOfSupervisor,
 )
-from txflip._reactor import asReactor
 from txflip.generation import _parent
 from txflip.generation._command import Command
 from txflip.generation._handoff import MARKER, SUPERVISOR, ParentWatcher
@@ -99,9 +98,7 @@ def makeUpgrader(reactor: MemoryReactorClock, **kwargs: Any) -> Upgrader:
     starts L{FakeAttempt}s.
     """
     kwargs.setdefault("command", COMMAND)
-    return Upgrader(
-        asReactor(reactor), spawner=FakeAttempt, process=ProcessState(), **kwargs
-    )
+    return Upgrader(reactor, spawner=FakeAttempt, process=ProcessState(), **kwargs)
 
 
 def firstGeneration(reactor: MemoryReactorClock, **kwargs: Any) -> Upgrader:
@@ -752,9 +749,9 @@ def test_secondUpgraderInOneProcessRefused(reactor: MemoryReactorClock) -> None:
     believe it is a first generation, so it is refused.
     """
     process = ProcessState()
-    Upgrader(asReactor(reactor), environ={}, command=COMMAND, process=process)
+    Upgrader(reactor, environ={}, command=COMMAND, process=process)
     with pytest.raises(TxflipError, match="an Upgrader exists already"):
-        Upgrader(asReactor(reactor), environ={}, command=COMMAND, process=process)
+        Upgrader(reactor, environ={}, command=COMMAND, process=process)
 
 
 def test_joinWaitsForTheUpgradeInProgress(

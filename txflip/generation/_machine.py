@@ -69,6 +69,7 @@ from typing import Protocol, TypeVar
 
 from automat import TypeMachineBuilder, pep614
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -643,7 +644,7 @@ class Upgrader:
 
     def __init__(
         self,
-        reactor: Reactor | None = None,
+        reactor: IReactorCore | None = None,
         *,
         pidFile: str | None = None,
         upgradeTimeout: float = DEFAULT_UPGRADE_TIMEOUT,
@@ -656,7 +657,10 @@ class Upgrader:
         Read the handoff from the environment (removing the marker) and take over
         the inherited fds.
 
-        @param reactor: the reactor (default: Twisted's global one).
+        @param reactor: the reactor (default: Twisted's global one).  Typed by
+            Twisted's core interface, which its global reactor is typed as
+            providing; txflip also uses the socket, process and file descriptor
+            interfaces, which every POSIX reactor provides.
         @param spawner: starts the next generation (tests pass a fake).
         @param process: this process's state (tests pass a fresh one).
         @raise TxflipError: this process has an Upgrader already.
