@@ -27,6 +27,7 @@ from txflip._errors import (
 from txflip._settings import SettingError
 from txflip.drain._cork import closeWithReply
 from txflip.drain._tracker import ConnectionTracker, IDrainable
+from txflip.generation._ending import Ending, Successor
 from txflip.listen._fds import Listener
 from txflip.move._movable import (
     ConnectionMoved,
@@ -72,6 +73,7 @@ __all__ = [
     "ConnectionMoved",
     "ConnectionState",
     "ConnectionTracker",
+    "Ending",
     "HandoffError",
     "IDrainable",
     "IMovable",
@@ -85,6 +87,7 @@ __all__ = [
     "SettingError",
     "StateRefused",
     "Stopping",
+    "Successor",
     "TxflipError",
     "UpgradeError",
     "UpgradeInProgress",

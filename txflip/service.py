@@ -301,7 +301,8 @@ class UpgradeService(Service):
     async def _stop(self) -> None:
         self._moves.stopReceiving()
         await self.upgrader.stop()
-        final = self.upgrader.successor is None
+        ending = await self.upgrader.whenExit()  # at once, now that we stopped
+        final = ending.final
         # Unix paths are removed only by a generation that served them: one that
         # failed before it was ready leaves them to its parent.
         unlink = final and (self.upgrader.isReady or not self.upgrader.hasParent)
@@ -313,14 +314,16 @@ class UpgradeService(Service):
         self.upgrader.listeners.close(unlink=unlink)
         self._log.info(
             "txflip: stopped listening ({why})",
-            why="final stop" if final else f"pid {self.upgrader.successor} serves now",
+            why=f"pid {ending.successor.pid} serves now"
+            if ending.successor
+            else "final stop",
         )
         trackers = [each.tracker for each in self._streams + self._controls]
-        mover = self._moves.mover()
+        mover = self._moves.mover(ending)
         # All at once: one idle grace and one drain timeout for the whole process.
         cut = sum(await drainAll(trackers, self.idleGrace, self.drainTimeout, mover))
         if mover is not None:
-            self._moves.moved(mover)
+            self._moves.moved(mover, ending)
         pidFile = self.upgrader.pidFile
         if final and pidFile is not None:
             pidFile.removeIfOurs(os.getpid())

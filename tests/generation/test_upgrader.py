@@ -32,6 +32,7 @@ from txflip._errors import (
 )
 from txflip.generation import _parent
 from txflip.generation._command import Command
+from txflip.generation._ending import STOPPED, Ending, Successor
 from txflip.generation._handoff import MARKER, SUPERVISOR, ParentWatcher
 from txflip.generation._process import ProcessState
 from txflip.generation._spawn import Spawn
@@ -61,6 +62,7 @@ class FakeAttempt:
         self.generation = spawn.generation
         self.listeners = list(spawn.listeners)
         self.timeout = spawn.timeout
+        self.extraFDs = dict(spawn.extraFDs)
         self.result: Deferred[int] = Deferred()
         self.pid = 50000 + len(self.made)
         self.started: Deferred[int] = succeed(self.pid)
@@ -212,11 +214,72 @@ def test_childReady(reactor: MemoryReactorClock, attempts: list[FakeAttempt]) ->
     attempts[0].ready()
     assert outcome(d) == attempts[0].pid
     assert upgrader.successor == attempts[0].pid
-    assert outcome(exitBefore) is None
-    assert outcome(upgrader.whenExit()) is None
+    assert outcome(exitBefore) == Ending(Successor(attempts[0].pid))
+    assert outcome(upgrader.whenExit()) == Ending(Successor(attempts[0].pid))
     assert str(failsWith(upgrader.upgrade(), Stopping)) == "terminating"
     assert len(attempts) == 1
     assert outcome(upgrader.stop()) is None
+
+
+def openFDs() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_channelsGoToTheSuccessor(
+    reactor: MemoryReactorClock, attempts: list[FakeAttempt]
+) -> None:
+    """
+    A channel opened with openChannel reaches each next generation under its name
+    (our copy of its end closed once it is started), and our end comes with the
+    Successor in whenExit's Ending.
+    """
+    upgrader = firstGeneration(reactor)
+    upgrader.openChannel("moves")
+    upgrader.ready()
+    d = upgrader.upgrade()
+    theirs = attempts[0].extraFDs["moves"]
+    with pytest.raises(OSError):
+        os.fstat(theirs)
+    attempts[0].ready()
+    assert outcome(d) == attempts[0].pid
+    ending = outcome(upgrader.whenExit())
+    assert not ending.final
+    assert ending.successor.pid == attempts[0].pid
+    ours = ending.successor.channels["moves"]
+    assert (ours.family, ours.type) == (socket.AF_UNIX, socket.SOCK_STREAM)
+    assert ours.fileno() >= 0
+    ours.close()
+
+
+@pytest.mark.skipif(
+    not os.path.isdir("/proc/self/fd"), reason="counts fds in /proc (Linux)"
+)
+def test_channelsOfAFailedChildAreClosed(
+    reactor: MemoryReactorClock, attempts: list[FakeAttempt]
+) -> None:
+    """
+    A child that fails leaves no channel end open here, nor does one we kill.
+    """
+    upgrader = firstGeneration(reactor)
+    upgrader.openChannel("moves")
+    upgrader.ready()
+    before = openFDs()
+    failed = upgrader.upgrade()
+    assert openFDs() != before
+    attempts[0].fail(ChildFailed("child pid=50000 exited with status 1"))
+    failsWith(failed, ChildFailed)
+    assert openFDs() == before
+    upgrader.upgrade()
+    outcome(upgrader.stop())
+    assert openFDs() == before
+    assert outcome(upgrader.whenExit()) == STOPPED
+
+
+def test_aChannelIsOpenedOnce(reactor: MemoryReactorClock) -> None:
+    upgrader = firstGeneration(reactor)
+    upgrader.openChannel("moves")
+    with pytest.raises(ValueError, match="a channel named 'moves' is open already"):
+        upgrader.openChannel("moves")
 
 
 def test_spawnRaises(
@@ -244,7 +307,7 @@ def test_stopWhenReady(
     upgrader.ready()
     exit = upgrader.whenExit()
     assert outcome(upgrader.stop()) is None
-    assert outcome(exit) is None
+    assert outcome(exit) == STOPPED
     failsWith(upgrader.upgrade(), Stopping)
     assert outcome(upgrader.stop()) is None
     assert attempts == []
@@ -255,7 +318,7 @@ def test_stopBeforeReady(
 ) -> None:
     upgrader = firstGeneration(reactor)
     assert outcome(upgrader.stop()) is None
-    assert outcome(upgrader.whenExit()) is None
+    assert outcome(upgrader.whenExit()) == STOPPED
     upgrader.ready()
     failsWith(upgrader.upgrade(), Stopping)
 
@@ -271,7 +334,7 @@ def test_stopDuringUpgrade(
     assert attempts[0].cancelled == 1
     assert outcome(stopped) is None
     failsWith(d, Stopping)
-    assert outcome(exit) is None
+    assert outcome(exit) == STOPPED
     assert upgrader.successor is None
     failsWith(upgrader.upgrade(), Stopping)
     assert len(attempts) == 1
@@ -298,7 +361,7 @@ def test_stopDuringUpgradeWaitsForChild(
     attempts[0].fail(Stopping())
     assert outcome(stopped) is None
     failsWith(d, Stopping)
-    assert outcome(upgrader.whenExit()) is None
+    assert outcome(upgrader.whenExit()) == STOPPED
 
 
 # --- a child generation ----------------------------------------------------------------
@@ -915,7 +978,7 @@ def test_workerStopsWhenItsSupervisorsPipeCloses(
     with capturedLogs() as events:
         parent.exit()
         watcher(reactor).doRead()
-    assert outcome(exiting) is None
+    assert outcome(exiting) == STOPPED
     assert [e["log_format"] for e in events] == [
         "txflip: the supervisor (pid {pid}) is gone: stopping"
     ]
@@ -937,7 +1000,7 @@ def test_workerStartingStopsWhenItsSupervisorsPipeCloses(
     exiting = upgrader.whenExit()
     parent.exit()
     watcher(reactor).doRead()
-    assert outcome(exiting) is None
+    assert outcome(exiting) == STOPPED
     upgrader.ready()
     assert not upgrader.isReady
     assert parent.readReady() == b""

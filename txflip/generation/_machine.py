@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -85,6 +86,13 @@ from txflip._reactor import Reactor, reactorOrGlobal
 from txflip._settings import DEFAULT_UPGRADE_TIMEOUT, seconds
 from txflip.generation import _steps
 from txflip.generation._command import Command
+from txflip.generation._ending import (
+    STOPPED,
+    Ending,
+    Successor,
+    closeAll,
+    openChannels,
+)
 from txflip.generation._handoff import Handoff, ParentWatcher
 from txflip.generation._parent import (
     Owner,
@@ -101,6 +109,8 @@ from txflip.listen._fds import Listener, Listeners
 from txflip.systemd import listenFDs
 
 T = TypeVar("T")
+#: Our ends of the channels opened to a next generation, by name.
+Channels = dict[str, socket.socket]
 #: Called with the next generation's number when a request starts an upgrade.
 OnStart = Callable[[int], object]
 
@@ -130,10 +140,12 @@ class _Generation(Protocol):
     def join(self, result: Deferred[int], onStart: OnStart | None) -> None:
         "As L{upgrade}, but an upgrade in progress is waited for, not refused."
 
-    def _spawned(self, attempt: Attempt, result: Deferred[int]) -> None:
-        "The next generation is starting."
+    def _spawned(
+        self, attempt: Attempt, result: Deferred[int], channels: Channels
+    ) -> None:
+        "The next generation is starting (our ends of its channels: C{channels})."
 
-    def _childReady(self, pid: int) -> None:
+    def _childReady(self, successor: Successor) -> None:
         "The child we started says it serves."
 
     def _childFailed(self, reason: Failure) -> None:
@@ -148,8 +160,8 @@ class _Generation(Protocol):
     def _childGone(self) -> None:
         "The child killed by L{stop} is reaped."
 
-    def whenExit(self, result: Deferred[None]) -> None:
-        "C{result} fires when this process should exit."
+    def whenExit(self, result: Deferred[Ending]) -> None:
+        "C{result} fires when this process should exit, with how it ended."
 
     def whenParentExited(self, result: Deferred[None]) -> None:
         "C{result} fires once the previous generation has exited."
@@ -169,6 +181,8 @@ class _Upgrade:
 
     attempt: Attempt
     waiters: list[Deferred[int]]
+    #: Our ends of the channels opened to the child (closed if it fails).
+    channels: Channels
 
 
 @dataclass
@@ -193,7 +207,9 @@ class _Core:
     log: Logger
     #: Named fds to pass to the next generation besides the listeners.
     extraFDs: dict[str, int] = field(default_factory=dict)
-    exitWaiters: list[Deferred[None]] = field(default_factory=list)
+    exitWaiters: list[Deferred[Ending]] = field(default_factory=list)
+    #: The channels to open to each next generation (L{Upgrader.openChannel}).
+    channelNames: list[str] = field(default_factory=list)
     parentWaiters: list[Deferred[None]] = field(default_factory=list)
     #: What to do once the machine has finished its transition (settle
     #: Deferreds): their callbacks may call the upgrader again.
@@ -240,20 +256,32 @@ class _Core:
     def declareServing(self) -> None:
         _steps.declareServing(self.log, self.generation, self.handoff)
 
-    def spawnNext(self) -> Attempt:
-        return _steps.spawnNext(
-            self.log,
-            self.reactor,
-            self.spawner,
-            lambda: Spawn(
-                self.command,
-                self.environ,
-                self.generation + 1,
-                self.listeners.forNextGeneration(),
-                self.upgradeTimeout,
-                self.extraFDs,
-            ),
-        )
+    def spawnNext(self) -> tuple[Attempt, Channels]:
+        """
+        Start the next generation with a fresh channel per name in
+        L{channelNames}: it inherits one end under that name, we keep the other.
+        """
+        ours, theirs = openChannels(self.channelNames)
+        try:
+            attempt = _steps.spawnNext(
+                self.log,
+                self.reactor,
+                self.spawner,
+                lambda: Spawn(
+                    self.command,
+                    self.environ,
+                    self.generation + 1,
+                    self.listeners.forNextGeneration(),
+                    self.upgradeTimeout,
+                    {**self.extraFDs, **{n: t.fileno() for n, t in theirs.items()}},
+                ),
+            )
+        except BaseException:
+            closeAll(ours)
+            raise
+        finally:
+            closeAll(theirs)  # the child has its copies
+        return attempt, ours
 
     def stillServing(self, reason: Failure) -> None:
         _steps.stillServing(self.log, self.pidFile, reason)
@@ -269,12 +297,13 @@ def _makeMachine() -> Callable[[_Core], _Generation]:
     WaitingForParent = machine.state("WaitingForParent")
     Ready = machine.state("Ready")
     Upgrading = machine.state(
-        "Upgrading", lambda c, s, attempt, result: _Upgrade(attempt, [result])
+        "Upgrading",
+        lambda c, s, attempt, result, channels: _Upgrade(attempt, [result], channels),
     )
     Killing = machine.state(
         "Killing", lambda c, s, upgrade, result: _Killing(upgrade, result)
     )
-    Replaced = machine.state("Replaced", lambda c, s, pid: pid)
+    Replaced = machine.state("Replaced", lambda c, s, successor: successor)
     Stopped = machine.state("Stopped")
     Abandoned = machine.state("Abandoned")
     # A generation whose parent owns it (a supervisor's worker, txflip run): the
@@ -402,13 +431,13 @@ def _makeMachine() -> Callable[[_Core], _Generation]:
         if onStart is not None:
             s.later(lambda: onStart(nextGeneration))
         try:
-            attempt = s.spawnNext()
+            attempt, channels = s.spawnNext()
         except ChildFailed as e:
             s.fail(result, e)
             return
-        c._spawned(attempt, result)
+        c._spawned(attempt, result, channels)
         attempt.result.addCallbacks(
-            lambda pid: s.feed(c._childReady, pid),
+            lambda pid: s.feed(c._childReady, Successor(pid, channels)),
             lambda reason: s.feed(c._childFailed, reason),
         )
 
@@ -449,17 +478,21 @@ def _makeMachine() -> Callable[[_Core], _Generation]:
         s.fail(result, Stopping())
 
     @pep614(Upgrading.upon(_Generation._childReady).to(Replaced))
-    def replaced(c: _Generation, s: _Core, upgrade: _Upgrade, pid: int) -> None:
+    def replaced(
+        c: _Generation, s: _Core, upgrade: _Upgrade, successor: Successor
+    ) -> None:
         s.log.info(
-            "txflip: upgrade: pid {pid} is ready; this process will exit", pid=pid
+            "txflip: upgrade: pid {pid} is ready; this process will exit",
+            pid=successor.pid,
         )
-        s.settle(upgrade.waiters, pid)
-        s.settle(s.exitWaiters, None)
+        s.settle(upgrade.waiters, successor.pid)
+        s.settle(s.exitWaiters, Ending(successor))
 
     @pep614(Upgrading.upon(_Generation._childFailed).to(Ready))
     def upgradeFailed(
         c: _Generation, s: _Core, upgrade: _Upgrade, reason: Failure
     ) -> None:
+        closeAll(upgrade.channels)
         s.stillServing(reason)
         s.settle(upgrade.waiters, reason)
 
@@ -474,7 +507,7 @@ def _makeMachine() -> Callable[[_Core], _Generation]:
     @pep614(WaitingForParent.upon(_Generation.stop).to(Stopped))
     @pep614(Ready.upon(_Generation.stop).to(Stopped))
     def stopNow(c: _Generation, s: _Core, result: Deferred[None]) -> None:
-        s.settle(s.exitWaiters, None)
+        s.settle(s.exitWaiters, STOPPED)
         s.settle([result], None)
 
     @pep614(Upgrading.upon(_Generation.stop).loop())
@@ -499,8 +532,9 @@ def _makeMachine() -> Callable[[_Core], _Generation]:
 
     @pep614(Killing.upon(_Generation._childGone).to(Stopped))
     def childGone(c: _Generation, s: _Core, killing: _Killing) -> None:
+        closeAll(killing.upgrade.channels)
         s.settle(killing.upgrade.waiters, Failure(Stopping()))
-        s.settle(s.exitWaiters, None)
+        s.settle(s.exitWaiters, STOPPED)
         s.settle([killing.stopped], None)
 
     @pep614(Killing.upon(_Generation.stop, nodata=True).loop())
@@ -526,14 +560,19 @@ def _makeMachine() -> Callable[[_Core], _Generation]:
     @pep614(Killing.upon(_Generation.whenExit, nodata=True).loop())
     @pep614(OwnedStarting.upon(_Generation.whenExit, nodata=True).loop())
     @pep614(Owned.upon(_Generation.whenExit, nodata=True).loop())
-    def waitForExit(c: _Generation, s: _Core, result: Deferred[None]) -> None:
+    def waitForExit(c: _Generation, s: _Core, result: Deferred[Ending]) -> None:
         s.exitWaiters.append(result)
 
-    @pep614(Replaced.upon(_Generation.whenExit, nodata=True).loop())
+    @pep614(Replaced.upon(_Generation.whenExit).loop())
+    def exitReplaced(
+        c: _Generation, s: _Core, successor: Successor, result: Deferred[Ending]
+    ) -> None:
+        s.settle([result], Ending(successor))
+
     @pep614(Stopped.upon(_Generation.whenExit).loop())
     @pep614(Abandoned.upon(_Generation.whenExit).loop())
-    def exitNow(c: _Generation, s: _Core, result: Deferred[None]) -> None:
-        s.settle([result], None)
+    def exitNow(c: _Generation, s: _Core, result: Deferred[Ending]) -> None:
+        s.settle([result], STOPPED)
 
     # --- a generation its parent owns (a supervisor's worker) ---------------
 
@@ -567,7 +606,7 @@ def _makeMachine() -> Callable[[_Core], _Generation]:
         # Nobody would replace us, and a restarted owner starts generations of
         # its own: stop gracefully (draining), as a stop would.
         owner.lost(s.log)
-        s.settle(s.exitWaiters, None)
+        s.settle(s.exitWaiters, STOPPED)
 
     # (automat hands a data state's data to the output of a transition to a
     # state without data even with nodata=True: these outputs take it.)
@@ -603,8 +642,8 @@ def _makeMachine() -> Callable[[_Core], _Generation]:
         dataState.upon(_Generation.successor, nodata=True).loop().returns(None)
 
     @pep614(Replaced.upon(_Generation.successor).loop())
-    def replacedBy(c: _Generation, s: _Core, pid: int) -> int | None:
-        return pid
+    def replacedBy(c: _Generation, s: _Core, successor: Successor) -> int | None:
+        return successor.pid
 
     built = machine.build()
 
@@ -719,12 +758,16 @@ class Upgrader:
         """
         return self._core.handoff is not None
 
-    def wrapSpawner(self, wrap: Callable[[Spawner], Spawner]) -> None:
+    def openChannel(self, name: str) -> None:
         """
-        Start later generations through C{wrap(current spawner)}: how moving
-        connections gives each next generation its channel.
+        Open a channel (a Unix stream socketpair) to each next generation: it
+        inherits one end under C{name} (L{claimInheritedFD}), and our end comes
+        with the L{Successor} in L{whenExit}'s L{Ending}.  How moving connections
+        reaches the new generation, without the core knowing what moves.
         """
-        self._core.spawner = wrap(self._core.spawner)
+        if name in self._core.channelNames or name in self._core.extraFDs:
+            raise ValueError(f"a channel named {name!r} is open already")
+        self._core.channelNames.append(name)
 
     def claimInheritedFD(self, name: str) -> int | None:
         """
@@ -803,12 +846,15 @@ class Upgrader:
         )
         return result
 
-    def whenExit(self) -> Deferred[None]:
+    def whenExit(self) -> Deferred[Ending]:
         """
-        Fires when this process should exit: after a successful upgrade, or after
-        L{stop}.
+        Fires when this process should exit, with how it ended: after a successful
+        upgrade (an L{Ending} naming the L{Successor}), or after L{stop} (a final
+        L{Ending}).
         """
-        return self._deferred(self._machine.whenExit)
+        result: Deferred[Ending] = Deferred()
+        self._core.feed(self._machine.whenExit, result)
+        return result
 
     def whenParentExited(self) -> Deferred[None]:
         """

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from twisted.internet.defer import Deferred
@@ -49,8 +49,7 @@ from txflip.listen._fds import Listener
 class Spawn:
     """
     What to start as the next generation: all a L{Spawner} is told besides the
-    reactor, in one value, so that a spawner that wraps another
-    (L{txflip.move._spawn.ChannelSpawner}) adds to it instead of repeating it.
+    reactor, in one value.
     """
 
     command: Command
@@ -63,12 +62,6 @@ class Spawn:
     #: Our fds to pass besides the listeners, by the name the child finds them
     #: under (the handoff table's C{fds}).
     extraFDs: Mapping[str, int] = field(default_factory=dict)
-
-    def withFD(self, name: str, fd: int) -> Spawn:
-        """
-        The same, passing C{fd} too, as C{name}.
-        """
-        return replace(self, extraFDs={**self.extraFDs, name: fd})
 
 
 class Attempt(Protocol):

@@ -17,10 +17,11 @@ from twisted.logger import Logger
 from txflip._reactor import Reactor
 from txflip.drain._served import Served
 from txflip.drain._tracker import ConnectionTracker
+from txflip.generation._ending import Ending
 from txflip.generation._machine import Upgrader
 from txflip.move._in import Receiver
 from txflip.move._out import ChannelMover
-from txflip.move._spawn import CHANNEL_NAME, ChannelSpawner, inheritedChannel
+from txflip.move._spawn import CHANNEL_NAME, inheritedChannel
 
 
 class ServiceMoves:
@@ -45,7 +46,8 @@ class ServiceMoves:
         self._reactor = reactor
         self._streams = streams
         self._move = move
-        self._channels = ChannelSpawner.wrap(upgrader) if move else None
+        if move:
+            upgrader.openChannel(CHANNEL_NAME)
         self._receiver: Receiver | None = None
 
     def receive(self) -> None:
@@ -75,11 +77,13 @@ class ServiceMoves:
                 return each.tracker
         return None
 
-    def mover(self) -> ChannelMover | None:
+    def mover(self, ending: Ending) -> ChannelMover | None:
         """
-        What moves our connections as we drain, if a newer generation takes them.
+        What moves our connections as we drain, if a newer generation takes them:
+        the one that replaced us (C{ending}), through the channel opened to it.
         """
-        sock = self._channels.takeSuccessor() if self._channels else None
+        successor = ending.successor
+        sock = successor.channels.get(CHANNEL_NAME) if successor else None
         if sock is None and self._move:
             # A worker of txflip run: the supervisor pairs us with a newer
             # worker; the sockets then go from us to it directly.
@@ -93,12 +97,12 @@ class ServiceMoves:
         }
         return ChannelMover(self._reactor, sock, keys)
 
-    def moved(self, mover: ChannelMover) -> None:
+    def moved(self, mover: ChannelMover, ending: Ending) -> None:
         """
         The drain is over: close C{mover}'s channel and say what it moved.
         """
         mover.close()
-        successor = self._upgrader.successor
+        successor = ending.successor.pid if ending.successor else None
         self._log.info(
             "txflip: moved {moved} connections to {where} in {ms:.1f} ms"
             " ({refused} refused)",
