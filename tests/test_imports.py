@@ -48,7 +48,8 @@ def importedModules(path: Path, modules: set[str]) -> set[str]:
                 name = name.rpartition(".")[0]
             if name and name != "txflip":
                 found.add(name)
-    found.discard(moduleName(path))
+    if path.is_relative_to(ROOT):
+        found.discard(moduleName(path))
     return found
 
 
