@@ -4,10 +4,22 @@ txflip: zero-downtime, graceful process upgrades for Twisted servers.
 On SIGHUP a running server starts a new copy of its own command line, hands it its
 listening sockets, waits until it serves, then stops accepting, drains its
 connections at a clean boundary, and exits.
+
+The package's tree is its architecture, one subpackage per step of that life:
+L{generation} (the core: one process's life, its machine, spawning, the pid file),
+L{listen} (listening sockets), L{drain} (ending connections at a boundary),
+L{move} (moving them to the next generation instead), L{protocols} (protocol
+families that drain or move without knowing txflip), L{control} (the control
+socket and what operators see), L{run} (C{txflip run}, the stable-PID supervisor)
+and L{check} (C{txflip check}, the verifier).
+
+The layering rule: the core (L{generation}, L{listen}) imports neither L{run},
+L{move}, L{control} nor L{check}, even inside a function; and no two modules import
+each other (C{tests/test_layers.py} and C{tests/test_imports.py} check both).  What
+the core needs of the layers above, it defines as a Protocol they implement (the
+parent of a generation, a drain's mover).
 """
 
-# Registers the IDrainable and IMovable adapters for twisted.web's channels: every
-# entry point (UpgradeService, Upgrader, flip:, flipecho) imports this package first.
 from txflip._errors import (
     ChildFailed,
     HandoffError,
@@ -35,6 +47,9 @@ from txflip.move._movable import (
     IMovable,
     StateRefused,
 )
+
+# Registers the IDrainable and IMovable adapters for twisted.web's channels: every
+# entry point (UpgradeService, Upgrader, flip:, flipecho) imports this package first.
 from txflip.protocols import (
     _web,  # noqa: F401
     _webmove,  # noqa: F401
