@@ -43,6 +43,7 @@ from zope.interface import (
 
 from txflip._reactor import Clock
 from txflip._settings import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE
+from txflip.drain._negotiation import passNegotiation
 
 
 class IDrainable(Interface):
@@ -198,6 +199,7 @@ class ConnectionTracker(Factory):
 
     def __init__(self, wrappedFactory: IProtocolFactory, clock: Clock) -> None:
         self.wrappedFactory = wrappedFactory
+        passNegotiation(self, wrappedFactory)
         self._clock = clock
         self._live: set[_Tracked] = set()
         self.draining = False
