@@ -81,6 +81,38 @@ def _mayOverrideOwners() -> bool:
     return os.geteuid() == 0
 
 
+#: What an existing path may be instead of a regular file (or a symlink, which
+#: is replaced, never followed), as the refusal names it.
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _refuseNonRegular(path: str) -> None:
+    """
+    Refuse a pid file path that exists and is not a regular file: the pid file is
+    replaced by renaming over it and removed at the final stop, which would
+    destroy a device node (C{--pidfile /dev/null} as root replaced the machine's
+    C{/dev/null}), and reading a FIFO blocks.
+
+    @raise PidFileError: naming what is there.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return
+    for isKind, kind in _KINDS:
+        if isKind(mode):
+            raise PidFileError(
+                f"cannot write pid file {path}: it exists and is {kind}, not a"
+                " regular file; use another pid file"
+            )
+
+
 class PidFile:
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
@@ -93,10 +125,18 @@ class PidFile:
         The pid the file names, or L{None} when missing or not a pid.
         """
         try:
-            with open(self.path, "rb") as f:
-                text = f.read(64)
+            # Without blocking on a FIFO; nothing but a regular file names a pid.
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
             return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            text = os.read(fd, 64)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
         try:
             pid = int(text.strip())
         except ValueError:
@@ -110,6 +150,7 @@ class PidFile:
 
         @raise PidFileError: with a one-line reason.
         """
+        _refuseNonRegular(self.path)
         pid = self.read()
         if pid is not None and pid not in allowed and pid != os.getpid():
             if pidAlive(pid):
