@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import PLAIN, ROOT, oneLineError, runTwistd
+from tests.conftest import PLAIN, ROOT, oneLineError, runTwistd, twistdCommand
+from tests.harness import ServerProcess, found, readPidFile, waitFor
 from txflip import Upgrader, UpgradeService
 from txflip._settings import SettingError, seconds
 from txflip.generation._process import ProcessState
@@ -130,6 +134,68 @@ def test_flipSettingConflictingWithTwistdFlipOptions(tmp_path: Path) -> None:
         "drainTimeout=99 conflicts with drainTimeout=5.0, fixed by the flip plugin's"
         in line
     )
+
+
+def test_flipSettingConflictsOnlyWithAGivenPluginOption(tmp_path: Path) -> None:
+    """
+    The flip plugin's option fixes a setting only when it is given: given, even
+    at its default, a different value in a description is refused.
+    """
+    result = runTwistd(
+        [
+            "-n",
+            "flip",
+            "--drain-timeout=30",
+            "web",
+            "--listen",
+            "flip:tcp:0:interface=127.0.0.1:drainTimeout=12",
+        ],
+        tmp_path,
+    )
+    assert oneLineError(result) == (
+        "txflip: flip:tcp:0:interface=127.0.0.1: drainTimeout=12 conflicts with"
+        " drainTimeout=30.0, fixed by the flip plugin's options"
+    )
+
+
+def test_flipSettingUsedWhenThePluginOptionIsNotGiven(tmp_path: Path) -> None:
+    """
+    C{twistd -n flip web --listen flip:...:drainTimeout=1.5}, the plugin's
+    C{--drain-timeout} not given: accepted, and used: a client holding half a
+    request is aborted 1.5 s into the drain, not at the default 30 s.
+    """
+    pidfile = tmp_path / "web.pid"
+    argv = [
+        *twistdCommand(),
+        "-n",
+        f"--pidfile={pidfile}",
+        "flip",
+        "web",
+        "--listen",
+        "flip:tcp:0:interface=127.0.0.1:drainTimeout=1.5",
+        "--path",
+        str(tmp_path),
+    ]
+    with ServerProcess(
+        argv, tmp_path / "web.log", cwd=tmp_path, env={"PYTHONPATH": str(ROOT)}
+    ) as proc:
+        waitFor(
+            lambda: readPidFile(pidfile) or proc.poll() is not None,
+            20,
+            what="ready",
+        )
+        assert proc.poll() is None, proc.logText()
+        port = int(found(r"listening on tcp:127\.0\.0\.1:(\d+)", proc.logText()))
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+            client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert client.recv(100).startswith(b"HTTP/1.1 200 ")  # accepted
+            client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            began = time.monotonic()
+            proc.send(signal.SIGQUIT)
+            assert proc.waitExit(20) == 0
+            took = time.monotonic() - began
+        assert 1.4 < took < 10, (took, proc.logText())
+        assert "drain timeout" in proc.logText()
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "0", "-1", "x"])

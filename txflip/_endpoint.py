@@ -77,12 +77,19 @@ class _FlipProcess:
     current: _FlipProcess | None = None
 
     def __init__(
-        self, service: UpgradeService, fixed: dict[str, object], source: str
+        self,
+        service: UpgradeService,
+        fixed: dict[str, object],
+        source: str,
+        defaulted: set[str] | frozenset[str] = frozenset(),
     ) -> None:
         self.service = service
         self.fixed = fixed
         self.source = source
         self.underTwistd = source != FIRST
+        #: Who fixed each setting; those left at their default (C{defaulted})
+        #: are fixed by the first description that sets them, if it can.
+        self.sources = {name: source for name in fixed if name not in defaulted}
 
     @classmethod
     def get(cls, reactor: Any, settings: dict[str, str], inner: str) -> _FlipProcess:
@@ -112,12 +119,31 @@ class _FlipProcess:
             return process
         given = _checked(settings, {}, inner)
         for name, value in given.items():
-            if value != process.fixed[name]:
+            if value == process.fixed[name]:
+                continue
+            source = process.sources.get(name)
+            if source is not None:
                 raise SettingError(
                     f"flip:{inner}: {name}={settings[name]} conflicts with"
-                    f" {name}={process.fixed[name]}, fixed by {process.source}"
+                    f" {name}={process.fixed[name]}, fixed by {source}"
                 )
+            if name not in _LATE:
+                raise SettingError(
+                    f"flip:{inner}: {name}={settings[name]} can only be set by"
+                    f" {process.source} (the upgrader exists before this"
+                    " description is parsed)"
+                )
+        for name, value in given.items():
+            if value != process.fixed[name]:
+                setattr(process.service, _LATE[name], value)
+                process.fixed[name] = value
+                process.sources[name] = f"flip:{inner}"
         return process
+
+
+#: The settings a description may still set when the twistd plugin left them at
+#: their defaults: the service's attributes, read when it drains.
+_LATE = {"drainTimeout": "drainTimeout", "idleGrace": "idleGrace"}
 
 
 FIRST = "the first flip: endpoint of this process"
@@ -155,12 +181,19 @@ def _checked(
     return result
 
 
-def useService(service: UpgradeService, fixed: dict[str, object], source: str) -> None:
+def useService(
+    service: UpgradeService,
+    fixed: dict[str, object],
+    source: str,
+    defaulted: set[str] | frozenset[str] = frozenset(),
+) -> None:
     """
     Make C{service} the one every C{flip:} endpoint of this process serves on
-    (the C{flip} twistd plugin's), with C{fixed} settings that C{source} set.
+    (the C{flip} twistd plugin's), with C{fixed} settings that C{source} set;
+    those named in C{defaulted} were not given, and a description may still set
+    them if they can change after the service is made.
     """
-    _FlipProcess.current = _FlipProcess(service, fixed, source)
+    _FlipProcess.current = _FlipProcess(service, fixed, source, defaulted)
 
 
 @implementer(IListeningPort)

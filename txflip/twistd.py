@@ -127,6 +127,19 @@ class UpgradeOptions(usage.Options):
 
     observerFactory: Callable[[], Any] | None = None
 
+    def __setitem__(self, key: str, value: Any) -> None:
+        # Only what the command line gives comes this way (usage.Options sets
+        # the defaults with update()): that is what fixes a setting.
+        self.__dict__.setdefault("_given", set()).add(key)
+        super().__setitem__(key, value)
+
+    def given(self) -> set[str]:
+        """
+        The options the command line gave (by option name), as opposed to those
+        left at their defaults.
+        """
+        return set(self.__dict__.get("_given", ()))
+
     def postOptions(self) -> None:
         own = self.get("pidfile")
         self["pidfile"] = os.path.abspath(own) if own else None
@@ -160,7 +173,7 @@ class UpgradeOptions(usage.Options):
 
     def settings(self) -> dict[str, object]:
         """
-        The process-wide settings these options fixed, by C{flip:} setting name.
+        The process-wide settings these options set, by C{flip:} setting name.
         """
         return {
             "pidfile": self["pidfile"],
@@ -169,6 +182,20 @@ class UpgradeOptions(usage.Options):
             "idleGrace": self["idle-grace"],
             "move": not self["no-move"],
         }
+
+    def defaulted(self) -> set[str]:
+        """
+        The settings of L{settings} left at their defaults (the pid file is
+        always twistd's), which a C{flip:} description may still set.
+        """
+        options = {
+            "upgradeTimeout": "upgrade-timeout",
+            "drainTimeout": "drain-timeout",
+            "idleGrace": "idle-grace",
+            "move": "no-move",
+        }
+        given = self.given()
+        return {name for name, option in options.items() if option not in given}
 
 
 class _Root(MultiService):
@@ -282,7 +309,12 @@ class Options(UpgradeOptions):
 
 def makeService(options: Options) -> MultiService:
     service = makeUpgradeService(options)
-    useService(service, options.settings(), "the flip plugin's options")
+    useService(
+        service,
+        options.settings(),
+        "the flip plugin's options",
+        defaulted=options.defaulted(),
+    )
     assert options.subCommand is not None  # postOptions refused it otherwise
     plugin = options.loadedPlugins[options.subCommand]
     return rootService(options, service, plugin.makeService(options.subOptions))
