@@ -34,6 +34,27 @@ def howItEnded(reason: Failure) -> str:
     return f"exited with status {status}"
 
 
+#: The signals that stop a process on purpose: Ctrl-C (to the whole process
+#: group), C{systemctl stop}, txflip's own graceful stop.
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGQUIT})
+
+
+def howItStopped(reason: Failure) -> str:
+    """
+    How a process we asked to stop ended: C{stopped (SIGINT, on request)} /
+    C{stopped (status 0, on request)} when it ended the way a stop does (twistd
+    ends by re-raising SIGINT or SIGTERM: "killed by SIGINT" would read like a
+    crash), L{howItEnded} otherwise (a crash while stopping, or SIGKILL).
+    """
+    value = reason.value
+    signum = getattr(value, "signal", None)
+    if signum in STOP_SIGNALS:
+        return f"stopped ({signal.Signals(signum).name}, on request)"
+    if cleanExit(reason):
+        return "stopped (status 0, on request)"
+    return howItEnded(reason)
+
+
 def describeExit(pid: int, reason: Failure | None) -> str:
     """
     C{child pid=N exited with status 3} / C{... was killed by SIGKILL}; only

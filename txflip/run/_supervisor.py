@@ -258,9 +258,11 @@ def gone(c: _Inputs, s: _Core, worker: Worker, reason: str, after: bool) -> None
     s.workers.remove(worker)
     if worker.retiring:
         s.log.info(
-            "txflip run: worker pid {pid} is gone ({reason})",
+            "txflip run: worker pid {pid} {how}"
+            if after
+            else "txflip run: worker pid {pid} is gone ({how})",
             pid=worker.pid,
-            reason=reason.replace(" after ready", ""),
+            how=reason.replace(" after ready", ""),
         )
     elif s.isNew(worker):
         message = f"worker pid {worker.pid} {reason}" if after else reason

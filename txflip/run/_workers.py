@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txflip.generation._command import Command
-from txflip.generation._exits import howItEnded
+from txflip.generation._exits import howItEnded, howItStopped
 from txflip.generation._handoff import SUPERVISOR
 from txflip.generation._spawn import Spawn, SpawnAttempt
 from txflip.listen._addresses import ListenSpec
@@ -127,7 +127,8 @@ class WorkerEvents(Protocol):
     def workerEnded(self, worker: Worker, how: str) -> None:
         """
         C{worker} is gone (reaped) after it was ready; C{how}: C{exited with
-        status 0}, C{was killed by SIGKILL}.
+        status 3}, C{was killed by SIGKILL}; when it was retiring and ended as a
+        stop does, C{stopped (SIGINT, on request)}.
         """
 
 
@@ -227,7 +228,8 @@ class Worker:
 
     def _endedAfterReady(self, reason: Failure) -> None:
         self._finish()
-        self._events.workerEnded(self, howItEnded(reason))
+        how = howItStopped(reason) if self.retiring else howItEnded(reason)
+        self._events.workerEnded(self, how)
 
     def takeMovesEnd(self) -> socket.socket | None:
         """
