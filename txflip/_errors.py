@@ -91,6 +91,14 @@ class ChildFailed(UpgradeError):
     """
 
 
+class SpawnFailed(ChildFailed):
+    """
+    The next generation could not be started at all (no process: out of fds, a
+    working directory that is gone, ...).  Unlike a child that fails, nothing in
+    the generation machine logs it: L{txflip.control._reports.Reports} does.
+    """
+
+
 class UpgradeTimeout(UpgradeError):
     """
     The next generation did not become ready within the upgrade timeout.

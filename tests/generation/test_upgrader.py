@@ -5,6 +5,7 @@ reactor and a fake SpawnAttempt whose outcome the test decides.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -25,6 +26,7 @@ from txflip._errors import (
     ParentAlive,
     PidFileError,
     Refused,
+    SpawnFailed,
     Stopping,
     TxflipError,
     UpgradeInProgress,
@@ -273,6 +275,33 @@ def test_channelsOfAFailedChildAreClosed(
     outcome(upgrader.stop())
     assert openFDs() == before
     assert outcome(upgrader.whenExit()) == STOPPED
+
+
+def test_noFdForAChannelFailsTheUpgradeOnly(
+    reactor: MemoryReactorClock,
+    attempts: list[FakeAttempt],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    Out of fds for a channel (socketpair EMFILE): the upgrade fails with one line,
+    nothing was started, and this generation serves on and can upgrade again.
+    """
+    upgrader = firstGeneration(reactor)
+    upgrader.openChannel("moves")
+    upgrader.ready()
+
+    def noFds(*args: object) -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(socket, "socketpair", noFds)
+        error = failsWith(upgrader.upgrade(), SpawnFailed)
+    assert str(error) == (
+        "cannot start the next generation: [Errno 24] Too many open files"
+    )
+    assert attempts == []
+    upgrader.upgrade()
+    assert len(attempts) == 1
 
 
 def test_aChannelIsOpenedOnce(reactor: MemoryReactorClock) -> None:

@@ -13,7 +13,14 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txflip._errors import Refused, Stopping, UpgradeInProgress
+from txflip._errors import (
+    ChildFailed,
+    Refused,
+    SpawnFailed,
+    Stopping,
+    UpgradeInProgress,
+    UpgradeTimeout,
+)
 from txflip.generation._machine import Upgrader
 from txflip.generation._pidfile import startTime
 from txflip.systemd import Notifier
@@ -75,6 +82,12 @@ class Reports:
                     )
             elif started and isinstance(result, Failure):
                 message = f"failed: {result.getErrorMessage()}"
+                if not _loggedByTheMachine(result):
+                    self._log.error(
+                        "txflip: upgrade {message}; still serving (pid {pid})",
+                        message=message,
+                        pid=os.getpid(),
+                    )
                 self.lastUpgrade = (time.time(), message)
                 self.notifier.stillReady(
                     f"upgrade {message}; serving (generation {generation})"
@@ -115,3 +128,15 @@ class Reports:
             "at": at,
             "readyIn": None if self.readyAt is None else round(self.readyAt - at, 3),
         }
+
+
+def _loggedByTheMachine(failure: Failure) -> bool:
+    """
+    Whether the generation machine logged this failed upgrade already: it logs a
+    child that failed or timed out (and rewrites the pid file then), not a spawn
+    that raised, nor anything unexpected.  Every failure is logged once, here or
+    there, whatever its cause.
+    """
+    return bool(failure.check(ChildFailed, UpgradeTimeout)) and not failure.check(
+        SpawnFailed
+    )

@@ -79,6 +79,7 @@ from txflip._errors import (
     NotReady,
     ParentAlive,
     RunningAsInit,
+    SpawnFailed,
     Stopping,
     UpgradeInProgress,
 )
@@ -261,7 +262,10 @@ class _Core:
         Start the next generation with a fresh channel per name in
         L{channelNames}: it inherits one end under that name, we keep the other.
         """
-        ours, theirs = openChannels(self.channelNames)
+        try:
+            ours, theirs = openChannels(self.channelNames)
+        except OSError as e:  # out of fds: no process started, nothing to close
+            raise SpawnFailed(f"cannot start the next generation: {e}") from None
         try:
             attempt = _steps.spawnNext(
                 self.log,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txflip._errors import ChildFailed, PidFileError
+from txflip._errors import PidFileError, SpawnFailed
 from txflip._reactor import Reactor
 from txflip.generation import _handoff
 from txflip.generation._pidfile import PidFile
@@ -48,13 +48,13 @@ def spawnNext(
     """
     Start the next generation (C{spawn()}, what to start) through C{spawner}.
 
-    @raise ChildFailed: it could not be started (one line, why).
+    @raise SpawnFailed: it could not be started (one line, why).
     """
     try:
         next = spawn()
         attempt = spawner(reactor, next)
     except Exception as e:  # noqa: BLE001 - any reason to fail is reported
-        raise ChildFailed(f"cannot start the next generation: {e}") from None
+        raise SpawnFailed(f"cannot start the next generation: {e}") from None
     attempt.started.addCallback(
         lambda pid: log.info(
             "txflip: upgrade: started generation {generation} as pid {pid}",
