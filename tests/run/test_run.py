@@ -261,6 +261,47 @@ def test_badDeployLeavesTheOldWorkersServing(supervised: Any) -> None:
     assert run.status()["lastUpgrade"]["result"].startswith("failed: child pid=")
 
 
+def test_aFailedUpgradeSaysWhatTheWorkerWroteOnStderr(supervised: Any) -> None:
+    """
+    C{txflip upgrade --control}'s one line ends with the last lines the failed
+    worker wrote on stderr (what systemd's and Ansible's users need), bounded;
+    and those lines still reach the supervisor's own output, as before.
+    """
+    noisy = 'if [ -e broken ]; then seq 1 50 >&2; echo "bad deploy" >&2; exit 3; fi'
+    run = supervised(["sh", "-c", f'{noisy}; exec "$@"', "sh", *flipecho()])
+    old = run.waitReady()
+    (run.dir / "broken").touch()
+    result = run.upgrade()
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "exited with status 3 before it was ready" in result.stderr
+    assert result.stderr.rstrip().endswith("| 48 | 49 | 50 | bad deploy"), result.stderr
+    assert " 40 |" not in result.stderr  # bounded: the last few lines only
+    assert len(result.stderr) < 1000
+    log = run.logText()
+    assert "\n1\n2\n" in log and "\nbad deploy\n" in log, run.tail()
+    assert run.waitReady() == old
+    assert "bad deploy" in run.status()["lastUpgrade"]["result"]
+
+
+def test_upgradeByPidFileRefusesASupervisorAtOnce(supervised: Any) -> None:
+    """
+    A supervisor's pid never changes, so C{txflip upgrade --pid-file} could only
+    time out: it says at once to use C{--control}, and signals nothing.
+    """
+    run = supervised(flipecho())
+    old = run.waitReady()
+    result = txflip("upgrade", "--pid-file", str(run.pidfile), "--timeout", "20")
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"txflip upgrade: pid {run.pid} from {run.pidfile} is a txflip run"
+        " supervisor, whose pid never changes: upgrade it with --control and its"
+        " control socket (or kill -HUP it and read its log)\n"
+    ), result.stderr
+    assert run.waitReady() == old
+    assert "SIGHUP" not in run.logText()
+
+
 def test_aWorkerDyingOnProbationRollsBack(supervised: Any) -> None:
     run = supervised(
         ["sh", "-c", DIES, "sh", *flipecho()], "--workers", "2", "--probation", "5"

@@ -4,12 +4,14 @@ C{txflip upgrade} and C{txflip status}: an operator's view of a running service.
 C{txflip upgrade} is what C{ExecReload=} wants: it returns only once the upgrade
 worked (exit 0, printing the new pid) or failed (exit 1, printing why).  Through the
 control socket the service itself says why; with only a pid file, we send SIGHUP and
-watch the file, and can tell only success or a timeout.
+watch the file, and can tell only success or a timeout (so a C{txflip run}
+supervisor, whose pid never changes, is refused: use its control socket).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import signal
@@ -99,12 +101,37 @@ def _readPid(pidFile: PidFile) -> int:
     return pid
 
 
+def isSupervisor(pid: int) -> bool:
+    """
+    Whether C{pid} runs C{txflip run} (its command line: C{txflip run ...} or
+    C{python -m txflip run ...}).  L{False} where C{/proc} does not tell.
+    """
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except OSError:
+        return False
+    return any(
+        os.path.basename(arg) == b"txflip" and after == b"run"
+        for arg, after in itertools.pairwise(args)
+    )
+
+
 def upgradeWithPidFile(path: str, timeout: float) -> int:
     """
     SIGHUP the pid in C{path}; return the new pid once the file names a live one.
+
+    A C{txflip run} supervisor's pid never changes (its workers' do), so this
+    could only time out after a successful upgrade: it is refused at once.
     """
     pidFile = PidFile(path)
     old = _readPid(pidFile)
+    if isSupervisor(old):
+        raise CommandError(
+            f"pid {old} from {path} is a txflip run supervisor, whose pid never"
+            " changes: upgrade it with --control and its control socket (or kill"
+            " -HUP it and read its log)"
+        )
     os.kill(old, signal.SIGHUP)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -62,6 +62,8 @@ class Spawn:
     #: Our fds to pass besides the listeners, by the name the child finds them
     #: under (the handoff table's C{fds}).
     extraFDs: Mapping[str, int] = field(default_factory=dict)
+    #: The child's fd 2, if not ours (a supervisor reads its workers' stderr).
+    stderr: int | None = None
 
 
 class Attempt(Protocol):
@@ -196,6 +198,8 @@ class SpawnAttempt:
         )
         childFDs[_handoff.READY_FD] = self._pipes.readyChildEnd
         childFDs[_handoff.PARENT_FD] = self._pipes.parentChildEnd
+        if spawn.stderr is not None:
+            childFDs[2] = spawn.stderr
         executable, args = command.executable, list(command.args)
         if self.detached:
             executable, args = throughTrampoline(executable, args)

@@ -31,6 +31,7 @@ from txflip.move._spawn import CHANNEL_NAME, channelPair
 from txflip.run._balance import NAME as BALANCE
 from txflip.run._balance import Table
 from txflip.run._channel import ChannelServer, socketPair
+from txflip.run._stderr import StderrTail, withTail
 
 #: Not passed to workers: the supervisor alone talks to systemd, owns the
 #: sockets systemd passed, and is no generation of anything.
@@ -178,6 +179,8 @@ class Worker:
         self._table = balance[0] if balance is not None else None
         if balance is not None:
             extraFDs[BALANCE] = balance[1]
+        #: Its stderr, passed on to ours; the tail tells why it failed to start.
+        self._stderr = StderrTail(reactor)
         try:
             self._attempt = spawner(
                 reactor,
@@ -188,16 +191,19 @@ class Worker:
                     sockets.table(),
                     upgradeTimeout,
                     extraFDs,
+                    stderr=self._stderr.childEnd,
                 ),
                 self._endedAfterReady,
             )
         except BaseException:
             ours.close()
             self.movesEnd.close()
+            self._stderr.close()
             raise
         finally:
             theirs.close()
             movesTheirs.close()
+            self._stderr.started()
         self.pid = self._attempt.pid
         if self._table is not None:
             # Long before the worker looks for itself: it has an interpreter to
@@ -224,7 +230,8 @@ class Worker:
 
     def _failed(self, reason: Failure) -> None:
         self._finish()
-        self._events.workerFailed(self, reason.getErrorMessage())
+        message = withTail(reason.getErrorMessage(), self._stderr.tail())
+        self._events.workerFailed(self, message)
 
     def _endedAfterReady(self, reason: Failure) -> None:
         self._finish()
