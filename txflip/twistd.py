@@ -31,7 +31,8 @@ Under twist (no pid file, no daemonizing), text log lines get the PID too.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from operator import attrgetter
 from typing import Any
 
@@ -139,6 +140,38 @@ class UpgradeOptions(usage.Options):
         left at their defaults.
         """
         return set(self.__dict__.get("_given", ()))
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """
+        Parse as C{usage.Options} does, but answer a usage error with one line.
+
+        twistd prints its whole usage (26 lines for flipecho; for C{flip}, every
+        installed plugin) before the line that says what is wrong, and twist
+        prints it after; the line is what a user needs, so it is all we print
+        (with where the usage is).  C{SystemExit} is what twistd and twist let
+        through: their runners catch C{UsageError} only.  A later generation
+        also tells its parent why it could not start (L{failStartup}).
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            failStartup(f"{e} (see {self.commandName()} --help)")
+
+    def commandName(self) -> str:
+        """
+        The command line that names these options, for a pointer to its C{--help}:
+        the runner's name and each subcommand to here (C{twistd flip web}).
+        """
+        names: list[str] = []
+        if self.subCommand is not None:
+            names.append(self.subCommand)
+        options: usage.Options = self
+        while options.parent is not None:
+            parent = options.parent
+            names.insert(0, parent.subCommand or "")
+            options = parent
+        runner = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+        return " ".join(name for name in [runner or "twistd", *names] if name)
 
     def postOptions(self) -> None:
         own = self.get("pidfile")
