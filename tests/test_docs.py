@@ -105,3 +105,28 @@ def test_everyReferencedNameExists() -> None:
     ):
         imported = __import__(module, fromlist=[name])
         assert hasattr(imported, name), f"{module}.{name}"
+
+
+README = ROOT / "README.rst"
+QUICK_START = (
+    "python3 -m venv .venv && .venv/bin/pip install . && .venv/bin/twistd -n flipecho",
+    "python3 -m venv .venv && .venv/bin/pip install '.[test]'"
+    " && .venv/bin/python -m pytest",
+)
+
+
+def test_readmeIsTheFrontDoor() -> None:
+    """
+    The README stays short (what is long goes to the docs), keeps the two
+    quick-start commands verbatim (CI runs the second, and it is the README's only
+    test command), and every page it links to exists.
+    """
+    text = README.read_text()
+    assert len(text.splitlines()) < 400
+    for command in QUICK_START:
+        assert text.count(command) == 1, command
+    assert text.count("-m pytest") == 1
+    links = re.findall(r"<((?:docs/)?[\w-]+\.rst)>`_", text)
+    assert links
+    for link in links:
+        assert (ROOT / link).is_file(), link
