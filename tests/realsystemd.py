@@ -63,7 +63,7 @@ def require(*tools: str) -> None:
         return
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI must run the real-supervisor tests: {reason}")
-    pytest.skip(reason)
+    pytest.skip(f"{reason} (prepare it as root with: bash .ci/real-env)")
 
 
 def _libc() -> ctypes.CDLL:

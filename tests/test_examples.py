@@ -14,6 +14,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT
 from tests.harness import (
     ServerProcess,
@@ -52,6 +54,7 @@ def test_plainServerServes(tmp_path: Path) -> None:
         assert reply == f"hello from version 1, pid {proc.pid}\n"
 
 
+@pytest.mark.slow
 def test_tutorialUpgradeNoClientNotices(tmp_path: Path) -> None:
     for name in ("hello.py", "hello_upgradable.py"):
         shutil.copy(EXAMPLES / name, tmp_path / name)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import (
     PLAIN,
     ROOT,
@@ -121,6 +123,7 @@ def slowDownload(port: int, result: list[object]) -> None:
         result.append(e)
 
 
+@pytest.mark.slow
 def test_twistdWebWithFlipEndpointUnderLoad(tmp_path: Path) -> None:
     site = tmp_path / "site"
     site.mkdir()
@@ -223,6 +226,7 @@ def test_plainProgramWithServerFromString(tmp_path: Path) -> None:
         assert not pidfile.exists()
 
 
+@pytest.mark.slow
 def test_flipSslAcrossUpgrade(tmp_path: Path) -> None:
     """
     flip:ssl: each generation builds its TLS context from its own arguments; the

@@ -11,12 +11,15 @@ import socket
 import statistics
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import SUBREAPER, echo, trafficFlows
 from tests.harness import Load, pidAlive, readPidFile, reap, waitFor, waitForUpgrade
 
 UPGRADES = 10
 
 
+@pytest.mark.slow
 def test_upgradesUnderLoadLoseNothing(flip) -> None:
     """
     Short-lived and lock-step long-lived clients run through 10 upgrades: no refused
@@ -103,6 +106,7 @@ def test_failedChildKeepsParentServing(flip, tmp_path: Path) -> None:
     assert echo(server.port) == b"hello\n"
 
 
+@pytest.mark.slow
 def test_hangingChildIsKilledAfterTimeout(flip, tmp_path: Path) -> None:
     fault = tmp_path / "fault"
     server = flip(
@@ -132,6 +136,7 @@ def test_hangingChildIsKilledAfterTimeout(flip, tmp_path: Path) -> None:
     assert echo(server.port) == b"hello\n"
 
 
+@pytest.mark.slow
 def test_unixSocketAcrossUpgrades(flip, tmp_path: Path) -> None:
     path = tmp_path / "echo.sock"
     server = flip("--listen", f"unix:{path}", "--listen", "tcp:0:interface=127.0.0.1")

@@ -103,6 +103,7 @@ def lineServer(request: pytest.FixtureRequest) -> Iterator[LineServer]:
         server.kill()
 
 
+@pytest.mark.slow
 def test_loadAgainstHealthyServerHasNoErrors(lineServer: LineServer) -> None:
     with Load(HOST, lineServer.port, short=4, long=4) as load:
         time.sleep(1.0)  # the load duration itself, not a wait for state
@@ -160,6 +161,7 @@ def test_wrongEchoDetected(lineServer: LineServer) -> None:
     assert "wrong_echo: sent b's0-1\\n' got b'S0-1\\n'" in str(clients.stats)
 
 
+@pytest.mark.slow
 def test_stopIsPromptWhenServerHangs() -> None:
     # A listener that never accepts: connects succeed, echoes never come.
     with socket.create_server((HOST, 0)) as listener:

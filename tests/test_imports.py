@@ -14,13 +14,14 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.conftest import ROOT
+import txflip
 
-PACKAGE = ROOT / "txflip"
+#: The package as Python imports it: the checkout, or an installed wheel.
+PACKAGE = Path(txflip.__file__).resolve().parent
 
 
 def moduleName(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -48,7 +49,7 @@ def importedModules(path: Path, modules: set[str]) -> set[str]:
                 name = name.rpartition(".")[0]
             if name and name != "txflip":
                 found.add(name)
-    if path.is_relative_to(ROOT):
+    if path.is_relative_to(PACKAGE):
         found.discard(moduleName(path))
     return found
 

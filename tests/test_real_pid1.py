@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT, twistdCommand
 from tests.harness import canConnect, freePort, waitFor
 from tests.realsystemd import TOOLS, require
@@ -91,6 +93,7 @@ def zombies(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_txflipRunAsPid1UpgradesAndDrains(tmp_path: Path) -> None:
     """
     C{txflip run} as the namespace's PID 1 (no tini): upgrades keep serving, no

@@ -23,6 +23,8 @@ from tests.conftest import ROOT, twistdCommand
 from tests.harness import canConnect, freePort, killedAtEnd, waitFor
 from tests.realsystemd import TOOLS, require
 
+pytestmark = pytest.mark.slow
+
 DIST = TOOLS / "usr/lib/python3/dist-packages"
 
 

@@ -46,6 +46,8 @@ SHIPPED = sorted(
     p.name for p in (ROOT / "contrib").iterdir() if p.suffix in (".service", ".socket")
 )
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def systemd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:

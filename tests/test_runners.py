@@ -15,6 +15,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT, SUBREAPER, oneLineError, runTwistd, twistdCommand
 from tests.harness import (
     ServerProcess,
@@ -78,6 +80,7 @@ def stop(pids: list[int]) -> None:
     waitFor(lambda: not pidAlive(pids[-1]), 30, what="the final exit")
 
 
+@pytest.mark.slow
 def test_twistdForegroundLogfileKeepsEveryGeneration(tmp_path: Path) -> None:
     www = site(tmp_path)
     logfile, pidfile = tmp_path / "web.log", tmp_path / "tw.pid"
@@ -98,6 +101,7 @@ def test_twistdForegroundLogfileKeepsEveryGeneration(tmp_path: Path) -> None:
     assert not pidfile.exists()
 
 
+@pytest.mark.slow
 def test_twistdDaemonizedKeepsEveryGeneration(tmp_path: Path) -> None:
     www = site(tmp_path)
     pidfile = tmp_path / "twistd.pid"
@@ -145,6 +149,7 @@ def twistTwice(tmp: Path, args: list[str], pidfile: Path) -> tuple[list[int], st
     return pids, text
 
 
+@pytest.mark.slow
 def test_twistWithFlipPlugin(tmp_path: Path) -> None:
     """
     twist has no pid file of its own: the flip plugin's --pidfile names one.  Its
@@ -171,6 +176,7 @@ def test_flipPluginNeedsAPlugin(tmp_path: Path) -> None:
     assert "Traceback" not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_twistPlainFlipEndpoint(tmp_path: Path) -> None:
     """
     twist without the flip plugin: the flip: endpoint alone upgrades.

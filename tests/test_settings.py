@@ -102,6 +102,7 @@ def test_flipSettingsNameTheSetting(tmp_path: Path, setting: str, message: str) 
     assert f"flip:tcp:0:interface=127.0.0.1: {message}" in result.stderr
 
 
+@pytest.mark.slow
 def test_laterEndpointCannotChangeASetting(tmp_path: Path) -> None:
     first = "flip:tcp:0:interface=127.0.0.1:drainTimeout=5"
     result = plain(tmp_path, first, "flip:tcp:0:interface=127.0.0.1:drainTimeout=99")
@@ -158,6 +159,7 @@ def test_flipSettingConflictsOnlyWithAGivenPluginOption(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_flipSettingUsedWhenThePluginOptionIsNotGiven(tmp_path: Path) -> None:
     """
     C{twistd -n flip web --listen flip:...:drainTimeout=1.5}, the plugin's

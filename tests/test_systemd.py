@@ -47,6 +47,7 @@ class NotifySocket:
         self.sock.close()
 
 
+@pytest.mark.slow
 def test_notifySequenceAcrossUpgradesAndAFailure(flip, tmp_path: Path) -> None:
     notify = NotifySocket(tmp_path / "notify.sock")
     fault = tmp_path / "fault"

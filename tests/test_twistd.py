@@ -33,6 +33,7 @@ TCP0 = "tcp:0:interface=127.0.0.1"
 LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[pid \d+\] \[")
 
 
+@pytest.mark.slow
 def test_daemonizedWithLogfileAndPidfile(tmp_path: Path) -> None:
     """
     Without -n the first generation daemonizes; later ones must not daemonize again.
@@ -322,7 +323,10 @@ def test_unreplaceablePidfileIsFoundBeforeBinding() -> None:
     """
     setpriv = shutil.which("setpriv")
     if os.geteuid() != 0 or setpriv is None:
-        pytest.skip("needs root and setpriv: to own the files, then drop CAP_FOWNER")
+        pytest.skip(
+            "needs root and setpriv: to own the files, then drop CAP_FOWNER"
+            " (run the suite as root, as CI does)"
+        )
     directory = Path(tempfile.mkdtemp(prefix="txflip-sticky-"))
     try:
         directory.chmod(0o1777)

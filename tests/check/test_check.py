@@ -43,6 +43,7 @@ from txflip.check._stats import Latencies
 HOST = "127.0.0.1"
 
 
+@pytest.mark.slow
 def test_flipechoUpgradesWithoutErrors(flip) -> None:
     server = flip()
     status, report, stderr = check(
@@ -68,6 +69,7 @@ def test_flipechoUpgradesWithoutErrors(flip) -> None:
     assert report["throughput"]["lines_per_s"] > 0
 
 
+@pytest.mark.slow
 def test_flipechoFollowedByPid(flip) -> None:
     """
     Without a pid file, each successor is found as a child of the old process.
@@ -106,6 +108,7 @@ def naive(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         wrapper.send(signal.SIGTERM)
 
 
+@pytest.mark.slow
 def test_naiveRestartIsCaught(naive: tuple[int, Path]) -> None:
     port, pidfile = naive
     status, report, _ = check(
@@ -123,6 +126,7 @@ def test_naiveRestartIsCaught(naive: tuple[int, Path]) -> None:
     assert report["failures"] == []
 
 
+@pytest.mark.slow
 def test_maxErrorsTolerates(naive: tuple[int, Path]) -> None:
     port, pidfile = naive
     status, report, _ = check(
@@ -154,6 +158,7 @@ def echoPort() -> Iterator[int]:
     server.server_close()
 
 
+@pytest.mark.slow
 def test_missedUpgradeIsReported(
     echoPort: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -196,6 +201,7 @@ def test_loadOnlyWithoutPid(echoPort: int, capsys: pytest.CaptureFixture[str]) -
     assert report["upgrades"] == [] and report["total"]["lines"] > 0
 
 
+@pytest.mark.slow
 def test_waitingCostsNoCpu(echoPort: int) -> None:
     """
     With no upgrade to wait for, the main thread sleeps: a busy loop there took
@@ -307,6 +313,7 @@ def test_upgradesAreSpacedOverTheRun() -> None:
     assert upgradeTimes(8, 0) == []
 
 
+@pytest.mark.slow
 def test_upgradesThroughTheControlSocket(flip, tmp_path: Path) -> None:
     """
     C{--control} instead of a pid: the service answers each upgrade request, and
@@ -328,6 +335,7 @@ def test_upgradesThroughTheControlSocket(flip, tmp_path: Path) -> None:
     assert not pidAlive(first)
 
 
+@pytest.mark.slow
 def test_progressLineOnATerminal(echoPort: int) -> None:
     """
     On a terminal, stderr shows a live line; the report stays on stdout.

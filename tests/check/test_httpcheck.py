@@ -107,6 +107,7 @@ def _pids(report: dict[str, object]) -> set[int]:
     return {u["old_pid"] for u in upgrades} | {u["new_pid"] for u in upgrades}
 
 
+@pytest.mark.slow
 def test_twistdWebFlipFiveUpgrades(serve, site: Path, tmp_path: Path) -> None:
     pidfile = tmp_path / "twistd.pid"
     server = serve(
@@ -129,6 +130,7 @@ def test_twistdWebFlipFiveUpgrades(serve, site: Path, tmp_path: Path) -> None:
     assert report["throughput"]["requests_per_s"] > 0
 
 
+@pytest.mark.slow
 def test_kleinAppWithUploads(serve, tmp_path: Path) -> None:
     pidfile = tmp_path / "klein.pid"
     server = serve(
@@ -158,6 +160,7 @@ def _resourceApp(serve, tmp_path: Path, env: dict[str, str]) -> tuple[Served, Pa
     return serve(argv, pidfile, env), control
 
 
+@pytest.mark.slow
 def test_500DuringUpgradeIsCaught(serve, tmp_path: Path) -> None:
     """
     The new generation answers 500 for its first second: the check fails, and
@@ -177,6 +180,7 @@ def test_500DuringUpgradeIsCaught(serve, tmp_path: Path) -> None:
     assert report["total"]["samples"][0].startswith("bad_status: status 500")
 
 
+@pytest.mark.slow
 def test_controlSocketSaysWhyAnUpgradeFailed(serve, tmp_path: Path) -> None:
     server, control = _resourceApp(serve, tmp_path, {"WEBAPP_BROKEN_LATER": "1"})
     status, report, _ = server.check(
@@ -193,6 +197,7 @@ def test_controlSocketSaysWhyAnUpgradeFailed(serve, tmp_path: Path) -> None:
     ), failure
 
 
+@pytest.mark.slow
 def test_naiveRestartIsCaught(serve, site: Path, tmp_path: Path) -> None:
     """
     Plain twistd web (SIGHUP kills it) that a supervisor restarts: downtime.
@@ -363,6 +368,7 @@ def test_expectStatus() -> None:
         ),
     ],
 )
+@pytest.mark.slow
 def test_badInputIsOneLine(
     misbehaving, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

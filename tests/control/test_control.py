@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -34,6 +35,7 @@ def txflip(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_upgradeAndStatusThroughControlSocket(flip, tmp_path: Path) -> None:
     control = tmp_path / "control.sock"
     fault = tmp_path / "fault"
@@ -97,6 +99,7 @@ def test_upgradeErrorsAreOneLine(tmp_path: Path) -> None:
     assert bad.stderr.strip() == f"txflip upgrade: no pid in {tmp_path / 'bad.pid'}"
 
 
+@pytest.mark.slow
 def test_upgradeTimeoutWithPidFile(flip, tmp_path: Path) -> None:
     fault = tmp_path / "fault"
     server = flip(
@@ -143,6 +146,7 @@ def test_garbageOnControlSocket(flip, tmp_path: Path) -> None:
     assert json.loads(exchange(b"status\n"))["pid"] == pid
 
 
+@pytest.mark.slow
 def test_concurrentUpgradeRequestsShareOneUpgrade(flip, tmp_path: Path) -> None:
     """
     A second `txflip upgrade` while one runs waits for the same outcome instead of
@@ -199,6 +203,7 @@ def test_upgradeWithPidFileRefusesAReusedPid(tmp_path: Path) -> None:
         other.wait()
 
 
+@pytest.mark.slow
 def test_statusShowsHowThisGenerationStarted(flip, tmp_path: Path) -> None:
     control = tmp_path / "control.sock"
     server = flip("--control", str(control))

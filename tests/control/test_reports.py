@@ -14,12 +14,12 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
+from txflip import Upgrader
 from txflip._errors import ChildFailed
 from txflip.control._reports import Reports
 from txflip.generation._command import Command
 from txflip.generation._process import ProcessState
 from txflip.generation._spawn import Spawn
-from txflip.generation._upgrader import Upgrader
 from txflip.systemd import Notifier
 
 COMMAND = Command("/nonexistent/python", ("python", "-m", "app"), "/")

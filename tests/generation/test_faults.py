@@ -84,6 +84,7 @@ def failedUpgradeUnderLoad(server: Flip, fault: Path, mode: str) -> Iterator[int
         ("exit-before-ready", "exited with status 4"),
     ],
 )
+@pytest.mark.slow
 def test_childFailsDuringStartupUnderLoad(
     flip, fault: Path, mode: str, status: str
 ) -> None:
@@ -110,6 +111,7 @@ def test_childSigkilledBeforeReadyUnderLoad(flip, fault: Path) -> None:
         assert f"child pid={child} was killed by SIGKILL before it was ready" in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["hang", "block-at-ready"])
 def test_childNeverReadyTimesOutUnderLoad(flip, fault: Path, mode: str) -> None:
     """
@@ -131,6 +133,7 @@ def test_childNeverReadyTimesOutUnderLoad(flip, fault: Path, mode: str) -> None:
 # --- the next generation dies after it said it was ready -----------------------
 
 
+@pytest.mark.slow
 def test_childCrashesRightAfterReady(flip, fault: Path, partial) -> None:
     """
     Documented behaviour (README, "Failure modes"): once the new generation has said
@@ -168,6 +171,7 @@ def test_childCrashesRightAfterReady(flip, fault: Path, partial) -> None:
 # --- the old generation is killed ----------------------------------------------
 
 
+@pytest.mark.slow
 def test_oldSigkilledWhileNewStarts(flip, fault: Path, tmp_path: Path) -> None:
     """
     The new generation already holds the listening sockets: connections queue for
@@ -198,6 +202,7 @@ def test_oldSigkilledWhileNewStarts(flip, fault: Path, tmp_path: Path) -> None:
     alone(server, server.serving())
 
 
+@pytest.mark.slow
 def test_oldSigkilledAfterNewIsReady(flip, partial) -> None:
     """
     Killing the old generation while it drains loses only its own connections; the
@@ -230,6 +235,7 @@ def test_oldSigkilledAfterNewIsReady(flip, partial) -> None:
 # --- signals at bad times --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sighupStorm(flip) -> None:
     """
     50 SIGHUPs within 100 ms: one upgrade runs, every other SIGHUP that reached the
@@ -307,6 +313,7 @@ def test_sigquitDuringUpgrade(
     assert stats.errorsTotal() == stats.count("refused"), stats
 
 
+@pytest.mark.slow
 def test_sighupToAStartingGeneration(flip, fault: Path, tmp_path: Path) -> None:
     """
     A SIGHUP that reaches a new generation before it has installed its handler (a
@@ -325,6 +332,7 @@ def test_sighupToAStartingGeneration(flip, fault: Path, tmp_path: Path) -> None:
     alone(server, server.serving())
 
 
+@pytest.mark.slow
 def test_sighupDuringDrain(flip, partial) -> None:
     """
     While the old generation drains, SIGHUP to it is refused ("terminating"), and to
@@ -378,6 +386,7 @@ class Streamer(threading.Thread):
             self.sock.close()
 
 
+@pytest.mark.slow
 def test_drainDeadlineCutsUncooperativeClients(flip) -> None:
     """
     A client that never stops sending and one that never reads its replies are
@@ -470,6 +479,7 @@ def flipWithPidfile(tmp_path: Path, pidfile: Path) -> Iterator[Flip]:
         reapExited(server)
 
 
+@pytest.mark.slow
 def test_pidfileDirectoryGoneForLaterGeneration(tmp_path: Path) -> None:
     """
     The pid file's directory was replaced by a file: the next generation cannot
@@ -493,6 +503,7 @@ def test_pidfileDirectoryGoneForLaterGeneration(tmp_path: Path) -> None:
         alone(server, server.serving())
 
 
+@pytest.mark.slow
 def test_addressInUseForLaterGeneration(flip, fault: Path) -> None:
     """
     A later generation whose configuration adds an address someone else holds:
@@ -515,6 +526,7 @@ def test_addressInUseForLaterGeneration(flip, fault: Path) -> None:
     alone(server, server.serving())
 
 
+@pytest.mark.slow
 def test_failedGenerationLeavesParentsUnixPath(
     flip, fault: Path, tmp_path: Path
 ) -> None:
@@ -549,6 +561,7 @@ def test_failedGenerationLeavesParentsUnixPath(
     alone(server, server.serving())
 
 
+@pytest.mark.slow
 def test_unixPathIsAFileForLaterGeneration(flip, fault: Path) -> None:
     server = flip(env={"FLIPAPP_FAULT": str(fault)}, app=True)
     precious = fault.parent / "data.txt"

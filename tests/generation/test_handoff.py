@@ -758,6 +758,7 @@ _fuzzSettings = settings(
 )
 
 
+@pytest.mark.slow
 @_fuzzSettings
 @given(st.text())
 def test_fuzzText(value: str) -> None:

@@ -262,7 +262,10 @@ def test_checkDirectoryNotWritable() -> None:
 
 def test_checkDirectoryNotWritableByPermissions(tmp_path: Path) -> None:
     if os.geteuid() == 0:
-        pytest.skip("root bypasses directory permission bits (W_OK always true)")
+        pytest.skip(
+            "root bypasses directory permission bits (W_OK always true):"
+            " run the suite as a user other than root to check this"
+        )
     directory = tmp_path / "ro"
     directory.mkdir()
     directory.chmod(0o500)

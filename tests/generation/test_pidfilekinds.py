@@ -44,7 +44,9 @@ def makeDevice(path: Path) -> None:
     only): what C{--pidfile /dev/null} would point at, without touching it.
     """
     if os.geteuid() != 0:
-        pytest.skip("making a device node needs root")
+        pytest.skip(
+            "making a device node needs root: run the suite as root, as CI does"
+        )
     try:
         os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
     except PermissionError:

@@ -31,6 +31,7 @@ def reached(deadline: float) -> bool:
     return time.monotonic() >= deadline
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("logfile", [False, True])
 def test_sigusr1ToAStartingGeneration(
     flip, fault: Path, tmp_path: Path, logfile: bool
@@ -50,6 +51,7 @@ def test_sigusr1ToAStartingGeneration(
     alone(server, server.serving())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("logfile", [False, True])
 def test_sigusr1NeverKillsAGeneration(flip, tmp_path: Path, logfile: bool) -> None:
     """

@@ -36,7 +36,9 @@ def _hasIPv6Loopback() -> bool:
 
 
 needsIPv6 = pytest.mark.skipif(
-    not _hasIPv6Loopback(), reason="this machine has no IPv6 loopback (::1)"
+    not _hasIPv6Loopback(),
+    reason="this machine has no IPv6 loopback (::1):"
+    " enable it with sysctl net.ipv6.conf.lo.disable_ipv6=0",
 )
 
 

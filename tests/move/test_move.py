@@ -181,6 +181,7 @@ def openFDs() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_connectionsMoveWithTheirPartialLine() -> None:
     world = World(Echo, NewEcho)

@@ -18,6 +18,8 @@ from tests.harness import allGone, moreThan, waitFor
 from tests.supervised import Supervised, flipecho
 from tests.talkers import everyKind
 
+pytestmark = pytest.mark.slow
+
 UPGRADES = 5
 
 

@@ -60,6 +60,7 @@ def upgrade(server: object, pidfile: Path, track: object) -> tuple[int, int]:
     return old, new
 
 
+@pytest.mark.slow
 def test_longLivedAndIdleClientsKeepTheirSocket(flip) -> None:
     """
     Through 20 upgrades: lock-step clients (each line in two writes), idle clients
@@ -101,6 +102,7 @@ def test_longLivedAndIdleClientsKeepTheirSocket(flip) -> None:
     assert server.alive() == [server.serving()]
 
 
+@pytest.mark.slow
 def test_unixAndIpv6ConnectionsMove(flip, tmp_path: Path) -> None:
     """
     Connections on a Unix socket and on ::1 move like TCP ones.
@@ -257,6 +259,7 @@ def test_tlsConnectionDrains(tmp_path: Path) -> None:
         waitFor(lambda: not pidAlive(first), 20, what="the old generation to exit")
 
 
+@pytest.mark.slow
 def test_tenThousandIdleConnectionsMove(flip) -> None:
     """
     10,000 idle connections move in one upgrade, each still open and echoing
@@ -264,7 +267,10 @@ def test_tenThousandIdleConnectionsMove(flip) -> None:
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard < 10_500:
-        pytest.skip(f"needs 10,500 open files (hard limit {hard})")
+        pytest.skip(
+            f"needs 10,500 open files (hard limit {hard}): raise it, e.g. as root"
+            " with ulimit -Hn 10500"
+        )
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
         server = flip("--idle-grace", "30")
@@ -297,6 +303,7 @@ def webServer(tmp_path: Path) -> tuple[ServerProcess, Path, int]:
     return proc, pidfile, int(match.group(1))
 
 
+@pytest.mark.slow
 def test_httpKeepaliveClientsKeepTheirConnection(tmp_path: Path) -> None:
     """
     HTTP/1.1 keep-alive clients of an unmodified twistd web (flip:) see one
@@ -347,4 +354,7 @@ def test_httpKeepaliveClientsKeepTheirConnection(tmp_path: Path) -> None:
         moved = re.findall(r"moved (\d+) connections", proc.logText())
         assert len(moved) == 5 and all(int(n) >= 2 for n in moved), moved
     if curl is None:
-        pytest.skip("curl is not installed: only our own client was checked")
+        pytest.skip(
+            "curl is not installed: only our own client was checked"
+            " (apt-get install curl, as .ci/run does)"
+        )

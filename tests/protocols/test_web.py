@@ -161,6 +161,7 @@ def keptAlive(server: Web, timeout: float) -> Iterator[tuple[socket.socket, Read
         yield sock, reader
 
 
+@pytest.mark.slow
 def test_responseUnderWayWhenGraceEndsClosesAfterIt(web) -> None:
     """
     A keep-alive download still being sent when the idle grace ends is closed as
@@ -195,6 +196,7 @@ def test_requestsPipelinedDuringDrainAreAllAnswered(web) -> None:
         assert reader.closed()
 
 
+@pytest.mark.slow
 def test_requestWithABodyClosesWithItsResponseDuringDrain(web) -> None:
     """
     A request with a body during the drain (twisted.web then keeps an empty chunk
@@ -214,6 +216,7 @@ def test_requestWithABodyClosesWithItsResponseDuringDrain(web) -> None:
         assert reader.closed(), "not closed with the response"
 
 
+@pytest.mark.slow
 def test_librarySiteDrainsKeepaliveConnections(web) -> None:
     """
     UpgradeService.listen(..., Site(...)) after only C{import txflip}: an idle

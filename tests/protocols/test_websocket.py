@@ -22,6 +22,8 @@ from websockets.sync.client import connect
 from tests.conftest import ROOT
 from tests.harness import ServerProcess, pidAlive, readPidFile, waitFor
 
+pytestmark = pytest.mark.slow
+
 
 class WebSocketApp:
     def __init__(self, tmp: Path, idleGrace: float, drainTimeout: float) -> None:

@@ -30,6 +30,7 @@ def run(tmp_path: Path) -> Iterator[Supervised]:
         supervised.close()
 
 
+@pytest.mark.slow
 def test_ctrlCStopsWorkersOnRequest(run: Supervised) -> None:
     pids = run.waitReady()
     assert os.getpgid(pids[0]) == os.getpgid(run.pid)

@@ -54,6 +54,7 @@ def echo(port: int, line: bytes = b"hello\n") -> bytes:
         return s.recv(100)
 
 
+@pytest.mark.slow
 def test_upgradesKeepThePidUnderLoad(supervised: Any) -> None:
     """
     Ten upgrades of two workers under short and long clients: every one exits 0
@@ -91,6 +92,7 @@ def test_upgradesKeepThePidUnderLoad(supervised: Any) -> None:
     assert not (run.dir / "twistd.pid").exists()
 
 
+@pytest.mark.slow
 def test_twoWorkersEachServeAShare(supervised: Any) -> None:
     run = supervised(flipecho(), "--workers", "2")
     first, second = run.waitReady()
@@ -149,6 +151,7 @@ def connectAtOnce(port: int, count: int) -> list[socket.socket]:
     return clients
 
 
+@pytest.mark.slow
 def test_twoWorkersShareLongLivedConnections(supervised: Any) -> None:
     """
     Long-lived connections are spread across 2 workers, whether 100 clients
@@ -169,6 +172,7 @@ def test_twoWorkersShareLongLivedConnections(supervised: Any) -> None:
     assert min(atOnce.values()) >= 40 and min(counts.values()) >= 90, (atOnce, counts)
 
 
+@pytest.mark.slow
 def test_balancingSurvivesUpgradesAndACrash(supervised: Any) -> None:
     """
     After two upgrades and a worker killed (its replacement in a reused slot of
@@ -195,6 +199,7 @@ def test_balancingSurvivesUpgradesAndACrash(supervised: Any) -> None:
     assert sorted(counts) == sorted(pids) and min(counts.values()) >= 40, counts
 
 
+@pytest.mark.slow
 def test_aHungWorkerDoesNotStopTheOthersAccepting(supervised: Any) -> None:
     """
     A worker stopped dead (SIGSTOP: its slot still says it holds few) is no
@@ -215,6 +220,7 @@ def test_aHungWorkerDoesNotStopTheOthersAccepting(supervised: Any) -> None:
     assert counts[other] >= 20, counts
 
 
+@pytest.mark.slow
 def test_aWorkerAddedByTtinTakesTheNewConnections(supervised: Any) -> None:
     run = supervised(flipecho(), "--workers", "1")
     (old,) = run.waitReady()
@@ -232,6 +238,7 @@ def test_aWorkerAddedByTtinTakesTheNewConnections(supervised: Any) -> None:
     assert counts[new] >= 15 and counts[old] + counts[new] == 40, counts
 
 
+@pytest.mark.slow
 def test_killedWorkerIsReplacedAndNothingIsRefused(supervised: Any) -> None:
     run = supervised(flipecho(), "--workers", "1")
     (pid,) = run.waitReady()
@@ -248,6 +255,7 @@ def test_killedWorkerIsReplacedAndNothingIsRefused(supervised: Any) -> None:
     assert "was killed by SIGKILL after ready; replacing it" in run.logText()
 
 
+@pytest.mark.slow
 def test_badDeployLeavesTheOldWorkersServing(supervised: Any) -> None:
     run = supervised(["sh", "-c", BAD_DEPLOY, "sh", *flipecho()], "--workers", "2")
     old = run.waitReady()
@@ -302,6 +310,7 @@ def test_upgradeByPidFileRefusesASupervisorAtOnce(supervised: Any) -> None:
     assert "SIGHUP" not in run.logText()
 
 
+@pytest.mark.slow
 def test_aWorkerDyingOnProbationRollsBack(supervised: Any) -> None:
     run = supervised(
         ["sh", "-c", DIES, "sh", *flipecho()], "--workers", "2", "--probation", "5"
@@ -318,6 +327,7 @@ def test_aWorkerDyingOnProbationRollsBack(supervised: Any) -> None:
     assert echo(run.port) == b"hello\n"
 
 
+@pytest.mark.slow
 def test_humanStatusOfTheSupervisor(supervised: Any) -> None:
     run = supervised(flipecho(), "--workers", "2")
     pids = run.waitReady()
@@ -330,6 +340,7 @@ def test_humanStatusOfTheSupervisor(supervised: Any) -> None:
         assert f"{pid:>10}           1  ready" in human.stdout, human.stdout
 
 
+@pytest.mark.slow
 def test_sigintStopsGracefully(supervised: Any) -> None:
     run = supervised(flipecho(), "--workers", "2")
     pids = run.waitReady()
@@ -341,6 +352,7 @@ def test_sigintStopsGracefully(supervised: Any) -> None:
     assert "is gone: stopping" not in run.logText()  # it was not gone
 
 
+@pytest.mark.slow
 def test_ttinTtouChangeTheNumberOfWorkers(supervised: Any) -> None:
     run = supervised(flipecho(), "--workers", "1")
     run.waitReady()
@@ -357,6 +369,7 @@ def test_ttinTtouChangeTheNumberOfWorkers(supervised: Any) -> None:
     assert len(run.waitReady()) == 1
 
 
+@pytest.mark.slow
 def test_sighupDuringAnUpgradeIsRefusedAndTxflipUpgradeJoins(
     supervised: Any,
 ) -> None:
@@ -374,6 +387,7 @@ def test_sighupDuringAnUpgradeIsRefusedAndTxflipUpgradeJoins(
     waitFor(lambda: "txflip run: upgrade: upgrade in progress" in run.logText(), 10)
 
 
+@pytest.mark.slow
 def test_aWorkerStopsWhenItsSupervisorIsKilled(supervised: Any) -> None:
     run = supervised(flipecho(), "--workers", "2")
     pids = run.waitReady()
@@ -382,6 +396,7 @@ def test_aWorkerStopsWhenItsSupervisorIsKilled(supervised: Any) -> None:
     assert f"the supervisor (pid {run.pid}) is gone: stopping" in run.logText()
 
 
+@pytest.mark.slow
 def test_orphansAreReaped(supervised: Any) -> None:
     """
     A worker's own child, orphaned, is reparented to the supervisor (a child
@@ -411,6 +426,7 @@ def test_firstStartFailureExitsWithTheReason(supervised: Any) -> None:
     assert not run.pidfile.exists() and not run.control.exists()
 
 
+@pytest.mark.slow
 def test_workersSayTheirSocketsComeFromTheSupervisor(supervised: Any) -> None:
     """
     A worker binds no socket itself, whether it asked the supervisor (the first
@@ -448,6 +464,7 @@ def test_aWorkersOwnControlSocketIsRefusedAtFirstStart(supervised: Any) -> None:
     assert not own.exists() and not run.pidfile.exists() and not run.control.exists()
 
 
+@pytest.mark.slow
 def test_aWorkersExitIsSeenThoughAGrandchildHoldsItsPipes(supervised: Any) -> None:
     """
     A worker's own child that inherited its fds (here: a shell's background
@@ -474,6 +491,7 @@ def test_aWorkersExitIsSeenThoughAGrandchildHoldsItsPipes(supervised: Any) -> No
     assert echo(run.port) == b"hello\n"
 
 
+@pytest.mark.slow
 def test_theSupervisorKeepsTlsOut(supervised: Any) -> None:
     """
     The supervisor never speaks TLS: pyOpenSSL and cryptography (about 12 MiB of
@@ -512,6 +530,7 @@ def test_badArguments(tmp_path: Path, args: list[str], error: str) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_pidFileOrControlSocketInUse(supervised: Any, tmp_path: Path) -> None:
     run = supervised(flipecho())
     before = sorted(tmp_path.iterdir())
@@ -533,8 +552,10 @@ def test_pidFileOrControlSocketInUse(supervised: Any, tmp_path: Path) -> None:
 
 @pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("unshare"),
-    reason="a new PID namespace needs root and unshare(1)",
+    reason="a new PID namespace needs root and unshare(1): run the suite as root, as"
+    " CI does",
 )
+@pytest.mark.slow
 def test_pid1InANewPidNamespace(supervised: Any) -> None:
     """
     As PID 1 of its namespace, the supervisor upgrades (nothing dies with the
@@ -593,6 +614,7 @@ def _ppid(pid: int) -> int:
         return -1
 
 
+@pytest.mark.slow
 def test_usr1ReachesTheWorkersAndHupToAWorkerIsRefused(
     supervised: Any,
 ) -> None:
@@ -615,6 +637,7 @@ def test_usr1ReachesTheWorkersAndHupToAWorkerIsRefused(
     assert echo(run.port) == b"hello\n"
 
 
+@pytest.mark.slow
 def test_aCrashLoopBacksOffAndRecovers(supervised: Any) -> None:
     run = supervised(["sh", "-c", BAD_DEPLOY, "sh", *flipecho()])
     (pid,) = run.waitReady()
@@ -632,6 +655,7 @@ def test_aCrashLoopBacksOffAndRecovers(supervised: Any) -> None:
     assert echo(run.port) == b"hello\n"
 
 
+@pytest.mark.slow
 def test_theSupervisorAloneTellsSystemd(tmp_path: Path) -> None:
     """
     With NOTIFY_SOCKET (a test playing systemd): READY=1 with the supervisor's
