@@ -17,6 +17,8 @@ file holds one word, some with an argument after a colon:
   - C{block-at-ready}: sockets adopted, but the reactor thread blocks (60 s) where
     the generation would say it is ready (start-up code that never returns);
   - C{exit-after-ready}: tell the parent "ready", then exit with status 7 at once;
+  - C{stop-after-ready}: tell the parent "ready", then stop (C{SIGSTOP} to itself:
+    a long GC pause, a blocking warm-up) until the test sends C{SIGCONT};
   - C{refuse-moves}: this generation's Echo cannot read the state of moved
     connections (new code with a new state layout);
   - C{listen:DESCRIPTION}: this generation's configuration has one more
@@ -108,13 +110,18 @@ if fault in ("exit-before-ready", "block-at-ready"):
         os._exit(6)
 
     Upgrader.ready = ready  # type: ignore[method-assign]
-if fault == "exit-after-ready":
+if fault in ("exit-after-ready", "stop-after-ready"):
+    import signal
+
     from txflip.generation import _handoff
 
     tellParentReady = _handoff.tellParentReady
 
     def tellAndExit(handoff: object) -> None:
         tellParentReady(handoff)  # type: ignore[arg-type]
+        if fault == "stop-after-ready":
+            os.kill(os.getpid(), signal.SIGSTOP)
+            return
         sys.stderr.write(f"flipapp pid {os.getpid()}: exiting after ready\n")
         sys.stderr.flush()
         os._exit(7)

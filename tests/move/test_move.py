@@ -30,6 +30,7 @@ from txflip.move._out import ChannelMover
 from txflip.move._transport import checkPrivateAPI
 from txflip.move._wire import (
     Accepted,
+    Commit,
     FrameReader,
     Move,
     Refused,
@@ -66,7 +67,9 @@ def test_framesRoundTripAndFdsInOrder() -> None:
     r, w = os.pipe()
     reader = FrameReader()
     data = encodeMove(7, "tcp:1.2.3.4:5", ConnectionState(3, b"partial")) + (
-        encodeAnswer(Refused(9, "no")) + encodeAnswer(Accepted(10))
+        encodeAnswer(Refused(9, "no"))
+        + encodeAnswer(Accepted(10))
+        + encodeAnswer(Commit(10))
     )
     # Byte by byte: frames complete only when all their bytes are in.
     frames = reader.feed(data[:1], [r])
@@ -76,6 +79,7 @@ def test_framesRoundTripAndFdsInOrder() -> None:
         Move(7, "tcp:1.2.3.4:5", ConnectionState(3, b"partial"), r),
         Refused(9, "no"),
         Accepted(10),
+        Commit(10),
     ]
     reader.close()
     os.close(r)
@@ -196,6 +200,10 @@ async def test_connectionsMoveWithTheirPartialLine() -> None:
         drained = world.start()
         assert await drained == 0
         assert world.mover is not None and world.receiver is not None
+        # The old side lets go as it sends each commit; the new side serves each
+        # connection once it has read the commit.
+        receiver = world.receiver
+        await until(lambda: receiver.accepted == 300, "the commits")
         assert world.mover.moved == 300 and world.receiver.accepted == 300
         assert len(world.old) == 0 and len(world.new) == 300
         assert {type(t.wrapped) for t in world.new._live} == {NewEcho}

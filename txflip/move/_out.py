@@ -12,9 +12,13 @@ tracker drains it as before.  Then, at once and every few milliseconds after:
   2. I{in transit}: we stop reading it and send its socket and state; it stays
      ours (open, paused) until the new generation answers;
   3. I{accepted}: we let go of the socket without shutting it down
-     (L{release}); the protocol sees C{connectionLost(ConnectionMoved)};
-     I{refused}: we read it again and it drains here, as if it had never been
-     offered.
+     (L{release}) and send the commit that lets the new generation serve it
+     (L{txflip.move._wire}: a move is all or nothing); the protocol sees
+     C{connectionLost(ConnectionMoved)}; I{refused}: we read it again and it
+     drains here, as if it had never been offered.
+
+A connection that comes back to drain here (refused, or the channel gave up) has
+what arrived meanwhile read at once, before any idle check can close it.
 
 Whatever goes wrong goes back to draining, never to a lost connection: a channel
 that breaks brings every connection in transit back (we still hold each one); a
@@ -34,8 +38,16 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 
 from txflip.move._movable import IMovable
-from txflip.move._transport import movableSocket, release, unsentBytes
-from txflip.move._wire import Accepted, Frame, Move, MoveChannel, encodeMove
+from txflip.move._transport import movableSocket, readPending, release, unsentBytes
+from txflip.move._wire import (
+    Accepted,
+    Commit,
+    Frame,
+    Move,
+    MoveChannel,
+    encodeAnswer,
+    encodeMove,
+)
 
 if TYPE_CHECKING:
     from txflip.drain._tracker import ConnectionTracker, _Tracked
@@ -179,9 +191,12 @@ class ChannelMover:
         return frame, sock.fileno()
 
     def _answers(self, frames: list[Frame]) -> None:
+        taken: list[tuple[ConnectionTracker, _Tracked]] = []
+        commits: list[tuple[bytes, int | None]] = []
         for frame in frames:
-            if isinstance(frame, Move):
-                os.close(frame.fd)
+            if isinstance(frame, (Move, Commit)):
+                if isinstance(frame, Move):
+                    os.close(frame.fd)
                 self._channel.close("the new generation sent a connection back")
                 return
             entry = self._transit.pop(frame.id, None)
@@ -190,9 +205,8 @@ class ChannelMover:
             tracker, tracked, _ = entry
             self._inTransit.discard(tracked)
             if isinstance(frame, Accepted):
-                self.moved += 1
-                release(tracked.transport)
-                self.finishedAt = self._reactor.seconds()
+                taken.append((tracker, tracked))
+                commits.append((encodeAnswer(Commit(frame.id)), None))
             else:
                 self.refused += 1
                 self._log.info(
@@ -201,9 +215,21 @@ class ChannelMover:
                     reason=frame.reason,
                 )
                 self._comeBack(tracker, tracked)
+        # Commit, then let go: once the commit is on its way the new generation
+        # serves these, and we never will again.
+        self._channel.send(commits)
+        for tracker, tracked in taken:
+            if not self._channel.open:
+                # The commit could not be sent: the connection is still ours.
+                self._comeBack(tracker, tracked)
+                continue
+            self.moved += 1
+            release(tracked.transport)
+            self.finishedAt = self._reactor.seconds()
 
     def _comeBack(self, tracker: ConnectionTracker, tracked: _Tracked) -> None:
         tracked.transport.resumeProducing()  # type: ignore[union-attr]
+        readPending(tracked.transport)
         tracker.fallBack(tracked)
 
     def _lost(self, why: str) -> None:

@@ -118,3 +118,16 @@ def release(transport: Any) -> None:
         transport.connectionLost(Failure(ConnectionMoved()))
     finally:
         os.close(fd)
+
+
+def readPending(transport: Any) -> None:
+    """
+    A paused connection comes back to be served here: read what the kernel holds
+    for it now (one read), so that its protocol has seen every byte before
+    anything decides whether it is idle.  Bytes that arrived while it was in
+    transit would otherwise wait for the reactor's next turn, after an idle
+    check had closed the connection on them.  An end of file found here is left
+    for the reactor to see again (the socket stays readable).
+    """
+    if transport.connected and not transport.disconnecting:
+        transport.doRead()

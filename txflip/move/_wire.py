@@ -4,13 +4,26 @@ The moves channel: the Unix socket between two generations that carries connecti
 Made at spawn (a socketpair, one end inherited by the child and named in the handoff
 table), it carries, from old to new, one L{Move} frame per connection with the
 connection's socket attached (C{SCM_RIGHTS}), and from new to old one
-L{Accepted} or L{Refused} frame per connection.
+L{Accepted} or L{Refused} frame per connection; then, from old to new, one
+L{Commit} frame per accepted connection.
+
+A move is all or nothing, in two steps.  L{Accepted} says the new generation
+I{can} take the connection (its protocol is built, its state restored); it does
+not serve it yet.  The old generation, if it is still waiting for that answer,
+lets go of the socket and sends L{Commit}: only then does the new generation
+serve it.  An old generation that gave up (no answer in time: a successor that
+stalled) closes the channel instead, and serves on everything it did not commit;
+the new generation, resumed, finds moves without their commit before the end of
+the channel and drops them (closing its copies of the fds, which the old
+generation still serves).  So no connection is ever served by both, nor by
+neither.
 
 Framing: C{u32 length}, then the body, whose first byte is its kind::
 
     M  id:u32 version:u32 keylen:u16 key state   (+ one fd, in order)
     A  id:u32
     R  id:u32 reason (UTF-8)
+    C  id:u32
 
 It is a stream socket, so fds are matched to frames by order: the sender attaches
 the fds of a batch of frames to the batch's first byte, the kernel delivers them
@@ -82,7 +95,16 @@ class Refused:
     reason: str
 
 
-Frame = Move | Accepted | Refused
+@dataclass(frozen=True)
+class Commit:
+    """
+    The old generation let go of connection C{id}: the new one serves it now.
+    """
+
+    id: int
+
+
+Frame = Move | Accepted | Refused | Commit
 
 
 def encodeMove(id: int, key: str, state: ConnectionState) -> bytes:
@@ -96,9 +118,11 @@ def encodeMove(id: int, key: str, state: ConnectionState) -> bytes:
     return _LENGTH.pack(len(body)) + body
 
 
-def encodeAnswer(answer: Accepted | Refused) -> bytes:
+def encodeAnswer(answer: Accepted | Refused | Commit) -> bytes:
     if isinstance(answer, Accepted):
         body = _ANSWER.pack(b"A", answer.id)
+    elif isinstance(answer, Commit):
+        body = _ANSWER.pack(b"C", answer.id)
     else:
         reason = answer.reason.encode("utf-8", "replace")[:MAX_REASON]
         body = _ANSWER.pack(b"R", answer.id) + reason
@@ -149,10 +173,12 @@ class FrameReader:
                 raise WireError("move frame without its socket")
             state = ConnectionState(version, body[_MOVE.size + keyLength :])
             return Move(id, key.decode("utf-8", "replace"), state, self.fds.popleft())
-        if kind in (b"A", b"R") and len(body) >= _ANSWER.size:
+        if kind in (b"A", b"R", b"C") and len(body) >= _ANSWER.size:
             _, id = _ANSWER.unpack_from(body)
             if kind == b"A":
                 return Accepted(id)
+            if kind == b"C":
+                return Commit(id)
             return Refused(id, body[_ANSWER.size :].decode("utf-8", "replace"))
         raise WireError(f"unknown frame kind {kind!r}")
 
