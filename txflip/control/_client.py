@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import time
+import unicodedata
 from typing import Any
 
 from txflip._cli import argSeconds
@@ -182,6 +183,19 @@ def _startedBy(started: object) -> str:
     return f"upgrade from pid {started['pid']} at {_when(started.get('at'))}{readyText}"
 
 
+def printable(value: object) -> str:
+    """
+    C{value} as text safe for a terminal: control characters (ESC, BEL, a
+    newline: a socket path may hold any of them) escaped as Python does
+    (C{\\x1b}), and backslashes doubled so that an escape cannot be forged;
+    other characters, non-ASCII letters included, as they are.
+    """
+    return "".join(
+        repr(c)[1:-1] if c == "\\" or unicodedata.category(c) == "Cc" else c
+        for c in str(value)
+    )
+
+
 def formatStatus(status: dict[str, Any]) -> str:
     last = status.get("lastUpgrade")
     lastText = "none"
@@ -201,7 +215,7 @@ def formatStatus(status: dict[str, Any]) -> str:
         rows[1:1] = [("state", status.get("state")), ("workers", status.get("wanted"))]
         if status.get("note"):
             rows.append(("note", status["note"]))
-    text = "\n".join(f"{name:<13}{value}" for name, value in rows)
+    text = "\n".join(f"{name:<13}{printable(value)}" for name, value in rows)
     workers = status.get("workers")
     if isinstance(workers, list) and workers:
         lines = [f"\n{'worker pid':>10}  generation  state     started   connections"]
@@ -209,7 +223,8 @@ def formatStatus(status: dict[str, Any]) -> str:
             started = time.strftime("%H:%M:%S", time.localtime(w.get("started", 0)))
             count = w.get("connections")
             lines.append(
-                f"{w.get('pid'):>10}  {w.get('generation'):>10}  {w.get('state'):<8}"
+                f"{w.get('pid'):>10}  {w.get('generation'):>10}"
+                f"  {printable(w.get('state')):<8}"
                 f"  {started}  {'?' if count is None else count:>11}"
             )
         text += "\n".join(lines)

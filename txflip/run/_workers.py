@@ -11,6 +11,7 @@ signals and watches workers; it runs none of the application's code.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -332,6 +333,14 @@ def _socketInodes(pid: int) -> set[str]:
     return inodes
 
 
+#: An entry of C{/proc/net/unix}: C{Num RefCount Protocol Flags Type St Inode
+#: [Path]}; an entry whose path holds a newline goes on over further lines.
+_UNIX_ENTRY = re.compile(
+    rb"[0-9a-fA-F]+: [0-9A-F]+ [0-9A-F]+ (?P<flags>[0-9A-F]+) [0-9A-F]+"
+    rb" (?P<st>[0-9A-F]+) +(?P<inode>[0-9]+)(?: (?P<path>.*))?\n?\Z"
+)
+
+
 def openConnections(pid: int) -> int | None:
     """
     How many connections C{pid} has open: its TCP sockets that are not listening
@@ -352,14 +361,18 @@ def openConnections(pid: int) -> int | None:
                     # st 01 is ESTABLISHED
                     if fields[9] in inodes and fields[3] == "01":
                         connected.add(fields[9])
-        with open(f"/proc/{pid}/net/unix") as f:
-            next(f, None)
-            for line in f:
-                fields = line.split()
-                listening = int(fields[3], 16) & 0x10000
-                if fields[6] in inodes and len(fields) > 7 and not listening:
-                    if fields[5] == "03":
-                        connected.add(fields[6])
+        with open(f"/proc/{pid}/net/unix", "rb") as raw:
+            for entryLine in raw:
+                # Any local user can bind a path holding a newline (or bytes that
+                # are not UTF-8): what does not look like an entry continues one.
+                entry = _UNIX_ENTRY.match(entryLine)
+                if entry is None:
+                    continue
+                inode = entry["inode"].decode()
+                listening = int(entry["flags"], 16) & 0x10000
+                if inode in inodes and entry["path"] is not None and not listening:
+                    if entry["st"] == b"03":
+                        connected.add(inode)
         return len(connected)
     except (OSError, IndexError, ValueError):
         return None
