@@ -26,6 +26,7 @@ from twisted.logger import (
 )
 
 from txflip._reactor import reactorOrGlobal
+from txflip.generation._signals import installedHandler
 
 
 def formatWithPID(event: LogEvent) -> str | None:
@@ -84,7 +85,7 @@ def reopenOnUSR1(target: AppendFile | None, reactor: object | None = None) -> No
         only hands over); by default Twisted's global one, looked up only when
         the signal comes, so that setting up logging never installs a reactor.
     """
-    if not hasattr(signal, "SIGUSR1") or signal.getsignal(signal.SIGUSR1):
+    if not hasattr(signal, "SIGUSR1") or installedHandler(signal.SIGUSR1):
         return
 
     def reopen(signum: int, frame: object) -> None:

@@ -16,6 +16,7 @@ from typing import NoReturn
 
 from txflip._errors import TxflipError
 from txflip.generation import _handoff
+from txflip.generation._signals import catchHeldSignals
 
 
 class ProcessState:
@@ -46,6 +47,11 @@ class ProcessState:
         self._claimed = True
         self._child = _handoff.MARKER in environ
         self.handoff = _handoff.fromEnvironment(environ)
+        if self.handoff is not None:
+            # Spawned with the signals we handle blocked: from now on a handler
+            # holds them, so that the application's own children are not born
+            # with them blocked.
+            catchHeldSignals()
         return self.handoff
 
     @property
