@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from functools import partial
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -81,6 +82,7 @@ class UpgradeService(Service):
         self.idleGrace = seconds("idleGrace", idleGrace)
         self.move = move
         self._installSignals = installSignalHandlers
+        self._ownsSignals = installSignalHandlers
         self._streams: list[Served] = []
         self._controls: list[Served] = []
         self._moves = ServiceMoves(upgrader, self._reactor, self._streams, move)
@@ -220,15 +222,34 @@ class UpgradeService(Service):
             return
         self._installSignals = False
 
-        def later(handler: Callable[[], None]) -> Callable[[int, object], None]:
-            # A signal handler only hands over to the reactor.
-            return lambda signum, frame: self._reactor.callFromThread(handler)
-
-        signal.signal(signal.SIGHUP, later(self._onHUP))
-        signal.signal(signal.SIGQUIT, later(self._onQUIT))
+        signal.signal(signal.SIGHUP, self._later(self._onHUP))
+        signal.signal(signal.SIGQUIT, self._later(self._onQUIT))
         # Our parent started us with these blocked: one that came early is
         # delivered now, to its handler.  The others wait for the reactor's.
         releaseSignals(signal.SIGHUP, signal.SIGQUIT)
+
+    def _later(self, handler: Callable[[], None]) -> Callable[[int, object], None]:
+        # A signal handler only hands over to the reactor.
+        return lambda signum, frame: self._reactor.callFromThread(handler)
+
+    def _quietWhileStopping(self) -> None:
+        """
+        Once this generation stops (after an upgrade, or for good), SIGTERM and
+        SIGINT have nothing left to do: the reactor is stopping already, and the
+        runner's own handlers would stop it again, which Twisted answers with a
+        C{ReactorNotRunning} traceback in the log.  Say so instead; the drain
+        goes on to its deadline.
+        """
+        if not self._ownsSignals:
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._later(partial(self._stoppingAlready, signum)))
+
+    def _stoppingAlready(self, signum: int) -> None:
+        self._log.info(
+            "txflip: {name}: stopping already (draining)",
+            name=signal.Signals(signum).name,
+        )
 
     def _onHUP(self) -> None:
         self._log.info("txflip: SIGHUP: upgrading")
@@ -295,6 +316,7 @@ class UpgradeService(Service):
         """
         if self._stopping is None:
             super().stopService()
+            self._quietWhileStopping()
             self._stopping = ensureDeferred(self._stop())
         return self._stopping
 

@@ -8,7 +8,9 @@ does, never raw to the operator's terminal.
 
 from __future__ import annotations
 
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,19 +26,32 @@ HOSTILE = "s\n0000: 00000002 00000000 00010000 0001 01 1\x1b[31m\x07"
 
 
 @pytest.fixture
-def stray(tmp_path: Path) -> Iterator[socket.socket]:
+def short() -> Iterator[Path]:
+    """
+    A directory with a short path: a Unix socket's path is at most 107 bytes, and
+    pytest's C{tmp_path} with these names can be longer.
+    """
+    path = Path(tempfile.mkdtemp(prefix="txs", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+@pytest.fixture
+def stray(short: Path) -> Iterator[socket.socket]:
     """
     A listening Unix socket bound at a hostile path, as any local user could.
     """
     with socket.socket(socket.AF_UNIX) as s:
-        s.bind(str(tmp_path / HOSTILE))
+        s.bind(str(short / HOSTILE))
         s.listen()
         yield s
 
 
 @pytest.fixture
-def run(tmp_path: Path) -> Iterator[Supervised]:
-    listener = tmp_path / "l\x1b[31m\x07\nx.sock"
+def run(tmp_path: Path, short: Path) -> Iterator[Supervised]:
+    listener = short / "l\x1b[31m\x07\nx.sock"
     command = [
         *twistdCommand(),
         "-n",

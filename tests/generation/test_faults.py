@@ -425,6 +425,36 @@ def test_drainDeadlineCutsUncooperativeClients(flip) -> None:
     alone(server, new)
 
 
+@pytest.mark.slow
+def test_termWhileDrainingAfterAnUpgradeIsQuiet(flip) -> None:
+    """
+    SIGTERM (or Ctrl-C) reaching an old generation that is already draining after
+    an upgrade says it is stopping already: no ReactorNotRunning traceback from
+    twistd's handler stopping a stopping reactor, and the generation still exits
+    at its drain deadline.
+    """
+    server = flip("--no-move", "--drain-timeout", "2", "--idle-grace", "0.2")
+    pid, port = server.serving(), server.port
+    holder = socket.create_connection((LOCALHOST, port), timeout=10)
+    try:
+        holder.sendall(b"half a line")  # never ends: the drain waits for it
+        os.kill(pid, signal.SIGHUP)
+        new = spawned(server, 2)
+        waitFor(lambda: readPidFile(server.pidfile) == new, 20, what="handover")
+        waitLine(server, pid, "draining")
+        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGINT)
+        assert server.proc.waitExit(20) == 0
+        waitLine(server, pid, "1 connections aborted at the drain timeout")
+        log = server.logText()
+        assert "SIGTERM: stopping already (draining)" in log
+        assert "Traceback" not in log and "ReactorNotRunning" not in log, log
+    finally:
+        holder.close()
+    assert echo(port) == b"hello\n"
+    alone(server, new)
+
+
 # --- an unusable pid file or address: at first start, or for a later generation --
 
 
