@@ -94,6 +94,13 @@ class UpgradeOptions(usage.Options):
             " `txflip status`.",
         ],
         [
+            "admin",
+            None,
+            None,
+            "Serve /metrics, /livez and /readyz over HTTP on this endpoint"
+            " description, e.g. tcp:9100:interface=127.0.0.1.",
+        ],
+        [
             "control-timeout",
             None,
             REQUEST_TIMEOUT,
@@ -215,12 +222,14 @@ def makeUpgradeService(options: UpgradeOptions) -> UpgradeService:
         idleGrace=options["idle-grace"],
         move=not options["no-move"],
     )
-    if options.get("control"):
-        try:
+    try:
+        if options.get("control"):
             service.listenControl(options["control"], options["control-timeout"])
-        except TxflipError as e:
-            upgrader.listeners.close(unlink=False)
-            failStartup(str(e))
+        if options.get("admin"):
+            service.listenAdmin(options["admin"])
+    except TxflipError as e:
+        upgrader.listeners.close(unlink=False)
+        failStartup(str(e))
     return service
 
 

@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 
 from txflip import _errors
 from txflip._errors import NotReady, UpgradeError, UpgradeInProgress
+from txflip.control._metrics import Counts
 from txflip.generation._command import Command
 from txflip.run._backoff import STABLE, backoff
 from txflip.run._balance import MAX_WORKERS, Table
@@ -104,6 +105,9 @@ class _Upgrade:
     joiners: list[Deferred[list[int]]] = field(default_factory=list)
     #: The end of the probation.
     timer: IDelayedCall | None = None
+    started: float = field(default_factory=time.time)
+    #: When every new worker was ready.
+    readyAt: float | None = None
 
 
 @dataclass
@@ -133,6 +137,17 @@ class _Core:
     failures: int = 0
     restartCall: IDelayedCall | None = None
     note: str | None = None
+    #: The service's counters (L{txflip.control._metrics}): we own them.
+    counts: Counts = field(default_factory=Counts)
+
+    def counted(self, wire: object) -> None:
+        """
+        A worker reported what became of its connections.
+        """
+        try:
+            self.counts = self.counts.plus(Counts.fromWire(wire))
+        except ValueError as e:
+            self.log.warn("txflip run: a worker's bad counts: {e}", e=e)
 
     def active(self) -> list[Worker]:
         return [w for w in self.workers if not w.retiring and w.state != "gone"]
@@ -182,6 +197,7 @@ def spawn(c: _Inputs, s: _Core, generation: int) -> Worker | None:
             s.successorFor,
             s.balance,
             s.spawner,
+            s.counted,
         )
     except Exception as e:  # noqa: BLE001 - reported as the worker's failure
         s.log.error("txflip run: cannot start a worker: {e}", e=e)
@@ -223,10 +239,26 @@ def finishUpgrade(s: _Core, outcome: str, result: object) -> None:
     s.lastUpgrade = (time.time(), outcome)
     if upgrade is None:
         return
+    if not outcome.startswith("refused"):
+        count(s.counts, outcome, upgrade)
     if upgrade.timer is not None and upgrade.timer.active():
         upgrade.timer.cancel()
     for waiting in (upgrade.pending, *upgrade.joiners):
         s.later(waiting, result)
+
+
+def count(counts: Counts, outcome: str, upgrade: _Upgrade) -> None:
+    """
+    Count an upgrade that ended with C{outcome}, and how long its new workers
+    took to be ready (not counting the probation).
+    """
+    if outcome.startswith("succeeded"):
+        took = (upgrade.readyAt or time.time()) - upgrade.started
+        counts.upgraded("succeeded", took)
+    elif outcome.startswith("failed: rolled back"):
+        counts.upgraded("rolled_back")
+    else:
+        counts.upgraded("failed")
 
 
 def beginStop(c: _Inputs, s: _Core) -> None:
@@ -341,6 +373,7 @@ def _makeMachine() -> Any:
             s.failures = 0
         else:
             s.failures += 1
+        s.counts.restarts += 1
         s.note = f"worker pid {worker.pid} {reason}"
         s.log.error("txflip run: {note}; replacing it", note=s.note)
         topUp(c, s)
@@ -431,7 +464,9 @@ def _makeMachine() -> Any:
                 s.retire(serving[0])
         if len(upgrade.new) < upgrade.count:
             nextNew(c, s)
-        elif s.probation:
+            return
+        upgrade.readyAt = time.time()
+        if s.probation:
             c._beginProbation()
         else:
             c._upgradeDone()
@@ -636,6 +671,12 @@ class Supervisor:
     def signalWorkers(self, name: str) -> None:
         for worker in self._core.workers:
             worker.signal(name)
+
+    def counts(self) -> Counts:
+        """
+        The service's counters (L{txflip.run._admin}).
+        """
+        return self._core.counts
 
     def status(self) -> dict[str, object]:
         return supervisorStatus(self._machine.phase(), self.startedAt, self._core)
