@@ -25,6 +25,7 @@ from txflip._errors import (
     TxflipError,
     UpgradeError,
 )
+from txflip._jsonlog import context as logContext
 from txflip._reactor import Reactor, asReactor
 from txflip._settings import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE, seconds
 from txflip.control._metrics import drained
@@ -304,6 +305,7 @@ class UpgradeService(Service):
             self.fatal(str(e))
             return
         self.reports.ready()
+        logContext.ready()  # the upgrade that started us is over, for us
         if self.admin is not None:
             self.admin.ready()
 

@@ -42,6 +42,7 @@ from twisted.python.components import Componentized
 
 from txflip._endpoint import useService
 from txflip._errors import TxflipError
+from txflip._jsonlog import jsonObserver, tagUpgrades
 from txflip._log import pidObserver, twistdObserverFactory
 from txflip._settings import (
     DEFAULT_DRAIN_TIMEOUT,
@@ -65,6 +66,12 @@ def _duration(name: str) -> Callable[[str], float]:
             raise ValueError(str(e)) from None
 
     return check
+
+
+def _logFormat(value: str) -> str:
+    if value not in ("text", "json"):
+        raise ValueError(f"--log-format: expected text or json, not {value!r}")
+    return value
 
 
 class UpgradeOptions(usage.Options):
@@ -92,6 +99,14 @@ class UpgradeOptions(usage.Options):
             None,
             "Path of a control socket (mode 0600) for `txflip upgrade` and"
             " `txflip status`.",
+        ],
+        [
+            "log-format",
+            None,
+            "text",
+            "text (with the PID) or json (one object a line, with pid, generation"
+            " and upgrade_id: for journald and log shippers).",
+            _logFormat,
         ],
         [
             "admin",
@@ -142,7 +157,9 @@ class UpgradeOptions(usage.Options):
             return
         if "fileLogObserverFactory" in runner:
             # twist: the PID on text lines (JSON is left as it is).
-            if runner["fileLogObserverFactory"] is textFileLogObserver:
+            if self["log-format"] == "json":
+                runner["fileLogObserverFactory"] = jsonObserver
+            elif runner["fileLogObserverFactory"] is textFileLogObserver:
                 runner["fileLogObserverFactory"] = pidObserver
             return
         if "nodaemon" not in runner:
@@ -163,6 +180,7 @@ class UpgradeOptions(usage.Options):
             nodaemon,
             bool(runner.get("syslog")),
             runner.get("prefix") or "twisted",
+            json=self["log-format"] == "json",
         )
 
     def settings(self) -> dict[str, object]:
@@ -216,6 +234,8 @@ def makeUpgradeService(options: UpgradeOptions) -> UpgradeService:
         )
     except TxflipError as e:
         failStartup(str(e))
+    if options["log-format"] == "json":
+        tagUpgrades(upgrader, upgrader.reactor)
     service = UpgradeService(
         upgrader,
         drainTimeout=options["drain-timeout"],

@@ -117,8 +117,12 @@ class _Run:
             self.admin = RunAdmin(self.supervisor)
         from twisted.logger import globalLogBeginner
 
+        from txflip._jsonlog import context, jsonObserver
+
+        context.generation = 1  # the workers' generation, on the supervisor's lines
+        observer = jsonObserver if args.log_format == "json" else _log.pidObserver
         globalLogBeginner.beginLoggingTo(
-            [_log.pidObserver(sys.stdout)], redirectStandardIO=False
+            [observer(sys.stdout)], redirectStandardIO=False
         )
         self._installSignals()
 
@@ -287,6 +291,14 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="let whichever worker is awake take each connection, instead of"
         " spreading connections across the workers by the number each holds",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text (with the PID) or json: one object a line, with pid, generation"
+        " and the upgrade_id its new workers' lines share (their own format is"
+        " their command's option)",
     )
     parser.add_argument(
         "--admin",

@@ -32,6 +32,8 @@ from twisted.python.failure import Failure
 
 from txflip import _errors
 from txflip._errors import NotReady, UpgradeError, UpgradeInProgress
+from txflip._jsonlog import UPGRADE_ID, newUpgradeId
+from txflip._jsonlog import context as logContext
 from txflip.control._metrics import Counts
 from txflip.generation._command import Command
 from txflip.run._backoff import STABLE, backoff
@@ -108,6 +110,9 @@ class _Upgrade:
     started: float = field(default_factory=time.time)
     #: When every new worker was ready.
     readyAt: float | None = None
+    #: On the log lines of the upgrade (L{txflip._jsonlog}), ours and the new
+    #: workers'.
+    id: str = field(default_factory=newUpgradeId)
 
 
 @dataclass
@@ -185,11 +190,14 @@ class _Core:
 
 
 def spawn(c: _Inputs, s: _Core, generation: int) -> Worker | None:
+    environ = s.environ
+    if s.upgrade is not None and generation > s.generation:
+        environ = {**environ, UPGRADE_ID: s.upgrade.id}
     try:
         worker = Worker(
             s.reactor,
             s.command,
-            s.environ,
+            environ,
             generation,
             s.sockets,
             c,
@@ -239,6 +247,7 @@ def finishUpgrade(s: _Core, outcome: str, result: object) -> None:
     s.lastUpgrade = (time.time(), outcome)
     if upgrade is None:
         return
+    logContext.upgradeId, logContext.generation = None, s.generation
     if not outcome.startswith("refused"):
         count(s.counts, outcome, upgrade)
     if upgrade.timer is not None and upgrade.timer.active():
@@ -432,6 +441,7 @@ def _makeMachine() -> Any:
             s.restartCall.cancel()
         s.restartCall = None
         s.upgrade = _Upgrade(Deferred(), s.active(), s.target)
+        logContext.upgradeId = s.upgrade.id
         s.notifier.reloading(f"upgrading: starting generation {s.generation + 1}")
         s.log.info(
             "txflip run: upgrading {n} workers to generation {g}",
