@@ -152,23 +152,28 @@ def test_readyzFailsAtFinalStopBeforeTheDrain(flip: Any) -> None:
         client.close()
 
 
-def test_underTxflipRun(supervised: Any) -> None:  # noqa: F811
+def withAdmin(start: Any, wrapper: str, *options: str) -> tuple[Any, int]:
     """
-    txflip run --admin: the supervisor counts; workers by state; a rollback and
-    a failed upgrade (a bad deploy) are counted as such; /readyz fails on
-    SIGUSR2 and at the stop.
+    txflip run --admin over flipecho started by the shell script C{wrapper}: the
+    run, and its admin port.
     """
-
     admin = freePort()
-    run = supervised(
-        ["sh", "-c", BAD_DEPLOY, "sh", *flipecho()],
-        "--workers",
-        "2",
-        "--probation",
-        "0",
+    run = start(
+        ["sh", "-c", wrapper, "sh", *flipecho()],
+        *options,
         "--admin",
         f"tcp:{admin}:interface=127.0.0.1",
     )
+    return run, admin
+
+
+def test_underTxflipRun(supervised: Any) -> None:  # noqa: F811
+    """
+    txflip run --admin: the supervisor counts (3 upgrades, then a failed one: a
+    bad deploy), the workers report what they moved, the workers by state;
+    /readyz fails on SIGUSR2, /livez does not.
+    """
+    run, admin = withAdmin(supervised, BAD_DEPLOY, "--workers", "2", "--probation", "0")
     samples = scrape(admin)
     assert value(samples, "txflip_workers", state="ready") == 2
     assert value(samples, "txflip_generation") == 1
@@ -210,15 +215,7 @@ def test_rollbackUnderTxflipRun(supervised: Any) -> None:  # noqa: F811
     """
     A new worker that dies during the probation: counted as rolled back.
     """
-
-    admin = freePort()
-    run = supervised(
-        ["sh", "-c", DIES, "sh", *flipecho()],
-        "--probation",
-        "5",
-        "--admin",
-        f"tcp:{admin}:interface=127.0.0.1",
-    )
+    run, admin = withAdmin(supervised, DIES, "--probation", "5")
     (run.dir / "dies").write_text("")
     result = run.upgrade()
     assert "rolled back" in result.stderr, result.stderr
