@@ -22,13 +22,12 @@ import uuid
 from collections.abc import Mapping, MutableMapping
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.logger import FileLogObserver, ILogObserver, LogEvent, formatEvent
 from twisted.python.failure import Failure
 
 if TYPE_CHECKING:
-    from txflip._log import AppendFile
     from txflip._reactor import Reactor
     from txflip.generation._spawn import Attempt, Spawn, Spawner
     from txflip.generation._upgrader import Upgrader
@@ -107,7 +106,16 @@ def formatJSON(event: LogEvent) -> str:
     return json.dumps(line, ensure_ascii=False) + "\n"
 
 
-def jsonObserver(outFile: TextIO | AppendFile) -> ILogObserver:
+class Writable(Protocol):
+    """
+    Where lines go: a text file, or L{txflip._log.AppendFile}.
+    """
+
+    def write(self, text: str, /) -> object: ...
+    def flush(self) -> object: ...
+
+
+def jsonObserver(outFile: Writable) -> ILogObserver:
     return FileLogObserver(outFile, formatJSON)  # type: ignore[arg-type]
 
 

@@ -254,3 +254,31 @@ def test_prometheusClientImportedOnlyWhenScraped() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_readyzFailsWhileTxflipRunStops(supervised: Any) -> None:  # noqa: F811
+    """
+    SIGTERM to txflip run: /readyz is 503 (on new connections: the supervisor
+    serves it until it exits) while a worker still drains a client connection.
+    """
+    run, admin = withAdmin(supervised, 'exec "$@"', "--probation", "0")
+    (client,) = held(run.port, 1)
+    try:
+        assert get(admin, "/readyz") == 200
+        run.signal(signal.SIGTERM)
+        waitFor(lambda: get(admin, "/readyz") == 503, 10, what="503")
+        assert get(admin, "/livez") == 200
+        client.sendall(b"still\n")
+        assert client.recv(10) == b"still\n"
+    finally:
+        client.close()
+
+
+def test_aWorkerRefusesAnAdminEndpoint(supervised: Any) -> None:  # noqa: F811
+    """
+    Under txflip run the admin endpoint is the supervisor's: a worker asked for
+    one does not start, and says why.
+    """
+    run = supervised(flipecho("--admin", "tcp:0:interface=127.0.0.1"), wait=False)
+    assert run.proc.waitExit(30) == 1
+    assert "under txflip run the admin endpoint is txflip run's own" in run.logText()
