@@ -116,6 +116,42 @@ def test_countersContinueAcrossUpgrades(flip: Any, fault: Path) -> None:
             s.close()
 
 
+def test_drainedConnectionsAreCountedByTheNextGeneration(flip: Any) -> None:
+    """
+    --no-move: the old generation drains the held connections after the new one
+    took over; its final counts reach the new generation once it has exited.
+    """
+    admin = freePort()
+    server = flip(
+        "--admin",
+        f"tcp:{admin}:interface=127.0.0.1",
+        "--control",
+        "ctl",
+        "--no-move",
+        "--idle-grace",
+        "0.2",
+    )
+    socks = held(server.port, 3)
+    try:
+        old = server.serving()
+        result = txflip("upgrade", "--control", str(server.dir / "ctl"))
+        assert result.returncode == 0, result.stderr
+        server.track(int(result.stdout.split()[-1]))
+        waitFor(allGone(old), 20, what="the old generation")
+        waitFor(
+            lambda: value(scrape(admin), "txflip_connections_drained_total") == 3,
+            10,
+            what="the drained connections counted",
+        )
+        samples = scrape(admin)
+        assert value(samples, "txflip_connections_moved_total") == 0
+        assert value(samples, "txflip_connections_aborted_total") == 0
+        assert value(samples, "txflip_connections_open") == 0
+    finally:
+        for s in socks:
+            s.close()
+
+
 def test_readyzFailsAtFinalStopBeforeTheDrain(flip: Any) -> None:
     """
     SIGQUIT: on an admin connection opened before it, /readyz answers 503 while a
