@@ -11,9 +11,11 @@ import signal
 import socket
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import allGone, freePort, pidAlive, readPidFile, waitFor
@@ -53,106 +55,102 @@ def upgrades(samples: Samples, result: str) -> float:
     return value(samples, "txflip_upgrades_total", result=result)
 
 
-def held(port: int, count: int) -> list[socket.socket]:
+@pytest.fixture
+def held() -> Iterator[Callable[[int, int], list[socket.socket]]]:
     """
-    C{count} echo connections that stay open (moved at every upgrade).
+    C{held(port, count)}: C{count} echo connections that stay open (moved at every
+    upgrade) until the end of the test.
     """
-    socks = []
-    for _ in range(count):
-        s = socket.create_connection(("127.0.0.1", port), timeout=5)
-        s.sendall(b"hi\n")
-        assert s.recv(10) == b"hi\n"
-        socks.append(s)
-    return socks
+    socks: list[socket.socket] = []
+
+    def hold(port: int, count: int) -> list[socket.socket]:
+        for _ in range(count):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            socks.append(s)
+            s.sendall(b"hi\n")
+            assert s.recv(10) == b"hi\n"
+        return socks[-count:]
+
+    yield hold
+    for s in socks:
+        s.close()
 
 
-def test_countersContinueAcrossUpgrades(flip: Any, fault: Path) -> None:
+def flipWithAdmin(flip: Any, *args: str, **options: Any) -> tuple[Any, int]:
+    """
+    flipecho with C{--admin} and a control socket C{ctl}: the server, its admin
+    port.
+    """
+    admin = freePort()
+    where = f"tcp:{admin}:interface=127.0.0.1"
+    return flip("--admin", where, "--control", "ctl", *args, **options), admin
+
+
+def upgradeOnce(server: Any) -> None:
+    """
+    txflip upgrade, and wait until the old generation is gone.
+    """
+    old = server.serving()
+    result = txflip("upgrade", "--control", str(server.dir / "ctl"))
+    assert result.returncode == 0, result.stderr + server.logText()[-2000:]
+    server.track(int(result.stdout.split()[-1]))
+    waitFor(allGone(old), 20, what="the old generation")
+
+
+def test_countersContinueAcrossUpgrades(flip: Any, fault: Path, held: Any) -> None:
     """
     Standalone flipecho: after 3 upgrades the generation is 4, 3 upgrades
     succeeded and the duration histogram counts 3, the held connections were
     moved 3 times (each count passed on by the generation that moved them); a
     failed upgrade then counts as failed, and the counters stay.
     """
-    admin = freePort()
-    server = flip(
-        "--admin",
-        f"tcp:{admin}:interface=127.0.0.1",
-        "--control",
-        "ctl",
-        app=True,
-        env={"FLIPAPP_FAULT": str(fault)},
-    )
+    server, admin = flipWithAdmin(flip, app=True, env={"FLIPAPP_FAULT": str(fault)})
     first = scrape(admin)
     assert value(first, "txflip_generation") == 1
     assert upgrades(first, "succeeded") == 0
     assert value(first, "txflip_upgrade_duration_seconds_count") == 0
-    socks = held(server.port, 2)
+    held(server.port, 2)
     waitFor(lambda: value(scrape(admin), "txflip_connections_open") == 2, 10)
-    try:
-        for generation in (2, 3, 4):
-            old = server.serving()
-            result = txflip("upgrade", "--control", str(server.dir / "ctl"))
-            assert result.returncode == 0, result.stderr + server.logText()[-2000:]
-            server.track(int(result.stdout.split()[-1]))
-            waitFor(allGone(old), 20, what="the old generation")
-            samples = scrape(admin)
-            assert value(samples, "txflip_generation") == generation
-            assert upgrades(samples, "succeeded") == generation - 1
+    for generation in (2, 3, 4):
+        upgradeOnce(server)
         samples = scrape(admin)
-        assert value(samples, "txflip_upgrade_duration_seconds_count") == 3
-        assert 0 < value(samples, "txflip_upgrade_duration_seconds_sum") < 60
-        assert value(samples, "txflip_connections_moved_total") == 6
-        assert value(samples, "txflip_connections_open") == 2
-        fault.write_text("exit")
-        result = txflip("upgrade", "--control", str(server.dir / "ctl"))
-        assert result.returncode != 0
-        after = scrape(admin)
-        assert upgrades(after, "failed") == 1
-        assert upgrades(after, "succeeded") == 3
-        assert value(after, "txflip_generation") == 4
-        assert value(after, "txflip_connections_moved_total") == 6
-    finally:
-        for s in socks:
-            s.close()
+        assert value(samples, "txflip_generation") == generation
+        assert upgrades(samples, "succeeded") == generation - 1
+    samples = scrape(admin)
+    assert value(samples, "txflip_upgrade_duration_seconds_count") == 3
+    assert 0 < value(samples, "txflip_upgrade_duration_seconds_sum") < 60
+    assert value(samples, "txflip_connections_moved_total") == 6
+    assert value(samples, "txflip_connections_open") == 2
+    fault.write_text("exit")
+    result = txflip("upgrade", "--control", str(server.dir / "ctl"))
+    assert result.returncode != 0
+    after = scrape(admin)
+    assert upgrades(after, "failed") == 1
+    assert upgrades(after, "succeeded") == 3
+    assert value(after, "txflip_generation") == 4
+    assert value(after, "txflip_connections_moved_total") == 6
 
 
-def test_drainedConnectionsAreCountedByTheNextGeneration(flip: Any) -> None:
+def test_drainedConnectionsAreCountedByTheNextGeneration(flip: Any, held: Any) -> None:
     """
     --no-move: the old generation drains the held connections after the new one
     took over; its final counts reach the new generation once it has exited.
     """
-    admin = freePort()
-    server = flip(
-        "--admin",
-        f"tcp:{admin}:interface=127.0.0.1",
-        "--control",
-        "ctl",
-        "--no-move",
-        "--idle-grace",
-        "0.2",
+    server, admin = flipWithAdmin(flip, "--no-move", "--idle-grace", "0.2")
+    held(server.port, 3)
+    upgradeOnce(server)
+    waitFor(
+        lambda: value(scrape(admin), "txflip_connections_drained_total") == 3,
+        10,
+        what="the drained connections counted",
     )
-    socks = held(server.port, 3)
-    try:
-        old = server.serving()
-        result = txflip("upgrade", "--control", str(server.dir / "ctl"))
-        assert result.returncode == 0, result.stderr
-        server.track(int(result.stdout.split()[-1]))
-        waitFor(allGone(old), 20, what="the old generation")
-        waitFor(
-            lambda: value(scrape(admin), "txflip_connections_drained_total") == 3,
-            10,
-            what="the drained connections counted",
-        )
-        samples = scrape(admin)
-        assert value(samples, "txflip_connections_moved_total") == 0
-        assert value(samples, "txflip_connections_aborted_total") == 0
-        assert value(samples, "txflip_connections_open") == 0
-    finally:
-        for s in socks:
-            s.close()
+    samples = scrape(admin)
+    assert value(samples, "txflip_connections_moved_total") == 0
+    assert value(samples, "txflip_connections_aborted_total") == 0
+    assert value(samples, "txflip_connections_open") == 0
 
 
-def test_readyzFailsAtFinalStopBeforeTheDrain(flip: Any) -> None:
+def test_readyzFailsAtFinalStopBeforeTheDrain(flip: Any, held: Any) -> None:
     """
     SIGQUIT: on an admin connection opened before it, /readyz answers 503 while a
     client connection is still open (draining, not yet drained); /livez 200.
@@ -163,8 +161,7 @@ def test_readyzFailsAtFinalStopBeforeTheDrain(flip: Any) -> None:
     assert get(admin, "/livez") == 200
     assert get(admin, "/nothing") == 404
     [client] = held(server.port, 1)
-    probe = socket.create_connection(("127.0.0.1", admin), timeout=5)
-    try:
+    with socket.create_connection(("127.0.0.1", admin), timeout=5) as probe:
         waitFor(lambda: value(scrape(admin), "txflip_connections_open") == 1, 10)
         pid = server.serving()
         os.kill(pid, signal.SIGQUIT)
@@ -183,9 +180,6 @@ def test_readyzFailsAtFinalStopBeforeTheDrain(flip: Any) -> None:
         client.sendall(b"still\n")
         assert client.recv(10) == b"still\n"
         assert pidAlive(pid)
-    finally:
-        probe.close()
-        client.close()
 
 
 def withAdmin(start: Any, wrapper: str, *options: str) -> tuple[Any, int]:
@@ -203,7 +197,7 @@ def withAdmin(start: Any, wrapper: str, *options: str) -> tuple[Any, int]:
     return run, admin
 
 
-def test_underTxflipRun(supervised: Any) -> None:  # noqa: F811
+def test_underTxflipRun(supervised: Any, held: Any) -> None:  # noqa: F811
     """
     txflip run --admin: the supervisor counts (3 upgrades, then a failed one: a
     bad deploy), the workers report what they moved, the workers by state;
@@ -213,38 +207,32 @@ def test_underTxflipRun(supervised: Any) -> None:  # noqa: F811
     samples = scrape(admin)
     assert value(samples, "txflip_workers", state="ready") == 2
     assert value(samples, "txflip_generation") == 1
-    socks = held(run.port, 2)
-    try:
-        for _ in range(3):
-            result = run.upgrade()
-            assert result.returncode == 0, result.stderr + run.tail()
-            for pid in result.stdout.split():
-                run.track(int(pid))
-        waitFor(
-            lambda: value(scrape(admin), "txflip_workers", state="stopping") == 0, 30
-        )
-        samples = scrape(admin)
-        assert value(samples, "txflip_generation") == 4
-        assert upgrades(samples, "succeeded") == 3
-        assert value(samples, "txflip_upgrade_duration_seconds_count") == 3
-        waitFor(
-            lambda: value(scrape(admin), "txflip_connections_moved_total") == 6,
-            20,
-            what="the moved connections reported",
-        )
-        (run.dir / "broken").write_text("")
-        assert run.upgrade().returncode != 0
-        samples = scrape(admin)
-        assert upgrades(samples, "failed") == 1
-        assert value(samples, "txflip_generation") == 4
-        assert value(samples, "txflip_worker_restarts_total") == 0
-        assert get(admin, "/readyz") == 200
-        run.signal(signal.SIGUSR2)
-        waitFor(lambda: get(admin, "/readyz") == 503, 10)
-        assert get(admin, "/livez") == 200
-    finally:
-        for s in socks:
-            s.close()
+    held(run.port, 2)
+    for _ in range(3):
+        result = run.upgrade()
+        assert result.returncode == 0, result.stderr + run.tail()
+        for pid in result.stdout.split():
+            run.track(int(pid))
+    waitFor(lambda: value(scrape(admin), "txflip_workers", state="stopping") == 0, 30)
+    samples = scrape(admin)
+    assert value(samples, "txflip_generation") == 4
+    assert upgrades(samples, "succeeded") == 3
+    assert value(samples, "txflip_upgrade_duration_seconds_count") == 3
+    waitFor(
+        lambda: value(scrape(admin), "txflip_connections_moved_total") == 6,
+        20,
+        what="the moved connections reported",
+    )
+    (run.dir / "broken").write_text("")
+    assert run.upgrade().returncode != 0
+    samples = scrape(admin)
+    assert upgrades(samples, "failed") == 1
+    assert value(samples, "txflip_generation") == 4
+    assert value(samples, "txflip_worker_restarts_total") == 0
+    assert get(admin, "/readyz") == 200
+    run.signal(signal.SIGUSR2)
+    waitFor(lambda: get(admin, "/readyz") == 503, 10)
+    assert get(admin, "/livez") == 200
 
 
 def test_rollbackUnderTxflipRun(supervised: Any) -> None:  # noqa: F811
@@ -292,22 +280,19 @@ def test_prometheusClientImportedOnlyWhenScraped() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_readyzFailsWhileTxflipRunStops(supervised: Any) -> None:  # noqa: F811
+def test_readyzFailsWhileTxflipRunStops(supervised: Any, held: Any) -> None:  # noqa: F811
     """
     SIGTERM to txflip run: /readyz is 503 (on new connections: the supervisor
     serves it until it exits) while a worker still drains a client connection.
     """
     run, admin = withAdmin(supervised, 'exec "$@"', "--probation", "0")
     (client,) = held(run.port, 1)
-    try:
-        assert get(admin, "/readyz") == 200
-        run.signal(signal.SIGTERM)
-        waitFor(lambda: get(admin, "/readyz") == 503, 10, what="503")
-        assert get(admin, "/livez") == 200
-        client.sendall(b"still\n")
-        assert client.recv(10) == b"still\n"
-    finally:
-        client.close()
+    assert get(admin, "/readyz") == 200
+    run.signal(signal.SIGTERM)
+    waitFor(lambda: get(admin, "/readyz") == 503, 10, what="503")
+    assert get(admin, "/livez") == 200
+    client.sendall(b"still\n")
+    assert client.recv(10) == b"still\n"
 
 
 def test_aWorkerRefusesAnAdminEndpoint(supervised: Any) -> None:  # noqa: F811
