@@ -96,7 +96,11 @@ def reopenOnUSR1(target: AppendFile | None, reactor: object | None = None) -> No
 
 
 def twistdObserverFactory(
-    logfile: str | None, nodaemon: bool, syslog: bool, prefix: str
+    logfile: str | None,
+    nodaemon: bool,
+    syslog: bool,
+    prefix: str,
+    json: bool = False,
 ) -> Callable[[], Any]:
     """
     An observer factory that makes the same choices twistd would from its options
@@ -107,7 +111,11 @@ def twistdObserverFactory(
 
     @param nodaemon: whether the I{first} generation ran in the foreground; later
         generations always do, but log where it did.
+    @param json: JSON lines (L{txflip._jsonlog}) instead of text.
     """
+    from txflip._jsonlog import jsonObserver
+
+    observer = jsonObserver if json else pidObserver
 
     def factory() -> Any:
         if syslog:
@@ -118,9 +126,9 @@ def twistdObserverFactory(
             return txsyslog.SyslogObserver(prefix, options=stdsyslog.LOG_PID).emit
         if logfile == "-" or (nodaemon and not logfile):
             reopenOnUSR1(None)
-            return pidObserver(sys.stdout)
+            return observer(sys.stdout)
         target = AppendFile(logfile or "twistd.log")
         reopenOnUSR1(target)
-        return pidObserver(target)
+        return observer(target)
 
     return factory

@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import Callable
 from functools import partial
+from typing import TYPE_CHECKING
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -25,8 +26,10 @@ from txflip._errors import (
     TxflipError,
     UpgradeError,
 )
+from txflip._jsonlog import context as logContext
 from txflip._reactor import Reactor, asReactor
 from txflip._settings import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE, seconds
+from txflip.control._metrics import drained
 from txflip.control._reports import Reports
 from txflip.control._server import REQUEST_TIMEOUT, ControlFactory
 from txflip.drain._served import Served
@@ -40,6 +43,9 @@ from txflip.move._service import ServiceMoves
 from txflip.run._balance import NAME as BALANCE
 from txflip.run._balance import Balancer, balanceWorker
 from txflip.systemd import Notifier
+
+if TYPE_CHECKING:
+    from txflip.control._admin import ServiceAdmin
 
 
 class UpgradeService(Service):
@@ -94,6 +100,8 @@ class UpgradeService(Service):
         self.notifier = notifier if notifier is not None else Notifier.fromEnvironment()
         #: What this generation says about itself: to systemd, to C{txflip status}.
         self.reports = Reports(upgrader, self.notifier)
+        #: The admin endpoint (L{listenAdmin}), if any.
+        self.admin: ServiceAdmin | None = None
 
     @property
     def isReady(self) -> bool:
@@ -101,6 +109,13 @@ class UpgradeService(Service):
         Whether this generation serves (L{Upgrader.isReady}).
         """
         return self.upgrader.isReady
+
+    @property
+    def finalStop(self) -> bool:
+        """
+        Whether a final stop (not an upgrade's) has begun: C{/readyz} fails.
+        """
+        return self._stopping is not None and self.upgrader.successor is None
 
     @property
     def clock(self) -> Reactor:
@@ -157,9 +172,35 @@ class UpgradeService(Service):
         """
         self.upgrader.parent.checkControl(path)
         spec = ListenSpec("unix", path=os.path.abspath(path), mode=0o600)
-        listener = self.upgrader.listen(spec)
-        control = ControlFactory(self, requestTimeout)
-        tracker = ConnectionTracker(control, self._reactor)
+        return self._listenOwn(spec, ControlFactory(self, requestTimeout))
+
+    def listenAdmin(self, description: str) -> Listener:
+        """
+        Serve the admin endpoint (L{txflip.control._admin}: C{/metrics},
+        C{/livez}, C{/readyz}) on C{description}.
+        """
+        from txflip.control._admin import ServiceAdmin
+
+        self.upgrader.parent.checkAdmin(description)
+        listener = self.upgrader.listen(description)
+        self.admin = ServiceAdmin(
+            self.upgrader, lambda: self.connections, lambda: self.finalStop
+        )
+        return self._listenOwn(listener, self.admin.site)
+
+    def _listenOwn(
+        self, description: ListenSpec | Listener, factory: IProtocolFactory
+    ) -> Listener:
+        """
+        Serve one of txflip's own factories: handed over and drained like the
+        application's, but not counted among its connections.
+        """
+        listener = (
+            description
+            if isinstance(description, Listener)
+            else self.upgrader.listen(description)
+        )
+        tracker = ConnectionTracker(factory, self._reactor)
         # Never moved: not among the streams the mover sees.
         self._controls.append(Served(listener, tracker, tracker, movable=False))
         if self._adopted:
@@ -284,6 +325,9 @@ class UpgradeService(Service):
             self.fatal(str(e))
             return
         self.reports.ready()
+        logContext.ready()  # the upgrade that started us is over, for us
+        if self.admin is not None:
+            self.admin.ready()
 
     def fatal(self, message: str) -> None:
         """
@@ -342,10 +386,15 @@ class UpgradeService(Service):
         )
         trackers = [each.tracker for each in self._streams + self._controls]
         mover = self._moves.mover(ending)
+        opened = self.connections
         # All at once: one idle grace and one drain timeout for the whole process.
-        cut = sum(await drainAll(trackers, self.idleGrace, self.drainTimeout, mover))
+        cuts = await drainAll(trackers, self.idleGrace, self.drainTimeout, mover)
+        cut = sum(cuts)
         if mover is not None:
             self._moves.moved(mover, ending)
+        self._counted(
+            opened, mover.moved if mover else 0, sum(cuts[: len(self._streams)])
+        )
         pidFile = self.upgrader.pidFile
         if final and pidFile is not None:
             pidFile.removeIfOurs(os.getpid())
@@ -355,6 +404,19 @@ class UpgradeService(Service):
             pid=os.getpid(),
             cut=f"; {cut} connections aborted at the drain timeout" if cut else "",
         )
+
+    def _counted(self, opened: int, moved: int, aborted: int) -> None:
+        """
+        Count what became of our connections: in our metrics, or (a worker of
+        C{txflip run}) in the supervisor's.
+        """
+        drain = drained(opened, moved, aborted)
+        if self.admin is not None:
+            self.admin.finished(drain)
+        else:
+            # A worker of txflip run: the supervisor counts (a previous
+            # generation has nothing to count for us).
+            self.upgrader.parent.report(drain.toWire())
 
 
 def _exitFailed() -> None:

@@ -43,6 +43,7 @@ from twisted.python.components import Componentized
 
 from txflip._endpoint import useService
 from txflip._errors import TxflipError
+from txflip._jsonlog import jsonObserver, tagUpgrades
 from txflip._log import pidObserver, twistdObserverFactory
 from txflip._settings import (
     DEFAULT_DRAIN_TIMEOUT,
@@ -66,6 +67,12 @@ def _duration(name: str) -> Callable[[str], float]:
             raise ValueError(str(e)) from None
 
     return check
+
+
+def _logFormat(value: str) -> str:
+    if value not in ("text", "json"):
+        raise ValueError(f"--log-format: expected text or json, not {value!r}")
+    return value
 
 
 class UpgradeOptions(usage.Options):
@@ -93,6 +100,21 @@ class UpgradeOptions(usage.Options):
             None,
             "Path of a control socket (mode 0600) for `txflip upgrade` and"
             " `txflip status`.",
+        ],
+        [
+            "log-format",
+            None,
+            "text",
+            "text (with the PID) or json (one object a line, with pid, generation"
+            " and upgrade_id: for journald and log shippers).",
+            _logFormat,
+        ],
+        [
+            "admin",
+            None,
+            None,
+            "Serve /metrics, /livez and /readyz over HTTP on this endpoint"
+            " description, e.g. tcp:9100:interface=127.0.0.1.",
         ],
         [
             "control-timeout",
@@ -181,7 +203,9 @@ class UpgradeOptions(usage.Options):
             return
         if "fileLogObserverFactory" in runner:
             # twist: the PID on text lines (JSON is left as it is).
-            if runner["fileLogObserverFactory"] is textFileLogObserver:
+            if self["log-format"] == "json":
+                runner["fileLogObserverFactory"] = jsonObserver
+            elif runner["fileLogObserverFactory"] is textFileLogObserver:
                 runner["fileLogObserverFactory"] = pidObserver
             return
         if "nodaemon" not in runner:
@@ -202,6 +226,7 @@ class UpgradeOptions(usage.Options):
             nodaemon,
             bool(runner.get("syslog")),
             runner.get("prefix") or "twisted",
+            json=self["log-format"] == "json",
         )
 
     def settings(self) -> dict[str, object]:
@@ -269,18 +294,22 @@ def makeUpgradeService(options: UpgradeOptions) -> UpgradeService:
         )
     except TxflipError as e:
         failStartup(str(e))
+    if options["log-format"] == "json":
+        tagUpgrades(upgrader, upgrader.reactor)
     service = UpgradeService(
         upgrader,
         drainTimeout=options["drain-timeout"],
         idleGrace=options["idle-grace"],
         move=not options["no-move"],
     )
-    if options.get("control"):
-        try:
+    try:
+        if options.get("control"):
             service.listenControl(options["control"], options["control-timeout"])
-        except TxflipError as e:
-            upgrader.listeners.close(unlink=False)
-            failStartup(str(e))
+        if options.get("admin"):
+            service.listenAdmin(options["admin"])
+    except TxflipError as e:
+        upgrader.listeners.close(unlink=False)
+        failStartup(str(e))
     return service
 
 

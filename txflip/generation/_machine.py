@@ -112,6 +112,10 @@ from txflip.systemd import listenFDs
 T = TypeVar("T")
 #: Our ends of the channels opened to a next generation, by name.
 Channels = dict[str, socket.socket]
+#: Told of our end of a channel as a next generation starts, and of the start's
+#: outcome (its pid, or why it failed; to pass on).  The end is the machine's to
+#: close if the start fails, and comes with the Successor if it succeeds.
+ChannelOpened = Callable[[socket.socket, "Deferred[int]"], object]
 #: Called with the next generation's number when a request starts an upgrade.
 OnStart = Callable[[int], object]
 
@@ -211,6 +215,8 @@ class _Core:
     exitWaiters: list[Deferred[Ending]] = field(default_factory=list)
     #: The channels to open to each next generation (L{Upgrader.openChannel}).
     channelNames: list[str] = field(default_factory=list)
+    #: Who is told of a channel as soon as it is open, by name.
+    channelOpened: dict[str, ChannelOpened] = field(default_factory=dict)
     parentWaiters: list[Deferred[None]] = field(default_factory=list)
     #: What to do once the machine has finished its transition (settle
     #: Deferreds): their callbacks may call the upgrader again.
@@ -285,6 +291,10 @@ class _Core:
             raise
         finally:
             closeAll(theirs)  # the child has its copies
+        for name, opened in self.channelOpened.items():
+            # Before the machine's own callbacks on the outcome: a listener sees
+            # it first, and passes it on.
+            opened(ours[name], attempt.result)
         return attempt, ours
 
     def stillServing(self, reason: Failure) -> None:
@@ -762,16 +772,30 @@ class Upgrader:
         """
         return self._core.handoff is not None
 
-    def openChannel(self, name: str) -> None:
+    def wrapSpawner(self, wrap: Callable[[Spawner], Spawner]) -> None:
+        """
+        Start later generations through C{wrap(current spawner)}: for what changes
+        how each next generation is started (the JSON logs' upgrade id in its
+        environment).  What a successor is handed goes through L{openChannel}.
+        """
+        self._core.spawner = wrap(self._core.spawner)
+
+    def openChannel(self, name: str, opened: ChannelOpened | None = None) -> None:
         """
         Open a channel (a Unix stream socketpair) to each next generation: it
         inherits one end under C{name} (L{claimInheritedFD}), and our end comes
         with the L{Successor} in L{whenExit}'s L{Ending}.  How moving connections
         reaches the new generation, without the core knowing what moves.
+
+        @param opened: called with our end as each next generation starts, and
+            the start's outcome, for a channel that carries something from the
+            start (the metrics).
         """
         if name in self._core.channelNames or name in self._core.extraFDs:
             raise ValueError(f"a channel named {name!r} is open already")
         self._core.channelNames.append(name)
+        if opened is not None:
+            self._core.channelOpened[name] = opened
 
     def claimInheritedFD(self, name: str) -> int | None:
         """

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from twisted.logger import Logger
 
@@ -82,6 +82,15 @@ class Parent(Protocol):
             C{path} of its own.
         """
 
+    def checkAdmin(self, description: str) -> None:
+        """
+        @raise ListenError: this generation may not serve an admin endpoint of
+            its own (C{--admin DESCRIPTION}).
+        """
+
+    def report(self, counts: dict[str, Any]) -> None:
+        "What became of our connections, for a parent that keeps the metrics."
+
     def listenedFrom(self, listener: Listener) -> str:
         "Where C{listener}'s socket came from, for the log."
 
@@ -113,6 +122,12 @@ class ParentGeneration:
 
     def checkControl(self, path: str) -> None:
         pass
+
+    def checkAdmin(self, description: str) -> None:
+        pass
+
+    def report(self, counts: dict[str, Any]) -> None:
+        pass  # a generation's metrics travel to its successor (the admin's carry)
 
     def listenedFrom(self, listener: Listener) -> str:
         return "inherited" if listener.inherited else "new"

@@ -134,6 +134,14 @@ class SupervisorLink:
     def checkControl(self, path: str) -> None:
         raise self.ownControl(path)
 
+    def checkAdmin(self, description: str) -> None:
+        # Every worker would answer for one shared socket: the supervisor's
+        # admin endpoint counts for them all.
+        raise ListenError(
+            f"--admin {description}: under txflip run the admin endpoint is txflip"
+            " run's own (txflip run --admin DESCRIPTION)"
+        )
+
     def listenedFrom(self, listener: Listener) -> str:
         return f"from the supervisor pid {self.supervisorPID}"  # binds them all
 
@@ -187,6 +195,16 @@ class SupervisorLink:
         except OSError:
             return None
 
+    def report(self, counts: dict[str, Any]) -> None:
+        """
+        Tell the supervisor what became of our connections (its metrics count
+        them); no answer is awaited.
+        """
+        try:
+            self._sock.sendall(json.dumps({"counts": counts}).encode())
+        except OSError:
+            pass  # the supervisor is gone: no one counts any more
+
     def _ask(self, request: dict[str, Any]) -> tuple[str | None, socket.socket | None]:
         """
         Send C{request}; (the supervisor's error, L{None}) or (L{None}, the one
@@ -227,11 +245,16 @@ class ChannelServer:
         sock: socket.socket,
         bind: Callable[[ListenSpec], socket.socket],
         successor: Callable[[], socket.socket | None] = lambda: None,
+        counted: Callable[[object], None] = lambda counts: None,
     ) -> None:
+        """
+        @param counted: given what a worker C{report}s.
+        """
         self._reactor = reactor
         self._sock = sock
         self._bind = bind
         self._successor = successor
+        self._counted = counted
         sock.setblocking(False)
         reactor.addReader(self)
 
@@ -257,6 +280,9 @@ class ChannelServer:
             request = json.loads(data)
             if isinstance(request, dict) and "moves" in request:
                 self._handOver()
+                return
+            if isinstance(request, dict) and "counts" in request:
+                self._counted(request["counts"])  # no answer
                 return
             spec = _specFromWire(request["listen"])
         except (ValueError, KeyError, TypeError) as e:

@@ -109,10 +109,20 @@ class _Run:
         )
         if args.control:
             self.controlSock = bindSocket(self.controlSpec)  # ListenError: one line
+        self.admin = self.adminSock = None
+        if args.admin:
+            from txflip.run._admin import RunAdmin, bindAdmin
+
+            self.adminSock = bindAdmin(args.admin)
+            self.admin = RunAdmin(self.supervisor)
         from twisted.logger import globalLogBeginner
 
+        from txflip._jsonlog import context, jsonObserver
+
+        context.generation = 1  # the workers' generation, on the supervisor's lines
+        observer = jsonObserver if args.log_format == "json" else _log.pidObserver
         globalLogBeginner.beginLoggingTo(
-            [_log.pidObserver(sys.stdout)], redirectStandardIO=False
+            [observer(sys.stdout)], redirectStandardIO=False
         )
         self._installSignals()
 
@@ -125,6 +135,8 @@ class _Run:
             "TTIN": lambda: self.supervisor.resize(+1),
             "TTOU": lambda: self.supervisor.resize(-1),
         }
+        if self.admin is not None:
+            actions["USR2"] = self.admin.quiesce
         for name in _FORWARDED:
             actions[name] = partial(self.supervisor.signalWorkers, name)
         for name, action in actions.items():
@@ -172,6 +184,11 @@ class _Run:
             becomeSubreaper()
         reaper = Reaper(self.reactor, lambda: {w.pid for w in self.supervisor.workers})
         control = self._serveControl() if self.controlSock is not None else None
+        admin = None
+        if self.admin is not None and self.adminSock is not None:
+            from txflip.run._admin import serveAdmin
+
+            admin = serveAdmin(self.reactor, self.adminSock, self.admin)
 
         def failed(reason: Any) -> None:
             if self.supervisor.failure is not None:
@@ -179,7 +196,7 @@ class _Run:
                 print(f"txflip run: {self.supervisor.failure}", file=sys.stderr)
 
         def stopped(_: object) -> Any:
-            return self._cleanUp(control, reaper)
+            return self._cleanUp([control, admin], reaper)
 
         def begin() -> None:
             # Twisted installed its SIGINT/SIGTERM handlers as it started: ours win.
@@ -200,13 +217,14 @@ class _Run:
         await drainAll([tracker], 0.1, 2.0)
         listener.close(unlink=True)
 
-    def _cleanUp(self, control: Any, reaper: Any) -> Any:
+    def _cleanUp(self, controls: list[Any], reaper: Any) -> Any:
         from twisted.internet.defer import Deferred
 
         async def cleanUp() -> None:
             reaper.stop()
-            if control is not None:
-                await self._drainControl(control)
+            for control in controls:
+                if control is not None:
+                    await self._drainControl(control)
             self.sockets.listeners.close(unlink=True)
             if self.pidFile is not None:
                 self.pidFile.removeIfOurs(os.getpid())
@@ -273,6 +291,20 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="let whichever worker is awake take each connection, instead of"
         " spreading connections across the workers by the number each holds",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text (with the PID) or json: one object a line, with pid, generation"
+        " and the upgrade_id its new workers' lines share (their own format is"
+        " their command's option)",
+    )
+    parser.add_argument(
+        "--admin",
+        metavar="DESCRIPTION",
+        help="serve /metrics, /livez and /readyz over HTTP there, e.g."
+        " tcp:9100:interface=127.0.0.1 (SIGUSR2 then fails /readyz ahead of a stop)",
     )
     parser.add_argument(
         "--control",

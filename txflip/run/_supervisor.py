@@ -32,6 +32,9 @@ from twisted.python.failure import Failure
 
 from txflip import _errors
 from txflip._errors import NotReady, UpgradeError, UpgradeInProgress
+from txflip._jsonlog import UPGRADE_ID, newUpgradeId
+from txflip._jsonlog import context as logContext
+from txflip.control._metrics import Counts
 from txflip.generation._command import Command
 from txflip.run._backoff import STABLE, backoff
 from txflip.run._balance import MAX_WORKERS, Table
@@ -104,6 +107,12 @@ class _Upgrade:
     joiners: list[Deferred[list[int]]] = field(default_factory=list)
     #: The end of the probation.
     timer: IDelayedCall | None = None
+    started: float = field(default_factory=time.time)
+    #: When every new worker was ready.
+    readyAt: float | None = None
+    #: On the log lines of the upgrade (L{txflip._jsonlog}), ours and the new
+    #: workers'.
+    id: str = field(default_factory=newUpgradeId)
 
 
 @dataclass
@@ -133,6 +142,17 @@ class _Core:
     failures: int = 0
     restartCall: IDelayedCall | None = None
     note: str | None = None
+    #: The service's counters (L{txflip.control._metrics}): we own them.
+    counts: Counts = field(default_factory=Counts)
+
+    def counted(self, wire: object) -> None:
+        """
+        A worker reported what became of its connections.
+        """
+        try:
+            self.counts = self.counts.plus(Counts.fromWire(wire))
+        except ValueError as e:
+            self.log.warn("txflip run: a worker's bad counts: {e}", e=e)
 
     def active(self) -> list[Worker]:
         return [w for w in self.workers if not w.retiring and w.state != "gone"]
@@ -170,11 +190,14 @@ class _Core:
 
 
 def spawn(c: _Inputs, s: _Core, generation: int) -> Worker | None:
+    environ = s.environ
+    if s.upgrade is not None and generation > s.generation:
+        environ = {**environ, UPGRADE_ID: s.upgrade.id}
     try:
         worker = Worker(
             s.reactor,
             s.command,
-            s.environ,
+            environ,
             generation,
             s.sockets,
             c,
@@ -182,6 +205,7 @@ def spawn(c: _Inputs, s: _Core, generation: int) -> Worker | None:
             s.successorFor,
             s.balance,
             s.spawner,
+            s.counted,
         )
     except Exception as e:  # noqa: BLE001 - reported as the worker's failure
         s.log.error("txflip run: cannot start a worker: {e}", e=e)
@@ -223,10 +247,27 @@ def finishUpgrade(s: _Core, outcome: str, result: object) -> None:
     s.lastUpgrade = (time.time(), outcome)
     if upgrade is None:
         return
+    logContext.upgradeId, logContext.generation = None, s.generation
+    if not outcome.startswith("refused"):
+        count(s.counts, outcome, upgrade)
     if upgrade.timer is not None and upgrade.timer.active():
         upgrade.timer.cancel()
     for waiting in (upgrade.pending, *upgrade.joiners):
         s.later(waiting, result)
+
+
+def count(counts: Counts, outcome: str, upgrade: _Upgrade) -> None:
+    """
+    Count an upgrade that ended with C{outcome}, and how long its new workers
+    took to be ready (not counting the probation).
+    """
+    if outcome.startswith("succeeded"):
+        took = (upgrade.readyAt or time.time()) - upgrade.started
+        counts.upgraded("succeeded", took)
+    elif outcome.startswith("failed: rolled back"):
+        counts.upgraded("rolled_back")
+    else:
+        counts.upgraded("failed")
 
 
 def beginStop(c: _Inputs, s: _Core) -> None:
@@ -343,6 +384,7 @@ def _makeMachine() -> Any:
             s.failures = 0
         else:
             s.failures += 1
+        s.counts.restarts += 1
         s.note = f"worker pid {worker.pid} {reason}"
         s.log.error("txflip run: {note}; replacing it", note=s.note)
         topUp(c, s)
@@ -401,6 +443,7 @@ def _makeMachine() -> Any:
             s.restartCall.cancel()
         s.restartCall = None
         s.upgrade = _Upgrade(Deferred(), s.active(), s.target)
+        logContext.upgradeId = s.upgrade.id
         s.notifier.reloading(f"upgrading: starting generation {s.generation + 1}")
         s.log.info(
             "txflip run: upgrading {n} workers to generation {g}",
@@ -433,7 +476,9 @@ def _makeMachine() -> Any:
                 s.retire(serving[0])
         if len(upgrade.new) < upgrade.count:
             nextNew(c, s)
-        elif s.probation:
+            return
+        upgrade.readyAt = time.time()
+        if s.probation:
             c._beginProbation()
         else:
             c._upgradeDone()
@@ -638,6 +683,12 @@ class Supervisor:
     def signalWorkers(self, name: str) -> None:
         for worker in self._core.workers:
             worker.signal(name)
+
+    def counts(self) -> Counts:
+        """
+        The service's counters (L{txflip.run._admin}).
+        """
+        return self._core.counts
 
     def status(self) -> dict[str, object]:
         return supervisorStatus(self._machine.phase(), self.startedAt, self._core)

@@ -156,11 +156,13 @@ class Worker:
         successorFor: Callable[[Worker], socket.socket | None] = lambda w: None,
         balance: tuple[Table, int] | None = None,
         spawner: WorkerSpawner = spawnWorker,
+        counted: Callable[[object], None] = lambda counts: None,
     ) -> None:
         """
         @param balance: the table workers share to spread connections
             (L{txflip.run._balance}), and its fd to pass on; L{None} for none.
         @param spawner: starts the process (L{spawnWorker}, or a fake in tests).
+        @param counted: given the counts the worker reports as it finishes.
         """
         self._reactor = reactor
         self._events = events
@@ -216,7 +218,7 @@ class Worker:
                     pid=self.pid,
                 )
         self._channel = ChannelServer(
-            reactor, ours, sockets.bind, lambda: successorFor(self)
+            reactor, ours, sockets.bind, lambda: successorFor(self), counted
         )
         self._attempt.result.addCallbacks(self._ready, self._failed)
 
