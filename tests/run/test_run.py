@@ -316,7 +316,7 @@ def test_ttinTtouChangeTheNumberOfWorkers(supervised: Any) -> None:
     assert len(run.waitReady()) == 1
 
 
-def test_sighupDuringAnUpgradeIsRefusedAndTxflipUpgradeJoins(
+def test_sighupDuringAnUpgradeIsQueuedAndTxflipUpgradeJoins(
     supervised: Any,
 ) -> None:
     run = supervised(flipecho(), "--probation", "3")
@@ -330,7 +330,10 @@ def test_sighupDuringAnUpgradeIsRefusedAndTxflipUpgradeJoins(
         assert first.wait(30) == 0 and joined.returncode == 0
         assert first.stdout is not None
         assert joined.stdout == first.stdout.read()
-    waitFor(lambda: "txflip run: upgrade: upgrade in progress" in run.logText(), 10)
+    assert "an upgrade runs: the next one is queued" in run.logText()
+    # The queued upgrade runs once the first one is over, and once only.
+    waitFor(lambda: "generation 3 serves" in run.logText(), 30, what="generation 3")
+    assert "generation 4" not in run.logText()
 
 
 def test_aWorkerStopsWhenItsSupervisorIsKilled(supervised: Any) -> None:
