@@ -6,8 +6,8 @@ listening sockets, waits until it serves, then stops accepting, drains its
 connections at a clean boundary, and exits.
 """
 
-# Registers the IDrainable and IMovable adapters for twisted.web's channels: every
-# entry point (UpgradeService, Upgrader, flip:, flipecho) imports this package first.
+# The IDrainable and IMovable adapters for twisted.web's channels and others are
+# registered on first use, and only if the server imports them (txflip.protocols).
 from txflip._errors import (
     ChildFailed,
     HandoffError,
@@ -33,10 +33,6 @@ from txflip.move._movable import (
     ConnectionState,
     IMovable,
     StateRefused,
-)
-from txflip.protocols import (
-    _web,  # noqa: F401
-    _webmove,  # noqa: F401
 )
 
 TYPE_CHECKING = False

@@ -43,6 +43,7 @@ from zope.interface import (
 
 from txflip._reactor import Clock
 from txflip._settings import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE
+from txflip.protocols import adaptedLazily
 
 
 class IDrainable(Interface):
@@ -70,6 +71,10 @@ class IDrainable(Interface):
         is not yet answered, not even part of a request), close now; otherwise go on
         and close with the reply.
         """
+
+
+# twisted.web's adapters and others: registered on first use (txflip.protocols).
+adaptedLazily(IDrainable)
 
 
 class _Tracked(Protocol):
