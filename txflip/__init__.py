@@ -20,6 +20,8 @@ the core needs of the layers above, it defines as a Protocol they implement (the
 parent of a generation, a drain's mover).
 """
 
+# The IDrainable and IMovable adapters for twisted.web's channels and others are
+# registered on first use, and only if the server imports them (txflip.protocols).
 from txflip._errors import (
     ChildFailed,
     HandoffError,
@@ -47,13 +49,6 @@ from txflip.move._movable import (
     ConnectionState,
     IMovable,
     StateRefused,
-)
-
-# Registers the IDrainable and IMovable adapters for twisted.web's channels: every
-# entry point (UpgradeService, Upgrader, flip:, flipecho) imports this package first.
-from txflip.protocols import (
-    _web,  # noqa: F401
-    _webmove,  # noqa: F401
 )
 
 # Registers the supervisor as a kind of parent (a worker of txflip run finds it in

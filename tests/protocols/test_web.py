@@ -239,14 +239,35 @@ def test_importTxflipRegistersTheWebAdapter() -> None:
         "protocol = Site(Resource()).buildProtocol(None)\n"
         "assert txflip.IDrainable(protocol, None) is not None\n"
     )
+    runsClean(code)
+
+
+def runsClean(code: str) -> None:
+    """
+    Run C{code} in a fresh interpreter importing txflip from the checkout.
+    """
     result = subprocess.run(
         [sys.executable, "-c", code],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_importTxflipLeavesTwistedWebOut() -> None:
+    """
+    A server that does not serve the web does not pay for twisted.web: its
+    adapters are registered once it is imported (L{txflip.protocols}).
+    """
+    code = (
+        "import sys, txflip\n"
+        "web = sorted(m for m in sys.modules if m.startswith('twisted.web'))\n"
+        "assert not web, web\n"
+    )
+    runsClean(code)
 
 
 def test_privateAttributesReadByTheAdapterExist() -> None:

@@ -15,7 +15,14 @@ from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 
-from txflip.run._balance import TICK, Balancer, Table, limitBatches, slack
+from txflip.run._balance import (
+    PAUSED_LOOK,
+    TICK,
+    Balancer,
+    Table,
+    limitBatches,
+    slack,
+)
 
 
 class FakeFDSet(Clock):
@@ -107,6 +114,32 @@ def test_theWorkerWithMoreThanItsSharePausesUntilTheOthersCatchUp(
     assert not b.paused
     a.check()
     assert not a.paused and aPort in aReactor.readers
+
+
+def test_aPausedWorkerLooksAgainSoon(table: Table) -> None:
+    """
+    In a burst two workers may each pause on the other's count of a moment ago:
+    a paused worker looks again after PAUSED_LOOK, well before its next TICK, so
+    that connections do not wait in the kernel's queue meanwhile.
+    """
+    aHeld, bHeld = [2], [0]
+    a, aReactor, aPort = worker(table, 100, aHeld)
+    b, _, _ = worker(table, 200, bHeld)
+    b.start()
+    a.start()
+    assert a.paused
+    bHeld[0] = 5  # b took a burst, and pauses in turn
+    b.check()
+    assert b.paused
+    aReactor.advance(PAUSED_LOOK)
+    assert not a.paused and aPort in aReactor.readers
+    assert PAUSED_LOOK * 5 <= TICK
+    b.stop()
+    aHeld[0] = 20
+    a.check()
+    assert not a.paused  # b stopped serving
+    a.stop()
+    assert not aReactor.getDelayedCalls()
 
 
 def test_theSlackGrowsWithTheConnections(table: Table) -> None:

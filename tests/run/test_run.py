@@ -370,7 +370,7 @@ def test_ttinTtouChangeTheNumberOfWorkers(supervised: Any) -> None:
 
 
 @pytest.mark.slow
-def test_sighupDuringAnUpgradeIsRefusedAndTxflipUpgradeJoins(
+def test_sighupDuringAnUpgradeIsQueuedAndTxflipUpgradeJoins(
     supervised: Any,
 ) -> None:
     run = supervised(flipecho(), "--probation", "3")
@@ -384,7 +384,10 @@ def test_sighupDuringAnUpgradeIsRefusedAndTxflipUpgradeJoins(
         assert first.wait(30) == 0 and joined.returncode == 0
         assert first.stdout is not None
         assert joined.stdout == first.stdout.read()
-    waitFor(lambda: "txflip run: upgrade: upgrade in progress" in run.logText(), 10)
+    assert "an upgrade runs: the next one is queued" in run.logText()
+    # The queued upgrade runs once the first one is over, and once only.
+    waitFor(lambda: "generation 3 serves" in run.logText(), 30, what="generation 3")
+    assert "generation 4" not in run.logText()
 
 
 @pytest.mark.slow

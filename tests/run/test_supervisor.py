@@ -15,7 +15,7 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
-from txflip._errors import UpgradeError
+from txflip._errors import Stopping, UpgradeError
 from txflip.generation._command import Command
 from txflip.generation._spawn import Spawn
 from txflip.listen._fds import Listeners
@@ -181,8 +181,70 @@ def test_aJoinedUpgradeGetsTheSameOutcome(probation: float) -> None:
     f.started()
     upgrade = f.supervisor.upgrade()
     joined = f.supervisor.upgrade(join=True)
-    refused = f.result(f.supervisor.upgrade())
-    assert isinstance(refused, Failure)
+    queued = f.supervisor.upgrade()  # not refused: run after this one
+    second = f.processes[-1]
+    second.ready()
+    f.clock.advance(probation)
+    assert f.result(upgrade) == f.result(joined) == [second.pid]
+    assert not queued.called
+    assert f.processes[-1].generation == 3
     f.processes[-1].ready()
     f.clock.advance(probation)
-    assert f.result(upgrade) == f.result(joined) == [f.processes[-1].pid]
+    assert f.result(queued) == [f.processes[-1].pid]
+
+
+def test_upgradesAskedForDuringProbationRunOnceAfterIt() -> None:
+    """
+    Every upgrade asked for while one runs (a HUP) is coalesced into one further
+    upgrade, which starts when the current one ends; C{txflip upgrade} (join)
+    waits for the one in progress; each caller learns the outcome of its own.
+    """
+    f = Fixture(workers=2, probation=5)
+    f.started()
+    upgrade, second = f.upgradeToProbation()
+    asked = [f.supervisor.upgrade() for _ in range(3)]
+    joined = f.supervisor.upgrade(join=True)  # the one in progress
+    spawned = len(f.processes)
+    f.clock.advance(4.9)
+    assert len(f.processes) == spawned and not any(d.called for d in asked)
+    f.clock.advance(0.1)
+    assert f.result(upgrade) == f.result(joined) == [p.pid for p in second]
+    third: list[FakeProcess] = []
+    for _ in range(2):
+        process = f.processes[-1]
+        assert process.generation == 3 and process not in third
+        third.append(process)
+        process.ready()
+    assert len(f.processes) == spawned + 2  # one upgrade, not three
+    f.clock.advance(5)
+    assert all(f.result(d) == [p.pid for p in third] for d in asked)
+    assert all(p.signals == ["QUIT"] for p in second)
+    f.clock.advance(60)
+    assert len(f.processes) == spawned + 2
+    status = f.supervisor.status()
+    assert status["state"] == "serving" and status["generation"] == 3
+
+
+def test_anUpgradeQueuedBehindARollbackStillRuns() -> None:
+    f = Fixture(workers=1, probation=5)
+    f.started()
+    upgrade, (new,) = f.upgradeToProbation()
+    queued = f.supervisor.upgrade()
+    new.end(ProcessTerminated(exitCode=7))
+    assert isinstance(f.result(upgrade), Failure)
+    retry = f.processes[-1]
+    assert retry is not new and retry.generation == 2  # the rolled-back one's
+    retry.ready()
+    f.clock.advance(5)
+    assert f.result(queued) == [retry.pid]
+
+
+def test_stoppingRefusesTheQueuedUpgrade() -> None:
+    f = Fixture(workers=1, probation=5)
+    f.started()
+    upgrade, _ = f.upgradeToProbation()
+    queued = f.supervisor.upgrade()
+    f.supervisor.stop()
+    for d in (upgrade, queued):
+        failure = f.result(d)
+        assert isinstance(failure, Failure) and failure.check(Stopping)

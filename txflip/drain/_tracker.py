@@ -45,6 +45,7 @@ from txflip._reactor import Clock
 from txflip._settings import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE
 from txflip.drain._follow import follow
 from txflip.drain._negotiation import passNegotiation
+from txflip.protocols import adaptedLazily
 
 #: After the drain timeout's aborts, how long until the drain ends anyway.
 ABORT_WAIT = 0.5
@@ -75,6 +76,10 @@ class IDrainable(Interface):
         is not yet answered, not even part of a request), close now; otherwise go on
         and close with the reply.
         """
+
+
+# twisted.web's adapters and others: registered on first use (txflip.protocols).
+adaptedLazily(IDrainable)
 
 
 class _Tracked(Protocol):

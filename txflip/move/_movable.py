@@ -18,6 +18,8 @@ from typing import NamedTuple
 from twisted.internet.error import ConnectionDone
 from zope.interface import Interface
 
+from txflip.protocols import adaptedLazily
+
 #: States larger than this are not moved (the connection drains instead): a state
 #: is meant to be the little a protocol holds between two requests.
 MAX_STATE = 16 * 1024 * 1024
@@ -86,3 +88,7 @@ class IMovable(Interface):
         @raise StateRefused: this code cannot read that state (an unknown
             version, say); the connection goes back to the old generation.
         """
+
+
+# twisted.web's adapters and others: registered on first use (txflip.protocols).
+adaptedLazily(IMovable)

@@ -21,6 +21,13 @@ C{numberAccepts} in one go, so before each wakeup a worker caps that to the
 connections it may still take (L{limitBatches}: the one private part of Twisted
 used here, checked when used and by a test).
 
+A paused worker looks again every L{PAUSED_LOOK}, not every L{TICK}: in a burst,
+two workers may each pause on the other's count of a moment ago (one capped batch
+each), and the connections then wait in the kernel's queue until one of them looks
+again.  Looking every L{TICK} made the 50 connections wrk opens at once wait up to
+175-280 ms, with no upgrade at all: the latency spike issue 27 blamed on
+C{txflip run}'s upgrades.
+
 Why nothing is refused or lost: pausing closes nothing, connections wait in the
 kernel's queue; the worker with the fewest connections never pauses, so some worker
 always accepts; a worker that stopped serving says so before it stops listening, a
@@ -45,7 +52,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.interfaces import IDelayedCall, IReadDescriptor
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -64,6 +71,8 @@ _FIELDS = 4
 _SIZE = SLOTS * _FIELDS * 8
 #: How often a worker writes its heartbeat and looks again (seconds).
 TICK = 0.05
+#: How soon a paused worker looks again (seconds).
+PAUSED_LOOK = 0.005
 #: A worker whose heartbeat is older than this does not count (nanoseconds).
 STALE = 500_000_000
 _log = Logger()
@@ -197,6 +206,7 @@ class Balancer:
         #: How many connections we may accept before we pause (L{None}: no limit).
         self.allowance: int | None = None
         self._stopped = False
+        self._look: IDelayedCall | None = None
         self._loop = LoopingCall(self.check)
         self._loop.clock = reactor  # type: ignore[assignment]
 
@@ -263,6 +273,15 @@ class Balancer:
             if port not in self._paused:
                 self._reactor.removeReader(port)
                 self._paused.append(port)
+        if self._look is None:
+            self._look = self._reactor.callLater(PAUSED_LOOK, self._lookAgain)
+
+    def _lookAgain(self) -> None:
+        self._look = None
+        if self._paused and not self._stopped:
+            self._decide()
+        if self._paused and not self._stopped and self._look is None:
+            self._look = self._reactor.callLater(PAUSED_LOOK, self._lookAgain)
 
     def _batch(self) -> int | None:
         return None if self.allowance is None else max(1, self.allowance)
@@ -277,6 +296,8 @@ class Balancer:
         self._stopped = True
         if self._loop.running:
             self._loop.stop()
+        if self._look is not None and self._look.active():
+            self._look.cancel()
         if self._slot is not None:
             self._table.cells[self._slot * _FIELDS + SERVING] = 0
         self._paused = []  # stopListening unregisters them anyway

@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txflip import _errors
-from txflip._errors import NotReady, UpgradeError, UpgradeInProgress
+from txflip._errors import NotReady, UpgradeError
 from txflip._jsonlog import UPGRADE_ID, newUpgradeId
 from txflip._jsonlog import context as logContext
 from txflip.control._metrics import Counts
@@ -92,6 +92,9 @@ class _Inputs(Protocol):
     def _allGone(self) -> None:
         "Every worker is gone."
 
+    def _runQueued(self) -> None:
+        "The upgrade is over and another was asked for meanwhile: run it."
+
 
 @dataclass
 class _Upgrade:
@@ -137,6 +140,8 @@ class _Core:
     #: Why the service could not start, if it could not.
     failure: str | None = None
     upgrade: _Upgrade | None = None
+    #: Who asked for an upgrade while one ran: one further upgrade, for them all.
+    queued: list[Deferred[list[int]]] = field(default_factory=list)
     lastUpgrade: tuple[float, str] | None = None
     # Replacing workers that died:
     failures: int = 0
@@ -270,6 +275,15 @@ def count(counts: Counts, outcome: str, upgrade: _Upgrade) -> None:
         counts.upgraded("failed")
 
 
+def runQueued(c: _Inputs, s: _Core) -> None:
+    """
+    The upgrade just ended: start the one asked for meanwhile, if any (it may
+    carry code the ended one did not have).
+    """
+    if s.queued:
+        c._runQueued()
+
+
 def beginStop(c: _Inputs, s: _Core) -> None:
     if s.restartCall is not None and s.restartCall.active():
         s.restartCall.cancel()
@@ -279,6 +293,9 @@ def beginStop(c: _Inputs, s: _Core) -> None:
         s.retire(worker)
     if s.upgrade is not None:
         finishUpgrade(s, "refused: terminating", Failure(_errors.Stopping()))
+    queued, s.queued = s.queued, []
+    for waiting in queued:
+        s.later(waiting, Failure(_errors.Stopping()))
     if not s.startup.called:
         s.later(s.startup, Failure(UpgradeError(s.failure or "terminating")))
     if not s.workers:
@@ -426,11 +443,19 @@ def _makeMachine() -> Any:
     @pep614(Upgrading.upon(_Inputs.upgrade).loop())
     @pep614(Probation.upon(_Inputs.upgrade).loop())
     def inProgress(c: _Inputs, s: _Core, join: bool) -> Deferred[list[int]]:
-        if not join or s.upgrade is None:
-            return fail(UpgradeInProgress())
-        joined: Deferred[list[int]] = Deferred()
-        s.upgrade.joiners.append(joined)
-        return joined
+        """
+        Joining waits for the outcome of the upgrade in progress; anything else
+        queues one further upgrade (every request made meanwhile shares it), run
+        once the current one ends: the code may have changed since it started.
+        """
+        waiting: Deferred[list[int]] = Deferred()
+        if join and s.upgrade is not None:
+            s.upgrade.joiners.append(waiting)
+            return waiting
+        if not s.queued:
+            s.log.info("txflip run: an upgrade runs: the next one is queued")
+        s.queued.append(waiting)
+        return waiting
 
     @pep614(Stopping.upon(_Inputs.upgrade).loop())
     @pep614(Stopped.upon(_Inputs.upgrade).loop())
@@ -439,10 +464,20 @@ def _makeMachine() -> Any:
 
     @pep614(Serving.upon(_Inputs.upgrade).to(Upgrading))
     def startUpgrade(c: _Inputs, s: _Core, join: bool) -> Deferred[list[int]]:
+        return beginUpgrade(c, s, [Deferred()])
+
+    @pep614(Serving.upon(_Inputs._runQueued).to(Upgrading))
+    def startQueued(c: _Inputs, s: _Core) -> None:
+        queued, s.queued = s.queued, []
+        beginUpgrade(c, s, queued)
+
+    def beginUpgrade(
+        c: _Inputs, s: _Core, waiting: list[Deferred[list[int]]]
+    ) -> Deferred[list[int]]:
         if s.restartCall is not None and s.restartCall.active():
             s.restartCall.cancel()
         s.restartCall = None
-        s.upgrade = _Upgrade(Deferred(), s.active(), s.target)
+        s.upgrade = _Upgrade(waiting[0], s.active(), s.target, joiners=waiting[1:])
         logContext.upgradeId = s.upgrade.id
         s.notifier.reloading(f"upgrading: starting generation {s.generation + 1}")
         s.log.info(
@@ -509,6 +544,7 @@ def _makeMachine() -> Any:
         finishUpgrade(s, f"succeeded: pids {' '.join(map(str, pids))} serve", pids)
         s.failures = 0
         topUp(c, s)
+        runQueued(c, s)
 
     @pep614(Upgrading.upon(_Inputs._newFailed).to(Serving))
     @pep614(Upgrading.upon(_Inputs.spawnFailed).to(Serving))
@@ -526,6 +562,7 @@ def _makeMachine() -> Any:
         s.notifier.stillReady(f"upgrade failed: {reason}; serving")
         finishUpgrade(s, f"failed: {reason}", Failure(UpgradeError(reason)))
         topUp(c, s)
+        runQueued(c, s)
 
     # -- size --------------------------------------------------------------------
 
@@ -593,6 +630,7 @@ def _makeMachine() -> Any:
         _Inputs._upgradeDone: (Idle, Starting, Serving, Stopping, Stopped),
         _Inputs._restart: (Idle, Starting, *busy, Stopping, Stopped),
         _Inputs._allGone: (Idle, Starting, Serving, *busy, Stopped),
+        _Inputs._runQueued: (Idle, Starting, *busy, Stopping, Stopped),
     }
     for method, states in ignored.items():
         for state in states:
