@@ -6,8 +6,9 @@ listening sockets, waits until it serves, then stops accepting, drains its
 connections at a clean boundary, and exits.
 """
 
-# Registers the IDrainable and IMovable adapters for twisted.web's channels: every
-# entry point (UpgradeService, Upgrader, flip:, flipecho) imports this package first.
+# Registers the IDrainable and IMovable adapters for twisted.web's channels and
+# Twisted's framing receivers (AMP too): every entry point (UpgradeService,
+# Upgrader, flip:, flipecho) imports this package first.
 from txflip._errors import (
     ChildFailed,
     HandoffError,
@@ -24,8 +25,11 @@ from txflip._errors import (
     UpgradeTimeout,
     WorkerOfSupervisor,
 )
+from txflip._logging import startLogging
 from txflip._settings import SettingError
 from txflip.drain._cork import closeWithReply
+from txflip.drain._pending import replyPending
+from txflip.drain._signal import isDraining, whenDraining
 from txflip.drain._tracker import ConnectionTracker, IDrainable
 from txflip.listen._fds import Listener
 from txflip.move._movable import (
@@ -35,6 +39,7 @@ from txflip.move._movable import (
     StateRefused,
 )
 from txflip.protocols import (
+    _basic,  # noqa: F401
     _web,  # noqa: F401
     _webmove,  # noqa: F401
 )
@@ -89,4 +94,8 @@ __all__ = [
     "Upgrader",
     "WorkerOfSupervisor",
     "closeWithReply",
+    "isDraining",
+    "replyPending",
+    "startLogging",
+    "whenDraining",
 ]

@@ -116,10 +116,22 @@ def twistdObserverFactory(
 
             return txsyslog.SyslogObserver(prefix, options=stdsyslog.LOG_PID).emit
         if logfile == "-" or (nodaemon and not logfile):
-            reopenOnUSR1(None)
-            return pidObserver(sys.stdout)
-        target = AppendFile(logfile or "twistd.log")
-        reopenOnUSR1(target)
-        return pidObserver(target)
+            return pidObserverTo(None)
+        return pidObserverTo(logfile or "twistd.log")
 
     return factory
+
+
+def pidObserverTo(path: str | None) -> ILogObserver:
+    """
+    An observer writing PID-stamped lines to the file at C{path} (appending,
+    reopened on SIGUSR1), or to standard output if C{path} is L{None}.
+
+    @raise OSError: the file cannot be opened.
+    """
+    if path is None:
+        reopenOnUSR1(None)
+        return pidObserver(sys.stdout)
+    target = AppendFile(path)
+    reopenOnUSR1(target)
+    return pidObserver(target)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
+from txflip.move._carry import exportState
 from txflip.move._movable import IMovable
 from txflip.move._transport import movableSocket, release, unsentBytes
 from txflip.move._wire import Accepted, Frame, Move, MoveChannel, encodeMove
@@ -162,7 +163,7 @@ class ChannelMover:
         if unsentBytes(transport):
             return None
         try:
-            state = IMovable(tracked.wrapped).exportState()
+            state = exportState(tracked.wrapped)
             if state is None:
                 return None
             id = next(self._ids)
