@@ -23,8 +23,7 @@ import subprocess
 import sys
 import time
 
-from bench import _common
-from bench._common import HOST, freePort, header, options, table, waitUntil
+from bench._common import HOST, PORT, header, listeningServer, options, table
 
 SERVER = """
 import sys
@@ -39,12 +38,12 @@ class Echo(LineReceiver):
         self.sendLine(line)
 
 factory = Factory.forProtocol(Echo)
-if sys.argv[2] == "tracked":
+if sys.argv[1] == "tracked":
     import txflip
     from txflip.drain._tracker import ConnectionTracker
 
     factory = ConnectionTracker(factory, reactor)
-reactor.listenTCP(int(sys.argv[1]), factory, interface="127.0.0.1")
+reactor.listenTCP(int(sys.argv[2]), factory, interface="127.0.0.1")
 reactor.run()
 """
 
@@ -97,21 +96,9 @@ def main() -> None:
     servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     try:
         for mode in ("plain", "tracked"):
-            port = freePort()
-            proc = subprocess.Popen(
-                [sys.executable, "-c", SERVER, str(port), mode],
-                env={"PYTHONPATH": str(_common.CODE)},
+            servers[mode] = listeningServer(
+                [sys.executable, "-c", SERVER, mode, PORT], f"the {mode} server"
             )
-            servers[mode] = (proc, port)
-
-            def listening(port: int = port) -> bool:
-                try:
-                    socket.create_connection((HOST, port), timeout=1).close()
-                except OSError:
-                    return False
-                return True
-
-            waitUntil(f"the {mode} server", listening, 20)
         rates: dict[str, list[float]] = {mode: [] for mode in servers}
         for _ in range(args.rounds):
             for mode, (_, port) in servers.items():
