@@ -210,6 +210,36 @@ def waitUntil(what: str, predicate: Callable[[], object], timeout: float) -> Non
         time.sleep(0.001)
 
 
+#: Stands for the port in L{listeningServer}'s command.
+PORT = "<port>"
+
+
+def listeningServer(argv: list[str], what: str) -> tuple[subprocess.Popen[bytes], int]:
+    """
+    Start C{argv}, with L{PORT} in it replaced by a free port on 127.0.0.1
+    (txflip from L{CODE}), and wait until it accepts there; the process and the
+    port.
+    """
+    port = freePort()
+    argv = [str(port) if a == PORT else a for a in argv]
+    proc = subprocess.Popen(argv, env={"PYTHONPATH": str(CODE)})
+
+    def listening() -> bool:
+        try:
+            socket.create_connection((HOST, port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    try:
+        waitUntil(what, listening, 20)
+    except BenchError:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, port
+
+
 @dataclass
 class Running:
     """A server under test: its first process, pid file, port and directory."""

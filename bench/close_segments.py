@@ -21,11 +21,18 @@ from __future__ import annotations
 import select
 import socket
 import statistics
-import subprocess
 import sys
 
 from bench import _common
-from bench._common import HOST, freePort, header, options, readLine, table, waitUntil
+from bench._common import (
+    HOST,
+    PORT,
+    header,
+    listeningServer,
+    options,
+    readLine,
+    table,
+)
 
 
 def closeSeenWithReply(port: int) -> bool:
@@ -48,23 +55,11 @@ def main() -> None:
     servers = {}
     try:
         for mode in ("on", "off"):
-            port = freePort()
-            proc = subprocess.Popen(
-                [sys.executable, str(_common.CODE / "tests" / "drainingecho.py")]
-                + [str(port)]
+            servers[mode] = listeningServer(
+                [sys.executable, str(_common.CODE / "tests" / "drainingecho.py"), PORT]
                 + ([] if mode == "on" else ["nocork"]),
-                env={"PYTHONPATH": str(_common.CODE)},
+                f"the server with the cork {mode}",
             )
-            servers[mode] = (proc, port)
-
-            def listening(port: int = port) -> bool:
-                try:
-                    socket.create_connection((HOST, port), timeout=1).close()
-                except OSError:
-                    return False
-                return True
-
-            waitUntil(f"the server with the cork {mode}", listening, 20)
         shares: dict[str, list[float]] = {"on": [], "off": []}
         for _ in range(args.rounds):
             for mode, (_, port) in servers.items():

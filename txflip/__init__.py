@@ -39,8 +39,11 @@ from txflip._errors import (
     UpgradeTimeout,
     WorkerOfSupervisor,
 )
+from txflip._logging import startLogging
 from txflip._settings import SettingError
 from txflip.drain._cork import closeWithReply
+from txflip.drain._pending import replyPending
+from txflip.drain._signal import isDraining, whenDraining
 from txflip.drain._tracker import ConnectionTracker, IDrainable
 from txflip.generation._ending import Ending, Successor
 from txflip.listen._fds import Listener
@@ -108,4 +111,8 @@ __all__ = [
     "Upgrader",
     "WorkerOfSupervisor",
     "closeWithReply",
+    "isDraining",
+    "replyPending",
+    "startLogging",
+    "whenDraining",
 ]

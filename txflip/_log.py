@@ -125,10 +125,25 @@ def twistdObserverFactory(
 
             return txsyslog.SyslogObserver(prefix, options=stdsyslog.LOG_PID).emit
         if logfile == "-" or (nodaemon and not logfile):
-            reopenOnUSR1(None)
-            return observer(sys.stdout)
-        target = AppendFile(logfile or "twistd.log")
-        reopenOnUSR1(target)
-        return observer(target)
+            return pidObserverTo(None, observer)
+        return pidObserverTo(logfile or "twistd.log", observer)
 
     return factory
+
+
+def pidObserverTo(
+    path: str | None, make: Callable[[Any], ILogObserver] = pidObserver
+) -> ILogObserver:
+    """
+    An observer writing PID-stamped lines to the file at C{path} (appending,
+    reopened on SIGUSR1), or to standard output if C{path} is L{None}; C{make}
+    makes it from the file (L{pidObserver}, or JSON lines).
+
+    @raise OSError: the file cannot be opened.
+    """
+    if path is None:
+        reopenOnUSR1(None)
+        return make(sys.stdout)
+    target = AppendFile(path)
+    reopenOnUSR1(target)
+    return make(target)

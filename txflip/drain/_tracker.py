@@ -45,6 +45,8 @@ from txflip._reactor import Clock
 from txflip._settings import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE
 from txflip.drain._follow import follow
 from txflip.drain._negotiation import passNegotiation
+from txflip.drain._signal import connectionDraining, processDraining
+from txflip.drain._watch import Watch, watchFor
 from txflip.protocols import adaptedLazily
 
 #: After the drain timeout's aborts, how long until the drain ends anyway.
@@ -95,6 +97,8 @@ class _Tracked(Protocol):
     #: Adapting us (C{IHalfCloseableProtocol(protocol, None)}, which the transport
     #: does) looks up C{__conform__}; answer it here, not through __getattr__.
     __conform__ = None
+    #: What the protocol's family watches from the start (L{txflip.drain._watch}).
+    _watch: Watch | None = None
 
     def __init__(self, tracker: ConnectionTracker, wrapped: IProtocol) -> None:
         self._tracker = tracker
@@ -151,7 +155,11 @@ def _trackedClass(kind: type) -> type[_Tracked]:
     """
     cls = _trackedClasses.get(kind)
     if cls is None:
-        namespace = {name: _forward(name) for name in _FORWARDED if hasattr(kind, name)}
+        namespace: dict[str, Any] = {
+            name: _forward(name) for name in _FORWARDED if hasattr(kind, name)
+        }
+        watch = watchFor(kind)
+        namespace["_watch"] = None if watch is None else staticmethod(watch)
         cls = type("_Tracked", (_Tracked,), namespace)
         # mypy-zope only knows classes written as class statements.
         classImplements(cls, implementedBy(kind))  # type: ignore[misc]
@@ -168,6 +176,8 @@ def _track(tracker: ConnectionTracker, wrapped: IProtocol) -> _Tracked:
     """
     kind = type(wrapped)
     tracked = _trackedClass(kind)(tracker, wrapped)
+    if tracked._watch is not None:
+        tracked._watch(wrapped)
     provided = providedBy(wrapped)
     if provided is not implementedBy(kind):
         directlyProvides(tracked, provided)
@@ -264,6 +274,7 @@ class ConnectionTracker(Factory):
             self._finish()
 
     def _enter(self, tracked: _Tracked) -> None:
+        connectionDraining(tracked.wrapped)
         if self.mover is None or not self.mover.offer(self, tracked):
             self._startDraining(tracked)
 
@@ -309,6 +320,7 @@ class ConnectionTracker(Factory):
             return waiter
         self.draining = True
         self.mover = mover
+        processDraining()
         self._log.info("txflip: draining {count} connections", count=len(self._live))
         for tracked in list(self._live):
             self._enter(tracked)
@@ -383,6 +395,7 @@ def drainAll(
     """
     Drain several trackers at once (moving what C{mover} takes).
     """
+    processDraining()
     if not trackers:
         return succeed([])
     return gatherResults([t.drain(idleGrace, timeout, mover) for t in trackers])

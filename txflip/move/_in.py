@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IAddress, IProtocol
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+from txflip.move._carry import importState
 from txflip.move._movable import ConnectionState, IMovable, StateRefused
 from txflip.move._wire import (
     Accepted,
@@ -79,7 +80,7 @@ class _Arrival(Factory):
             self.refused = "this listener's protocol cannot take moved connections"
             return None
         try:
-            movable.importState(self._state)
+            importState(protocol.wrapped, self._state)  # type: ignore[attr-defined]
         except StateRefused as e:
             self.refused = f"state refused: {e}" if str(e) else "state refused"
             return None

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
+from txflip.move._carry import exportState
 from txflip.move._movable import IMovable
 from txflip.move._transport import movableSocket, readPending, release, unsentBytes
 from txflip.move._wire import (
@@ -174,7 +175,7 @@ class ChannelMover:
         if unsentBytes(transport):
             return None
         try:
-            state = IMovable(tracked.wrapped).exportState()
+            state = exportState(tracked.wrapped)
             if state is None:
                 return None
             id = next(self._ids)

@@ -21,6 +21,7 @@ from zope.interface.interface import InterfaceClass, adapter_hooks
 #: register adapters for them (with C{twisted.python.components.registerAdapter}).
 FAMILIES: dict[str, tuple[str, ...]] = {
     "twisted.web.http": ("txflip.protocols._web", "txflip.protocols._webmove"),
+    "twisted.protocols.basic": ("txflip.protocols._basic",),
 }
 _registered: set[str] = set()
 _interfaces: set[InterfaceClass] = set()
