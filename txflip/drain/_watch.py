@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from txflip.protocols import registerImported
+
 Watch = Callable[[Any], None]
 Chooser = Callable[[type], "Watch | None"]
 
@@ -33,6 +35,10 @@ def watchFor(kind: type) -> Watch | None:
     """
     The watch for protocols of class C{kind}, if a family has one.
     """
+    # Families register on first use (L{txflip.protocols}): a protocol of one
+    # exists, so its module is imported, and its chooser must be here before the
+    # first connection is watched.
+    registerImported()
     for choose in _choosers:
         watch = choose(kind)
         if watch is not None:

@@ -29,6 +29,7 @@ from typing import Any
 from zope.interface import Interface
 
 from txflip.move._movable import ConnectionState, IMovable, StateRefused
+from txflip.protocols import adaptedLazily
 
 #: Marks a state carried with its framing buffer.
 MAGIC = b"TXFB"
@@ -46,6 +47,12 @@ class IFramingBuffer(Interface):
         C{b""} when none), if the protocol is at a boundary; L{None} if it is
         not (a reply is pending, a mode txflip cannot read, ...).
         """
+
+
+# A family's framing adapters register on first use (L{txflip.protocols}), as its
+# drain and move adapters do: a protocol that provides IMovable itself never asks
+# for those, so this lookup must be able to register them too.
+adaptedLazily(IFramingBuffer)
 
 
 def exportState(protocol: Any) -> ConnectionState | None:
