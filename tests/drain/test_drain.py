@@ -18,7 +18,7 @@ from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.python.failure import Failure
 from zope.interface import Interface, directlyProvides, implementer
 
-from txflip.drain._tracker import ConnectionTracker, IDrainable, drainAll
+from txflip.drain._tracker import ABORT_WAIT, ConnectionTracker, IDrainable, drainAll
 from txflip.echo import MAX_LINE, Echo
 
 GRACE = 1.0
@@ -580,3 +580,55 @@ def test_wrappedConnectionLostErrorStillUnregisters() -> None:
         t.clientCloses()
     assert len(h.tracker) == 0
     assert result(d) == 0
+
+
+def test_drainEndsAtTheDeadlineWhateverItBelieves() -> None:
+    """
+    A connection still counted a moment after the drain timeout's abort (its
+    close never reached the tracker) does not keep the process: the drain ends.
+    """
+
+    class Deaf(Transport):
+        def _close(self, reason: Exception) -> None:
+            self.disconnecting = True
+
+    h = Harness(Plain)
+    h.connect(Deaf)
+    d = h.drain()
+    h.advanceTo(TIMEOUT)
+    assert not d.called
+    h.advanceTo(TIMEOUT + ABORT_WAIT)
+    assert result(d) == 1
+    assert len(h.tracker) == 0
+
+
+class SwappingTransport(Transport):
+    """
+    Tells whatever protocol it has when it is lost through its own
+    C{connectionLost}, as Twisted's transports do.
+    """
+
+    def _lost(self, reason: Failure) -> None:
+        if self.connected:
+            self.connected = False
+            self.lostWith = reason
+            self.connectionLost(reason)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.protocol.connectionLost(reason)
+
+
+def test_aConnectionTakenOverByAnotherProtocolIsStillTracked() -> None:
+    """
+    Autobahn's WebSocketResource hands the connection to another protocol by
+    assigning C{transport.protocol}: its close still ends the drain.
+    """
+    h = Harness(Plain)
+    t = h.connect(SwappingTransport)
+    taker = Plain()
+    t.protocol = taker
+    taker.makeConnection(t)
+    d = h.drain()
+    t.clientCloses()
+    assert result(d) == 0
+    assert len(h.tracker) == 0

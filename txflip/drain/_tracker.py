@@ -43,6 +43,10 @@ from zope.interface import (
 
 from txflip._reactor import Clock
 from txflip._settings import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE
+from txflip.drain._follow import follow
+
+#: After the drain timeout's aborts, how long until the drain ends anyway.
+ABORT_WAIT = 0.5
 
 
 class IDrainable(Interface):
@@ -97,6 +101,8 @@ class _Tracked(Protocol):
         self.transport = transport
         self.connected = 1
         self._tracker._register(self)
+        # The connection may outlive us as its protocol (Autobahn): follow it.
+        follow(transport, self._transportLost)
         self.wrapped.makeConnection(transport)
         if self._tracker.draining:
             self._tracker._enter(self)
@@ -110,6 +116,10 @@ class _Tracked(Protocol):
             self.wrapped.connectionLost(reason)
         finally:
             self._tracker._unregister(self)
+
+    def _transportLost(self) -> None:
+        self.connected = 0
+        self._tracker._unregister(self)
 
 
 def _forward(name: str) -> Callable[..., Any]:
@@ -238,6 +248,8 @@ class ConnectionTracker(Factory):
             self.onChange(1)
 
     def _unregister(self, tracked: _Tracked) -> None:
+        if tracked not in self._live:
+            return  # heard from both its protocol and its transport
         self._live.discard(tracked)
         if self.onChange is not None:
             self.onChange(-1)
@@ -330,6 +342,20 @@ class ConnectionTracker(Factory):
                 abort()
             else:
                 transport.loseConnection()
+        # Each abort ends its connection in the next reactor turn; a connection
+        # we still count then must not keep the process past its deadline.
+        self._calls.append(self._clock.callLater(ABORT_WAIT, self._pastDeadline))
+
+    def _pastDeadline(self) -> None:
+        if self._live:
+            self._log.warn(
+                "txflip: {count} connections not seen closing after the drain"
+                " timeout's abort: the drain ends anyway",
+                count=len(self._live),
+            )
+            for tracked in list(self._live):
+                self._unregister(tracked)
+        self._finish()
 
     def _finish(self) -> None:
         for call in self._calls:
