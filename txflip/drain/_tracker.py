@@ -44,6 +44,7 @@ from zope.interface import (
 from txflip._reactor import Clock
 from txflip._settings import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE
 from txflip.drain._follow import follow
+from txflip.drain._negotiation import passNegotiation
 
 #: After the drain timeout's aborts, how long until the drain ends anyway.
 ABORT_WAIT = 0.5
@@ -208,6 +209,7 @@ class ConnectionTracker(Factory):
 
     def __init__(self, wrappedFactory: IProtocolFactory, clock: Clock) -> None:
         self.wrappedFactory = wrappedFactory
+        passNegotiation(self, wrappedFactory)
         self._clock = clock
         self._live: set[_Tracked] = set()
         self.draining = False
