@@ -38,6 +38,7 @@ from txflip.move._movable import (
 from txflip.protocols import (
     _web,  # noqa: F401
     _webmove,  # noqa: F401
+    _websocket,  # noqa: F401
 )
 
 # Registers the supervisor as a kind of parent (a worker of txflip run finds it in

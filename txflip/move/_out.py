@@ -83,7 +83,7 @@ class ChannelMover:
         """
         if not self._channel.open or tracker not in self._keys:
             return False
-        if IMovable(tracked.wrapped, None) is None:
+        if IMovable(tracked.servingProtocol(), None) is None:
             return False
         if movableSocket(tracked.transport) is None:
             return False
@@ -162,7 +162,7 @@ class ChannelMover:
         if unsentBytes(transport):
             return None
         try:
-            state = IMovable(tracked.wrapped).exportState()
+            state = IMovable(tracked.servingProtocol()).exportState()
             if state is None:
                 return None
             id = next(self._ids)
