@@ -36,6 +36,7 @@ from txflip.move._movable import (
     StateRefused,
 )
 from txflip.protocols import (
+    _h2,  # noqa: F401
     _web,  # noqa: F401
     _webmove,  # noqa: F401
     _websocket,  # noqa: F401
@@ -43,6 +44,7 @@ from txflip.protocols import (
 
 # Registers the supervisor as a kind of parent (a worker of txflip run finds it in
 # its handoff table): the core (txflip.generation) never imports txflip.run.
+from txflip.protocols._webdraining import whenDraining
 from txflip.run import _channel  # noqa: F401
 
 TYPE_CHECKING = False
@@ -97,4 +99,5 @@ __all__ = [
     "Upgrader",
     "WorkerOfSupervisor",
     "closeWithReply",
+    "whenDraining",
 ]

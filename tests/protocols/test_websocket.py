@@ -9,7 +9,6 @@ deadline whatever it believes is still open.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -25,72 +24,19 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from tests.conftest import ROOT
-from tests.harness import ServerProcess, pidAlive, readPidFile, waitFor
-
-
-class WebSocketApp:
-    def __init__(
-        self, tmp: Path, idleGrace: float, drainTimeout: float, mode: str = ""
-    ) -> None:
-        self.pidfile = tmp / "ws.pid"
-        description = (
-            f"flip:tcp:0:interface=127.0.0.1:pidfile={self.pidfile}"
-            f":idleGrace={idleGrace:g}:drainTimeout={drainTimeout:g}"
-        )
-        argv = [sys.executable, str(ROOT / "tests" / "wsapp.py"), description]
-        argv += [mode] if mode else []
-        self.proc = ServerProcess(
-            argv, tmp / "ws.log", cwd=tmp, env={"PYTHONPATH": str(ROOT)}
-        )
-
-    def serving(self, other: int | None = None) -> int:
-        """
-        The pid that serves, once it is not C{other}.
-        """
-        pid = waitFor(
-            lambda: (
-                (p := readPidFile(self.pidfile)) and p != other and pidAlive(p) and p
-            ),
-            20,
-            what=f"a ready generation; log: {self.proc.logText()[-2000:]}",
-        )
-        self.proc.track(pid)
-        return pid
-
-    @property
-    def url(self) -> str:
-        match = re.search(r"listening on tcp:127\.0\.0\.1:(\d+)", self.proc.logText())
-        assert match, self.proc.logText()
-        return f"ws://127.0.0.1:{match.group(1)}/ws"
-
-    def listening(self) -> None:
-        """
-        Wait until the first generation says where it listens.
-        """
-        waitFor(
-            lambda: "listening on tcp:" in self.proc.logText(), 20, what="listening"
-        )
-
-    def exits(self, pid: int, within: float) -> float:
-        """
-        Wait for C{pid} to exit; how long it took.
-        """
-        started = time.monotonic()
-        try:
-            waitFor(lambda: not pidAlive(pid), within, what=f"pid {pid} to exit")
-        except AssertionError:
-            raise AssertionError(self.proc.logText()[-3000:]) from None
-        return time.monotonic() - started
+from tests.harness import pidAlive
+from tests.protocols.apps import FlipApp
 
 
 @pytest.fixture
 def wsapp(tmp_path: Path) -> Iterator[object]:
-    started: list[WebSocketApp] = []
+    started: list[FlipApp] = []
 
     def start(
         idleGrace: float = 1.0, drainTimeout: float = 30.0, mode: str = ""
-    ) -> WebSocketApp:
-        app = WebSocketApp(tmp_path, idleGrace, drainTimeout, mode)
+    ) -> FlipApp:
+        extra = (mode,) if mode else ()
+        app = FlipApp(tmp_path, "wsapp", idleGrace, drainTimeout, extra=extra)
         started.append(app)
         return app
 
