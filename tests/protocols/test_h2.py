@@ -165,3 +165,35 @@ def test_twoPhaseGoAwayThenCloseWhenStreamsAreDone() -> None:
         clock.advance(0.1)
     assert transport.disconnecting
     assert transport.producer is None
+
+
+def test_aConnectionItsClientClosedIsNotDrained() -> None:
+    """
+    A client that sent its own GOAWAY has a connection twisted.web is closing
+    (h2 refuses every frame after it): draining it sends nothing, and does not
+    fail (it failed the whole drain before, and the process exited with streams
+    of other connections in flight).
+    """
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection as Client
+    from twisted.web._http2 import H2Connection
+
+    from txflip.protocols._h2 import DrainH2Connection
+
+    clock = Clock()
+    server: Any = H2Connection(reactor=clock)
+    server.site = Site(Resource())
+    transport = StringTransport()
+    server.makeConnection(transport)
+    transport.registerProducer(server, True)
+    client = Client(H2Configuration(client_side=True))
+    client.initiate_connection()
+    client.close_connection()
+    server.dataReceived(client.data_to_send())
+    transport.clear()
+    drain = DrainH2Connection(server)
+    drain.clock = clock
+    drain.startDraining()
+    drain.closeIfIdle()
+    clock.advance(2)
+    assert not [f for f in frames(transport.value()) if isinstance(f, GoAwayFrame)]

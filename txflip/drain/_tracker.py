@@ -284,8 +284,12 @@ class ConnectionTracker(Factory):
 
     def _startDraining(self, tracked: _Tracked) -> None:
         drainable = IDrainable(tracked.servingProtocol(), None)
-        if drainable is not None:
+        if drainable is None:
+            return
+        try:
             drainable.startDraining()
+        except Exception:  # noqa: BLE001 - one protocol's bug must not stop the rest
+            self._log.failure("txflip: cannot drain {protocol}", protocol=tracked)
 
     def drain(
         self,

@@ -42,6 +42,7 @@ from txflip.protocols._webdraining import announce
 H2Connection: type | None
 try:
     from h2.events import PingAckReceived
+    from h2.exceptions import ProtocolError
     from hyperframe.frame import GoAwayFrame
     from twisted.web._http2 import H2Connection
 except ImportError:  # twisted.web without HTTP/2 (h2 not installed)
@@ -89,8 +90,8 @@ class _Draining:
             return events
 
         h2.receive_data = receiveData
+        # The PING is in h2's buffer (DrainH2Connection.startDraining): after it.
         connection.transport.write(goAway(MAX_STREAM_ID))
-        h2.ping(OPAQUE)
         connection.transport.write(h2.data_to_send())
         self._late: IDelayedCall = clock.callLater(FINAL_WAIT, self.sendFinal)
         self._poll = LoopingCall(self.check)
@@ -161,6 +162,11 @@ class DrainH2Connection:
     def startDraining(self) -> None:
         connection = self._connection
         if connection in _draining or connection.transport is None:
+            return
+        try:
+            connection.conn.ping(OPAQUE)
+        except ProtocolError:
+            # The client sent its own GOAWAY: twisted.web closes the connection.
             return
         _draining[connection] = _Draining(connection, reactorOrGlobal(self.clock))
 
