@@ -8,6 +8,7 @@ exits as soon as they are done, not at the drain timeout.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -70,6 +71,55 @@ def test_streamInFlightCompletesAndTheNextGoesToTheNewGeneration(h2app) -> None:
     assert out.split() == [str(first), "2", str(second), "2"], (out, err)
     # The slow stream ends about a second after the new generation is ready.
     assert took < 2.0, took
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="needs h2load")
+def test_h2loadThroughThreeUpgrades(h2app) -> None:
+    """
+    h2load opens 100 HTTP/2 connections a second, each sending its 10 requests
+    at once (each answered after 0.3 s, so that every upgrade finds streams in
+    flight), through three upgrades: no request fails, and each old generation
+    has exited within 2 s of the new one being ready.
+
+    (h2load's clients that live on do not reconnect after a GOAWAY: a client
+    with a request queued when one arrives counts it failed, though no server
+    saw it; RFC 9113 lets it retry on a new connection, as curl and browsers
+    do.  So the load is many connections, each with its requests in flight.)
+    """
+    pid = h2app.serving()
+    url = f"{h2app.base}/wait"
+    load = subprocess.Popen(
+        [
+            *("h2load", "-c", "600", "-r", "10", "--rate-period", "100ms"),
+            *("-n", "6000", "-m", "10", url),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    exits = []
+    try:
+        time.sleep(1.0)
+        for _ in range(3):
+            os.kill(pid, signal.SIGHUP)
+            new = h2app.serving(other=pid)
+            exits.append(h2app.exits(pid, 20))
+            pid = new
+        out, _ = load.communicate(timeout=120)
+    finally:
+        if load.poll() is None:
+            load.kill()
+            load.wait()
+    match = re.search(
+        r"requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded, "
+        r"(\d+) failed, (\d+) errored, (\d+) timeout",
+        out,
+    )
+    assert match, out
+    total, succeeded, failed, errored, timedOut = map(int, match.groups())
+    assert (total, succeeded, failed, errored, timedOut) == (6000, 6000, 0, 0, 0), out
+    assert max(exits) < 2.0, exits
+    assert "drain timeout" not in h2app.proc.logText()
 
 
 class Later(Resource):
