@@ -1,9 +1,12 @@
 """
 twisted.web with Autobahn's WebSocketResource behind a C{flip:} endpoint: C{/ws}
 echoes every message, C{/} answers C{hello}.  Autobahn takes the connection over
-from twisted.web on upgrade (it swaps the transport's protocol).
+from twisted.web on upgrade (it swaps the transport's protocol).  With C{direct},
+Autobahn's WebSocketServerFactory itself is served, with no twisted.web.  With
+C{stay}, the protocol provides txflip's IDrainable itself and never ends: a
+WebSocket that outlives the drain.
 
-Usage: wsapp.py DESCRIPTION
+Usage: wsapp.py DESCRIPTION [direct|stay]
 """
 
 import sys
@@ -16,6 +19,9 @@ from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
+from zope.interface import implementer
+
+from txflip import IDrainable
 
 
 class Echo(WebSocketServerProtocol):
@@ -23,11 +29,23 @@ class Echo(WebSocketServerProtocol):
         self.sendMessage(payload, isBinary)
 
 
+@implementer(IDrainable)
+class Stay(Echo):
+    def startDraining(self) -> None:
+        pass
+
+    def closeIfIdle(self) -> None:
+        pass
+
+
 globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
-root = Resource()
-root.putChild(b"", Data(b"hello\n", "text/plain"))
 factory = WebSocketServerFactory()
-factory.protocol = Echo
-root.putChild(b"ws", WebSocketResource(factory))
-serverFromString(reactor, sys.argv[1]).listen(Site(root))
+factory.protocol = Stay if sys.argv[2:] == ["stay"] else Echo
+if sys.argv[2:] == ["direct"]:
+    serverFromString(reactor, sys.argv[1]).listen(factory)
+else:
+    root = Resource()
+    root.putChild(b"", Data(b"hello\n", "text/plain"))
+    root.putChild(b"ws", WebSocketResource(factory))
+    serverFromString(reactor, sys.argv[1]).listen(Site(root))
 reactor.run()

@@ -22,6 +22,7 @@ parent of a generation, a drain's mover).
 
 # The IDrainable and IMovable adapters for twisted.web's channels and others are
 # registered on first use, and only if the server imports them (txflip.protocols).
+from txflip._draining import whenDraining
 from txflip._errors import (
     ChildFailed,
     HandoffError,
@@ -43,7 +44,7 @@ from txflip._logging import startLogging
 from txflip._settings import SettingError
 from txflip.drain._cork import closeWithReply
 from txflip.drain._pending import replyPending
-from txflip.drain._signal import isDraining, whenDraining
+from txflip.drain._signal import isDraining
 from txflip.drain._tracker import ConnectionTracker, IDrainable
 from txflip.generation._ending import Ending, Successor
 from txflip.listen._fds import Listener

@@ -9,72 +9,34 @@ deadline whatever it believes is still open.
 from __future__ import annotations
 
 import os
-import re
 import signal
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from tests.conftest import ROOT
-from tests.harness import ServerProcess, pidAlive, readPidFile, waitFor
-
-pytestmark = pytest.mark.slow
-
-
-class WebSocketApp:
-    def __init__(self, tmp: Path, idleGrace: float, drainTimeout: float) -> None:
-        self.pidfile = tmp / "ws.pid"
-        description = (
-            f"flip:tcp:0:interface=127.0.0.1:pidfile={self.pidfile}"
-            f":idleGrace={idleGrace:g}:drainTimeout={drainTimeout:g}"
-        )
-        argv = [sys.executable, str(ROOT / "tests" / "wsapp.py"), description]
-        self.proc = ServerProcess(
-            argv, tmp / "ws.log", cwd=tmp, env={"PYTHONPATH": str(ROOT)}
-        )
-
-    def serving(self, other: int | None = None) -> int:
-        """
-        The pid that serves, once it is not C{other}.
-        """
-        pid = waitFor(
-            lambda: (
-                (p := readPidFile(self.pidfile)) and p != other and pidAlive(p) and p
-            ),
-            20,
-            what=f"a ready generation; log: {self.proc.logText()[-2000:]}",
-        )
-        self.proc.track(pid)
-        return pid
-
-    @property
-    def url(self) -> str:
-        match = re.search(r"listening on tcp:127\.0\.0\.1:(\d+)", self.proc.logText())
-        assert match, self.proc.logText()
-        return f"ws://127.0.0.1:{match.group(1)}/ws"
-
-    def exits(self, pid: int, within: float) -> float:
-        """
-        Wait for C{pid} to exit; how long it took.
-        """
-        started = time.monotonic()
-        try:
-            waitFor(lambda: not pidAlive(pid), within, what=f"pid {pid} to exit")
-        except AssertionError:
-            raise AssertionError(self.proc.logText()[-3000:]) from None
-        return time.monotonic() - started
+from tests.harness import pidAlive
+from tests.protocols.apps import FlipApp
 
 
 @pytest.fixture
 def wsapp(tmp_path: Path) -> Iterator[object]:
-    started: list[WebSocketApp] = []
+    started: list[FlipApp] = []
 
-    def start(idleGrace: float = 1.0, drainTimeout: float = 30.0) -> WebSocketApp:
-        app = WebSocketApp(tmp_path, idleGrace, drainTimeout)
+    def start(
+        idleGrace: float = 1.0, drainTimeout: float = 30.0, mode: str = ""
+    ) -> FlipApp:
+        extra = (mode,) if mode else ()
+        app = FlipApp(tmp_path, "wsapp", idleGrace, drainTimeout, extra=extra)
         started.append(app)
         return app
 
@@ -110,10 +72,10 @@ def test_closedWebSocketsLetTheOldGenerationExit(wsapp) -> None:
 
 def test_theOldGenerationExitsAtItsDrainDeadline(wsapp) -> None:
     """
-    A WebSocket that never ends is aborted at the drain timeout, and the old
-    generation exits right then.
+    A WebSocket that never ends (its protocol drains itself, and does nothing)
+    is aborted at the drain timeout, and the old generation exits right then.
     """
-    app = wsapp(idleGrace=0.5, drainTimeout=3.0)
+    app = wsapp(idleGrace=0.5, drainTimeout=3.0, mode="stay")
     first = app.serving()
     with connect(app.url, open_timeout=5) as client:
         client.send("stay")
@@ -123,3 +85,111 @@ def test_theOldGenerationExitsAtItsDrainDeadline(wsapp) -> None:
         took = app.exits(first, 20)
     assert took < 3.0 + 2.0, took
     assert "drain timeout: aborting 1 connections" in app.proc.logText()
+
+
+def talk(url: str, name: str, started: threading.Barrier) -> Talk:
+    """
+    One lock-step client: send a message, wait for its echo, pause 20 ms, until
+    the server closes.
+    """
+    talk = Talk()
+    with connect(url, open_timeout=10) as client:
+        started.wait(20)
+        try:
+            while True:
+                message = f"{name} {len(talk.sent)}"
+                client.send(message)
+                talk.sent.append(message)
+                talk.echoed.append(client.recv(timeout=10))
+                time.sleep(0.02)
+        except ConnectionClosed as closed:
+            talk.code = closed.rcvd.code if closed.rcvd is not None else None
+            talk.sentClose = closed.sent is not None
+    return talk
+
+
+class Talk:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.echoed: list[str | bytes] = []
+        self.code: int | None = None
+        self.sentClose = False
+
+
+@pytest.mark.parametrize("mode", ["", "direct"], ids=["WebSocketResource", "direct"])
+def test_webSocketsCloseWith1012AtAMessageBoundary(wsapp, mode: str) -> None:
+    """
+    Twenty clients each sending a message every 20 ms through an upgrade: each
+    is closed by the old generation with close code 1012 (Service Restart)
+    right after an echo (none aborted, every message sent got its echo), and
+    the old generation exits within the idle grace and a second.  Served by
+    twisted.web's WebSocketResource, and by Autobahn's factory directly.
+    """
+    idleGrace = 1.0
+    app = wsapp(idleGrace=idleGrace, drainTimeout=30.0, mode=mode)
+    first = app.serving()
+    url = app.url
+    started = threading.Barrier(21)
+    with ThreadPoolExecutor(20) as pool:
+        talks = [pool.submit(talk, url, f"c{n}", started) for n in range(20)]
+        started.wait(20)
+        time.sleep(0.3)
+        os.kill(first, signal.SIGHUP)
+        app.serving(other=first)
+        took = app.exits(first, 20)
+        results = [t.result(timeout=20) for t in talks]
+    assert took < idleGrace + 1.0, took
+    assert [r.code for r in results] == [1012] * 20
+    for r in results:
+        assert r.sentClose  # the closing handshake completed: not an abort
+        assert len(r.sent) > 5
+        assert r.echoed == r.sent  # no message lost
+    with connect(url, open_timeout=5) as client:
+        client.send("again")
+        assert client.recv(timeout=5) == "again"
+
+
+def test_autobahnIsNotImportedByTxflip() -> None:
+    """
+    txflip drains Autobahn's protocols without importing Autobahn: a process
+    that does not use it does not pay for it.
+    """
+    code = "import sys, txflip; print('autobahn' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_autobahnStillHasWhatWeUse() -> None:
+    """
+    What L{txflip.protocols._websocket} uses of Autobahn beyond its documented
+    API is still there, on a server protocol past its opening handshake.
+    """
+    from autobahn.twisted.websocket import (
+        WebSocketServerFactory,
+        WebSocketServerProtocol,
+    )
+    from twisted.internet.testing import StringTransport
+
+    from txflip.protocols._websocket import MODULE, PRIVATE, isWebSocket
+
+    factory = WebSocketServerFactory()
+    factory.protocol = WebSocketServerProtocol
+    protocol: Any = factory.buildProtocol(None)
+    protocol.makeConnection(StringTransport())
+    protocol.dataReceived(
+        b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    assert protocol.state == protocol.STATE_OPEN
+    for name in PRIVATE:
+        assert hasattr(protocol, name), name
+    assert protocol.STATE_OPEN != protocol.STATE_CONNECTING
+    assert isWebSocket(protocol)
+    assert MODULE in sys.modules

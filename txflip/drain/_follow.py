@@ -51,3 +51,19 @@ def follow(transport: ITransport, onLost: Callable[[], object]) -> bool:
     except AttributeError:
         return False
     return True
+
+
+def currentProtocol(transport: object, tracking: object, wrapped: object) -> object:
+    """
+    The protocol that serves C{transport}'s connection now: C{wrapped}, the one
+    C{tracking} (txflip's wrapper in front of it) was built for, unless the
+    connection was handed over to another protocol since (the transport's
+    C{protocol}, or C{wrappedProtocol} for a wrapping transport such as TLS,
+    which is where Autobahn's C{WebSocketResource} puts its own).
+    """
+    now = getattr(transport, "wrappedProtocol", None)
+    if now is None:
+        now = getattr(transport, "protocol", None)
+    if now is None or now is tracking:
+        return wrapped
+    return now

@@ -43,7 +43,7 @@ from zope.interface import (
 
 from txflip._reactor import Clock
 from txflip._settings import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE
-from txflip.drain._follow import follow
+from txflip.drain._follow import currentProtocol, follow
 from txflip.drain._negotiation import passNegotiation
 from txflip.drain._signal import connectionDraining, processDraining
 from txflip.drain._watch import Watch, watchFor
@@ -126,6 +126,13 @@ class _Tracked(Protocol):
             self.wrapped.connectionLost(reason)
         finally:
             self._tracker._unregister(self)
+
+    def servingProtocol(self) -> object:
+        """
+        The protocol serving the connection now: the one we wrap, or the one it
+        handed the connection to.
+        """
+        return currentProtocol(self.transport, self, self.wrapped)
 
     def _transportLost(self) -> None:
         self.connected = 0
@@ -287,14 +294,18 @@ class ConnectionTracker(Factory):
             return
         self._startDraining(tracked)
         if self._graceOver:
-            drainable = IDrainable(tracked.wrapped, None)
+            drainable = IDrainable(tracked.servingProtocol(), None)
             if drainable is not None:
                 drainable.closeIfIdle()
 
     def _startDraining(self, tracked: _Tracked) -> None:
-        drainable = IDrainable(tracked.wrapped, None)
-        if drainable is not None:
+        drainable = IDrainable(tracked.servingProtocol(), None)
+        if drainable is None:
+            return
+        try:
             drainable.startDraining()
+        except Exception:  # noqa: BLE001 - one protocol's bug must not stop the rest
+            self._log.failure("txflip: cannot drain {protocol}", protocol=tracked)
 
     def drain(
         self,
@@ -339,7 +350,7 @@ class ConnectionTracker(Factory):
         for tracked in list(self._live):
             if mover is not None and mover.holds(tracked):
                 continue
-            drainable = IDrainable(tracked.wrapped, None)
+            drainable = IDrainable(tracked.servingProtocol(), None)
             if drainable is not None:
                 drainable.closeIfIdle()
         if mover is not None:

@@ -96,7 +96,7 @@ class ChannelMover:
         """
         if not self._channel.open or tracker not in self._keys:
             return False
-        if IMovable(tracked.wrapped, None) is None:
+        if IMovable(tracked.servingProtocol(), None) is None:
             return False
         if movableSocket(tracked.transport) is None:
             return False
@@ -175,7 +175,7 @@ class ChannelMover:
         if unsentBytes(transport):
             return None
         try:
-            state = exportState(tracked.wrapped)
+            state = exportState(tracked.servingProtocol())
             if state is None:
                 return None
             id = next(self._ids)

@@ -22,6 +22,8 @@ from zope.interface.interface import InterfaceClass, adapter_hooks
 FAMILIES: dict[str, tuple[str, ...]] = {
     "twisted.web.http": ("txflip.protocols._web", "txflip.protocols._webmove"),
     "twisted.protocols.basic": ("txflip.protocols._basic",),
+    "twisted.web._http2": ("txflip.protocols._h2",),
+    "autobahn.twisted.websocket": ("txflip.protocols._websocket",),
 }
 _registered: set[str] = set()
 _interfaces: set[InterfaceClass] = set()

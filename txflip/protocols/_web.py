@@ -14,8 +14,9 @@ The policy, HAProxy's C{idle-close-on-response} applied to a Twisted server:
     response it is sending completes (never while part of a request has arrived).
 
 Closing idle keep-alive connections at once would race the client's next request:
-a client that does not retry would see that request fail.  HTTP/2 connections are
-left to finish (no GOAWAY yet) and are aborted at the drain timeout.
+a client that does not retry would see that request fail.  HTTP/2 connections
+drain with a two-phase GOAWAY (L{txflip.protocols._h2}).  A resource that streams
+hears of the drain through L{txflip.whenDraining}.
 
 twisted.web has no public API for any of this.  We wrap two of C{HTTPChannel}'s
 public methods on the draining instance (C{writeHeaders}, which every response's
@@ -36,6 +37,7 @@ from zope.interface import implementer
 
 from txflip.drain._cork import cork
 from txflip.drain._tracker import IDrainable
+from txflip.protocols._webdraining import announce
 
 #: The private attributes of HTTPChannel (and its LineReceiver base) we read.
 PRIVATE = ("_buffer", "_dataBuffer", "_handlingRequest")
@@ -113,12 +115,28 @@ class DrainHTTPChannel:
         channel = getattr(self._protocol, "_channel", self._protocol)
         return channel if isinstance(channel, HTTPChannel) else None
 
+    def _other(self) -> IDrainable | None:
+        """
+        The drain of the channel negotiated instead of HTTP/1.x (HTTP/2).
+        """
+        channel = getattr(self._protocol, "_channel", None)
+        if channel is None or isinstance(channel, HTTPChannel):
+            return None
+        return IDrainable(channel, None)
+
     def startDraining(self) -> None:
+        other = self._other()
+        if other is not None:
+            other.startDraining()
         channel = self._channel
         if channel is not None and channel not in _draining:
             _draining[channel] = _Draining(channel)
+            announce(channel)
 
     def closeIfIdle(self) -> None:
+        other = self._other()
+        if other is not None:
+            other.closeIfIdle()
         channel = self._channel
         if channel is not None and channel in _draining:
             _draining[channel].closeIfIdle()

@@ -22,6 +22,7 @@ from zope.interface import implementer
 
 from txflip.move._movable import ConnectionState, IMovable, StateRefused
 from txflip.protocols._web import _busy
+from txflip.protocols._webdraining import announce
 
 #: An idle keep-alive connection, which carries no bytes.
 IDLE = 1
@@ -39,6 +40,8 @@ class MoveHTTPChannel:
         if not isinstance(channel, HTTPChannel) or channel.transport is None:
             return None
         if not channel.persistent or _busy(channel):
+            # A response that streams must end for the connection to move.
+            announce(channel)
             return None
         # The idle timeout must not close the socket while it is in transit.
         channel.resetTimeout()
