@@ -20,6 +20,8 @@ from tests.conftest import ROOT, Flip, reapExited, twistdCommand
 from tests.framed import AMPCodec, Codec, Connection, IntN, ampBox
 from tests.harness import freePort, waitFor, waitForUpgrade
 
+pytestmark = pytest.mark.slow
+
 EXAMPLES = ROOT / "examples"
 UPGRADES = 3
 

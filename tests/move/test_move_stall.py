@@ -15,10 +15,14 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import lines, spawned
 from tests.harness import pidAlive, waitFor
 from txflip.move._out import ANSWER_TIMEOUT
 from txflip.run._workers import openConnections
+
+pytestmark = pytest.mark.slow
 
 
 def stopped(pid: int) -> bool:

@@ -103,6 +103,7 @@ def half(message: bytes, family: str) -> tuple[bytes, bytes]:
     return data[:cut], data[cut:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(CODECS))
 def test_framingReceiversDrainAndMoveThroughUpgrades(served, family: str) -> None:
     """

@@ -38,6 +38,7 @@ def h2app(tmp_path: Path) -> Iterator[FlipApp]:
     app.proc.close()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 def test_streamInFlightCompletesAndTheNextGoesToTheNewGeneration(h2app) -> None:
     """
@@ -77,6 +78,7 @@ def test_streamInFlightCompletesAndTheNextGoesToTheNewGeneration(h2app) -> None:
     shutil.which("h2load") is None,
     reason="needs h2load (apt-get install nghttp2-client, as .ci/run does)",
 )
+@pytest.mark.slow
 def test_h2loadThroughThreeUpgrades(h2app) -> None:
     """
     h2load opens 100 HTTP/2 connections a second, each sending its 10 requests

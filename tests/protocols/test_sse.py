@@ -23,6 +23,8 @@ import pytest
 
 from tests.protocols.apps import FlipApp
 
+pytestmark = pytest.mark.slow
+
 
 class EventSource:
     """

@@ -70,6 +70,7 @@ def test_closedWebSocketsLetTheOldGenerationExit(wsapp) -> None:
     assert "previous generation hasn't exited" not in app.proc.logText()
 
 
+@pytest.mark.slow
 def test_theOldGenerationExitsAtItsDrainDeadline(wsapp) -> None:
     """
     A WebSocket that never ends (its protocol drains itself, and does nothing)
