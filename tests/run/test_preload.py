@@ -22,6 +22,7 @@ from tests.supervised import Supervised
 from txflip.generation._command import Command
 from txflip.run._forked import exitReason
 from txflip.run._runners import Runner, preloadable
+from txflip.run._template import entryPoint
 
 PLUGIN = """\
 from twisted.application.service import ServiceMaker
@@ -226,3 +227,19 @@ def test_exitReasons() -> None:
     assert howItEnded(exitReason(3 << 8)) == "exited with status 3"
     assert howItEnded(exitReason(signal.SIGKILL)) == "was killed by SIGKILL"
     assert howItEnded(exitReason(0)) == "exited with status 0"
+
+
+def test_onlyTwistdsEntryPointIsParsedInTheTemplate(tmp_path: Path) -> None:
+    """
+    An installer's twistd script is twistd: its options are parsed in the
+    template.  Any other script named twistd (one that extends C{sys.path}, or a
+    broken release) is run as it is, in the worker.
+    """
+    (twistd,) = twistdCommand()[1:]
+    assert entryPoint(twistd)
+    own = tmp_path / "twistd"
+    own.write_text(
+        "#!/usr/bin/python3\nimport sys\nsys.path.insert(0, '/srv/app')\n"
+        "from twisted.scripts.twistd import run\nsys.exit(run())\n"
+    )
+    assert not entryPoint(str(own))

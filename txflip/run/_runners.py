@@ -2,7 +2,7 @@
 Which worker commands C{txflip run} can preload (L{txflip.run._preload}), and how.
 
 A preloading template is the command's own interpreter running
-L{txflip.run._template}: so the command must be a Python program started in a
+L{txflip.run._template}, so the command must be a Python program started in a
 way the template can reproduce after its fork.  Three are known:
 
   - C{twistd}: the script (C{venv/bin/twistd}, C{python /path/twistd}) or
@@ -32,6 +32,14 @@ from txflip.generation._command import Command
 _FLAGS = frozenset({"-u", "-B", "-O", "-OO", "-s", "-E"})
 _PYTHON = re.compile(r"python[0-9.]*\Z")
 _TWISTD_MODULE = "twisted.scripts.twistd"
+#: How a template starts: C{python -c BOOTSTRAP TXFLIP_PATH KIND ...}.  The
+#: command's interpreter may find txflip only as its program does (a script that
+#: extends C{sys.path} itself): the supervisor's own txflip is then the last
+#: resort, never ahead of the application's.
+BOOTSTRAP = (
+    "import runpy, sys; sys.path.append(sys.argv.pop(1));"
+    " runpy.run_module('txflip.run._template', run_name='__main__', alter_sys=True)"
+)
 
 
 @dataclass(frozen=True)
@@ -59,8 +67,9 @@ class Runner:
         return [
             self.interpreter,
             *self.flags,
-            "-m",
-            "txflip.run._template",
+            "-c",
+            BOOTSTRAP,
+            os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
             self.kind,
             self.target,
             self.name,

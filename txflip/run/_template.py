@@ -3,7 +3,7 @@ The preloading template: one fresh interpreter per generation of C{txflip run}
 that imports the application, then forks the generation's workers, which share
 its pages copy-on-write.
 
-Run as C{python -m txflip.run._template KIND TARGET NAME ARGV...} (see
+Run as C{txflip.run._template KIND TARGET NAME ARGV...} (see
 L{txflip.run._runners.Runner}) with fd 3 a C{SOCK_SEQPACKET} socket to the
 supervisor (L{txflip.run._preload}).  It says C{{"ready": PID}} once its imports
 are done (or C{{"error": ...}} and exits), then serves fork requests: each carries
@@ -26,6 +26,7 @@ the template is, and is kept small.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import select
@@ -99,14 +100,51 @@ def _warm() -> None:
             pass
 
 
+#: The statements of an installer's entry-point script for twistd (pip,
+#: setuptools): running it is running C{twisted.scripts.twistd.run}.
+_ENTRY_POINT = frozenset(
+    {
+        "import re",
+        "import sys",
+        "from twisted.scripts.twistd import run",
+        "if __name__ == '__main__':",
+        'if __name__ == "__main__":',
+        "sys.exit(run())",
+    }
+)
+
+
+def entryPoint(path: str) -> bool:
+    """
+    Whether script C{path} is twistd's entry point and nothing else: anything
+    else (a script that extends C{sys.path}, or one that is not twistd at all
+    any more) is run as it is, in the worker.  Read by each template: the
+    script may change between generations.
+    """
+    try:
+        with open(path) as f:
+            text = f.read(4096)
+    except (OSError, ValueError):
+        return False
+    lines = [line.strip() for line in text.splitlines()]
+    statements = [line for line in lines if line and not line.startswith("#")]
+    return "from twisted.scripts.twistd import run" in statements and all(
+        line in _ENTRY_POINT or line.startswith("sys.argv[0] = re.sub(")
+        for line in statements
+    )
+
+
 def prepare(kind: str, target: str, argv: list[str]) -> Callable[[], object]:
     """
     Import what C{kind} needs (not the reactor); what the worker runs after the
     fork.
     """
     sys.argv = list(argv)
-    if kind == "script":
-        sys.path[0] = os.path.dirname(os.path.realpath(target))
+    if kind == "twistd" and os.path.isfile(target) and not entryPoint(target):
+        kind = "script"
+    # Where the command would have found its own modules first.
+    script = kind != "module" and os.path.isfile(target)
+    sys.path[0] = os.path.dirname(os.path.realpath(target)) if script else os.getcwd()
     if kind != "twistd":
         _warm()
         import runpy
@@ -250,6 +288,9 @@ def main(args: Sequence[str]) -> int:
             traceback.print_exc()
         _send(sock, {"error": error.splitlines()[-1] if error else type(e).__name__})
         return 1
+    # What we imported stays out of the collector's reach: a collection in a
+    # worker would otherwise write to (and so copy) every page of it.
+    gc.freeze()
     _send(sock, {"ready": os.getpid()})
     try:
         serve(sock)
