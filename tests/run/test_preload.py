@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import ROOT, twistdCommand
 from tests.harness import pidAlive, waitFor
 from tests.run.test_run import _ppid, echo
-from tests.supervised import Supervised
+from tests.supervised import Supervised, flipecho, txflip
 from txflip.generation._command import Command
 from txflip.run._forked import exitReason
 from txflip.run._runners import Runner, preloadable
@@ -243,3 +243,23 @@ def test_onlyTwistdsEntryPointIsParsedInTheTemplate(tmp_path: Path) -> None:
         "from twisted.scripts.twistd import run\nsys.exit(run())\n"
     )
     assert not entryPoint(str(own))
+
+
+def test_aShellCommandIsStartedAnew(tmp_path: Path) -> None:
+    """
+    A command that is not a Python program is exec'd for every worker, as
+    without preloading, and the supervisor says why; C{--preload} refuses it.
+    """
+    command = ["sh", "-c", 'exec "$@"', "sh", *flipecho()]
+    run = Supervised(tmp_path, command, "--workers", "2")
+    try:
+        pids = run.waitReady()
+        assert {_ppid(pid) for pid in pids} == {run.pid}
+        assert "txflip run: not preloading: sh is not a Python program" in (
+            run.logText()
+        )
+    finally:
+        run.close()
+    refused = txflip("run", "--preload", "--", *command)
+    assert refused.returncode == 1
+    assert refused.stderr == "txflip run: --preload: sh is not a Python program\n"

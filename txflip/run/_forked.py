@@ -20,12 +20,11 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 
-from txflip._errors import ChildFailed, Stopping, UpgradeTimeout
+from txflip._errors import ChildFailed, Stopping
 from txflip.generation import _handoff
 from txflip.generation._childpipes import ChildPipes
 from txflip.generation._detach import PidWatch
-from txflip.generation._exits import describeExit
-from txflip.generation._spawn import Spawn
+from txflip.generation._spawn import ChildOutcome, Spawn
 
 
 def exitReason(status: int | None) -> Failure:
@@ -43,7 +42,7 @@ def exitReason(status: int | None) -> Failure:
     return Failure(ProcessTerminated(code, None, status))
 
 
-class PreloadedWorker:
+class PreloadedWorker(ChildOutcome):
     """
     A worker forked by a template: a L{txflip.run._workers.WorkerProcess}.
 
@@ -141,26 +140,13 @@ class PreloadedWorker:
         if pid:
             self.exited(None if status < 0 else status)
 
-    # -- the ready pipe -----------------------------------------------------------
-
     def _received(self, data: bytes) -> None:
         self._buffer += data
         while b"\n" in self._buffer:
             line, self._buffer = self._buffer.split(b"\n", 1)
-            if line + b"\n" == _handoff.READY_MESSAGE:
-                self._childReady()
-            elif line.startswith(_handoff.ERROR_PREFIX):
-                error = line[len(_handoff.ERROR_PREFIX) :]
-                self.childError = error.decode("utf-8", "replace")
+            self._readyLine(line)
         if len(self._buffer) > _handoff.MAX_ERROR + 64:
             self._fail(ChildFailed(f"child pid={self.pid} sent garbage"))
-
-    def _childReady(self) -> None:
-        if self._ready or self._failure is not None:
-            return
-        self._ready = True
-        self._cancelTimeout()
-        self.result.callback(self.pid)
 
     # -- WorkerProcess ------------------------------------------------------------
 
@@ -173,28 +159,11 @@ class PreloadedWorker:
         self._fail(Stopping())
         return self.result
 
-    def _timedOut(self, timeout: float) -> None:
-        self._timeout = None
-        self._fail(
-            UpgradeTimeout(
-                f"child pid={self.pid} was not ready within {timeout:g} s; killed it"
-            )
-        )
-
-    def _fail(self, error: Exception) -> None:
-        if self._ready or self._failure is not None or self._ended:
-            return
-        self._failure = error
-        self._cancelTimeout()
+    def _kill(self) -> None:
         if self.pid:
             self.signal("KILL")
-        else:  # not forked yet: forked() kills it if it ever is
+        elif not self._ended:  # not forked yet: forked() kills it if it ever is
             self._end(None)
-
-    def _cancelTimeout(self) -> None:
-        if self._timeout is not None and self._timeout.active():
-            self._timeout.cancel()
-        self._timeout = None
 
     def _end(self, reason: Failure | None) -> None:
         if self._ended:
@@ -207,12 +176,7 @@ class PreloadedWorker:
         if self._ready:
             self._afterReady(reason or exitReason(None))
             return
-        if self._failure is None:
-            message = describeExit(self.pid, reason)
-            if self.childError:
-                message = f"{message}: {self.childError}"
-            self._failure = ChildFailed(message)
-        self.result.errback(Failure(self._failure))
+        self._failedBeforeReady(reason)
 
     @property
     def gone(self) -> bool:
