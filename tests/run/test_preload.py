@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import ROOT, twistdCommand
 from tests.harness import pidAlive, waitFor
-from tests.run.test_run import _ppid, echo
+from tests.run.test_run import _ppid, echo, zombies
 from tests.supervised import Supervised, flipecho, txflip
 from txflip.generation._command import Command
 from txflip.run._forked import exitReason
@@ -263,3 +263,23 @@ def test_aShellCommandIsStartedAnew(tmp_path: Path) -> None:
     refused = txflip("run", "--preload", "--", *command)
     assert refused.returncode == 1
     assert refused.stderr == "txflip run: --preload: sh is not a Python program\n"
+
+
+def test_aDeadTemplateLeavesNoWorkerUnwatched(
+    preloaded: tuple[PreloadApp, Supervised],
+) -> None:
+    """
+    The template killed, its workers (now the supervisor's children) serve on;
+    one of them killed is seen, reaped and replaced by a new template's worker.
+    """
+    _, run = preloaded
+    first = run.waitReady()
+    os.kill(template(run, first), signal.SIGKILL)
+    waitFor(lambda: {_ppid(pid) for pid in first} == {run.pid}, 10, what="orphans")
+    assert run.ready() == first and echo(run.port) == b"hello\n"
+    os.kill(first[0], signal.SIGKILL)
+    replaced = waitFor(
+        lambda: [p for p in run.ready() if p not in first], 30, what="a replacement"
+    )
+    assert template(run, replaced) != run.pid
+    assert not zombies(run.pid) and "was killed by SIGKILL" in run.logText()
