@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,8 @@ from tests.harness import pidAlive, waitFor
 from tests.run.test_run import _ppid, echo, zombies
 from tests.supervised import Supervised, flipecho, txflip
 from txflip.generation._command import Command
-from txflip.run._forked import exitReason
+from txflip.generation._spawn import Spawn
+from txflip.run._forked import PreloadedWorker, exitReason
 from txflip.run._runners import Runner, preloadable
 from txflip.run._template import entryPoint
 
@@ -283,3 +285,57 @@ def test_aDeadTemplateLeavesNoWorkerUnwatched(
     )
     assert template(run, replaced) != run.pid
     assert not zombies(run.pid) and "was killed by SIGKILL" in run.logText()
+
+
+def fakeWorker(reasons: list[str]) -> tuple[Any, PreloadedWorker]:
+    """
+    A preloaded worker on a fake reactor, as its template's reports drive it.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from txflip.generation._exits import howItEnded
+
+    reactor = MemoryReactorClock()
+    spawn = Spawn(Command(sys.executable, (sys.executable,), "/"), {}, 2, [], 5.0)
+    worker = PreloadedWorker(
+        reactor, spawn, lambda reason: reasons.append(howItEnded(reason))
+    )
+    return reactor, worker
+
+
+def failure(d: Any) -> str:
+    failures: list[str] = []
+    d.addErrback(lambda f: failures.append(f.getErrorMessage()))
+    return failures[0]
+
+
+def test_aWorkerNeverForkedTimesOut() -> None:
+    reactor, worker = fakeWorker([])
+    assert worker.fds and not worker.started.called
+    reactor.advance(5)
+    assert failure(worker.result) == "child pid=0 was not ready within 5 s; killed it"
+    assert worker.gone and not worker.fds
+
+
+def test_aWorkerThatExitsBeforeReadySaysWhy() -> None:
+    _, worker = fakeWorker([])
+    worker.forked(os.getpid())
+    assert worker.started.result == os.getpid()
+    worker._received(b"error cannot listen\n")
+    worker.exited(3 << 8)
+    assert failure(worker.result) == (
+        f"child pid={os.getpid()} exited with status 3 before it was ready:"
+        " cannot listen"
+    )
+
+
+def test_aWorkerKilledAfterReadyIsReported() -> None:
+    reasons: list[str] = []
+    _, worker = fakeWorker(reasons)
+    worker.forked(os.getpid())
+    worker._received(b"rea")
+    worker._received(b"dy\n")
+    assert worker.result.result == os.getpid()
+    worker.exited(signal.SIGKILL)
+    worker.exited(0)  # said twice (the template, then its pidfd): once
+    assert reasons == ["was killed by SIGKILL"]
