@@ -17,7 +17,17 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT
-from tests.harness import Load, allGone, killedAtEnd, pidAlive, readPidFile, waitFor
+from tests.harness import (
+    Load,
+    allGone,
+    killedAtEnd,
+    pidAlive,
+    readPidFile,
+    waitFor,
+)
+from tests.harness import (
+    txflipCheck as check,
+)
 from tests.supervised import Supervised, flipecho, pidFileStays, txflip
 
 # A worker command that fails when the file "broken" exists in its directory (a bad
@@ -308,6 +318,28 @@ def test_upgradeByPidFileRefusesASupervisorAtOnce(supervised: Any) -> None:
     ), result.stderr
     assert run.waitReady() == old
     assert "SIGHUP" not in run.logText()
+
+
+@pytest.mark.slow
+def test_txflipCheckThroughTheControlSocketFollowsTheWorkers(supervised: Any) -> None:
+    """
+    C{txflip check --control} against C{txflip run}: the pid the control socket
+    names is the supervisor's, which never exits, so the check follows the ready
+    workers and counts an upgrade complete once every old one is gone.
+    """
+    run = supervised(flipecho(), "--workers", "2", "--probation", "0")
+    old = run.waitReady()
+    status, report, stderr = check(
+        "--port", str(run.port), "--control", str(run.control),
+        "--short-clients", "2", "--long-clients", "2",
+        "--duration", "3", "--upgrades", "1", "--upgrade-timeout", "20",
+    )  # fmt: skip
+    new = run.waitReady()
+    assert status == 0, (report["failures"], stderr)
+    (upgrade,) = report["upgrades"]
+    assert upgrade["old_pid"] in old and upgrade["new_pid"] in new
+    assert 0 < upgrade["to_new_s"] <= upgrade["to_old_gone_s"]
+    assert allGone(*old)() and pidFileStays(run)
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ from typing import IO, Any
 
 from txflip._cli import argNumber, argSeconds
 from txflip._errors import CheckError
-from txflip.check._control import controlUpgrade, servingPid
+from txflip.check._control import controlUpgrade, servingPids
 from txflip.check._drive import runLoad
 from txflip.check._echoload import Load, probeEcho
 from txflip.check._http import runHTTP
@@ -271,7 +271,7 @@ def upgrader(args: argparse.Namespace) -> Callable[[int], Upgrade] | None:
     @raise CheckError: with the reason.
     """
     if args.control is not None:
-        servingPid(args.control, args.ioTimeout)
+        servingPids(args.control, args.ioTimeout)
         return functools.partial(
             controlUpgrade, args.control, timeout=args.upgradeTimeout
         )
