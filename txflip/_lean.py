@@ -8,11 +8,11 @@ with it libssl and libcrypto) if it can, and Twisted's TCP support imports
 pyOpenSSL and cryptography (about 12 MiB) if it can.  Both take an C{ImportError}
 as "no TLS here", so a C{None} in C{sys.modules} keeps each out.  Deferreds are
 imported by the package's own C{__init__}, before any code of C{txflip run} runs:
-so the package imports this module first, and it calls L{keepOutOfSupervisor}, and the command line alone
-tells (the C{txflip} script, or C{python -m txflip}, with C{run} as its
-subcommand).  The workers, separate programs, are not affected; an option that
-needs one of them back asks for it (L{letIn}: C{--admin}'s metrics use
-C{prometheus_client}, which imports C{ssl}).
+so the package imports this module first, which decides from the command line
+alone (L{keepsTLSOut}).  The workers, separate programs, are not affected.  Nor is a
+supervisor with C{--admin}: its metrics use C{prometheus_client}, which needs
+C{ssl}, and so does the C{urllib.request} that Twisted imports on the way (it
+leaves out its HTTPS support for good if C{ssl} is missing as it is imported).
 """
 
 from __future__ import annotations
@@ -25,16 +25,22 @@ from collections.abc import Sequence
 TLS = ("ssl", "OpenSSL")
 
 
-def isSupervisor(argv: Sequence[str], origArgv: Sequence[str]) -> bool:
+def keepsTLSOut(argv: Sequence[str], origArgv: Sequence[str]) -> bool:
     """
-    Whether this process is C{txflip run}'s supervisor: started as the C{txflip}
-    script or as C{python -m txflip}, with C{run} as its subcommand.
+    Whether this process is a supervisor that keeps TLS out: C{txflip run}'s
+    (started as the C{txflip} script or as C{python -m txflip}, with C{run} as
+    its subcommand) without C{--admin}.
 
     @param argv: C{sys.argv} (while C{-m} locates its module, C{argv[0]} is
         C{"-m"}; then C{origArgv} says which module).
     @param origArgv: C{sys.orig_argv}, the interpreter's own command line.
     """
     if argv[1:2] != ["run"]:
+        return False
+    options = argv[2 : argv.index("--")] if "--" in argv else argv[2:]
+    if any(each.startswith("--a") for each in options):
+        # --admin, or a prefix argparse accepts for it; with no "--", perhaps an
+        # argument of the command: then only this saving is lost.
         return False
     if argv[0] == "-m":
         # The module follows the first -m (options before it are the
@@ -53,21 +59,11 @@ def keepOut(names: Sequence[str] = TLS) -> None:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]
 
 
-def letIn(name: str) -> None:
-    """
-    Let C{name} be imported again after L{keepOut}.  Modules imported while it
-    was kept out keep their fallback (asyncio, without TLS: the supervisor never
-    uses it).
-    """
-    if name in sys.modules and sys.modules[name] is None:
-        del sys.modules[name]
-
-
 def keepOutOfSupervisor() -> None:
     """
     In the supervisor, keep L{TLS} out.
     """
-    if isSupervisor(sys.argv, getattr(sys, "orig_argv", ())):
+    if keepsTLSOut(sys.argv, getattr(sys, "orig_argv", ())):
         keepOut()
 
 

@@ -111,10 +111,7 @@ class _Run:
             self.controlSock = bindSocket(self.controlSpec)  # ListenError: one line
         self.admin = self.adminSock = None
         if args.admin:
-            from txflip import _lean
             from txflip.run._admin import RunAdmin, bindAdmin
-
-            _lean.letIn("ssl")  # prometheus_client imports it
 
             self.adminSock = bindAdmin(args.admin)
             self.admin = RunAdmin(self.supervisor)
