@@ -68,8 +68,12 @@ def readyPids(server: Running, generation: int, count: int) -> list[int] | None:
     return pids if len(pids) == count else None
 
 
-def supervised(count: int, options: Sequence[str] = ()) -> Running:
-    server = start(f"txflip-run-{count}", options=options)
+def supervised(count: int, options: Sequence[str] = (), app: str = "run") -> Running:
+    """
+    C{txflip run --workers count} with C{options} once every worker is ready:
+    of flipecho (C{app} "run") or of bench.hello's web application ("web").
+    """
+    server = start(f"txflip-{app}-{count}", options=options)
     _common.waitUntil(f"{count} ready workers", lambda: readyPids(server, 1, count), 30)
     return server
 
