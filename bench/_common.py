@@ -76,6 +76,11 @@ class BenchError(Exception):
     """
 
 
+def codeName() -> str:
+    """Where the servers import txflip from, in words (L{options})."""
+    return _CODE_NAME
+
+
 def resolve(commit: str) -> str:
     """
     The short hash of C{commit} in this checkout (C{commit} itself if unknown).

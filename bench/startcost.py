@@ -62,7 +62,7 @@ def importTxflip(code: Path) -> tuple[float, int]:
 
 def main() -> None:
     args = options(__doc__, runs=15, against="")
-    codes = {"the checkout": _common.CODE}
+    codes = {_common.codeName(): _common.CODE}
     if args.against:
         before = Path(tempfile.mkdtemp(prefix="txflip-bench-src-"))
         atexit.register(shutil.rmtree, before, ignore_errors=True)
@@ -117,7 +117,7 @@ def main() -> None:
             rows,
         )
     )
-    over = median(upgrades["the checkout"]) - median(plain)
+    over = median(upgrades[_common.codeName()]) - median(plain)
     verdict = "met" if over <= 0.010 else "MISSED"
     print()
     print(

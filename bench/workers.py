@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -33,17 +32,14 @@ from dataclasses import dataclass
 
 from bench import _common
 from bench._common import (
-    BenchError,
-    Running,
     header,
-    median,
     ms,
     options,
     pssKib,
     rssKib,
     table,
 )
-from bench.supervisor import readyPids, status, supervised
+from bench.supervisor import readyPids, status, supervised, upgradeTimes
 from bench.web import wrk
 
 DEFAULT_MODES = "exec=--no-preload preload=--preload"
@@ -99,37 +95,10 @@ def knownModes(modes: dict[str, list[str]]) -> dict[str, list[str]]:
     return kept
 
 
-def hupTimes(server: Running, count: int, upgrades: int) -> tuple[float, float]:
-    """
-    Median (SIGHUP -> every new worker ready, SIGHUP -> every old one gone).
-    """
-    toServing, toGone = [], []
-    for _ in range(upgrades):
-        generation = int(str(status(server)["generation"]))
-        old = readyPids(server, generation, count)
-        assert old is not None
-        began = time.monotonic()
-        os.kill(server.proc.pid, signal.SIGHUP)
-        deadline = began + 120
-        while readyPids(server, generation + 1, count) is None:
-            if time.monotonic() > deadline:
-                raise BenchError(f"{count} workers: no new generation in 120 s")
-            time.sleep(0.005)
-        toServing.append(time.monotonic() - began)
-
-        def gone(old: list[int] = old) -> bool:
-            return not any(map(_common.pidAlive, old))
-
-        _common.waitUntil("old workers gone", gone, 120)
-        toGone.append(time.monotonic() - began)
-        time.sleep(0.3)
-    return median(toServing), median(toGone)
-
-
 def measure(count: int, args: Sequence[str], upgrades: int, seconds: float) -> Figures:
     server = supervised(count, args, app="web")
     try:
-        toServing, toGone = hupTimes(server, count, upgrades)
+        toServing, toGone = upgradeTimes(server, count, upgrades, hup=True)
         time.sleep(1.0)  # idle
         generation = int(str(status(server)["generation"]))
         pids = [server.proc.pid, *(readyPids(server, generation, count) or [])]
