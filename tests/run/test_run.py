@@ -540,6 +540,66 @@ def test_theSupervisorKeepsTlsOut(supervised: Any) -> None:
         assert "/cryptography/" not in f.read()
 
 
+#: Written where PYTHONPATH puts it first: every process of the run writes the names
+#: of the modules it holds as it exits, in modules-PID.
+_DUMP_MODULES = """\
+import atexit, os, sys
+
+def _dump():
+    loaded = sorted(n for n, m in list(sys.modules.items()) if m is not None)
+    with open(os.path.join({where!r}, f"modules-{{os.getpid()}}"), "w") as f:
+        f.write("\\n".join(loaded))
+
+atexit.register(_dump)
+"""
+
+#: What a plain supervisor (no --admin) keeps out: TLS (Python's and pyOpenSSL's),
+#: the web and the metrics (the workers' business, and --admin's), the checker's
+#: clients (its parser, txflip.check._cli, is every txflip command's).
+KEPT_OUT = (
+    "ssl",
+    "_ssl",
+    "OpenSSL",
+    "cryptography",
+    "twisted.web",
+    "prometheus_client",
+    "txflip.check._drive",
+    "txflip.check._http",
+    "h11",
+)
+
+
+@pytest.mark.slow
+def test_thePlainSupervisorImportsOnlyWhatItUses(supervised: Any) -> None:
+    """
+    A supervisor without --admin, through its start, an upgrade and a graceful
+    stop, never imports TLS, twisted.web, prometheus_client or the checker
+    (each costs memory in the one process that lives as long as the service); a
+    worker of the same run has ssl.
+    """
+    tmp = supervised.tmp
+    site = tmp / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_DUMP_MODULES.format(where=str(tmp)))
+    run = Supervised(
+        tmp, flipecho(), "--probation", "0", env={"PYTHONPATH": f"{site}:{ROOT}"}
+    )
+    supervised.started.append(run)
+    (worker,) = run.waitReady()
+    assert run.upgrade().returncode == 0, run.tail()
+    run.signal(signal.SIGTERM)
+    assert run.proc.waitExit(30) == 0, run.tail()
+    workerList = tmp / f"modules-{worker}"
+    waitFor(workerList.exists, 30, what="the first worker's list")
+    loaded = (tmp / f"modules-{run.pid}").read_text().split()
+    assert "txflip.run._supervisor" in loaded
+    unwanted = [
+        n for n in loaded if any(n == k or n.startswith(k + ".") for k in KEPT_OUT)
+    ]
+    assert unwanted == []
+    assert "ssl" in workerList.read_text().split()
+
+
 # --- bad input: one line, a non-zero exit, nothing left behind ---------------------
 
 
