@@ -20,9 +20,6 @@ the core needs of the layers above, it defines as a Protocol they implement (the
 parent of a generation, a drain's mover).
 """
 
-# First of all: txflip run's supervisor keeps TLS out (see txflip._lean).
-from txflip import _lean  # noqa: F401
-
 # The IDrainable and IMovable adapters for twisted.web's channels and others are
 # registered on first use, and only if the server imports them (txflip.protocols).
 from txflip._draining import whenDraining

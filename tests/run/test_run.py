@@ -553,12 +553,10 @@ def _dump():
 atexit.register(_dump)
 """
 
-#: What a plain supervisor (no --admin) keeps out: TLS (Python's and pyOpenSSL's),
-#: the web and the metrics (the workers' business, and --admin's), the checker's
+#: What a plain supervisor (no --admin) keeps out: pyOpenSSL's TLS (Python's own
+#: ssl comes with asyncio, which Twisted's Deferreds import), the web and the metrics (the workers' business, and --admin's), the checker's
 #: clients (its parser, txflip.check._cli, is every txflip command's).
 KEPT_OUT = (
-    "ssl",
-    "_ssl",
     "OpenSSL",
     "cryptography",
     "twisted.web",

@@ -237,8 +237,7 @@ class _Run:
 def withoutTLS() -> None:
     """
     The supervisor never speaks TLS: keep pyOpenSSL (and cryptography's native
-    library, about 12 MiB of RSS) out of it, though the command line did not say
-    it is the supervisor (L{txflip._lean}: a run from Python, as the tests do).  Twisted's TCP support imports its TLS
+    library, about 12 MiB of RSS) out of it.  Twisted's TCP support imports its TLS
     layer only if it can (C{twisted.internet.tcp}: C{except ImportError}), and the
     workers, separate programs, are not affected.
     """
