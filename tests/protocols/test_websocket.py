@@ -128,7 +128,13 @@ def test_autobahnStillHasWhatWeUse() -> None:
     )
     from twisted.internet.testing import StringTransport
 
-    from txflip.protocols._websocket import MODULE, PRIVATE, isWebSocket
+    from txflip.protocols._websocket import (
+        MODULE,
+        PRIVATE,
+        RESOURCE_MODULE,
+        RESOURCE_PRIVATE,
+        isWebSocket,
+    )
 
     factory = WebSocketServerFactory()
     factory.protocol = WebSocketServerProtocol
@@ -143,5 +149,12 @@ def test_autobahnStillHasWhatWeUse() -> None:
     for name in PRIVATE:
         assert hasattr(protocol, name), name
     assert protocol.STATE_OPEN != protocol.STATE_CONNECTING
+    assert protocol.send_state == protocol.SEND_STATE_GROUND
     assert isWebSocket(protocol)
     assert MODULE in sys.modules
+    from autobahn.twisted.resource import WebSocketResource
+
+    resource = WebSocketResource(factory)
+    for name in RESOURCE_PRIVATE:
+        assert hasattr(resource, name), name
+    assert RESOURCE_MODULE == WebSocketResource.__module__
