@@ -7,9 +7,10 @@ C{stay}, the protocol provides txflip's IDrainable itself and never ends: a
 WebSocket that outlives the drain.  With C{move}, the protocol opts in to moving
 (txflip's IMovable, for a per-connection counter) and echoes
 C{"NICK COUNT PID MESSAGE"} (C{NICK}: the C{nick} query parameter of the
-handshake); it accepts permessage-deflate, which a client may offer.
+handshake).  With C{deflate}, it accepts permessage-deflate if a client
+offers it (Autobahn's default is to decline).
 
-Usage: wsapp.py DESCRIPTION [direct] [stay|move]
+Usage: wsapp.py DESCRIPTION [direct] [stay|move] [deflate]
 """
 
 import os
@@ -74,7 +75,7 @@ modes = set(sys.argv[2:])
 globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
 factory = WebSocketServerFactory()
 factory.protocol = Stay if "stay" in modes else Movable if "move" in modes else Echo
-if "move" in modes:
+if "deflate" in modes:
     factory.setProtocolOptions(perMessageCompressionAccept=acceptDeflate)
 if "direct" in modes:
     serverFromString(reactor, sys.argv[1]).listen(factory)

@@ -8,11 +8,15 @@ and closes with 1012 instead.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from websockets.sync.client import connect
@@ -98,7 +102,7 @@ def test_deflateWebSocketsCloseWith1012(wsapp, mode: str) -> None:
     boundary, every message echoed; a client without compression, beside it,
     moves.
     """
-    app = wsapp(idleGrace=1.0, drainTimeout=30.0, mode=mode)
+    app = wsapp(idleGrace=1.0, drainTimeout=30.0, mode=f"{mode} deflate")
     first = app.serving()
     started = threading.Barrier(3)
     stop = threading.Event()
@@ -157,3 +161,50 @@ def test_aHalfSentFragmentedMessageMovesAfterItsEnd(wsapp, mode: str) -> None:
         assert app.exits(first, 10) < 3.0
         client.send("after")
         assert client.recv(timeout=5) == f"f 3 {second} after"
+
+
+NODE = shutil.which("node")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(NODE is None, reason="Node is not installed")
+@MODES
+def test_nodeClientsMoveThroughUpgrades(wsapp, mode: str, tmp_path: Path) -> None:
+    """
+    Node's own WebSocket client (undici's), five connections each sending a
+    message every 20 ms through three upgrades: none is closed, no message is
+    lost, counters and nicknames carry on.
+    """
+    assert NODE is not None
+    app = wsapp(idleGrace=5.0, drainTimeout=30.0, mode=mode)
+    generations = [app.serving()]
+    script = Path(__file__).with_name("wsclient.mjs")
+    with (tmp_path / "node.err").open("w") as errors:
+        node = subprocess.Popen(
+            [NODE, "--experimental-websocket", str(script), app.url, "5"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+        )
+    try:
+        assert node.stdout is not None and node.stdin is not None
+        assert node.stdout.readline().strip() == "open"
+        for _ in range(3):
+            time.sleep(0.3)
+            generations.append(upgrade(app, generations[-1]))
+        time.sleep(0.3)
+        out, _ = node.communicate(timeout=20)  # closes its stdin: stop
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait()
+    assert node.returncode == 0, (tmp_path / "node.err").read_text()
+    for n, result in enumerate(json.loads(out)):
+        talk = Talk()
+        talk.sent, talk.echoed, talk.code = (
+            result["sent"],
+            result["echoed"],
+            result["code"],
+        )
+        assert echoes(talk, f"n{n}") == generations
