@@ -14,9 +14,11 @@ moving then carries it around the application's state:
     C{exportState} is asked, and the state sent is its version with
     C{MAGIC + u32 length + buffered bytes + its data};
   - in the new generation, the application's C{importState} gets its own
-    version and data back, and the buffered bytes are given to the protocol's
-    C{dataReceived} right after C{connectionMade}, before the reactor delivers
-    anything: the framing rebuilds its state through its public interface.
+    version and data back, and the buffered bytes are given back to the
+    framing (L{IFramingBuffer.restore}: to the protocol's C{dataReceived},
+    for Twisted's receivers) right after C{connectionMade}, before the reactor
+    delivers anything: the framing rebuilds its state through its public
+    interface.
 
 A protocol that has no such adapter moves its state unchanged.
 """
@@ -46,6 +48,15 @@ class IFramingBuffer(Interface):
         The bytes received and not yet handled (a half-arrived message:
         C{b""} when none), if the protocol is at a boundary; L{None} if it is
         not (a reply is pending, a mode txflip cannot read, ...).
+
+        @raise txflip.move._movable.CannotMove: the connection can never move.
+        """
+
+    def restore(buffered: bytes) -> None:
+        """
+        In the new generation, right after C{connectionMade} and before any
+        data: take up the bytes L{buffered} returned in the old generation
+        (called only when there are some).
         """
 
 
@@ -82,32 +93,46 @@ def importState(protocol: Any, state: ConnectionState) -> None:
         state lacks the framing buffer this protocol expects.
     """
     movable = IMovable(protocol)
-    if IFramingBuffer(protocol, None) is None:
+    framing = IFramingBuffer(protocol, None)
+    if framing is None:
         movable.importState(state)
         return
+    parts = split(state)
+    if parts is None:
+        raise StateRefused("no framing buffer in this state")
+    buffered, own = parts
+    movable.importState(own)
+    if buffered:
+        _restoreOnConnect(protocol, framing, buffered)
+
+
+def split(state: ConnectionState) -> tuple[bytes, ConnectionState] | None:
+    """
+    The framing buffer and the application's own state carried in C{state}, or
+    L{None} if C{state} carries no (whole) framing buffer.
+    """
     data = state.data
     head = len(MAGIC) + _LENGTH.size
     if data[: len(MAGIC)] != MAGIC or len(data) < head:
-        raise StateRefused("no framing buffer in this state")
+        return None
     (length,) = _LENGTH.unpack_from(data, len(MAGIC))
     if len(data) < head + length:
-        raise StateRefused("truncated framing buffer")
-    buffered = data[head : head + length]
-    movable.importState(ConnectionState(state.version, data[head + length :]))
-    if buffered:
-        _deliverOnConnect(protocol, buffered)
+        return None
+    own = ConnectionState(state.version, data[head + length :])
+    return data[head : head + length], own
 
 
-def _deliverOnConnect(protocol: Any, buffered: bytes) -> None:
+def _restoreOnConnect(protocol: Any, framing: IFramingBuffer, buffered: bytes) -> None:
     """
-    Give C{buffered} to C{protocol} right after its C{connectionMade}: its
-    framing takes the half-arrived message up where the old generation left it.
+    Give C{buffered} back to C{protocol}'s framing right after its
+    C{connectionMade}: it takes the half-arrived message up where the old
+    generation left it.
     """
     makeConnection = protocol.makeConnection
 
     def connected(transport: Any) -> None:
         del protocol.makeConnection
         makeConnection(transport)
-        protocol.dataReceived(buffered)
+        framing.restore(buffered)
 
     protocol.makeConnection = connected

@@ -23,6 +23,7 @@ from zope.interface import implementer
 from txflip.move._movable import ConnectionState, IMovable, StateRefused
 from txflip.protocols._web import _busy
 from txflip.protocols._webdraining import announce
+from txflip.protocols._wsmove import isWebSocketState, upgradeOnConnect
 
 #: An idle keep-alive connection, which carries no bytes.
 IDLE = 1
@@ -48,6 +49,12 @@ class MoveHTTPChannel:
         return ConnectionState(IDLE, b"")
 
     def importState(self, state: ConnectionState) -> None:
+        if isWebSocketState(state):
+            site = getattr(self._protocol, "site", None)
+            if site is None:
+                raise StateRefused("a WebSocket's state, and no Site here")
+            upgradeOnConnect(self._protocol, site, state)
+            return
         if state.version != IDLE or state.data:
             raise StateRefused(f"unknown HTTP channel state version {state.version}")
 
