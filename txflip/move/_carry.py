@@ -95,13 +95,14 @@ def importState(protocol: Any, state: ConnectionState) -> None:
     buffered = data[head : head + length]
     movable.importState(ConnectionState(state.version, data[head + length :]))
     if buffered:
-        _deliverOnConnect(protocol, buffered)
+        deliverOnConnect(protocol, buffered)
 
 
-def _deliverOnConnect(protocol: Any, buffered: bytes) -> None:
+def deliverOnConnect(protocol: Any, buffered: bytes) -> None:
     """
     Give C{buffered} to C{protocol} right after its C{connectionMade}: its
-    framing takes the half-arrived message up where the old generation left it.
+    framing (or its parser: L{txflip.protocols._webmove}) takes the
+    half-arrived message up where the old generation left it.
     """
     makeConnection = protocol.makeConnection
 
