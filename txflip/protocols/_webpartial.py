@@ -36,8 +36,9 @@ would not fit in a move's state (L{MAX_BODY}).
 
 The private attributes of twisted.web read here are all named in L{PRIVATE}
 (L{twisted.web.http}'s decoders, and C{HTTPChannel}'s parser state beside the
-buffers L{txflip.protocols._web.PRIVATE} names); C{tests/protocols/test_upload.py}
-checks that they still exist, in each state this module reads them.
+buffers L{txflip.protocols._web.PRIVATE} names); a test
+(C{tests/protocols/test_upload_unit.py}) checks that they still exist, in each
+state this module reads them.
 """
 
 from __future__ import annotations
