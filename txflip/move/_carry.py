@@ -26,6 +26,7 @@ A protocol that has no such adapter moves its state unchanged.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from zope.interface import Interface
@@ -103,7 +104,7 @@ def importState(protocol: Any, state: ConnectionState) -> None:
     buffered, own = parts
     movable.importState(own)
     if buffered:
-        _restoreOnConnect(protocol, framing, buffered)
+        afterConnect(protocol, lambda: framing.restore(buffered))
 
 
 def split(state: ConnectionState) -> tuple[bytes, ConnectionState] | None:
@@ -122,10 +123,11 @@ def split(state: ConnectionState) -> tuple[bytes, ConnectionState] | None:
     return data[head : head + length], own
 
 
-def _restoreOnConnect(protocol: Any, framing: IFramingBuffer, buffered: bytes) -> None:
+def afterConnect(protocol: Any, then: Callable[[], object]) -> None:
     """
-    Give C{buffered} back to C{protocol}'s framing right after its
-    C{connectionMade}: it takes the half-arrived message up where the old
+    Call C{then} right after C{protocol}'s C{connectionMade}, before any byte from
+    the socket: a moved connection's framing (L{IFramingBuffer.restore}) or parser
+    (L{deliverOnConnect}) takes the half-arrived message up where the old
     generation left it.
     """
     makeConnection = protocol.makeConnection
@@ -133,6 +135,14 @@ def _restoreOnConnect(protocol: Any, framing: IFramingBuffer, buffered: bytes) -
     def connected(transport: Any) -> None:
         del protocol.makeConnection
         makeConnection(transport)
-        framing.restore(buffered)
+        then()
 
     protocol.makeConnection = connected
+
+
+def deliverOnConnect(protocol: Any, buffered: bytes) -> None:
+    """
+    Give C{buffered} to C{protocol}'s C{dataReceived} right after it is connected
+    (L{txflip.protocols._webmove}: the bytes of a request still arriving).
+    """
+    afterConnect(protocol, lambda: protocol.dataReceived(buffered))
