@@ -76,6 +76,11 @@ class BenchError(Exception):
     """
 
 
+def codeName() -> str:
+    """Where the servers import txflip from, in words (L{options})."""
+    return _CODE_NAME
+
+
 def resolve(commit: str) -> str:
     """
     The short hash of C{commit} in this checkout (C{commit} itself if unknown).
@@ -258,7 +263,7 @@ class Running:
         return (self.dir / "server.log").read_text(errors="replace")
 
     def waitReady(self, timeout: float = 30.0) -> int:
-        answers = httpOnce if self.name in WEB else echoOnce
+        answers = httpOnce if isWeb(self.name) else echoOnce
 
         def ready() -> bool:
             pid = self.serving()
@@ -312,6 +317,11 @@ class Running:
 WEB = ("web", "flipweb", "naiveweb")
 
 
+def isWeb(name: str) -> bool:
+    """Whether server C{name} speaks HTTP (L{WEB}, or C{txflip run} web workers)."""
+    return name in WEB or name.startswith("txflip-web-")
+
+
 def naiveRestart(server: list[str]) -> list[str]:
     """C{server} restarted by a supervisor whenever SIGHUP kills it."""
     naive = ROOT / "tests" / "naive_server.py"
@@ -340,13 +350,19 @@ def command(
         return [
             *twistd(), "-n", "--pidfile", str(pidfile), "flipecho", *args, *options
         ]  # fmt: skip
-    if name.startswith("txflip-run-"):
+    if name.startswith(("txflip-run-", "txflip-web-")):
+        # txflip run over N flipecho workers, or N workers of bench.hello's tiny
+        # twisted.web application (its access log in the server's directory).
         workers = name.rsplit("-", 1)[1]
         run = [sys.executable, "-m", "txflip", "run", "--pidfile", str(pidfile)]
         run += ["--control", str(pidfile.parent / "ctl"), "--workers", workers]
         run += [*options, "--probation", "0", "--"]  # options: txflip run's
         listenArgs = ["--listen", f"tcp:{port}:interface={HOST}"]
-        return [*run, *twistd(), "-n", "flipecho", *listenArgs]
+        if name.startswith("txflip-run-"):
+            return [*run, *twistd(), "-n", "flipecho", *listenArgs]
+        web = ["flip", "web", "--listen", f"flip:{listenArgs[1]}"]
+        web += ["--class", "bench.hello.Hello", "--logfile", "access.log"]
+        return [*run, *twistd(), "-n", *web]
     if name == "plain":
         tac = BENCH / "plain_echo.tac"
         return [*twistd(), "-n", "--pidfile", str(pidfile), "-y", str(tac)]
@@ -407,6 +423,17 @@ def rssKib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def pssKib(pid: int) -> int:
+    """
+    C{pid}'s proportional set size: its shared pages divided among the processes
+    sharing them (so a sum over processes counts each page once).
+    """
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no Pss for pid {pid}")
 
 
 def cpuSeconds(pid: int) -> float:

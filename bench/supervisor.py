@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
 import time
@@ -68,18 +69,25 @@ def readyPids(server: Running, generation: int, count: int) -> list[int] | None:
     return pids if len(pids) == count else None
 
 
-def supervised(count: int, options: Sequence[str] = ()) -> Running:
-    server = start(f"txflip-run-{count}", options=options)
+def supervised(count: int, options: Sequence[str] = (), app: str = "run") -> Running:
+    """
+    C{txflip run --workers count} with C{options} once every worker is ready:
+    of flipecho (C{app} "run") or of bench.hello's web application ("web").
+    """
+    server = start(f"txflip-{app}-{count}", options=options)
     _common.waitUntil(f"{count} ready workers", lambda: readyPids(server, 1, count), 30)
     return server
 
 
-def upgradeTimes(server: Running, count: int, upgrades: int) -> tuple[float, float]:
+def upgradeTimes(
+    server: Running, count: int, upgrades: int, hup: bool = False
+) -> tuple[float, float]:
     """
     Median (request -> every new worker ready, request -> every old one gone).  The
-    request is C{txflip upgrade}'s (SIGHUP starts the same upgrade), whose answer
-    comes when the last new worker is ready: polling the status instead would load
-    the supervisor being measured.
+    request is C{txflip upgrade}'s, whose answer comes when the last new worker is
+    ready: polling the status instead would load the supervisor being measured.
+    With C{hup}, SIGHUP (which starts the same upgrade), and the status is polled
+    every 5 ms until C{count} workers of the next generation are ready.
     """
     from txflip.control._client import request
 
@@ -89,14 +97,23 @@ def upgradeTimes(server: Running, count: int, upgrades: int) -> tuple[float, flo
         old = readyPids(server, generation, count)
         assert old is not None
         began = time.monotonic()
-        answer = request(str(server.dir / "ctl"), "upgrade", 60.0)
+        if hup:
+            os.kill(server.proc.pid, signal.SIGHUP)
+
+            def ready(generation: int = generation) -> bool:
+                time.sleep(0.005)
+                return readyPids(server, generation + 1, count) is not None
+
+            _common.waitUntil(f"{count} new workers ready", ready, 120)
+        else:
+            answer = request(str(server.dir / "ctl"), "upgrade", 60.0)
+            assert answer.get("ok"), answer
         toReady.append(time.monotonic() - began)
-        assert answer.get("ok"), answer
 
         def gone(old: list[int] = old) -> bool:
             return not any(map(_common.pidAlive, old))
 
-        _common.waitUntil("old workers gone", gone, 60)
+        _common.waitUntil("old workers gone", gone, 120)
         toGone.append(time.monotonic() - began)
         time.sleep(0.3)
     return median(toReady), median(toGone)

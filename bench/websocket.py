@@ -1,12 +1,15 @@
 """
 (w) Long-lived web connections through an upgrade: WebSockets and HTTP/2.
 
-WebSockets: 1,000 idle WebSocket clients (the C{websockets} library) of
-twisted.web + Autobahn's WebSocketResource behind C{flip:tcp} (tests/wsapp.py).
-On an upgrade txflip closes each with close code 1012 at the end of the idle
-grace (they are idle).  Printed: from the new generation ready to the old one
-gone, that minus the idle grace (the closing itself), per connection, and the
-close codes the clients saw.
+WebSockets: 1,000 idle WebSocket clients (the C{websockets} library, without
+compression) of twisted.web + Autobahn's WebSocketResource behind C{flip:tcp}
+(tests/wsapp.py), twice: with a protocol that opts in to moving (IMovable),
+whose connections move to the new generation at once; and with one that does
+not, whose connections txflip closes with close code 1012 at the end of the
+idle grace (they are idle).  Printed: from the new generation ready to the old
+one gone, that minus the idle grace for the 1012 close (the closing itself), per
+connection, and what the clients saw (a close code, or still open and answered
+by the new generation after the upgrade).
 
 HTTP/2: idle HTTP/2 connections (asyncio + h2, over TLS with ALPN, each after
 one request) to twisted.web behind C{flip:ssl} (tests/streamapp.py), with
@@ -69,36 +72,55 @@ def upgrade(pidfile: Path) -> float:
 
 
 def stop(proc: subprocess.Popen[bytes], pidfile: Path) -> None:
+    """
+    Stop the serving generation (and the first, if it still runs); wait for
+    both to exit, so that the next run starts alone (its pid file removed).
+    """
     pid = readPidFile(pidfile)
     for each in {pid, proc.pid}:
         if each is not None and pidAlive(each):
             os.kill(each, signal.SIGTERM)
     proc.wait(10)
+    if pid is not None:
+        waitUntil("the server to exit", lambda: not pidAlive(pid), 10)
 
 
-async def webSockets(url: str, count: int, pidfile: Path) -> tuple[float, Counter[str]]:
+async def webSockets(
+    url: str, count: int, pidfile: Path, move: bool
+) -> tuple[float, Counter[str]]:
     clients = []
     for _ in range(count):
-        clients.append(await connect(url, open_timeout=30, ping_interval=None))
+        clients.append(
+            await connect(url, open_timeout=30, ping_interval=None, compression=None)
+        )
     took = await asyncio.get_running_loop().run_in_executor(None, upgrade, pidfile)
-    codes: Counter[str] = Counter()
+    seen: Counter[str] = Counter()
+    if move:
+        # Still open, and served by the new generation (its pid in the echo).
+        serving = f" {readPidFile(pidfile)} "
+        for client in clients:
+            await client.send("still there?")
+            echo = str(await client.recv())
+            seen["open, moved" if serving in echo else f"open: {echo}"] += 1
+            await client.close()
+        return took, seen
     for client in clients:
         await client.wait_closed()
-        code = client.close_code
-        codes[str(code)] += 1
-    return took, codes
+        seen[f"closed {client.close_code}"] += 1
+    return took, seen
 
 
-def webSocketRun(tmp: Path, count: int) -> tuple[float, Counter[str]]:
-    port, pidfile = freePort(), tmp / "ws.pid"
+def webSocketRun(tmp: Path, count: int, move: bool) -> tuple[float, Counter[str]]:
+    port, pidfile = freePort(), tmp / f"ws-{'move' if move else 'close'}.pid"
     description = (
         f"flip:tcp:{port}:interface={HOST}:pidfile={pidfile}"
         f":idleGrace={IDLE_GRACE:g}:drainTimeout=30"
     )
-    proc = start("wsapp.py", description)
+    proc = start("wsapp.py", description, *(["move"] if move else []))
     try:
         waitUntil("wsapp", lambda: readPidFile(pidfile), 20)
-        return asyncio.run(webSockets(f"ws://{HOST}:{port}/ws", count, pidfile))
+        url = f"ws://{HOST}:{port}/ws"
+        return asyncio.run(webSockets(url, count, pidfile, move))
     finally:
         stop(proc, pidfile)
 
@@ -168,32 +190,37 @@ def main() -> None:
         "(w) WebSockets and HTTP/2 through an upgrade",
         f"{args.runs} runs; idle grace {IDLE_GRACE:g} s for WebSockets",
     )
-    wsTimes, codes = [], Counter[str]()
+    wsTimes: dict[bool, list[float]] = {True: [], False: []}
+    seen: dict[bool, Counter[str]] = {True: Counter(), False: Counter()}
     h2Times: dict[bool, list[float]] = {True: [], False: []}
     with tempfile.TemporaryDirectory(prefix="txflip-bench-ws-") as tmp:
         for _ in range(args.runs):
-            took, seen = webSocketRun(Path(tmp), args.connections)
-            wsTimes.append(took)
-            codes.update(seen)
+            for move in (True, False):
+                took, saw = webSocketRun(Path(tmp), args.connections, move)
+                wsTimes[move].append(took)
+                seen[move].update(saw)
             for goAway in (True, False):
                 h2Times[goAway].append(h2Run(Path(tmp), args.h2, goAway))
-    ws = median(wsTimes)
-    closing = max(ws - IDLE_GRACE, 0.0)
-    print(
-        table(
-            ["WebSockets", "connections", "ready -> old gone", "closing", "per conn"],
+    rows = []
+    for move, label, waited in (
+        (True, "moved (IMovable, txflip)", 0.0),
+        (False, "closed with 1012 (txflip)", IDLE_GRACE),
+    ):
+        ws = median(wsTimes[move])
+        work = max(ws - waited, 0.0)
+        rows.append(
             [
-                [
-                    "closed with 1012 (txflip)",
-                    args.connections,
-                    _common.ms(ws),
-                    _common.ms(closing),
-                    f"{closing / args.connections * 1e6:.0f} us",
-                ]
-            ],
+                label,
+                args.connections,
+                _common.ms(ws),
+                _common.ms(work),
+                f"{work / args.connections * 1e6:.0f} us",
+            ]
         )
-    )
-    print(f"   close codes seen by the clients: {dict(codes)}")
+    columns = ["WebSockets", "connections", "ready -> old gone", "moving/closing"]
+    print(table([*columns, "per conn"], rows))
+    for move in (True, False):
+        print(f"   clients {'moved' if move else 'closed'}: {dict(seen[move])}")
     print()
     print(
         table(

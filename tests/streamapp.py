@@ -3,12 +3,15 @@ twisted.web behind a C{flip:} endpoint, for HTTP/2 and streaming tests: C{/} and
 C{/small.txt} answer a line, C{/events} is a server-sent-events stream (one event
 every 50 ms, its data the serving pid) that ends at an event boundary, with a
 C{retry:} hint, when txflip says its connection drains.  C{/pid} answers the
-serving pid, C{/slow} answers it after 1.5 s, C{/wait} after 0.3 s.  With C{no-h2-drain}, txflip's
+serving pid, C{/slow} answers it after 1.5 s, C{/wait} after 0.3 s.  A C{PUT} or
+C{POST} to C{/upload} answers the serving pid, the body's sha256 and its length
+(uploads that move mid-body).  With C{no-h2-drain}, txflip's
 HTTP/2 drain is switched off (as before it existed: bench/websocket.py).
 
 Usage: streamapp.py DESCRIPTION [no-h2-drain]
 """
 
+import hashlib
 import os
 import sys
 
@@ -79,6 +82,17 @@ class Slow(Resource):
         return NOT_DONE_YET
 
 
+class Upload(Resource):
+    isLeaf = True
+
+    def render_PUT(self, request):
+        body = request.content.read()
+        digest = hashlib.sha256(body).hexdigest().encode()
+        return b"%d %s %d\n" % (os.getpid(), digest, len(body))
+
+    render_POST = render_PUT
+
+
 if sys.argv[2:] == ["no-h2-drain"]:
     from txflip.protocols._h2 import DrainH2Connection
 
@@ -91,6 +105,7 @@ root.putChild(b"small.txt", Data(b"small\n", "text/plain"))
 root.putChild(b"events", Events())
 root.putChild(b"slow", Slow(1.5))
 root.putChild(b"wait", Slow(0.3))
+root.putChild(b"upload", Upload())
 root.putChild(b"pid", Data(b"%d\n" % os.getpid(), "text/plain"))
 serverFromString(reactor, sys.argv[1]).listen(Site(root))
 reactor.run()

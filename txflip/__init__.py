@@ -47,6 +47,8 @@ from txflip.drain._pending import replyPending
 from txflip.drain._signal import isDraining
 from txflip.drain._tracker import ConnectionTracker, IDrainable
 from txflip.generation._ending import Ending, Successor
+from txflip.generation._handoff import SUPERVISOR as _SUPERVISOR
+from txflip.generation._parent import registerParent as _registerParent
 from txflip.listen._fds import Listener
 from txflip.move._movable import (
     ConnectionMoved,
@@ -55,14 +57,26 @@ from txflip.move._movable import (
     StateRefused,
 )
 
-# Registers the supervisor as a kind of parent (a worker of txflip run finds it in
-# its handoff table): the core (txflip.generation) never imports txflip.run.
-from txflip.run import _channel  # noqa: F401
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from txflip.generation._machine import Upgrader
+    from txflip.generation._parent import Parent
     from txflip.service import UpgradeService
+
+
+def _supervisorLink(fd: int, supervisorPID: int | None) -> "Parent":
+    """
+    The parent of a worker of C{txflip run}: its link to the supervisor,
+    imported only by a worker (a server in direct mode never needs it).
+    """
+    from txflip.run._channel import SupervisorLink
+
+    return SupervisorLink(fd, supervisorPID)
+
+
+# Registers the supervisor as a kind of parent (a worker of txflip run finds it in
+# its handoff table): the core (txflip.generation) never imports txflip.run.
+_registerParent(_SUPERVISOR, _supervisorLink)
 
 
 def __getattr__(name: str) -> object:

@@ -34,18 +34,18 @@ from txflip.control._reports import Reports
 from txflip.control._server import REQUEST_TIMEOUT, ControlFactory
 from txflip.drain._served import Served
 from txflip.drain._tracker import ConnectionTracker, drainAll
+from txflip.generation._handoff import BALANCE
 from txflip.generation._machine import Upgrader
 from txflip.generation._process import tellParentError
 from txflip.generation._signals import releaseSignals
 from txflip.listen._addresses import ListenSpec
 from txflip.listen._fds import Listener
 from txflip.move._service import ServiceMoves
-from txflip.run._balance import NAME as BALANCE
-from txflip.run._balance import Balancer, balanceWorker
 from txflip.systemd import Notifier
 
 if TYPE_CHECKING:
     from txflip.control._admin import ServiceAdmin
+    from txflip.run._balance import Balancer
 
 
 class UpgradeService(Service):
@@ -249,7 +249,10 @@ class UpgradeService(Service):
             listener.adoptDatagram(self._reactor, protocol)
             self._logListening(listener)
         fd = self.upgrader.claimInheritedFD(BALANCE)  # txflip run's workers only
-        self._balancer = balanceWorker(self._reactor, fd, self._streams)
+        if fd is not None:  # and only they import the balancing
+            from txflip.run._balance import balanceWorker
+
+            self._balancer = balanceWorker(self._reactor, fd, self._streams)
 
     def _logListening(self, listener: Listener) -> None:
         self._log.info(

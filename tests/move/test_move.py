@@ -296,10 +296,28 @@ async def test_brokenChannelBringsConnectionsBack() -> None:
 
 def site(body: bytes) -> IProtocolFactory:
     from twisted.web.resource import Resource
+    from twisted.web.server import NOT_DONE_YET
     from twisted.web.static import Data
+
+    class Later(Resource):
+        """
+        Answers C{body} 1 s after the request: a request a resource works on.
+        """
+
+        isLeaf = True
+
+        def render_GET(self, request: Any) -> object:
+            def answer() -> None:
+                request.write(body)
+                request.finish()
+
+            request.setHeader(b"content-length", b"%d" % len(body))
+            reactor.callLater(1.0, answer)
+            return NOT_DONE_YET
 
     root = Resource()
     root.putChild(b"x", Data(body, "text/plain"))
+    root.putChild(b"later", Later())
     return Site(root)
 
 
@@ -327,19 +345,27 @@ async def httpResponse(client: socket.socket) -> bytes:
 
 @pytest_twisted.ensureDeferred
 async def test_idleHttpKeepaliveConnectionsMove() -> None:
+    """
+    Idle keep-alive connections move, and so does one in the middle of a
+    request's headers (the new code answers it); one whose request a resource
+    is working on is answered here, with keep-alive, and moves after it.
+    """
     world = World(site(b"old"), site(b"new"))
     try:
         await world.connect(20)
         for client in world.clients:
             assert (await httpGet(client)).endswith(b"old")
-        busy = world.clients[0]
-        busy.sendall(b"GET /x HTTP/1.1\r\nHo")  # half a request: not at a boundary
+        half, busy = world.clients[:2]
+        half.sendall(b"GET /x HTTP/1.1\r\nHo")  # half a request: it moves
+        busy.sendall(b"GET /later HTTP/1.1\r\nHost: h\r\n\r\n")
         await deferLater(reactor, 0.05, lambda: None)
         drained = world.start()
         assert world.mover is not None
         await until(lambda: world.mover.moved == 19, "19 moves")
-        assert len(world.old) == 1  # the one in the middle of a request
-        busy.sendall(b"st: h\r\n\r\n")
+        assert len(world.old) == 1  # the one a resource is working on
+        half.sendall(b"st: h\r\n\r\n")
+        response = await httpResponse(half)
+        assert response.endswith(b"new") and b"close" not in response.lower()
         # Answered here, with keep-alive; then it moves too.
         response = await httpResponse(busy)
         assert response.endswith(b"old") and b"close" not in response.lower()

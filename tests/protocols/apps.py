@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 import time
 from pathlib import Path
+
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from tests.conftest import ROOT, selfSigned
 from tests.harness import ServerProcess, pidAlive, readPidFile, waitFor
@@ -89,3 +93,49 @@ class FlipApp:
         except AssertionError:
             raise AssertionError(self.proc.logText()[-3000:]) from None
         return time.monotonic() - started
+
+
+class Talk:
+    """
+    What one client of L{talk} sent, had echoed, and how its connection ended.
+
+    @ivar code: the close code the server sent (L{None}: the server did not
+        close).
+    """
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.echoed: list[str | bytes] = []
+        self.code: int | None = None
+        self.sentClose = False
+        self.extensions: list[object] = []
+
+
+def talk(
+    url: str,
+    name: str,
+    started: threading.Barrier,
+    stop: threading.Event | None = None,
+    compression: str | None = "deflate",
+) -> Talk:
+    """
+    One lock-step client: send a message, wait for its echo, pause 20 ms, until
+    the server closes (or, with C{stop}, until it is set: then close).  It
+    offers permessage-deflate, as C{websockets} does by default, unless
+    C{compression} is L{None}.
+    """
+    talk = Talk()
+    with connect(url, open_timeout=10, compression=compression) as client:
+        talk.extensions = list(client.protocol.extensions)
+        started.wait(20)
+        try:
+            while stop is None or not stop.is_set():
+                message = f"{name} {len(talk.sent)}"
+                client.send(message)
+                talk.sent.append(message)
+                talk.echoed.append(client.recv(timeout=10))
+                time.sleep(0.02)
+        except ConnectionClosed as closed:
+            talk.code = closed.rcvd.code if closed.rcvd is not None else None
+            talk.sentClose = closed.sent is not None
+    return talk

@@ -14,35 +14,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from tests.conftest import ROOT
 from tests.harness import pidAlive
-from tests.protocols.apps import FlipApp
-
-
-@pytest.fixture
-def wsapp(tmp_path: Path) -> Iterator[object]:
-    started: list[FlipApp] = []
-
-    def start(
-        idleGrace: float = 1.0, drainTimeout: float = 30.0, mode: str = ""
-    ) -> FlipApp:
-        extra = (mode,) if mode else ()
-        app = FlipApp(tmp_path, "wsapp", idleGrace, drainTimeout, extra=extra)
-        started.append(app)
-        return app
-
-    yield start
-    for app in started:
-        app.proc.close()
+from tests.protocols.apps import talk
 
 
 def test_closedWebSocketsLetTheOldGenerationExit(wsapp) -> None:
@@ -86,35 +66,6 @@ def test_theOldGenerationExitsAtItsDrainDeadline(wsapp) -> None:
         took = app.exits(first, 20)
     assert took < 3.0 + 2.0, took
     assert "drain timeout: aborting 1 connections" in app.proc.logText()
-
-
-def talk(url: str, name: str, started: threading.Barrier) -> Talk:
-    """
-    One lock-step client: send a message, wait for its echo, pause 20 ms, until
-    the server closes.
-    """
-    talk = Talk()
-    with connect(url, open_timeout=10) as client:
-        started.wait(20)
-        try:
-            while True:
-                message = f"{name} {len(talk.sent)}"
-                client.send(message)
-                talk.sent.append(message)
-                talk.echoed.append(client.recv(timeout=10))
-                time.sleep(0.02)
-        except ConnectionClosed as closed:
-            talk.code = closed.rcvd.code if closed.rcvd is not None else None
-            talk.sentClose = closed.sent is not None
-    return talk
-
-
-class Talk:
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-        self.echoed: list[str | bytes] = []
-        self.code: int | None = None
-        self.sentClose = False
 
 
 @pytest.mark.parametrize("mode", ["", "direct"], ids=["WebSocketResource", "direct"])
@@ -177,7 +128,13 @@ def test_autobahnStillHasWhatWeUse() -> None:
     )
     from twisted.internet.testing import StringTransport
 
-    from txflip.protocols._websocket import MODULE, PRIVATE, isWebSocket
+    from txflip.protocols._websocket import (
+        MODULE,
+        PRIVATE,
+        RESOURCE_MODULE,
+        RESOURCE_PRIVATE,
+        isWebSocket,
+    )
 
     factory = WebSocketServerFactory()
     factory.protocol = WebSocketServerProtocol
@@ -192,5 +149,12 @@ def test_autobahnStillHasWhatWeUse() -> None:
     for name in PRIVATE:
         assert hasattr(protocol, name), name
     assert protocol.STATE_OPEN != protocol.STATE_CONNECTING
+    assert protocol.send_state == protocol.SEND_STATE_GROUND
     assert isWebSocket(protocol)
     assert MODULE in sys.modules
+    from autobahn.twisted.resource import WebSocketResource
+
+    resource = WebSocketResource(factory)
+    for name in RESOURCE_PRIVATE:
+        assert hasattr(resource, name), name
+    assert RESOURCE_MODULE == WebSocketResource.__module__

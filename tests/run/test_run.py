@@ -17,7 +17,17 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT
-from tests.harness import Load, allGone, killedAtEnd, pidAlive, readPidFile, waitFor
+from tests.harness import (
+    Load,
+    allGone,
+    killedAtEnd,
+    pidAlive,
+    readPidFile,
+    waitFor,
+)
+from tests.harness import (
+    txflipCheck as check,
+)
 from tests.supervised import Supervised, flipecho, pidFileStays, txflip
 
 # A worker command that fails when the file "broken" exists in its directory (a bad
@@ -311,6 +321,28 @@ def test_upgradeByPidFileRefusesASupervisorAtOnce(supervised: Any) -> None:
 
 
 @pytest.mark.slow
+def test_txflipCheckThroughTheControlSocketFollowsTheWorkers(supervised: Any) -> None:
+    """
+    C{txflip check --control} against C{txflip run}: the pid the control socket
+    names is the supervisor's, which never exits, so the check follows the ready
+    workers and counts an upgrade complete once every old one is gone.
+    """
+    run = supervised(flipecho(), "--workers", "2", "--probation", "0")
+    old = run.waitReady()
+    status, report, stderr = check(
+        "--port", str(run.port), "--control", str(run.control),
+        "--short-clients", "2", "--long-clients", "2",
+        "--duration", "3", "--upgrades", "1", "--upgrade-timeout", "20",
+    )  # fmt: skip
+    new = run.waitReady()
+    assert status == 0, (report["failures"], stderr)
+    (upgrade,) = report["upgrades"]
+    assert upgrade["old_pid"] in old and upgrade["new_pid"] in new
+    assert 0 < upgrade["to_new_s"] <= upgrade["to_old_gone_s"]
+    assert allGone(*old)() and pidFileStays(run)
+
+
+@pytest.mark.slow
 def test_aWorkerDyingOnProbationRollsBack(supervised: Any) -> None:
     run = supervised(
         ["sh", "-c", DIES, "sh", *flipecho()], "--workers", "2", "--probation", "5"
@@ -506,6 +538,64 @@ def test_theSupervisorKeepsTlsOut(supervised: Any) -> None:
         assert "/cryptography/" in f.read()
     with open(f"/proc/{run.pid}/maps") as f:
         assert "/cryptography/" not in f.read()
+
+
+#: Written where PYTHONPATH puts it first: every process of the run writes the names
+#: of the modules it holds as it exits, in modules-PID.
+_DUMP_MODULES = """\
+import atexit, os, sys
+
+def _dump():
+    loaded = sorted(n for n, m in list(sys.modules.items()) if m is not None)
+    with open(os.path.join({where!r}, f"modules-{{os.getpid()}}"), "w") as f:
+        f.write("\\n".join(loaded))
+
+atexit.register(_dump)
+"""
+
+#: What a plain supervisor (no --admin) keeps out: pyOpenSSL's TLS (Python's own
+#: ssl comes with asyncio, which Twisted's Deferreds import), the web and the metrics (the workers' business, and --admin's), the checker's
+#: clients (its parser, txflip.check._cli, is every txflip command's).
+KEPT_OUT = (
+    "OpenSSL",
+    "cryptography",
+    "twisted.web",
+    "prometheus_client",
+    "txflip.check._drive",
+    "txflip.check._http",
+    "h11",
+)
+
+
+@pytest.mark.slow
+def test_thePlainSupervisorImportsOnlyWhatItUses(supervised: Any) -> None:
+    """
+    A supervisor without --admin, through its start, an upgrade and a graceful
+    stop, never imports TLS, twisted.web, prometheus_client or the checker
+    (each costs memory in the one process that lives as long as the service); a
+    worker of the same run has ssl.
+    """
+    tmp = supervised.tmp
+    site = tmp / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_DUMP_MODULES.format(where=str(tmp)))
+    run = Supervised(
+        tmp, flipecho(), "--probation", "0", env={"PYTHONPATH": f"{site}:{ROOT}"}
+    )
+    supervised.started.append(run)
+    (worker,) = run.waitReady()
+    assert run.upgrade().returncode == 0, run.tail()
+    run.signal(signal.SIGTERM)
+    assert run.proc.waitExit(30) == 0, run.tail()
+    workerList = tmp / f"modules-{worker}"
+    waitFor(workerList.exists, 30, what="the first worker's list")
+    loaded = (tmp / f"modules-{run.pid}").read_text().split()
+    assert "txflip.run._supervisor" in loaded
+    unwanted = [
+        n for n in loaded if any(n == k or n.startswith(k + ".") for k in KEPT_OUT)
+    ]
+    assert unwanted == []
+    assert "ssl" in workerList.read_text().split()
 
 
 # --- bad input: one line, a non-zero exit, nothing left behind ---------------------

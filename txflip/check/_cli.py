@@ -24,16 +24,17 @@ import argparse
 import functools
 import sys
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from txflip._cli import argNumber, argSeconds
 from txflip._errors import CheckError
-from txflip.check._control import controlUpgrade, servingPid
-from txflip.check._drive import runLoad
-from txflip.check._echoload import Load, probeEcho
-from txflip.check._http import runHTTP
-from txflip.check._pid import Server, Upgrade, signalUpgrade
-from txflip.check._report import BAD_INPUT, Report, show
+
+# The checker's parts (its HTTP client, h11, the load) are imported when a check
+# runs: every other txflip command, txflip run's supervisor first, registers this
+# parser and never needs them.
+if TYPE_CHECKING:
+    from txflip.check._pid import Upgrade
+    from txflip.check._report import Report
 
 
 def runCheck(
@@ -54,6 +55,10 @@ def runCheck(
     The line-echo check: L{Load} through L{run_load}, upgrading the service with
     C{upgrade_one(number)}.
     """
+    from txflip.check._drive import runLoad
+    from txflip.check._echoload import Load
+    from txflip.check._report import Report
+
     load = Load(
         host, port, shortClients, longClients, interval=interval, timeout=ioTimeout
     )
@@ -225,6 +230,9 @@ def main(args: argparse.Namespace) -> int:
     """
     Run C{txflip check}; the exit status.
     """
+    from txflip.check._http import runHTTP
+    from txflip.check._report import BAD_INPUT
+
     try:
         return runHTTP(args, upgrader) if args.http is not None else _main(args)
     except CheckError as e:
@@ -233,6 +241,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
+    from txflip.check._echoload import probeEcho
+    from txflip.check._report import show
+
     if args.shortClients + args.longClients == 0:
         raise CheckError("nothing to do: --short-clients and --long-clients are 0")
     if args.shortClients + args.longClients > 1000:
@@ -270,8 +281,11 @@ def upgrader(args: argparse.Namespace) -> Callable[[int], Upgrade] | None:
 
     @raise CheckError: with the reason.
     """
+    from txflip.check._control import controlUpgrade, servingPids
+    from txflip.check._pid import Server, signalUpgrade
+
     if args.control is not None:
-        servingPid(args.control, args.ioTimeout)
+        servingPids(args.control, args.ioTimeout)
         return functools.partial(
             controlUpgrade, args.control, timeout=args.upgradeTimeout
         )

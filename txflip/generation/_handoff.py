@@ -54,6 +54,8 @@ MAX_FD = 2**31 - 1
 MAX_ERROR = 1024
 #: The extra fd a supervisor's worker gets: its end of L{txflip.run._channel}.
 SUPERVISOR = "supervisor"
+#: The extra fd a supervisor's balanced worker gets: L{txflip.run._balance}'s table.
+BALANCE = "balance"
 
 
 @dataclass

@@ -14,9 +14,11 @@ moving then carries it around the application's state:
     C{exportState} is asked, and the state sent is its version with
     C{MAGIC + u32 length + buffered bytes + its data};
   - in the new generation, the application's C{importState} gets its own
-    version and data back, and the buffered bytes are given to the protocol's
-    C{dataReceived} right after C{connectionMade}, before the reactor delivers
-    anything: the framing rebuilds its state through its public interface.
+    version and data back, and the buffered bytes are given back to the
+    framing (L{IFramingBuffer.restore}: to the protocol's C{dataReceived},
+    for Twisted's receivers) right after C{connectionMade}, before the reactor
+    delivers anything: the framing rebuilds its state through its public
+    interface.
 
 A protocol that has no such adapter moves its state unchanged.
 """
@@ -24,6 +26,7 @@ A protocol that has no such adapter moves its state unchanged.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from zope.interface import Interface
@@ -46,6 +49,15 @@ class IFramingBuffer(Interface):
         The bytes received and not yet handled (a half-arrived message:
         C{b""} when none), if the protocol is at a boundary; L{None} if it is
         not (a reply is pending, a mode txflip cannot read, ...).
+
+        @raise txflip.move._movable.CannotMove: the connection can never move.
+        """
+
+    def restore(buffered: bytes) -> None:
+        """
+        In the new generation, right after C{connectionMade} and before any
+        data: take up the bytes L{buffered} returned in the old generation
+        (called only when there are some).
         """
 
 
@@ -82,32 +94,55 @@ def importState(protocol: Any, state: ConnectionState) -> None:
         state lacks the framing buffer this protocol expects.
     """
     movable = IMovable(protocol)
-    if IFramingBuffer(protocol, None) is None:
+    framing = IFramingBuffer(protocol, None)
+    if framing is None:
         movable.importState(state)
         return
+    parts = split(state)
+    if parts is None:
+        raise StateRefused("no framing buffer in this state")
+    buffered, own = parts
+    movable.importState(own)
+    if buffered:
+        afterConnect(protocol, lambda: framing.restore(buffered))
+
+
+def split(state: ConnectionState) -> tuple[bytes, ConnectionState] | None:
+    """
+    The framing buffer and the application's own state carried in C{state}, or
+    L{None} if C{state} carries no (whole) framing buffer.
+    """
     data = state.data
     head = len(MAGIC) + _LENGTH.size
     if data[: len(MAGIC)] != MAGIC or len(data) < head:
-        raise StateRefused("no framing buffer in this state")
+        return None
     (length,) = _LENGTH.unpack_from(data, len(MAGIC))
     if len(data) < head + length:
-        raise StateRefused("truncated framing buffer")
-    buffered = data[head : head + length]
-    movable.importState(ConnectionState(state.version, data[head + length :]))
-    if buffered:
-        _deliverOnConnect(protocol, buffered)
+        return None
+    own = ConnectionState(state.version, data[head + length :])
+    return data[head : head + length], own
 
 
-def _deliverOnConnect(protocol: Any, buffered: bytes) -> None:
+def afterConnect(protocol: Any, then: Callable[[], object]) -> None:
     """
-    Give C{buffered} to C{protocol} right after its C{connectionMade}: its
-    framing takes the half-arrived message up where the old generation left it.
+    Call C{then} right after C{protocol}'s C{connectionMade}, before any byte from
+    the socket: a moved connection's framing (L{IFramingBuffer.restore}) or parser
+    (L{deliverOnConnect}) takes the half-arrived message up where the old
+    generation left it.
     """
     makeConnection = protocol.makeConnection
 
     def connected(transport: Any) -> None:
         del protocol.makeConnection
         makeConnection(transport)
-        protocol.dataReceived(buffered)
+        then()
 
     protocol.makeConnection = connected
+
+
+def deliverOnConnect(protocol: Any, buffered: bytes) -> None:
+    """
+    Give C{buffered} to C{protocol}'s C{dataReceived} right after it is connected
+    (L{txflip.protocols._webmove}: the bytes of a request still arriving).
+    """
+    afterConnect(protocol, lambda: protocol.dataReceived(buffered))

@@ -45,6 +45,15 @@ class StateRefused(Exception):
     """
 
 
+class CannotMove(Exception):
+    """
+    Raised by L{txflip.move._carry.IFramingBuffer.buffered}: this connection
+    can never move (its framing holds state that cannot travel, such as a
+    compressor's); it drains in the old generation, at once, as a connection
+    whose protocol does not provide L{IMovable} would.
+    """
+
+
 class ConnectionMoved(ConnectionDone):
     """
     The reason given to C{connectionLost} in the old generation once the connection

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 
 from txflip.move._carry import exportState
-from txflip.move._movable import IMovable
+from txflip.move._movable import CannotMove, IMovable
 from txflip.move._transport import movableSocket, readPending, release, unsentBytes
 from txflip.move._wire import (
     Accepted,
@@ -180,6 +180,15 @@ class ChannelMover:
                 return None
             id = next(self._ids)
             frame = encodeMove(id, self._keys[tracker], state)
+        except CannotMove as e:
+            self._log.info(
+                "txflip: {protocol} cannot move ({why}): it drains here",
+                protocol=tracked.servingProtocol(),
+                why=e,
+            )
+            del self._waiting[tracked]
+            tracker.fallBack(tracked)
+            return None
         except Exception:  # noqa: BLE001 - one protocol's bug must not stop the rest
             self._log.failure("txflip: cannot move {protocol}", protocol=tracked)
             del self._waiting[tracked]

@@ -23,7 +23,10 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "twisted.web.http": ("txflip.protocols._web", "txflip.protocols._webmove"),
     "twisted.protocols.basic": ("txflip.protocols._basic",),
     "twisted.web._http2": ("txflip.protocols._h2",),
-    "autobahn.twisted.websocket": ("txflip.protocols._websocket",),
+    "autobahn.twisted.websocket": (
+        "txflip.protocols._websocket",
+        "txflip.protocols._wsmove",
+    ),
 }
 _registered: set[str] = set()
 _interfaces: set[InterfaceClass] = set()

@@ -165,6 +165,9 @@ class FramingBuffer:
     def buffered(self) -> bytes | None:
         return atBoundary(self._protocol, self._family)
 
+    def restore(self, buffered: bytes) -> None:
+        self._protocol.dataReceived(buffered)
+
 
 def _adapter(make: type[DrainFramed] | type[FramingBuffer]) -> Callable[[Any], Any]:
     def adapt(protocol: Any) -> Any:

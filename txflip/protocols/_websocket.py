@@ -45,8 +45,16 @@ REASON = b"service restart"
 #: Where Autobahn's server protocol is defined; never imported from here.
 MODULE = "autobahn.websocket.protocol"
 
-#: What we use of Autobahn's protocol beyond its documented API.
-PRIVATE = ("state", "inside_message", "current_frame", "sendCloseFrame")
+#: What we use of Autobahn's protocol beyond its documented API (the last ones
+#: to move it: L{txflip.protocols._wsmove}).
+PRIVATE = (
+    *("state", "inside_message", "current_frame", "sendCloseFrame"),
+    *("http_request_data", "data", "send_state", "send_queue", "sendData"),
+    *("websocket_protocol_in_use", "websocket_extensions_in_use"),
+)
+#: Where Autobahn's C{WebSocketResource} is defined, and what we read of it.
+RESOURCE_MODULE = "autobahn.twisted.resource"
+RESOURCE_PRIVATE = ("_factory",)
 
 
 def _serverProtocolClass() -> type | None:

@@ -58,9 +58,10 @@ from twisted.logger import Logger
 
 from txflip._reactor import Reactor
 from txflip.drain._served import Served
+from txflip.generation._handoff import BALANCE
 
 #: The handoff's name for the table's fd.
-NAME = "balance"
+NAME = BALANCE
 #: Slots, the first of which is the header (how many slots were ever used).
 SLOTS = 256
 #: The most workers C{txflip run} runs: an upgrade's probation runs twice as many,

@@ -32,8 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txflip._errors import ListenError, WorkerOfSupervisor
-from txflip.generation._handoff import SUPERVISOR
-from txflip.generation._parent import Start, registerParent
+from txflip.generation._parent import Start
 from txflip.listen._addresses import KINDS, ListenSpec
 from txflip.listen._fds import Listener, Listeners
 
@@ -107,7 +106,9 @@ class SupervisorLink:
     """
     A worker's end: asks the supervisor for listening sockets.  The parent of a
     worker's generation (L{Parent}, and the L{Owner} that replaces it), chosen
-    by the worker's L{Upgrader} when its handoff table names L{SUPERVISOR}.
+    by the worker's L{Upgrader} when its handoff table names
+    L{txflip.generation._handoff.SUPERVISOR} (a kind of parent C{txflip/__init__}
+    registers, importing this module only then).
     """
 
     def __init__(self, fd: int, supervisorPID: int | None = None) -> None:
@@ -225,9 +226,6 @@ class SupervisorLink:
             error = reply.get("error") if isinstance(reply, dict) else None
             return (str(error) if error else None), None
         return None, socket.socket(fileno=fds[0])
-
-
-registerParent(SUPERVISOR, SupervisorLink)
 
 
 @implementer(IReadDescriptor)
