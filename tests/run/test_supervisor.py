@@ -10,7 +10,7 @@ import itertools
 from collections.abc import Callable
 
 import pytest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
@@ -34,6 +34,7 @@ class FakeProcess:
     def __init__(self, spawn: Spawn, afterReady: Callable[[Failure], None]) -> None:
         self.pid = next(_pids)
         self.generation = spawn.generation
+        self.started: Deferred[int] = succeed(self.pid)
         self.result: Deferred[int] = Deferred()
         self.signals: list[str] = []
         self._afterReady = afterReady

@@ -95,6 +95,76 @@ class Spawner(Protocol):
     def __call__(self, reactor: Reactor, spawn: Spawn) -> Attempt: ...
 
 
+class ChildOutcome:
+    """
+    What every way of starting a child shares: its ready pipe's lines, its
+    deadline, and the one outcome they decide (L{result}: ready, or failed once
+    it is gone).  Subclasses set the attributes below and L{_kill}.
+    """
+
+    pid: int
+    result: Deferred[int]
+    #: The reason the child gave for failing to start, if it gave one.
+    childError: str | None
+    _ready: bool
+    _failure: Exception | None
+    _timeout: IDelayedCall | None
+
+    def _readyLine(self, line: bytes) -> None:
+        """
+        One line from the ready pipe: C{ready}, or the reason it cannot start.
+        """
+        if line + b"\n" == _handoff.READY_MESSAGE:
+            self._childReady()
+        elif line.startswith(_handoff.ERROR_PREFIX):
+            error = line[len(_handoff.ERROR_PREFIX) :]
+            self.childError = error.decode("utf-8", "replace")
+
+    def _kill(self) -> None:
+        raise NotImplementedError
+
+    def _childReady(self) -> None:
+        if self._ready or self._failure is not None:
+            return
+        self._ready = True
+        self._cancelTimeout()
+        self.result.callback(self.pid)
+
+    def _timedOut(self, timeout: float) -> None:
+        self._timeout = None
+        self._fail(
+            UpgradeTimeout(
+                f"child pid={self.pid} was not ready within {timeout:g} s; killed it"
+            )
+        )
+
+    def _fail(self, error: Exception) -> None:
+        """
+        Give up on the child: kill it, and report C{error} once it is reaped.
+        """
+        if self._ready or self._failure is not None:
+            return
+        self._failure = error
+        self._cancelTimeout()
+        self._kill()
+
+    def _failedBeforeReady(self, reason: Failure | None) -> None:
+        """
+        The child is gone before it was ready: fail L{result} with the reason.
+        """
+        if self._failure is None:
+            message = describeExit(self.pid, reason)
+            if self.childError:
+                message = f"{message}: {self.childError}"
+            self._failure = ChildFailed(message)
+        self.result.errback(Failure(self._failure))
+
+    def _cancelTimeout(self) -> None:
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = None
+
+
 class _ChildProtocol(ProcessProtocol):
     """
     Turns the child's process events into one outcome: ready, or failed.
@@ -119,11 +189,8 @@ class _ChildProtocol(ProcessProtocol):
                 line, self._buffer = self._buffer.split(b"\n", 1)
                 if line.startswith(PID_PREFIX) and self._attempt.detached:
                     self._attempt._childStarted(line[len(PID_PREFIX) :])
-                elif line + b"\n" == _handoff.READY_MESSAGE:
-                    self._attempt._childReady()
-                elif line.startswith(_handoff.ERROR_PREFIX):
-                    error = line[len(_handoff.ERROR_PREFIX) :]
-                    self._attempt.childError = error.decode("utf-8", "replace")
+                else:
+                    self._attempt._readyLine(line)
             if len(self._buffer) > _handoff.MAX_ERROR + 64:
                 self._attempt._fail(
                     ChildFailed(
@@ -143,7 +210,7 @@ class _ChildProtocol(ProcessProtocol):
             self._attempt.later(self._attempt._childEnded, reason)
 
 
-class SpawnAttempt:
+class SpawnAttempt(ChildOutcome):
     """
     One attempt at starting the next generation.
 
@@ -285,31 +352,6 @@ class SpawnAttempt:
         # nobody watches.
         self.signal("KILL")
 
-    def _childReady(self) -> None:
-        if self._ready or self._failure is not None:
-            return
-        self._ready = True
-        self._cancelTimeout()
-        self.result.callback(self.pid)
-
-    def _timedOut(self, timeout: float) -> None:
-        self._timeout = None
-        self._fail(
-            UpgradeTimeout(
-                f"child pid={self.pid} was not ready within {timeout:g} s; killed it"
-            )
-        )
-
-    def _fail(self, error: Exception) -> None:
-        """
-        Give up on the child: kill it, and report C{error} once it is reaped.
-        """
-        if self._ready or self._failure is not None:
-            return
-        self._failure = error
-        self._cancelTimeout()
-        self._kill()
-
     def cancel(self) -> Deferred[int]:
         """
         We are stopping: kill the child unless it is already ready.
@@ -344,14 +386,4 @@ class SpawnAttempt:
                     how=how,
                 )
             return
-        if self._failure is None:
-            message = describeExit(self.pid, reason)
-            if self.childError:
-                message = f"{message}: {self.childError}"
-            self._failure = ChildFailed(message)
-        self.result.errback(Failure(self._failure))
-
-    def _cancelTimeout(self) -> None:
-        if self._timeout is not None and self._timeout.active():
-            self._timeout.cancel()
-        self._timeout = None
+        self._failedBeforeReady(reason)

@@ -92,9 +92,11 @@ class _Run:
             listeners.listen(ListenSpec("systemd", alias=entry.aliases[0]))
         self.sockets = Sockets(listeners)
         environ = {k: v for k, v in os.environ.items() if k not in PRIVATE_VARIABLES}
+        command = Command(executable, tuple(args.command), os.getcwd())
+        self.preloader, self.execWhy = preloader(command, args.preload)
         self.supervisor = Supervisor(
             self.reactor,
-            Command(executable, tuple(args.command), os.getcwd()),
+            command,
             environ,
             self.sockets,
             workers=args.workers,
@@ -103,6 +105,11 @@ class _Run:
             drainTimeout=args.drain_timeout,
             notifier=notifier,
             balance=not args.no_balance,
+            **(
+                {"spawner": self.preloader, "together": True}
+                if self.preloader is not None
+                else {}
+            ),
         )
         self.controlSpec = ListenSpec(
             "unix", path=os.path.abspath(args.control or "."), mode=0o600
@@ -115,7 +122,7 @@ class _Run:
 
             self.adminSock = bindAdmin(args.admin)
             self.admin = RunAdmin(self.supervisor)
-        from twisted.logger import globalLogBeginner
+        from twisted.logger import Logger, globalLogBeginner
 
         from txflip._jsonlog import context, jsonObserver
 
@@ -124,6 +131,11 @@ class _Run:
         globalLogBeginner.beginLoggingTo(
             [observer(sys.stdout)], redirectStandardIO=False
         )
+        if self.execWhy is not None:
+            Logger().info(
+                "txflip run: not preloading: {why}; each worker is started anew",
+                why=self.execWhy,
+            )
         self._installSignals()
 
     def _installSignals(self) -> None:
@@ -182,7 +194,13 @@ class _Run:
             self.pidFile.write(os.getpid())
         if os.getpid() != 1:
             becomeSubreaper()
-        reaper = Reaper(self.reactor, lambda: {w.pid for w in self.supervisor.workers})
+        preloader = self.preloader
+
+        def ours() -> set[int]:
+            pids = {w.pid for w in self.supervisor.workers}
+            return pids | preloader.pids() if preloader is not None else pids
+
+        reaper = Reaper(self.reactor, ours)
         control = self._serveControl() if self.controlSock is not None else None
         admin = None
         if self.admin is not None and self.adminSock is not None:
@@ -234,6 +252,29 @@ class _Run:
         return Deferred.fromCoroutine(cleanUp())
 
 
+def preloader(command: Any, wanted: bool | None) -> tuple[Any, str | None]:
+    """
+    The preloading spawner for C{command} (L{txflip.run._preload}), and why
+    there is none, if there is none (L{None} for both when it was not wanted).
+
+    @param wanted: C{--preload} (True), C{--no-preload} (False), or neither
+        (L{None}: preload if the command can be).
+    @raise RunError: C{--preload}, and it cannot be.
+    """
+    if wanted is False:
+        return None, None
+    from txflip.run._runners import preloadable
+
+    runner = preloadable(command)
+    if isinstance(runner, str):
+        if wanted:
+            raise RunError(f"--preload: {runner}")
+        return None, runner
+    from txflip.run._preload import Preloader
+
+    return Preloader(runner), None
+
+
 def withoutTLS() -> None:
     """
     The supervisor never speaks TLS: keep pyOpenSSL (and cryptography's native
@@ -257,7 +298,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         run = _Run(args, executable)
-    except TxflipError as e:
+    except (TxflipError, RunError) as e:
         print(f"txflip run: {e}", file=sys.stderr)
         return 1
     return run.run()
@@ -284,6 +325,15 @@ def register(subparsers: Any) -> None:
         default=1,
         metavar="N",
         help=f"how many workers, 1 to {MAX_WORKERS} (default 1)",
+    )
+    parser.add_argument(
+        "--preload",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="start each generation's workers by forking one interpreter that"
+        " imported the application (a twistd, python -m or Python script"
+        " command, on Linux): the default where it can; --no-preload starts"
+        " each worker anew",
     )
     parser.add_argument("--pidfile", metavar="PATH", help="write our pid there")
     parser.add_argument(

@@ -131,6 +131,9 @@ class _Core:
     probation: float
     drainTimeout: float
     spawner: WorkerSpawner
+    #: An upgrade starts every new worker at once (preloaded workers cost a fork
+    #: each), not one after another as old ones drain (exec: a chain).
+    together: bool
     #: The workers' balancing table and its fd (L{txflip.run._balance}), if any.
     balance: tuple[Table, int] | None = None
     generation: int = 1
@@ -217,11 +220,6 @@ def spawn(c: _Inputs, s: _Core, generation: int) -> Worker | None:
         s.reactor.callLater(0, c.spawnFailed, f"cannot start: {e}")
         return None
     s.workers.append(worker)
-    s.log.info(
-        "txflip run: started worker pid {pid} (generation {generation})",
-        pid=worker.pid,
-        generation=generation,
-    )
     return worker
 
 
@@ -485,7 +483,8 @@ def _makeMachine() -> Any:
             n=s.upgrade.count,
             g=s.generation + 1,
         )
-        nextNew(c, s)
+        for _ in range(s.upgrade.count if s.together else 1):
+            nextNew(c, s)
         return s.upgrade.pending
 
     def nextNew(c: _Inputs, s: _Core) -> None:
@@ -498,10 +497,11 @@ def _makeMachine() -> Any:
         upgrade = s.upgrade
         if upgrade is None or worker not in upgrade.new:
             return replacementReady(c, s, worker)
+        readyNew = [w for w in upgrade.new if w.state == "ready"]
         s.log.info(
             "txflip run: new worker pid {pid} is ready ({i}/{n})",
             pid=worker.pid,
-            i=len(upgrade.new),
+            i=len(readyNew),
             n=upgrade.count,
         )
         if not s.probation:
@@ -512,6 +512,8 @@ def _makeMachine() -> Any:
         if len(upgrade.new) < upgrade.count:
             nextNew(c, s)
             return
+        if len(readyNew) < upgrade.count:
+            return  # started together: the others are still starting
         upgrade.readyAt = time.time()
         if s.probation:
             c._beginProbation()
@@ -556,7 +558,8 @@ def _makeMachine() -> Any:
             new, old = s.upgrade.new, s.upgrade.old
             ready = [w for w in new if w.state == "ready" and not w.retiring]
             replaced = sum(1 for w in old if w.retiring)
-            for worker in ready[replaced:]:
+            starting = [w for w in new if w.state == "starting"]
+            for worker in ready[replaced:] + starting:
                 s.retire(worker)
         s.log.error("txflip run: upgrade failed: {reason}", reason=reason)
         s.notifier.stillReady(f"upgrade failed: {reason}; serving")
@@ -663,10 +666,12 @@ class Supervisor:
         notifier: Notifier,
         balance: bool = True,
         spawner: WorkerSpawner = spawnWorker,
+        together: bool = False,
     ) -> None:
         """
         @param balance: spread connections across the workers (L{txflip.run._balance}).
         @param spawner: starts a worker's process (a fake one in tests).
+        @param together: an upgrade starts every new worker at once (preloading).
         """
         self.startedAt = time.time()
         self._core = _Core(
@@ -681,6 +686,7 @@ class Supervisor:
             probation,
             drainTimeout,
             spawner,
+            together,
             Table.create() if balance else None,
         )
         self._machine: _Inputs = _Machine(self._core)

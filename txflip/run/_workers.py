@@ -75,8 +75,11 @@ class WorkerProcess(Protocol):
     A worker's process as L{Worker} drives it (a L{SpawnAttempt}, or a fake).
     """
 
-    #: The process's pid.
+    #: The process's pid (0 until L{started} fires).
     pid: int
+    #: Fires with the pid once the process exists (a preloaded worker's pid is
+    #: known once its template forked it).
+    started: Deferred[int]
     #: Fires with the pid once it is ready, or fails once it is gone before.
     result: Deferred[int]
 
@@ -208,19 +211,30 @@ class Worker:
             movesTheirs.close()
             self._stderr.started()
         self.pid = self._attempt.pid
-        if self._table is not None:
-            # Long before the worker looks for itself: it has an interpreter to
-            # start.  Without a slot it accepts as if there were no table.
-            if self._table.claim(self.pid) is None:
-                self._log.warn(
-                    "txflip run: no balancing slot for worker pid {pid}:"
-                    " it accepts without balancing",
-                    pid=self.pid,
-                )
         self._channel = ChannelServer(
             reactor, ours, sockets.bind, lambda: successorFor(self), counted
         )
+        self._attempt.started.addCallback(self._started)
         self._attempt.result.addCallbacks(self._ready, self._failed)
+
+    def _started(self, pid: int) -> int:
+        self.pid = pid
+        self._log.info(
+            "txflip run: started worker pid {pid} (generation {generation})",
+            pid=pid,
+            generation=self.generation,
+        )
+        if self._table is not None and self.state != "gone":
+            # Before the worker looks for itself (it has its application to
+            # start); it looks again until it finds itself.  Without a slot it
+            # accepts as if there were no table.
+            if self._table.claim(pid) is None:
+                self._log.warn(
+                    "txflip run: no balancing slot for worker pid {pid}:"
+                    " it accepts without balancing",
+                    pid=pid,
+                )
+        return pid
 
     def __repr__(self) -> str:
         return f"<Worker pid={self.pid} generation={self.generation} {self.state}>"

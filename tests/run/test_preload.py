@@ -1,0 +1,341 @@
+"""
+C{txflip run}'s preloading: one template per generation imports the application
+and forks the generation's workers (real processes; a twistd plugin of the test's
+own, whose module reads C{appcode.py} at import, in the template).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, twistdCommand
+from tests.harness import pidAlive, waitFor
+from tests.run.test_run import _ppid, echo, zombies
+from tests.supervised import Supervised, flipecho, txflip
+from txflip.generation._command import Command
+from txflip.generation._spawn import Spawn
+from txflip.run._forked import PreloadedWorker, exitReason
+from txflip.run._runners import Runner, preloadable
+from txflip.run._template import entryPoint
+
+PLUGIN = """\
+from twisted.application.service import ServiceMaker
+
+preloadtest = ServiceMaker("preloadtest", "preloadapp", "preloading test", "preloadtest")
+"""
+# The plugin's module: imported by twistd's option parsing (in the template), it
+# reads appcode.py then; each worker says which version it runs.
+APP = """\
+import os
+
+from appcode import VERSION
+from txflip.echo import Options, makeService as _makeService
+
+
+def makeService(options):
+    with open(f"seen-{os.getpid()}", "w") as f:
+        f.write(VERSION)
+    return _makeService(options)
+"""
+INSTALLS_THE_REACTOR = """\
+from twisted.internet import epollreactor
+
+epollreactor.install()
+VERSION = "3"
+"""
+
+
+class PreloadApp:
+    """
+    The test's application in C{tmp}, under C{txflip run}.
+    """
+
+    def __init__(self, tmp: Path) -> None:
+        self.dir = tmp
+        (tmp / "twisted" / "plugins").mkdir(parents=True)
+        (tmp / "twisted" / "plugins" / "preloadtest.py").write_text(PLUGIN)
+        (tmp / "preloadapp.py").write_text(APP)
+        self.code('VERSION = "1"\n')
+        self.command = [
+            *twistdCommand(),
+            "-n",
+            "preloadtest",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+        ]
+        # No bytecode: appcode.py changes within a second, at the same size.
+        self.env = {"PYTHONPATH": f"{tmp}:{ROOT}", "PYTHONDONTWRITEBYTECODE": "1"}
+
+    def code(self, text: str) -> None:
+        (self.dir / "appcode.py").write_text(text)
+
+    def seen(self, pid: int) -> str:
+        return (self.dir / f"seen-{pid}").read_text()
+
+
+@pytest.fixture
+def preloaded(tmp_path: Path) -> Iterator[tuple[PreloadApp, Supervised]]:
+    app = PreloadApp(tmp_path)
+    run = Supervised(
+        tmp_path, app.command, "--workers", "3", "--probation", "0", env=app.env
+    )
+    try:
+        yield app, run
+    finally:
+        run.close()
+
+
+def template(run: Supervised, pids: list[int]) -> int:
+    """
+    The one parent of C{pids}, a child of the supervisor.
+    """
+    (parent,) = {_ppid(pid) for pid in pids}
+    assert parent != run.pid and _ppid(parent) == run.pid
+    run.track(parent)
+    return parent
+
+
+def test_everyPreloadedWorkerRunsTheNewCode(
+    preloaded: tuple[PreloadApp, Supervised],
+) -> None:
+    """
+    A module changed on disk between two generations is seen by every worker of
+    the new one; each generation's workers are the children of its own template,
+    and the old template is gone with its workers.
+    """
+    app, run = preloaded
+    first = run.waitReady()
+    assert len(first) == 3 and {app.seen(pid) for pid in first} == {"1"}
+    old = template(run, first)
+    app.code('VERSION = "2"\n')
+    result = run.upgrade()
+    assert result.returncode == 0, result.stderr + run.tail()
+    second = [int(pid) for pid in result.stdout.split()]
+    assert len(second) == 3 and not set(second) & set(first)
+    assert {app.seen(pid) for pid in second} == {"2"}
+    assert template(run, second) != old
+    waitFor(lambda: not any(map(pidAlive, [old, *first])), 30, what="generation 1")
+
+
+def test_aBrokenModuleFailsTheUpgrade(preloaded: tuple[PreloadApp, Supervised]) -> None:
+    """
+    The new template cannot import the application: the upgrade fails with the
+    reason, and the old workers serve on.
+    """
+    app, run = preloaded
+    first = run.waitReady()
+    app.code('raise ImportError("broken deploy")\n')
+    result = run.upgrade()
+    assert result.returncode != 0
+    assert "(the preloading template)" in result.stderr, result.stderr
+    assert "ImportError: broken deploy" in result.stderr, result.stderr
+    assert run.waitReady() == first and echo(run.port) == b"hello\n"
+
+
+def test_aModuleThatInstallsTheReactorIsRefused(
+    preloaded: tuple[PreloadApp, Supervised],
+) -> None:
+    app, run = preloaded
+    first = run.waitReady()
+    app.code(INSTALLS_THE_REACTOR)
+    result = run.upgrade()
+    assert result.returncode != 0
+    error = (
+        "the application installed the reactor on import; it cannot be forked;"
+        " use txflip run --no-preload"
+    )
+    assert error in result.stderr, result.stderr
+    said = [line for line in run.logText().splitlines() if error in line]
+    assert len(said) == 1 and "upgrade failed" in said[0], said
+    assert run.waitReady() == first and echo(run.port) == b"hello\n"
+
+
+def test_aKilledWorkerIsForkedAgainByItsTemplate(
+    preloaded: tuple[PreloadApp, Supervised],
+) -> None:
+    _, run = preloaded
+    first = run.waitReady()
+    parent = template(run, first)
+    os.kill(first[0], signal.SIGKILL)
+    replaced = waitFor(
+        lambda: [p for p in run.ready() if p not in first], 30, what="a replacement"
+    )
+    assert _ppid(replaced[0]) == parent and run.status()["generation"] == 1
+    assert echo(run.port) == b"hello\n"
+
+
+def test_stopLeavesNoProcess(preloaded: tuple[PreloadApp, Supervised]) -> None:
+    _, run = preloaded
+    pids = run.waitReady()
+    parent = template(run, pids)
+    run.signal(signal.SIGTERM)
+    assert run.proc.waitExit(30) == 0, run.tail()
+    assert not any(map(pidAlive, [parent, *pids]))
+
+
+def test_templateImportsNoReactor() -> None:
+    code = (
+        "import sys, txflip.run._template;"
+        " assert 'twisted.internet.reactor' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize(
+    "argv, kind",
+    [
+        ([sys.executable, "-m", "app.main", "x"], "module"),
+        ([sys.executable, "-u", "-m", "twisted.scripts.twistd", "-n"], "twistd"),
+        ([sys.executable, *twistdCommand()[1:], "-n", "web"], "twistd"),
+        ([sys.executable, __file__, "-v"], "script"),
+    ],
+)
+def test_preloadableCommands(argv: list[str], kind: str) -> None:
+    runner = preloadable(Command(argv[0], tuple(argv), "/"))
+    assert isinstance(runner, Runner) and runner.kind == kind
+    assert runner.interpreter == sys.executable
+
+
+def test_preloadableScript() -> None:
+    (twistd,) = twistdCommand()[1:]
+    runner = preloadable(Command(twistd, (twistd, "-n", "flipecho"), "/"))
+    assert isinstance(runner, Runner) and runner.kind == "twistd"
+    assert runner.argv == (twistd, "-n", "flipecho") and runner.name == "twistd"
+
+
+@pytest.mark.parametrize(
+    "argv, why",
+    [
+        (["/bin/sh", "-c", "exec twistd"], "sh is not a Python program"),
+        ([sys.executable, "-c", "pass"], "the interpreter option -c is not supported"),
+        ([sys.executable], "no Python script or module to run"),
+    ],
+)
+def test_notPreloadable(argv: list[str], why: str) -> None:
+    assert preloadable(Command(argv[0], tuple(argv), "/")) == why
+
+
+def test_exitReasons() -> None:
+    from txflip.generation._exits import howItEnded
+
+    assert howItEnded(exitReason(3 << 8)) == "exited with status 3"
+    assert howItEnded(exitReason(signal.SIGKILL)) == "was killed by SIGKILL"
+    assert howItEnded(exitReason(0)) == "exited with status 0"
+
+
+def test_onlyTwistdsEntryPointIsParsedInTheTemplate(tmp_path: Path) -> None:
+    """
+    An installer's twistd script is twistd: its options are parsed in the
+    template.  Any other script named twistd (one that extends C{sys.path}, or a
+    broken release) is run as it is, in the worker.
+    """
+    (twistd,) = twistdCommand()[1:]
+    assert entryPoint(twistd)
+    own = tmp_path / "twistd"
+    own.write_text(
+        "#!/usr/bin/python3\nimport sys\nsys.path.insert(0, '/srv/app')\n"
+        "from twisted.scripts.twistd import run\nsys.exit(run())\n"
+    )
+    assert not entryPoint(str(own))
+
+
+def test_aShellCommandIsStartedAnew(tmp_path: Path) -> None:
+    """
+    A command that is not a Python program is exec'd for every worker, as
+    without preloading, and the supervisor says why; C{--preload} refuses it.
+    """
+    command = ["sh", "-c", 'exec "$@"', "sh", *flipecho()]
+    run = Supervised(tmp_path, command, "--workers", "2")
+    try:
+        pids = run.waitReady()
+        assert {_ppid(pid) for pid in pids} == {run.pid}
+        assert "txflip run: not preloading: sh is not a Python program" in (
+            run.logText()
+        )
+    finally:
+        run.close()
+    refused = txflip("run", "--preload", "--", *command)
+    assert refused.returncode == 1
+    assert refused.stderr == "txflip run: --preload: sh is not a Python program\n"
+
+
+def test_aDeadTemplateLeavesNoWorkerUnwatched(
+    preloaded: tuple[PreloadApp, Supervised],
+) -> None:
+    """
+    The template killed, its workers (now the supervisor's children) serve on;
+    one of them killed is seen, reaped and replaced by a new template's worker.
+    """
+    _, run = preloaded
+    first = run.waitReady()
+    os.kill(template(run, first), signal.SIGKILL)
+    waitFor(lambda: {_ppid(pid) for pid in first} == {run.pid}, 10, what="orphans")
+    assert run.ready() == first and echo(run.port) == b"hello\n"
+    os.kill(first[0], signal.SIGKILL)
+    replaced = waitFor(
+        lambda: [p for p in run.ready() if p not in first], 30, what="a replacement"
+    )
+    assert template(run, replaced) != run.pid
+    assert not zombies(run.pid) and "was killed by SIGKILL" in run.logText()
+
+
+def fakeWorker(reasons: list[str]) -> tuple[Any, PreloadedWorker]:
+    """
+    A preloaded worker on a fake reactor, as its template's reports drive it.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from txflip.generation._exits import howItEnded
+
+    reactor = MemoryReactorClock()
+    spawn = Spawn(Command(sys.executable, (sys.executable,), "/"), {}, 2, [], 5.0)
+    worker = PreloadedWorker(
+        reactor, spawn, lambda reason: reasons.append(howItEnded(reason))
+    )
+    return reactor, worker
+
+
+def failure(d: Any) -> str:
+    failures: list[str] = []
+    d.addErrback(lambda f: failures.append(f.getErrorMessage()))
+    return failures[0]
+
+
+def test_aWorkerNeverForkedTimesOut() -> None:
+    reactor, worker = fakeWorker([])
+    assert worker.fds and not worker.started.called
+    reactor.advance(5)
+    assert failure(worker.result) == "child pid=0 was not ready within 5 s; killed it"
+    assert worker.gone and not worker.fds
+
+
+def test_aWorkerThatExitsBeforeReadySaysWhy() -> None:
+    _, worker = fakeWorker([])
+    worker.forked(os.getpid())
+    assert worker.started.result == os.getpid()
+    worker._received(b"error cannot listen\n")
+    worker.exited(3 << 8)
+    assert failure(worker.result) == (
+        f"child pid={os.getpid()} exited with status 3 before it was ready:"
+        " cannot listen"
+    )
+
+
+def test_aWorkerKilledAfterReadyIsReported() -> None:
+    reasons: list[str] = []
+    _, worker = fakeWorker(reasons)
+    worker.forked(os.getpid())
+    worker._received(b"rea")
+    worker._received(b"dy\n")
+    assert worker.result.result == os.getpid()
+    worker.exited(signal.SIGKILL)
+    worker.exited(0)  # said twice (the template, then its pidfd): once
+    assert reasons == ["was killed by SIGKILL"]

@@ -1,0 +1,183 @@
+"""
+A worker forked by a preloading template (L{txflip.run._preload}), as the
+supervisor follows it: its ready pipe, its pid once forked, its end.
+
+We are not its parent: its template is, and reports its exit status.  It is also
+held by a pidfd (L{PidWatch}), so that a template that dies never leaves it
+unwatched: orphaned, it becomes ours (the supervisor is a subreaper,
+L{txflip.run._reaper}) and we reap it ourselves.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IDelayedCall
+from twisted.python.failure import Failure
+
+from txflip._errors import ChildFailed, Stopping
+from txflip.generation import _handoff
+from txflip.generation._childpipes import ChildPipes
+from txflip.generation._detach import PidWatch
+from txflip.generation._spawn import ChildOutcome, Spawn
+
+
+def exitReason(status: int | None) -> Failure:
+    """
+    A wait status as the reason Twisted gives for a process's end; L{None} (not
+    ours to know) as a plain exit.
+    """
+    if status is None:
+        return Failure(ProcessDone(0))
+    code = os.waitstatus_to_exitcode(status)
+    if code == 0:
+        return Failure(ProcessDone(status))
+    if code < 0:
+        return Failure(ProcessTerminated(None, -code, status))
+    return Failure(ProcessTerminated(code, None, status))
+
+
+class PreloadedWorker(ChildOutcome):
+    """
+    A worker forked by a template: a L{txflip.run._workers.WorkerProcess}.
+
+    L{started} fires with its pid once the template forked it; L{result} as
+    L{txflip.generation._spawn.SpawnAttempt}'s does, once it is gone.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        spawn: Spawn,
+        afterReady: Callable[[Failure], None],
+    ) -> None:
+        self.pid = 0
+        self.started: Deferred[int] = Deferred()
+        self.started.addErrback(lambda _: None)
+        self.result: Deferred[int] = Deferred()
+        self._reactor = reactor
+        self._afterReady = afterReady
+        self._ready = self._ended = False
+        self._failure: Exception | None = None
+        self._watch: PidWatch | None = None
+        self._exited = False  # the pidfd says it exited; the status may follow
+        self._orphan = False  # its template is gone: we reap it
+        #: Called once it is gone (its template may be idle then).
+        self.onEnd: Callable[[], None] = lambda: None
+        self.childError: str | None = None
+        self._buffer = b""
+        self.environ = {**spawn.environ, **dict(spawn.command.extraEnv)}
+        marker, childFDs = _handoff.plan(
+            spawn.generation, spawn.listeners, spawn.extraFDs
+        )
+        self.environ[_handoff.MARKER] = marker
+        self._pipes = ChildPipes(reactor, self._received)
+        childFDs[_handoff.READY_FD] = self._pipes.readyChildEnd
+        childFDs[_handoff.PARENT_FD] = self._pipes.parentChildEnd
+        if spawn.stderr is not None:
+            childFDs[2] = spawn.stderr
+        #: Our copies of its fds (the caller closes its own once we return),
+        #: and where they go; sent to the template, then closed.
+        self.targets = sorted(childFDs)
+        self.fds = [os.dup(int(childFDs[target])) for target in self.targets]
+        self._pipes.started()
+        self._timeout: IDelayedCall | None = reactor.callLater(
+            spawn.timeout, self._timedOut, spawn.timeout
+        )
+
+    def closeFDs(self) -> None:
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            os.close(fd)
+
+    # -- what the template says ---------------------------------------------------
+
+    def forked(self, pid: int) -> None:
+        self.pid = pid
+        try:
+            self._watch = PidWatch(self._reactor, pid, self._pidExited)
+        except OSError:
+            pass  # gone already: the template's report of its end follows
+        self.started.callback(pid)
+        if self._failure is not None:
+            self.signal("KILL")
+
+    def exited(self, status: int | None) -> None:
+        """
+        It is gone, with C{status} (L{None}: unknown).
+        """
+        self._end(exitReason(status))
+
+    def notForked(self, message: str) -> None:
+        self.started.errback(Failure(ChildFailed(message)))
+        self._failure = self._failure or ChildFailed(message)
+        self._end(None)
+
+    def templateGone(self) -> None:
+        """
+        Its template is gone: it is our child now (or soon, once reparented).
+        """
+        self._orphan = True
+        if self._exited:
+            self._reapOrphan()
+
+    def _pidExited(self) -> None:
+        self._watch = None
+        self._exited = True
+        if self._orphan:
+            self._reapOrphan()
+
+    def _reapOrphan(self) -> None:
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = self.pid, -1
+        if pid:
+            self.exited(None if status < 0 else status)
+
+    def _received(self, data: bytes) -> None:
+        self._buffer += data
+        while b"\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            self._readyLine(line)
+        if len(self._buffer) > _handoff.MAX_ERROR + 64:
+            self._fail(ChildFailed(f"child pid={self.pid} sent garbage"))
+
+    # -- WorkerProcess ------------------------------------------------------------
+
+    def signal(self, name: str | int) -> None:
+        signum = name if isinstance(name, int) else getattr(signal, f"SIG{name}")
+        if self._watch is not None:
+            self._watch.signal(signum)
+
+    def cancel(self) -> Deferred[int]:
+        self._fail(Stopping())
+        return self.result
+
+    def _kill(self) -> None:
+        if self.pid:
+            self.signal("KILL")
+        elif not self._ended:  # not forked yet: forked() kills it if it ever is
+            self._end(None)
+
+    def _end(self, reason: Failure | None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self.closeFDs()
+        self._pipes.close()  # first: what it wrote before it died decides
+        self._cancelTimeout()
+        self._reactor.callLater(0, self.onEnd)
+        if self._ready:
+            self._afterReady(reason or exitReason(None))
+            return
+        self._failedBeforeReady(reason)
+
+    @property
+    def gone(self) -> bool:
+        return self._ended
