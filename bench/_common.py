@@ -425,6 +425,19 @@ def rssKib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def family(pid: int) -> list[int]:
+    """
+    C{pid} and every process below it (a preloading template's workers are its
+    grandchildren): what a service's memory is summed over.
+    """
+    from txflip.check._pid import childrenOf
+
+    found = [pid]
+    for each in found:
+        found.extend(sorted(childrenOf(each) - set(found)))
+    return found
+
+
 def pssKib(pid: int) -> int:
     """
     C{pid}'s proportional set size: its shared pages divided among the processes

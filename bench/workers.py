@@ -14,7 +14,7 @@ bench.hello.Hello``, ``--probation 0``):
     5 ms for N ready workers of the next generation), and -> every old worker gone
     (their pids), medians of ``--upgrades`` upgrades;
   - memory, idle, after the upgrades: the PSS summed over the supervisor and every
-    worker (``/proc/PID/smaps_rollup``: shared pages counted once) and the RSS sum;
+    process below it (workers, a preloading template) (``/proc/PID/smaps_rollup``: shared pages counted once) and the RSS sum;
   - requests/s: one wrk run (50 keep-alive connections, ``--seconds``) on the load
     CPU, the workers unpinned (with 2 cores, N > 1 shares them with wrk);
   - each N's upgrade time over N=2's (the target of issue 27: N=8 within 1.5x).
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from bench import _common
 from bench._common import (
+    family,
     header,
     ms,
     options,
@@ -39,7 +40,7 @@ from bench._common import (
     rssKib,
     table,
 )
-from bench.supervisor import readyPids, status, supervised, upgradeTimes
+from bench.supervisor import supervised, upgradeTimes
 from bench.web import wrk
 
 DEFAULT_MODES = "exec=--no-preload preload=--preload"
@@ -100,8 +101,7 @@ def measure(count: int, args: Sequence[str], upgrades: int, seconds: float) -> F
     try:
         toServing, toGone = upgradeTimes(server, count, upgrades, hup=True)
         time.sleep(1.0)  # idle
-        generation = int(str(status(server)["generation"]))
-        pids = [server.proc.pid, *(readyPids(server, generation, count) or [])]
+        pids = family(server.proc.pid)
         pss = sum(map(pssKib, pids))
         rss = sum(map(rssKib, pids))
         rate = wrk(server.port, seconds, 50)["rate"]
@@ -155,7 +155,7 @@ def main() -> None:
         )
     )
     print(
-        "   (medians; memory idle, the supervisor and every worker; requests/s: one"
+        "   (medians; memory idle, the supervisor and all below it; requests/s: one"
         " wrk run, 50 keep-alive connections)"
     )
 
