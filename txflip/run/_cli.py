@@ -22,12 +22,16 @@ import signal
 import sys
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from txflip._cli import argNumber, argSeconds
 from txflip._reactor import reactorOrGlobal
 from txflip._settings import DEFAULT_UPGRADE_TIMEOUT
 from txflip.run._balance import MAX_WORKERS
+
+if TYPE_CHECKING:  # imported when used: the supervisor stays small
+    from txflip.generation._command import Command
+    from txflip.run._preload import Preloader
 
 DEFAULT_PROBATION = 5.0
 #: Seconds a retiring worker has, after C{SIGQUIT}, to exit before the supervisor
@@ -75,7 +79,7 @@ class _Run:
         from txflip.listen._addresses import ListenSpec
         from txflip.listen._fds import Listeners, bindSocket
         from txflip.run._supervisor import Supervisor
-        from txflip.run._workers import PRIVATE_VARIABLES, Sockets
+        from txflip.run._workers import PRIVATE_VARIABLES, Sockets, spawnWorker
         from txflip.systemd import Notifier, listenFDs
 
         self.reactor = reactorOrGlobal(reactor)
@@ -105,11 +109,8 @@ class _Run:
             drainTimeout=args.drain_timeout,
             notifier=notifier,
             balance=not args.no_balance,
-            **(
-                {"spawner": self.preloader, "together": True}
-                if self.preloader is not None
-                else {}
-            ),
+            spawner=self.preloader or spawnWorker,
+            together=self.preloader is not None,
         )
         self.controlSpec = ListenSpec(
             "unix", path=os.path.abspath(args.control or "."), mode=0o600
@@ -252,7 +253,9 @@ class _Run:
         return Deferred.fromCoroutine(cleanUp())
 
 
-def preloader(command: Any, wanted: bool | None) -> tuple[Any, str | None]:
+def preloader(
+    command: Command, wanted: bool | None
+) -> tuple[Preloader | None, str | None]:
     """
     The preloading spawner for C{command} (L{txflip.run._preload}), and why
     there is none, if there is none (L{None} for both when it was not wanted).
