@@ -189,6 +189,27 @@ def test_templateImportsNoReactor() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
+def test_theTemplateLoadsTheEndpointParsersForItsWorkers() -> None:
+    """
+    Every worker parses a C{flip:}/C{tcp:} description, which loads every
+    endpoint-parser plugin (Autobahn's, when installed, costs tens of ms): the
+    template loads them once, for its workers to share; Twisted's own brings its
+    C{haproxy:} parser.  The reactor stays out.
+    """
+    twistd = twistdCommand()
+    code = (
+        "import sys; from txflip.run import _template as t;"
+        " sys.meta_path.insert(0, t._Guard());"
+        " t.prepare('twistd', sys.argv[1], sys.argv[1:]);"
+        " missing = {'twisted.protocols.haproxy', 'txflip.run._channel'}"
+        " - set(sys.modules);"
+        " assert not missing, missing;"
+        " assert 'twisted.internet.reactor' not in sys.modules"
+    )
+    argv = [*twistd[1:], "-n", "flipecho", "--listen", "tcp:0"]
+    subprocess.run([twistd[0], "-c", code, *argv], check=True, cwd=ROOT)
+
+
 @pytest.mark.parametrize(
     "argv, kind",
     [

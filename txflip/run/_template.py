@@ -57,10 +57,16 @@ WARM = (
     "twisted.web.resource",
     "twisted.web.static",
     "twisted.web.wsgi",
+    "twisted.web.script",  # with twcgi and demo: what twistd's web plugin imports
+    "twisted.web.twcgi",  # but for the reactor (it is parsed in the worker)
+    "twisted.web.demo",
+    "twisted.application.strports",
     "txflip",
     "txflip.twistd",
     "txflip.echo",
 )
+#: What every worker of C{txflip run} imports as it starts, whatever it runs.
+WORKER_SIDE = ("txflip.run._channel", "txflip.run._balance")
 PR_SET_NAME = 15
 
 
@@ -98,6 +104,30 @@ def _warm() -> None:
             __import__(name)
         except (_ReactorImported, ImportError):
             pass
+
+
+def _warmEndpointParsers() -> None:
+    """
+    Load every endpoint-parser plugin, as C{serverFromString} does first in each
+    worker (a C{flip:} or C{tcp:} description): once here, shared, instead of
+    once per worker.  Autobahn's, when it is installed, brings Autobahn, txaio
+    and cffi, which parses C sources on import: tens of ms a worker.  A plugin
+    that would import the reactor, or fails, is left to the worker (which logs
+    it, as twistd would); C{getPlugins} would log it here, and every worker
+    would replay that log.
+    """
+    from twisted.internet.interfaces import IStreamServerEndpointStringParser
+    from twisted.plugin import getCache
+
+    import twisted.plugins
+
+    for dropin in getCache(twisted.plugins).values():
+        for plugin in dropin.plugins:
+            if IStreamServerEndpointStringParser in plugin.provided:
+                try:
+                    plugin.load()
+                except (_ReactorImported, Exception):  # noqa: BLE001 - see above
+                    pass
 
 
 #: The statements of an installer's entry-point script for twistd (pip,
@@ -145,6 +175,9 @@ def prepare(kind: str, target: str, argv: list[str]) -> Callable[[], object]:
     # Where the command would have found its own modules first.
     script = kind != "module" and os.path.isfile(target)
     sys.path[0] = os.path.dirname(os.path.realpath(target)) if script else os.getcwd()
+    _warmEndpointParsers()  # once sys.path is the command's: its plugins too
+    for name in WORKER_SIDE:
+        __import__(name)
     if kind != "twistd":
         _warm()
         import runpy
