@@ -10,8 +10,9 @@ committed C{HEAD} (not the working tree), runs each contender under a lock so th
 two load tests overlap, and prints one table: client errors, signal -> every new
 worker serving, signal -> old gone, wrk's max latency, RSS and PSS idle.  This module
 names the defaults we compare against, says clearly when the harness is not there,
-and throws the harness's venv away when its snapshot is of another commit (the
-harness itself only builds one when there is none).
+and throws the harness's venv and results away when its snapshot is of another
+commit (the harness itself only builds a venv when there is none, and skips every
+contender it has results for).
 """
 
 from __future__ import annotations
@@ -58,7 +59,10 @@ def main() -> None:
     ).stdout.strip()
     if staleVenv(work, head):
         print(f"bench.peers: {work}/venv is of another commit; rebuilt for {head}")
-        shutil.rmtree(work / "venv", ignore_errors=True)
+        # The harness skips a contender whose results it has: they are of the
+        # other commit too, and would be printed as this one's.
+        for stale in ("venv", "results"):
+            shutil.rmtree(work / stale, ignore_errors=True)
     environ = {
         **os.environ,
         "RUNS": str(args.runs),
