@@ -158,6 +158,65 @@ def test_aModuleThatInstallsTheReactorIsRefused(
     assert run.waitReady() == first and echo(run.port) == b"hello\n"
 
 
+def test_aPluginThatImportsTheReactorIsParsedInTheWorker(
+    preloaded: tuple[PreloadApp, Supervised],
+) -> None:
+    """
+    Twisted's plugin loader swallows the guard's refusal (and twistd then says
+    "Unknown command"): the template notices, and leaves the parsing to the
+    workers, still forked from it.
+    """
+    app, run = preloaded
+    run.waitReady()
+    plugin = app.dir / "twisted" / "plugins" / "preloadtest.py"
+    plugin.write_text("from twisted.internet import reactor  # noqa: F401\n" + PLUGIN)
+    app.code('VERSION = "2"\n')
+    result = run.upgrade()
+    assert result.returncode == 0, result.stderr + run.tail()
+    second = [int(pid) for pid in result.stdout.split()]
+    assert {app.seen(pid) for pid in second} == {"2"}
+    template(run, second)
+    assert echo(run.port) == b"hello\n"
+    assert "Unknown command" not in run.logText()
+
+
+def test_anApplicationThatOpensAFileOnImportIsRefused(
+    preloaded: tuple[PreloadApp, Supervised],
+) -> None:
+    """
+    A file the application opens on import would be closed, or replaced by a
+    listener, in each worker: the template refuses it with one line.
+    """
+    app, run = preloaded
+    first = run.waitReady()
+    app.code('LOG = open(__file__ + ".log", "a")\nVERSION = "2"\n')
+    result = run.upgrade()
+    assert result.returncode != 0
+    assert "the application opened fd" in result.stderr, result.stderr
+    assert "use txflip run --no-preload" in result.stderr, result.stderr
+    assert run.waitReady() == first and echo(run.port) == b"hello\n"
+
+
+def test_manyWorkersWithABigEnvironmentStart(tmp_path: Path) -> None:
+    """
+    Each fork request carries the worker's environment: asked for all at once,
+    sixteen of 32 kB filled the socket's buffer, and the start failed (EAGAIN).
+    """
+    app = PreloadApp(tmp_path)
+    env = {**app.env, "BIG": "x" * 32768}
+    run = Supervised(tmp_path, app.command, "--workers", "16", env=env)
+    try:
+        pids = waitFor(
+            lambda: p if len(p := run.ready()) == 16 else None,
+            60,
+            what=f"16 ready workers: {run.tail()}",
+        )
+        template(run, pids)
+        assert echo(run.port) == b"hello\n"
+    finally:
+        run.close()
+
+
 def test_aKilledWorkerIsForkedAgainByItsTemplate(
     preloaded: tuple[PreloadApp, Supervised],
 ) -> None:
@@ -334,7 +393,9 @@ def test_aWorkerNeverForkedTimesOut() -> None:
     reactor, worker = fakeWorker([])
     assert worker.fds and not worker.started.called
     reactor.advance(5)
-    assert failure(worker.result) == "child pid=0 was not ready within 5 s; killed it"
+    assert failure(worker.result) == (
+        "the preloading template did not fork a worker within 5 s"
+    )
     assert worker.gone and not worker.fds
 
 

@@ -132,11 +132,10 @@ class ChildOutcome:
 
     def _timedOut(self, timeout: float) -> None:
         self._timeout = None
-        self._fail(
-            UpgradeTimeout(
-                f"child pid={self.pid} was not ready within {timeout:g} s; killed it"
-            )
-        )
+        self._fail(UpgradeTimeout(self._lateMessage(timeout)))
+
+    def _lateMessage(self, timeout: float) -> str:
+        return f"child pid={self.pid} was not ready within {timeout:g} s; killed it"
 
     def _fail(self, error: Exception) -> None:
         """

@@ -95,6 +95,11 @@ class PreloadedWorker(ChildOutcome):
         for fd in fds:
             os.close(fd)
 
+    def _lateMessage(self, timeout: float) -> str:
+        if not self.pid:  # no child yet: its template is still importing
+            return f"the preloading template did not fork a worker within {timeout:g} s"
+        return super()._lateMessage(timeout)
+
     # -- what the template says ---------------------------------------------------
 
     def forked(self, pid: int) -> None:

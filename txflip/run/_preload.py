@@ -95,10 +95,21 @@ class Template(ProcessProtocol):
         worker.onEnd = self._checkIdle
         if self.gone:
             worker.notForked(self._why())
-        elif self.ready:
-            self._ask(worker)
-        else:
-            self._queue.append(worker)
+            return
+        self._queue.append(worker)
+        self._next()
+
+    def _next(self) -> None:
+        """
+        Ask for the next fork once the template is ready and has answered the
+        last: one request at a time.  Each carries a worker's environment and
+        fds; a burst of them (every worker of a generation at once) would fill
+        the socket's buffer (C{EAGAIN}) or pass more fds than may be in flight.
+        """
+        while self.ready and not self.gone and not self._asked and self._queue:
+            worker = self._queue.pop(0)
+            if not worker.gone:
+                self._ask(worker)
 
     def _ask(self, worker: PreloadedWorker) -> None:
         self._ids += 1
@@ -139,9 +150,7 @@ class Template(ProcessProtocol):
     def _message(self, message: dict[str, Any]) -> None:
         if "ready" in message:
             self.ready = True
-            queue, self._queue = self._queue, []
-            for worker in queue:
-                self._ask(worker)
+            self._next()
         elif "error" in message:
             self._error = str(message["error"])
         elif "forked" in message:
@@ -151,10 +160,14 @@ class Template(ProcessProtocol):
                 worker.forked(int(message["pid"]))
             else:
                 worker.notForked(f"the preloading template: {message['error']}")
+            self._next()
         elif "exited" in message:
             ended = self._workers.pop(int(message["exited"]), None)
             if ended is not None:
                 ended.exited(int(message["status"]))
+        # A worker cancelled while its request was out has ended already, and
+        # will not say so again: look now.
+        self._reactor.callLater(0, self._checkIdle)
 
     def _checkIdle(self) -> None:
         self._queue = [w for w in self._queue if not w.gone]

@@ -33,7 +33,7 @@ import select
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 #: The socket to the supervisor.
 SOCKET_FD = 3
@@ -73,8 +73,15 @@ PR_SET_NAME = 15
 class _ReactorImported(BaseException):
     """
     Something imported the reactor while we prepare (not an L{ImportError}: no
-    C{except ImportError} fallback may swallow it).
+    C{except ImportError} fallback may swallow it).  Twisted's plugin loader
+    swallows every exception, and logs it: the guard also records that it
+    refused (L{_refused}), and its message says what happened, should that log
+    reach a worker's.
     """
+
+
+#: The modules that imported the reactor while we prepared, in order.
+_refused: list[str] = []
 
 
 class _Guard:
@@ -84,7 +91,11 @@ class _Guard:
 
     def find_spec(self, name: str, path: object, target: object = None) -> None:
         if name == _REACTOR:
-            raise _ReactorImported(name)
+            _refused.append(name)
+            raise _ReactorImported(
+                "txflip run --preload: the reactor is not imported before the"
+                " fork; this plugin is loaded in each worker instead"
+            )
 
 
 class _Become(BaseException):
@@ -196,15 +207,21 @@ def prepare(kind: str, target: str, argv: list[str]) -> Callable[[], object]:
     # Every worker is a txflip child: what the options read at parse time must
     # see it (the flip plugin keeps a child in the foreground).
     os.environ[_MARKER] = "{}"
+    del _refused[:]
     try:
         config.parseOptions(argv[1:])
     except _ReactorImported:
-        _warm()
-        return twistd.run
+        pass
     except usage.error as e:
-        raise SystemExit(f"{os.path.basename(argv[0])}: {e}") from None
+        # A plugin whose module imports the reactor is dropped by Twisted's
+        # loader ("Unknown command"): the worker parses, where it loads.
+        if not _refused:
+            raise SystemExit(f"{os.path.basename(argv[0])}: {e}") from None
     finally:
         del os.environ[_MARKER]
+    if _refused:
+        _warm()
+        return twistd.run
     return lambda: twistd.runApp(config)
 
 
@@ -227,11 +244,15 @@ def serve(sock: socket.socket) -> None:
                 _, status = os.waitpid(pid, 0)
                 _send(sock, {"exited": pid, "status": status})
                 continue
-            message, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
+            message, fds, flags, _ = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
             if not message:
                 return
             request = json.loads(message)
             try:
+                if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC) or len(fds) != len(
+                    request["fds"]
+                ):
+                    raise OSError(f"received {len(fds)} of {len(request['fds'])} fds")
                 pid = _fork(request, fds)  # the child leaves here (_Become)
             except OSError as e:
                 pid = 0
@@ -309,6 +330,12 @@ def main(args: Sequence[str]) -> int:
                 f"{argv[0]}: the application installed the reactor on import; it"
                 " cannot be forked; use txflip run --no-preload"
             )
+        opened = openedFDs()
+        if opened:
+            raise SystemExit(
+                f"{argv[0]}: the application opened fd {opened[0]} on import; a"
+                " worker's fds take those numbers; use txflip run --no-preload"
+            )
     except BaseException as e:  # noqa: BLE001 - told to the supervisor, then exit
         if isinstance(e, SystemExit) and isinstance(e.code, str):
             error = e.code
@@ -320,18 +347,56 @@ def main(args: Sequence[str]) -> int:
 
             traceback.print_exc()
         _send(sock, {"error": error.splitlines()[-1] if error else type(e).__name__})
-        return 1
+        _exit(1)
     # What we imported stays out of the collector's reach: a collection in a
     # worker would otherwise write to (and so copy) every page of it.
     gc.freeze()
     _send(sock, {"ready": os.getpid()})
+    child: _Become | None = None
     try:
         serve(sock)
-    except _Become as child:
-        sock.detach()  # become() closes it; the object must not close it again
-        become(child.request, child.fds, name)
-        run()
+    except _Become as forked:
+        child = forked
+    if child is None:
+        _exit(0)
+    # A worker: outside the except block, as if nothing had come before.
+    sock.detach()  # become() closes it; the object must not close it again
+    become(child.request, child.fds, name)
+    del child
+    run()
     return 0
+
+
+def _exit(status: int) -> NoReturn:
+    """
+    The template ends without the exit handlers the application registered on
+    import: they are its workers', who run them when they exit.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(status)
+
+
+def openedFDs() -> list[int]:
+    """
+    The fds open beyond the standard ones and our socket: what the application
+    opened on import (a log file, a database), which a worker's fds would
+    replace or close after the fork.
+    """
+    try:
+        listed = [int(fd) for fd in os.listdir("/proc/self/fd")]
+    except OSError:
+        return []
+    opened = []
+    for fd in sorted(listed):
+        if fd in (0, 1, 2, SOCKET_FD):
+            continue
+        try:
+            os.fstat(fd)  # the listing's own fd is closed by now
+        except OSError:
+            continue
+        opened.append(fd)
+    return opened
 
 
 if __name__ == "__main__":
