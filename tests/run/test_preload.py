@@ -125,37 +125,47 @@ def test_everyPreloadedWorkerRunsTheNewCode(
     waitFor(lambda: not any(map(pidAlive, [old, *first])), 30, what="generation 1")
 
 
+def refusedUpgrade(
+    preloaded: tuple[PreloadApp, Supervised], code: str, *said: str
+) -> list[str]:
+    """
+    Deploy C{code}: the upgrade fails, its error says each of C{said}, and the
+    old workers serve on.  The log's lines that say the last.
+    """
+    app, run = preloaded
+    first = run.waitReady()
+    app.code(code)
+    result = run.upgrade()
+    assert result.returncode != 0
+    for each in said:
+        assert each in result.stderr, result.stderr
+    assert run.waitReady() == first and echo(run.port) == b"hello\n"
+    return [line for line in run.logText().splitlines() if said[-1] in line]
+
+
 def test_aBrokenModuleFailsTheUpgrade(preloaded: tuple[PreloadApp, Supervised]) -> None:
     """
     The new template cannot import the application: the upgrade fails with the
     reason, and the old workers serve on.
     """
-    app, run = preloaded
-    first = run.waitReady()
-    app.code('raise ImportError("broken deploy")\n')
-    result = run.upgrade()
-    assert result.returncode != 0
-    assert "(the preloading template)" in result.stderr, result.stderr
-    assert "ImportError: broken deploy" in result.stderr, result.stderr
-    assert run.waitReady() == first and echo(run.port) == b"hello\n"
+    refusedUpgrade(
+        preloaded,
+        'raise ImportError("broken deploy")\n',
+        "(the preloading template)",
+        "ImportError: broken deploy",
+    )
 
 
 def test_aModuleThatInstallsTheReactorIsRefused(
     preloaded: tuple[PreloadApp, Supervised],
 ) -> None:
-    app, run = preloaded
-    first = run.waitReady()
-    app.code(INSTALLS_THE_REACTOR)
-    result = run.upgrade()
-    assert result.returncode != 0
-    error = (
+    logged = refusedUpgrade(
+        preloaded,
+        INSTALLS_THE_REACTOR,
         "the application installed the reactor on import; it cannot be forked;"
-        " use txflip run --no-preload"
+        " use txflip run --no-preload",
     )
-    assert error in result.stderr, result.stderr
-    said = [line for line in run.logText().splitlines() if error in line]
-    assert len(said) == 1 and "upgrade failed" in said[0], said
-    assert run.waitReady() == first and echo(run.port) == b"hello\n"
+    assert len(logged) == 1 and "upgrade failed" in logged[0], logged
 
 
 def test_aPluginThatImportsTheReactorIsParsedInTheWorker(
@@ -187,14 +197,13 @@ def test_anApplicationThatOpensAFileOnImportIsRefused(
     A file the application opens on import would be closed, or replaced by a
     listener, in each worker: the template refuses it with one line.
     """
-    app, run = preloaded
-    first = run.waitReady()
-    app.code('LOG = open(__file__ + ".log", "a")\nVERSION = "2"\n')
-    result = run.upgrade()
-    assert result.returncode != 0
-    assert "the application opened fd" in result.stderr, result.stderr
-    assert "use txflip run --no-preload" in result.stderr, result.stderr
-    assert run.waitReady() == first and echo(run.port) == b"hello\n"
+    logged = refusedUpgrade(
+        preloaded,
+        'LOG = open(__file__ + ".log", "a")\nVERSION = "2"\n',
+        "use txflip run --no-preload",
+        "the application opened fd",
+    )
+    assert len(logged) == 1 and "upgrade failed" in logged[0], logged
 
 
 def test_manyWorkersWithABigEnvironmentStart(tmp_path: Path) -> None:
