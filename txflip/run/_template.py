@@ -15,11 +15,13 @@ The reactor must not exist before the fork (one epoll set, one waker, shared by
 every worker): a finder refuses to import C{twisted.internet.reactor} while we
 prepare.  A plugin that imports it (twistd's own C{web} does) is then parsed in
 the worker instead, after the modules it would need are preloaded; a module that
-I{installs} a reactor without importing it is refused with one line.
+I{installs} a reactor without importing it is refused with one line, as is an
+application that leaves a file open on import (a worker's fds take its number).
 
 A forked worker leaves our loop by an exception (L{_Become}) caught in L{main},
-so that it runs the application from the top of the stack, the way a fresh
-interpreter would: its C{SystemExit} and C{atexit} behave as they always do.
+and runs the application after it, near the top of the stack, the way a fresh
+interpreter would: its C{SystemExit} and C{atexit} behave as they always do (the
+template itself ends with C{os._exit}, without the application's handlers).
 Imports here are the standard library's until the runner's: this module is what
 the template is, and is kept small.
 """
@@ -72,15 +74,13 @@ PR_SET_NAME = 15
 
 class _ReactorImported(BaseException):
     """
-    Something imported the reactor while we prepare (not an L{ImportError}: no
-    C{except ImportError} fallback may swallow it).  Twisted's plugin loader
-    swallows every exception, and logs it: the guard also records that it
-    refused (L{_refused}), and its message says what happened, should that log
-    reach a worker's.
+    Something imported the reactor while we prepare: not an L{ImportError}, for
+    no fallback to swallow; Twisted's plugin loader swallows all (and logs it,
+    hence the message), so the guard records it too (L{_refused}).
     """
 
 
-#: The modules that imported the reactor while we prepared, in order.
+#: One entry each time the guard refused the reactor while we prepared.
 _refused: list[str] = []
 
 
@@ -119,13 +119,12 @@ def _warm() -> None:
 
 def _warmEndpointParsers() -> None:
     """
-    Load every endpoint-parser plugin, as C{serverFromString} does first in each
-    worker (a C{flip:} or C{tcp:} description): once here, shared, instead of
-    once per worker.  Autobahn's, when it is installed, brings Autobahn, txaio
-    and cffi, which parses C sources on import: tens of ms a worker.  A plugin
-    that would import the reactor, or fails, is left to the worker (which logs
-    it, as twistd would); C{getPlugins} would log it here, and every worker
-    would replay that log.
+    Load every endpoint-parser plugin, as C{serverFromString} does in each
+    worker for a prefix no built-in parser has (C{flip:}): once here, shared.
+    Autobahn's, when installed, brings Autobahn, txaio and cffi, which parses C
+    sources on import: tens of ms a worker.  One that would import the reactor,
+    or fails, is left to the worker, which logs it as twistd would (here,
+    C{getPlugins} would log it, and every worker would replay that log).
     """
     from twisted.internet.interfaces import IStreamServerEndpointStringParser
     from twisted.plugin import getCache
@@ -272,8 +271,7 @@ def serve(sock: socket.socket) -> None:
 
 
 def _fork(request: dict[str, Any], fds: list[int]) -> int:
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()  # or each worker would write it again
+    _flush()
     pid = os.fork()
     if pid == 0:
         raise _Become(request, list(fds))
@@ -325,16 +323,10 @@ def main(args: Sequence[str]) -> int:
     sys.meta_path.insert(0, guard)
     try:
         run = prepare(kind, target, argv)
-        if _REACTOR in sys.modules:
+        why = unforkable()
+        if why:
             raise SystemExit(
-                f"{argv[0]}: the application installed the reactor on import; it"
-                " cannot be forked; use txflip run --no-preload"
-            )
-        opened = openedFDs()
-        if opened:
-            raise SystemExit(
-                f"{argv[0]}: the application opened fd {opened[0]} on import; a"
-                " worker's fds take those numbers; use txflip run --no-preload"
+                f"{argv[0]}: the application {why}; use txflip run --no-preload"
             )
     except BaseException as e:  # noqa: BLE001 - told to the supervisor, then exit
         if isinstance(e, SystemExit) and isinstance(e.code, str):
@@ -359,12 +351,16 @@ def main(args: Sequence[str]) -> int:
         child = forked
     if child is None:
         _exit(0)
-    # A worker: outside the except block, as if nothing had come before.
+    # A worker, out of the except block: as if nothing had come before.
     sock.detach()  # become() closes it; the object must not close it again
     become(child.request, child.fds, name)
-    del child
     run()
     return 0
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()  # or each worker would write it again, or nobody
 
 
 def _exit(status: int) -> NoReturn:
@@ -372,31 +368,31 @@ def _exit(status: int) -> NoReturn:
     The template ends without the exit handlers the application registered on
     import: they are its workers', who run them when they exit.
     """
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
+    _flush()
     os._exit(status)
 
 
-def openedFDs() -> list[int]:
+def unforkable() -> str | None:
     """
-    The fds open beyond the standard ones and our socket: what the application
-    opened on import (a log file, a database), which a worker's fds would
-    replace or close after the fork.
+    Why what the application did on import cannot be forked, if it cannot: a
+    reactor installed (one epoll set for every worker), or a file left open (a
+    log, a database: a worker's fds take those numbers, or are closed).
     """
+    if _REACTOR in sys.modules:
+        return "installed the reactor on import; it cannot be forked"
     try:
-        listed = [int(fd) for fd in os.listdir("/proc/self/fd")]
+        listed = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
     except OSError:
-        return []
-    opened = []
-    for fd in sorted(listed):
+        return None
+    for fd in listed:
         if fd in (0, 1, 2, SOCKET_FD):
             continue
         try:
             os.fstat(fd)  # the listing's own fd is closed by now
         except OSError:
             continue
-        opened.append(fd)
-    return opened
+        return f"opened fd {fd} on import; a worker's fds take those numbers"
+    return None
 
 
 if __name__ == "__main__":
