@@ -97,7 +97,7 @@ class _Run:
         self.sockets = Sockets(listeners)
         environ = {k: v for k, v in os.environ.items() if k not in PRIVATE_VARIABLES}
         command = Command(executable, tuple(args.command), os.getcwd())
-        self.preloader, self.execWhy = preloader(command, args.preload)
+        self.preloader, self.execWhy = preloader(command, args.preload, args.warm)
         self.supervisor = Supervisor(
             self.reactor,
             command,
@@ -245,6 +245,8 @@ class _Run:
                 if control is not None:
                     await self._drainControl(control)
             self.sockets.listeners.close(unlink=True)
+            if self.preloader is not None:
+                await self.preloader.close()
             if self.pidFile is not None:
                 self.pidFile.removeIfOurs(os.getpid())
             reaper.reapNow()
@@ -254,7 +256,7 @@ class _Run:
 
 
 def preloader(
-    command: Command, wanted: bool | None
+    command: Command, wanted: bool | None, warm: bool | None = None
 ) -> tuple[Preloader | None, str | None]:
     """
     The preloading spawner for C{command} (L{txflip.run._preload}), and why
@@ -262,20 +264,24 @@ def preloader(
 
     @param wanted: C{--preload} (True), C{--no-preload} (False), or neither
         (L{None}: preload if the command can be).
-    @raise RunError: C{--preload}, and it cannot be.
+    @param warm: C{--warm} (True: keep the zygote between upgrades),
+        C{--no-warm} (False), or neither (L{None}: keep it).
+    @raise RunError: C{--preload} or C{--warm}, and it cannot be.
     """
     if wanted is False:
+        if warm:
+            raise RunError("--warm needs preloading; drop --no-preload")
         return None, None
     from txflip.run._runners import preloadable
 
     runner = preloadable(command)
     if isinstance(runner, str):
-        if wanted:
-            raise RunError(f"--preload: {runner}")
+        if wanted or warm:
+            raise RunError(f"--{'warm' if warm else 'preload'}: {runner}")
         return None, runner
     from txflip.run._preload import Preloader
 
-    return Preloader(runner), None
+    return Preloader(runner, warm is not False), None
 
 
 def withoutTLS() -> None:
@@ -337,6 +343,18 @@ def register(subparsers: Any) -> None:
         " imported the application (a twistd, python -m or Python script"
         " command, on Linux): the default where it can; --no-preload starts"
         " each worker anew",
+    )
+    parser.add_argument(
+        "--warm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with preloading, keep the interpreter that imported Twisted, txflip"
+        " and the endpoint plugins (never the application) between upgrades, and"
+        " fork each upgrade's template from it while no file or directory it"
+        " imported from has changed (else a fresh one replaces it): an upgrade"
+        " costs a fork and the application's imports instead of an interpreter's"
+        " start; the default where preloading is; --no-warm starts a fresh"
+        " interpreter for every upgrade",
     )
     parser.add_argument("--pidfile", metavar="PATH", help="write our pid there")
     parser.add_argument(

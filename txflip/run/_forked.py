@@ -42,75 +42,49 @@ def exitReason(status: int | None) -> Failure:
     return Failure(ProcessTerminated(code, None, status))
 
 
-class PreloadedWorker(ChildOutcome):
+class ForkedChild:
     """
-    A worker forked by a template: a L{txflip.run._workers.WorkerProcess}.
+    A process one of ours forks on request (a template's worker, a zygote's
+    template), as the supervisor follows it: the fds it is to have, its pid once
+    forked, its end, which its parent reports (L{exited}) or, if its parent dies
+    first, we see by its pidfd and reap ourselves (L{parentGone}).
 
-    L{started} fires with its pid once the template forked it; L{result} as
-    L{txflip.generation._spawn.SpawnAttempt}'s does, once it is gone.
+    @ivar environ: its environment.
+    @ivar targets: the fd numbers it is to have; L{fds} are our copies of them
+        (sent to its parent, then closed).
     """
 
-    def __init__(
-        self,
-        reactor: Any,
-        spawn: Spawn,
-        afterReady: Callable[[Failure], None],
-    ) -> None:
+    def __init__(self, reactor: Any, environ: dict[str, str]) -> None:
         self.pid = 0
-        self.started: Deferred[int] = Deferred()
-        self.started.addErrback(lambda _: None)
-        self.result: Deferred[int] = Deferred()
+        self.environ = environ
+        self.targets: list[int] = []
+        self.fds: list[int] = []
+        #: Called once it is gone (its parent may be idle then).
+        self.onEnd: Callable[[], None] = lambda: None
         self._reactor = reactor
-        self._afterReady = afterReady
-        self._ready = self._ended = False
-        self._failure: Exception | None = None
+        self._ended = False
         self._watch: PidWatch | None = None
         self._exited = False  # the pidfd says it exited; the status may follow
-        self._orphan = False  # its template is gone: we reap it
-        #: Called once it is gone (its template may be idle then).
-        self.onEnd: Callable[[], None] = lambda: None
-        self.childError: str | None = None
-        self._buffer = b""
-        self.environ = {**spawn.environ, **dict(spawn.command.extraEnv)}
-        marker, childFDs = _handoff.plan(
-            spawn.generation, spawn.listeners, spawn.extraFDs
-        )
-        self.environ[_handoff.MARKER] = marker
-        self._pipes = ChildPipes(reactor, self._received)
-        childFDs[_handoff.READY_FD] = self._pipes.readyChildEnd
-        childFDs[_handoff.PARENT_FD] = self._pipes.parentChildEnd
-        if spawn.stderr is not None:
-            childFDs[2] = spawn.stderr
-        #: Our copies of its fds (the caller closes its own once we return),
-        #: and where they go; sent to the template, then closed.
-        self.targets = sorted(childFDs)
-        self.fds = [os.dup(int(childFDs[target])) for target in self.targets]
-        self._pipes.started()
-        self._timeout: IDelayedCall | None = reactor.callLater(
-            spawn.timeout, self._timedOut, spawn.timeout
-        )
+        self._orphan = False  # its parent is gone: we reap it
+
+    def give(self, fds: dict[int, int]) -> None:
+        """
+        Copy C{fds} (target: ours) to send; the caller keeps and closes its own.
+        """
+        self.targets = sorted(fds)
+        self.fds = [os.dup(fds[target]) for target in self.targets]
 
     def closeFDs(self) -> None:
         fds, self.fds = self.fds, []
         for fd in fds:
             os.close(fd)
 
-    def _lateMessage(self, timeout: float) -> str:
-        if not self.pid:  # no child yet: its template is still importing
-            return f"the preloading template did not fork a worker within {timeout:g} s"
-        return super()._lateMessage(timeout)
-
-    # -- what the template says ---------------------------------------------------
-
     def forked(self, pid: int) -> None:
         self.pid = pid
         try:
             self._watch = PidWatch(self._reactor, pid, self._pidExited)
         except OSError:
-            pass  # gone already: the template's report of its end follows
-        self.started.callback(pid)
-        if self._failure is not None:
-            self.signal("KILL")
+            pass  # gone already: its parent's report of its end follows
 
     def exited(self, status: int | None) -> None:
         """
@@ -119,13 +93,11 @@ class PreloadedWorker(ChildOutcome):
         self._end(exitReason(status))
 
     def notForked(self, message: str) -> None:
-        self.started.errback(Failure(ChildFailed(message)))
-        self._failure = self._failure or ChildFailed(message)
-        self._end(None)
+        raise NotImplementedError
 
-    def templateGone(self) -> None:
+    def parentGone(self) -> None:
         """
-        Its template is gone: it is our child now (or soon, once reparented).
+        Its parent is gone: it is our child now (or soon, once reparented).
         """
         self._orphan = True
         if self._exited:
@@ -145,6 +117,85 @@ class PreloadedWorker(ChildOutcome):
         if pid:
             self.exited(None if status < 0 else status)
 
+    def signal(self, name: str | int) -> None:
+        signum = name if isinstance(name, int) else getattr(signal, f"SIG{name}")
+        if self._watch is not None:
+            self._watch.signal(signum)
+
+    def _end(self, reason: Failure | None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self.closeFDs()
+        self._reactor.callLater(0, self.onEnd)
+        self._ending(reason)
+
+    def _ending(self, reason: Failure | None) -> None:
+        """
+        It is gone (C{reason}: its exit), or was never forked (L{None}).
+        """
+
+    @property
+    def gone(self) -> bool:
+        return self._ended
+
+
+class PreloadedWorker(ForkedChild, ChildOutcome):
+    """
+    A worker forked by a template: a L{txflip.run._workers.WorkerProcess}.
+
+    L{started} fires with its pid once the template forked it; L{result} as
+    L{txflip.generation._spawn.SpawnAttempt}'s does, once it is gone.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        spawn: Spawn,
+        afterReady: Callable[[Failure], None],
+    ) -> None:
+        super().__init__(reactor, {**spawn.environ, **dict(spawn.command.extraEnv)})
+        self.started: Deferred[int] = Deferred()
+        self.started.addErrback(lambda _: None)
+        self.result: Deferred[int] = Deferred()
+        self._afterReady = afterReady
+        self._ready = False
+        self._failure: Exception | None = None
+        self.childError: str | None = None
+        self._buffer = b""
+        marker, childFDs = _handoff.plan(
+            spawn.generation, spawn.listeners, spawn.extraFDs
+        )
+        self.environ[_handoff.MARKER] = marker
+        self._pipes = ChildPipes(reactor, self._received)
+        childFDs[_handoff.READY_FD] = self._pipes.readyChildEnd
+        childFDs[_handoff.PARENT_FD] = self._pipes.parentChildEnd
+        if spawn.stderr is not None:
+            childFDs[2] = spawn.stderr
+        self.give({target: int(fd) for target, fd in childFDs.items()})
+        self._pipes.started()
+        self._timeout: IDelayedCall | None = reactor.callLater(
+            spawn.timeout, self._timedOut, spawn.timeout
+        )
+
+    def _lateMessage(self, timeout: float) -> str:
+        if not self.pid:  # no child yet: its template is still importing
+            return f"the preloading template did not fork a worker within {timeout:g} s"
+        return super()._lateMessage(timeout)
+
+    # -- what the template says ---------------------------------------------------
+
+    def forked(self, pid: int) -> None:
+        super().forked(pid)
+        self.started.callback(pid)
+        if self._failure is not None:
+            self.signal("KILL")
+
+    def notForked(self, message: str) -> None:
+        self.started.errback(Failure(ChildFailed(message)))
+        self._failure = self._failure or ChildFailed(message)
+        self._end(None)
+
     def _received(self, data: bytes) -> None:
         self._buffer += data
         while b"\n" in self._buffer:
@@ -154,11 +205,6 @@ class PreloadedWorker(ChildOutcome):
             self._fail(ChildFailed(f"child pid={self.pid} sent garbage"))
 
     # -- WorkerProcess ------------------------------------------------------------
-
-    def signal(self, name: str | int) -> None:
-        signum = name if isinstance(name, int) else getattr(signal, f"SIG{name}")
-        if self._watch is not None:
-            self._watch.signal(signum)
 
     def cancel(self) -> Deferred[int]:
         self._fail(Stopping())
@@ -170,19 +216,10 @@ class PreloadedWorker(ChildOutcome):
         elif not self._ended:  # not forked yet: forked() kills it if it ever is
             self._end(None)
 
-    def _end(self, reason: Failure | None) -> None:
-        if self._ended:
-            return
-        self._ended = True
-        self.closeFDs()
+    def _ending(self, reason: Failure | None) -> None:
         self._pipes.close()  # first: what it wrote before it died decides
         self._cancelTimeout()
-        self._reactor.callLater(0, self.onEnd)
         if self._ready:
             self._afterReady(reason or exitReason(None))
             return
         self._failedBeforeReady(reason)
-
-    @property
-    def gone(self) -> bool:
-        return self._ended

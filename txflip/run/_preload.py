@@ -1,213 +1,178 @@
 """
 Preloading, the supervisor's side: a L{WorkerSpawner} whose workers are forked by
 one template per generation (L{txflip.run._template}), which imported the
-application once: an upgrade costs one interpreter start whatever the number of
-workers, and the workers share the template's pages copy-on-write.
+application once: an upgrade costs one template whatever the number of workers,
+and the workers share the template's pages copy-on-write.
 
-Every upgrade starts a new template (new code, new dependencies: nothing stale
-survives); a crashed worker is replaced by its generation's template if it is
-still there (a fork), by a new one otherwise.  A template is retired (its socket
-closed: it exits) once it has no worker left and nothing to fork.
+Every template is forked by a zygote (L{txflip.run._zygote}), an interpreter that
+imported what every template imports before the application.  Without C{--warm}
+each upgrade starts a new zygote, used for its one template and retired: every
+upgrade loads everything anew.  With C{--warm} the zygote stays, and forks each
+upgrade's template while none of the files it imported has changed (then a new
+zygote replaces it): an upgrade costs a fork and the application's imports.
 
-We are not the workers' parent: the template is, and reports their exit
-statuses (L{txflip.run._forked} follows each worker, and outlives a template that
-dies).
+A crashed worker is replaced by its generation's template if it is still there
+(a fork), by a new one otherwise.  A template is retired (its socket closed: it
+exits) once it has no worker left and nothing to fork.  We are the parent of
+neither templates nor workers: their forkers report their exit statuses
+(L{txflip.run._forker}), and a child whose forker dies first is ours to reap.
 """
 
 from __future__ import annotations
 
-import json
-import socket
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from txflip._jsonlog import UPGRADE_ID
-from txflip.generation._exits import describeExit
 from txflip.generation._signals import signalsHeld
 from txflip.generation._spawn import Spawn
-from txflip.run._forked import PreloadedWorker
+from txflip.run._forked import ForkedChild, PreloadedWorker
+from txflip.run._forker import Forker
 from txflip.run._runners import Runner
-from txflip.run._stderr import StderrTail, withTail
-from txflip.run._template import MAX_MESSAGE, SOCKET_FD
+from txflip.run._template import SOCKET_FD
+
+_log = Logger()
 
 
-@implementer(IReadDescriptor)
-class Template(ProcessProtocol):
+class Template(Forker):
     """
-    One template process and the workers it forks.
+    One template, forked by a zygote, and the workers it forks.
     """
+
+    role = "the preloading template"
+
+    def __init__(
+        self,
+        reactor: Any,
+        spawn: Spawn,
+        idle: Callable[[Template], None],
+        forkedBy: Callable[[_TemplateProcess], None],
+    ) -> None:
+        super().__init__(reactor, idle)
+        self.generation = spawn.generation
+        self.upgradeId = spawn.environ.get(UPGRADE_ID)
+        self.process = _TemplateProcess(self, reactor, spawn)
+        self.process.give({2: self.stderr.childEnd, SOCKET_FD: self.theirs.fileno()})
+        self.started()
+        forkedBy(self.process)
+
+    def kill(self) -> None:
+        self.process.kill()
+
+
+class _TemplateProcess(ForkedChild):
+    """
+    A template's process, as its zygote forks it and we follow it.
+    """
+
+    def __init__(self, template: Template, reactor: Any, spawn: Spawn) -> None:
+        super().__init__(reactor, {**spawn.environ, **dict(spawn.command.extraEnv)})
+        self.reactor = reactor
+        self.template = template
+        self.cwd = spawn.command.cwd
+
+    def forked(self, pid: int) -> None:
+        self.template.pid = pid
+        super().forked(pid)
+        if self.gone:  # killed while it was being forked
+            self.signal("KILL")
+
+    def kill(self) -> None:
+        if self.pid:
+            self.signal("KILL")
+        else:  # not forked yet: never will be (or is killed once it is)
+            self._end(None)
+
+    def notForked(self, message: str) -> None:
+        self.template._error = message
+        self._end(None)
+
+    def _ending(self, reason: Failure | None) -> None:
+        self.template.ended(reason)
+
+
+class Zygote(Forker, ProcessProtocol):
+    """
+    The zygote: a fresh interpreter that forks templates.
+    """
+
+    role = "the preloading zygote"
 
     def __init__(
         self,
         reactor: Any,
         runner: Runner,
-        spawn: Spawn,
-        idle: Callable[[Template], None],
+        child: _TemplateProcess,
+        warm: bool,
+        idle: Callable[[Zygote], None],
+        stale: Callable[[Zygote, str, list[ForkedChild]], None],
     ) -> None:
-        self._reactor = reactor
-        self._idle = idle
-        self.generation = spawn.generation
-        self.upgradeId = spawn.environ.get(UPGRADE_ID)
-        self.ready = self.gone = False
-        self._error: str | None = None
-        self._queue: list[PreloadedWorker] = []
-        self._asked: dict[int, PreloadedWorker] = {}
-        self._workers: dict[int, PreloadedWorker] = {}
-        self._ids = 0
-        self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self._sock.setblocking(False)
-        self._stderr = StderrTail(reactor)
-        environ = {**spawn.environ, **dict(spawn.command.extraEnv)}
+        super().__init__(reactor, idle)
+        self._stale = stale
+        self.isStale = False
+        self._checks = False
+        self.whenGone: Deferred[None] = Deferred()
         try:
-            with signalsHeld():  # its workers are born with them blocked
+            with signalsHeld():  # its templates' workers are born with them blocked
                 process = reactor.spawnProcess(
                     self,
                     runner.interpreter,
-                    runner.templateArgs(),
-                    env=environ,
-                    path=spawn.command.cwd,
+                    runner.templateArgs(zygote=True, warm=warm),
+                    env=child.environ,
+                    path=child.cwd,
                     childFDs={
                         0: 0,
                         1: 1,
-                        2: self._stderr.childEnd,
-                        SOCKET_FD: theirs.fileno(),
+                        2: self.stderr.childEnd,
+                        SOCKET_FD: self.theirs.fileno(),
                     },
                 )
         except BaseException:
             self._sock.close()
             raise
         finally:
-            theirs.close()
-            self._stderr.started()
+            self.started()
         self._process = process
-        self.pid: int = process.pid or 0
-        reactor.addReader(self)
+        self.pid = process.pid or 0
 
-    def __repr__(self) -> str:
-        return f"<Template pid={self.pid}>"
+    def _extra(self, child: ForkedChild) -> dict[str, Any]:
+        # Its first request follows its imports by milliseconds: no check, or a
+        # file written as often (a log in a directory on sys.path) would have
+        # every new zygote replaced in turn.
+        assert isinstance(child, _TemplateProcess)
+        extra: dict[str, Any] = {"check": self._checks}
+        self._checks = True
+        if child.cwd is not None:
+            extra["cwd"] = child.cwd
+        return extra
 
-    def fork(self, worker: PreloadedWorker) -> None:
-        worker.onEnd = self._checkIdle
-        if self.gone:
-            worker.notForked(self._why())
+    def _answered(self, child: ForkedChild, answer: dict[str, Any]) -> None:
+        if "stale" not in answer:
+            super()._answered(child, answer)
             return
-        self._queue.append(worker)
-        self._next()
+        self.isStale = True  # no more asking: a fresh zygote takes its requests
+        waiting, self._queue = [child, *self._queue], []
+        self._stale(self, str(answer["stale"]), waiting)
 
     def _next(self) -> None:
-        """
-        Ask for the next fork once the template is ready and has answered the
-        last: one request at a time.  Each carries a worker's environment and
-        fds; a burst of them (every worker of a generation at once) would fill
-        the socket's buffer (C{EAGAIN}) or pass more fds than may be in flight.
-        """
-        while self.ready and not self.gone and not self._asked and self._queue:
-            worker = self._queue.pop(0)
-            if not worker.gone:
-                self._ask(worker)
+        if not self.isStale:
+            super()._next()
 
-    def _ask(self, worker: PreloadedWorker) -> None:
-        self._ids += 1
-        request = {"id": self._ids, "env": worker.environ, "fds": worker.targets}
-        try:
-            socket.send_fds(self._sock, [json.dumps(request).encode()], worker.fds)
-        except OSError as e:
-            worker.notForked(f"cannot ask the preloading template to fork: {e}")
-            return
-        finally:
-            worker.closeFDs()
-        self._asked[self._ids] = worker
+    def _busy(self) -> bool:
+        # Its templates outlive it: only what it is still asked for keeps it.
+        return bool(self._queue or self._asked)
 
-    # -- the socket ---------------------------------------------------------------
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
-
-    def logPrefix(self) -> str:
-        return "txflip-template"
-
-    def doRead(self) -> None:
-        while True:
-            try:
-                data = self._sock.recv(MAX_MESSAGE)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if not data:
-                self._reactor.removeReader(self)
-                return
-            self._message(json.loads(data))
-
-    def connectionLost(self, reason: Failure) -> None:
-        self._reactor.removeReader(self)
-
-    def _message(self, message: dict[str, Any]) -> None:
-        if "ready" in message:
-            self.ready = True
-            self._next()
-        elif "error" in message:
-            self._error = str(message["error"])
-        elif "forked" in message:
-            worker = self._asked.pop(int(message["forked"]))
-            if "pid" in message:
-                self._workers[int(message["pid"])] = worker
-                worker.forked(int(message["pid"]))
-            else:
-                worker.notForked(f"the preloading template: {message['error']}")
-            self._next()
-        elif "exited" in message:
-            ended = self._workers.pop(int(message["exited"]), None)
-            if ended is not None:
-                ended.exited(int(message["status"]))
-        # A worker cancelled while its request was out has ended already, and
-        # will not say so again: look now.
-        self._reactor.callLater(0, self._checkIdle)
-
-    def _checkIdle(self) -> None:
-        self._queue = [w for w in self._queue if not w.gone]
-        if not (self.gone or self._queue or self._asked or self._workers):
-            self._idle(self)
-
-    def retire(self) -> None:
-        """
-        Close our end: the template exits (its workers, if any, are ours then).
-        """
-        if self._sock.fileno() >= 0:
-            self._reactor.removeReader(self)
-            self._sock.close()
-        if not (self.ready or self.gone):  # stuck importing: nobody waits for it
-            self._process.signalProcess("KILL")
-
-    # -- the process --------------------------------------------------------------
+    def kill(self) -> None:
+        self._process.signalProcess("KILL")
 
     def processEnded(self, reason: Failure) -> None:
-        self.doRead()  # what it said before it died
-        self.gone = True
-        self._reason = reason
-        self.retire()
-        why = self._why()
-        for worker in [*self._queue, *self._asked.values()]:
-            worker.notForked(why)
-        self._queue, self._asked = [], {}
-        for worker in self._workers.values():
-            worker.templateGone()
-        self._workers = {w.pid: w for w in self._workers.values() if not w.gone}
-        self._stderr.close()
-
-    def _why(self) -> str:
-        reason = getattr(self, "_reason", None)
-        message = describeExit(self.pid, reason).replace(
-            f"pid={self.pid}", f"pid={self.pid} (the preloading template)"
-        )
-        if self._error:
-            message = f"{message}: {self._error}"
-        return withTail(message, self._stderr.tail())
+        self.ended(reason)
+        self.whenGone.callback(None)
 
 
 class Preloader:
@@ -216,11 +181,13 @@ class Preloader:
     generation, a new one for each upgrade (the workers it starts carry its id).
     """
 
-    def __init__(self, runner: Runner) -> None:
+    def __init__(self, runner: Runner, warm: bool = False) -> None:
         self._runner = runner
+        self._warm = warm
+        self._zygote: Zygote | None = None
         self._templates: dict[int, Template] = {}
-        #: Every template not yet reaped, for the reaper (Twisted reaps them).
-        self._alive: set[Template] = set()
+        #: Every forker not yet gone, for the reaper and for L{close}.
+        self._alive: set[Forker] = set()
 
     def __call__(
         self, reactor: Any, spawn: Spawn, afterReady: Callable[[Failure], None]
@@ -232,12 +199,52 @@ class Preloader:
             or template.gone
             or (upgradeId is not None and upgradeId != template.upgradeId)
         ):
-            template = Template(reactor, self._runner, spawn, self._retire)
+            template = Template(reactor, spawn, self._retire, self._zygoteFor)
             self._templates[spawn.generation] = template
             self._alive.add(template)
         worker = PreloadedWorker(reactor, spawn, afterReady)
         template.fork(worker)
         return worker
+
+    def _zygoteFor(self, template: ForkedChild) -> None:
+        """
+        Have C{template} forked by the zygote, a new one if it is gone, stale,
+        or (without C{--warm}) used once already.
+        """
+        assert isinstance(template, _TemplateProcess)
+        zygote = self._zygote
+        if zygote is None or zygote.gone or zygote.isStale:
+            try:
+                zygote = Zygote(
+                    template.reactor,
+                    self._runner,
+                    template,
+                    self._warm,
+                    self._idle,
+                    self._replace,
+                )
+            except OSError as e:
+                template.notForked(f"cannot start the preloading zygote: {e}")
+                return
+            self._alive.add(zygote)
+        self._zygote = zygote if self._warm else None
+        zygote.fork(template)
+
+    def _idle(self, zygote: Zygote) -> None:
+        if zygote is not self._zygote:
+            zygote.retire()
+
+    def _replace(self, stale: Zygote, why: str, waiting: list[ForkedChild]) -> None:
+        _log.info(
+            "txflip run: a new preloading zygote replaces pid {pid}: {why}",
+            pid=stale.pid,
+            why=why,
+        )
+        if self._zygote is stale:
+            self._zygote = None
+        stale.retire()
+        for template in waiting:
+            self._zygoteFor(template)
 
     def _retire(self, template: Template) -> None:
         if self._templates.get(template.generation) is template:
@@ -245,5 +252,15 @@ class Preloader:
         template.retire()
 
     def pids(self) -> set[int]:
-        self._alive = {t for t in self._alive if not t.gone}
-        return {t.pid for t in self._alive}
+        self._alive = {f for f in self._alive if not f.gone}
+        return {f.pid for f in self._alive}
+
+    def close(self) -> Deferred[None]:
+        """
+        Retire the zygote (the supervisor stops); fires once it is gone.
+        """
+        zygote, self._zygote = self._zygote, None
+        if zygote is None or zygote.gone:
+            return succeed(None)
+        zygote.retire()
+        return zygote.whenGone

@@ -60,21 +60,59 @@ class Runner:
     #: The worker's process name (C{/proc/PID/comm}), as exec would have set it.
     name: str
 
-    def templateArgs(self) -> list[str]:
+    def templateArgs(self, zygote: bool = False, warm: bool = False) -> list[str]:
         """
-        The template's command line (argv, the interpreter first).
+        The command line (argv, the interpreter first) of a template, or of a
+        zygote (L{txflip.run._zygote}) that forks them, and imports every
+        module a template may need up front if it is to be kept (C{warm}).
         """
+        role = ["warm-zygote" if warm else "zygote"] if zygote else []
         return [
             self.interpreter,
             *self.flags,
             "-c",
             BOOTSTRAP,
             os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+            *role,
             self.kind,
             self.target,
             self.name,
             *self.argv,
         ]
+
+
+#: The statements of an installer's entry-point script for twistd (pip,
+#: setuptools): running it is running C{twisted.scripts.twistd.run}.
+_ENTRY_POINT = frozenset(
+    {
+        "import re",
+        "import sys",
+        "from twisted.scripts.twistd import run",
+        "if __name__ == '__main__':",
+        'if __name__ == "__main__":',
+        "sys.exit(run())",
+    }
+)
+
+
+def entryPoint(path: str) -> bool:
+    """
+    Whether script C{path} is twistd's entry point and nothing else: anything
+    else (a script that extends C{sys.path}, or one that is not twistd at all
+    any more) is run as it is, in the worker.  Read by each template: the
+    script may change between generations.
+    """
+    try:
+        with open(path) as f:
+            text = f.read(4096)
+    except (OSError, ValueError):
+        return False
+    lines = [line.strip() for line in text.splitlines()]
+    statements = [line for line in lines if line and not line.startswith("#")]
+    return "from twisted.scripts.twistd import run" in statements and all(
+        line in _ENTRY_POINT or line.startswith("sys.argv[0] = re.sub(")
+        for line in statements
+    )
 
 
 def preloadable(command: Command) -> Runner | str:

@@ -1,7 +1,7 @@
 """
-The preloading template: one fresh interpreter per generation of C{txflip run}
-that imports the application, then forks the generation's workers, which share
-its pages copy-on-write.
+The preloading template: one interpreter per generation of C{txflip run} that
+imports the application, then forks the generation's workers, which share its
+pages copy-on-write.
 
 Run as C{txflip.run._template KIND TARGET NAME ARGV...} (see
 L{txflip.run._runners.Runner}) with fd 3 a C{SOCK_SEQPACKET} socket to the
@@ -11,15 +11,19 @@ a worker's environment and, with C{SCM_RIGHTS}, its fds and the numbers to place
 them at; the answer is the worker's pid, and later its exit status (we are its
 parent: we reap it).  End of file on the socket: we are retired, and exit.
 
-The reactor must not exist before the fork (one epoll set, one waker, shared by
-every worker): a finder refuses to import C{twisted.internet.reactor} while we
-prepare.  A plugin that imports it (twistd's own C{web} does) is then parsed in
-the worker instead, after the modules it would need are preloaded; a module that
-I{installs} a reactor without importing it is refused with one line, as is an
-application that leaves a file open on import (a worker's fds take its number).
+Run as C{txflip.run._template zygote KIND ...}, it is the zygote
+(L{txflip.run._zygote}) first: it imports what every template would before the
+application, and serves the same requests for templates, each forked with its
+own socket as fd 3, which then goes on as above.
 
-A forked worker leaves our loop by an exception (L{_Become}) caught in L{main},
-and runs the application after it, near the top of the stack, the way a fresh
+Nothing here imports the reactor before the fork (L{txflip.run._preimport}): a
+plugin that imports it (twistd's own C{web} does) is parsed in the worker
+instead, after the modules it would need are preloaded; a module that I{installs}
+a reactor without importing it is refused with one line, as is an application
+that leaves a file open on import (a worker's fds take its number).
+
+A forked child leaves our loop by an exception (L{_Become}), and a worker runs
+the application after it, near the top of the stack, the way a fresh
 interpreter would: its C{SystemExit} and C{atexit} behave as they always do (the
 template itself ends with C{os._exit}, without the application's handlers).
 Imports here are the standard library's until the runner's: this module is what
@@ -37,65 +41,28 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from txflip.run._preimport import (
+    REACTOR,
+    Guard,
+    ReactorImported,
+    refused,
+    searchPath,
+    warm,
+    warmFor,
+)
+
 #: The socket to the supervisor.
 SOCKET_FD = 3
 #: Bigger than any request: a worker's environment and fd numbers.
 MAX_MESSAGE = 1 << 20
 MAX_FDS = 253
-_REACTOR = "twisted.internet.reactor"
 _MARKER = "TXFLIP_HANDOFF"
-#: Preloaded when the runner itself cannot import the application here; each one
-#: that would import the reactor is skipped.
-WARM = (
-    "twisted.internet.defer",
-    "twisted.internet.protocol",
-    "twisted.internet.endpoints",
-    "twisted.internet.epollreactor",
-    "twisted.internet.tcp",
-    "twisted.application.service",
-    "twisted.application.internet",
-    "twisted.scripts.twistd",
-    "twisted.web.server",
-    "twisted.web.resource",
-    "twisted.web.static",
-    "twisted.web.wsgi",
-    "twisted.web.script",  # with twcgi and demo: what twistd's web plugin imports
-    "twisted.web.twcgi",  # but for the reactor (it is parsed in the worker)
-    "twisted.web.demo",
-    "twisted.application.strports",
-    "txflip",
-    "txflip.twistd",
-    "txflip.echo",
-)
-#: What every worker of C{txflip run} imports as it starts, whatever it runs.
-WORKER_SIDE = ("txflip.run._channel", "txflip.run._balance")
+#: The first argument that makes us the zygote (L{txflip.run._zygote}): one
+#: forking a single template, or a kept one, which imports L{txflip.run._preimport.WARM} for all.
+ZYGOTES = ("zygote", "warm-zygote")
 PR_SET_NAME = 15
-
-
-class _ReactorImported(BaseException):
-    """
-    Something imported the reactor while we prepare: not an L{ImportError}, for
-    no fallback to swallow; Twisted's plugin loader swallows all (and logs it,
-    hence the message), so the guard records it too (L{_refused}).
-    """
-
-
-#: One entry each time the guard refused the reactor while we prepared.
-_refused: list[str] = []
-
-
-class _Guard:
-    """
-    A C{sys.meta_path} finder that refuses the reactor's module.
-    """
-
-    def find_spec(self, name: str, path: object, target: object = None) -> None:
-        if name == _REACTOR:
-            _refused.append(name)
-            raise _ReactorImported(
-                "txflip run --preload: the reactor is not imported before the"
-                " fork; this plugin is loaded in each worker instead"
-            )
+#: Whether we are (or were forked from) a zygote, which warmed what we need.
+_zygote = False
 
 
 class _Become(BaseException):
@@ -109,87 +76,20 @@ class _Become(BaseException):
         self.fds = fds
 
 
-def _warm() -> None:
-    for name in WARM:
-        try:
-            __import__(name)
-        except (_ReactorImported, ImportError):
-            pass
-
-
-def _warmEndpointParsers() -> None:
-    """
-    Load every endpoint-parser plugin, as C{serverFromString} does in each
-    worker for a prefix no built-in parser has (C{flip:}): once here, shared.
-    Autobahn's, when installed, brings Autobahn, txaio and cffi, which parses C
-    sources on import: tens of ms a worker.  One that would import the reactor,
-    or fails, is left to the worker, which logs it as twistd would (here,
-    C{getPlugins} would log it, and every worker would replay that log).
-    """
-    from twisted.internet.interfaces import IStreamServerEndpointStringParser
-    from twisted.plugin import getCache
-
-    import twisted.plugins
-
-    for dropin in getCache(twisted.plugins).values():
-        for plugin in dropin.plugins:
-            if IStreamServerEndpointStringParser in plugin.provided:
-                try:
-                    plugin.load()
-                except (_ReactorImported, Exception):  # noqa: BLE001 - see above
-                    pass
-
-
-#: The statements of an installer's entry-point script for twistd (pip,
-#: setuptools): running it is running C{twisted.scripts.twistd.run}.
-_ENTRY_POINT = frozenset(
-    {
-        "import re",
-        "import sys",
-        "from twisted.scripts.twistd import run",
-        "if __name__ == '__main__':",
-        'if __name__ == "__main__":',
-        "sys.exit(run())",
-    }
-)
-
-
-def entryPoint(path: str) -> bool:
-    """
-    Whether script C{path} is twistd's entry point and nothing else: anything
-    else (a script that extends C{sys.path}, or one that is not twistd at all
-    any more) is run as it is, in the worker.  Read by each template: the
-    script may change between generations.
-    """
-    try:
-        with open(path) as f:
-            text = f.read(4096)
-    except (OSError, ValueError):
-        return False
-    lines = [line.strip() for line in text.splitlines()]
-    statements = [line for line in lines if line and not line.startswith("#")]
-    return "from twisted.scripts.twistd import run" in statements and all(
-        line in _ENTRY_POINT or line.startswith("sys.argv[0] = re.sub(")
-        for line in statements
-    )
-
-
 def prepare(kind: str, target: str, argv: list[str]) -> Callable[[], object]:
     """
     Import what C{kind} needs (not the reactor); what the worker runs after the
     fork.
     """
+    from txflip.run._runners import entryPoint
+
     sys.argv = list(argv)
     if kind == "twistd" and os.path.isfile(target) and not entryPoint(target):
         kind = "script"
-    # Where the command would have found its own modules first.
-    script = kind != "module" and os.path.isfile(target)
-    sys.path[0] = os.path.dirname(os.path.realpath(target)) if script else os.getcwd()
-    _warmEndpointParsers()  # once sys.path is the command's: its plugins too
-    for name in WORKER_SIDE:
-        __import__(name)
+    if not _zygote:
+        warmFor(kind, target)
     if kind != "twistd":
-        _warm()
+        warm()
         import runpy
 
         if kind == "module":
@@ -199,27 +99,27 @@ def prepare(kind: str, target: str, argv: list[str]) -> Callable[[], object]:
     from twisted.scripts import twistd
 
     if any(a == "-r" or a.startswith("--reactor") for a in argv[1:]):
-        _warm()  # twistd installs the reactor it is told of: parse in the worker
+        warm()  # twistd installs the reactor it is told of: parse in the worker
         return twistd.run
     # twistd re-exports its platform's ServerOptions: what twistd.run parses.
     config = twistd.ServerOptions()  # type: ignore[attr-defined]
     # Every worker is a txflip child: what the options read at parse time must
     # see it (the flip plugin keeps a child in the foreground).
     os.environ[_MARKER] = "{}"
-    del _refused[:]
+    del refused[:]
     try:
         config.parseOptions(argv[1:])
-    except _ReactorImported:
+    except ReactorImported:
         pass
     except usage.error as e:
         # A plugin whose module imports the reactor is dropped by Twisted's
         # loader ("Unknown command"): the worker parses, where it loads.
-        if not _refused:
+        if not refused:
             raise SystemExit(f"{os.path.basename(argv[0])}: {e}") from None
     finally:
         del os.environ[_MARKER]
-    if _refused:
-        _warm()
+    if refused:
+        warm()
         return twistd.run
     return lambda: twistd.runApp(config)
 
@@ -228,10 +128,12 @@ def _send(sock: socket.socket, message: dict[str, Any]) -> None:
     sock.send(json.dumps(message).encode())
 
 
-def serve(sock: socket.socket) -> None:
+def serve(sock: socket.socket, stale: Callable[[dict[str, Any]], str | None]) -> None:
     """
-    Fork workers on request and report their ends, until the supervisor closes
-    its end.  In a child, raises L{_Become}.
+    Fork children on request (a template's workers, a zygote's templates) and
+    report their ends, until the supervisor closes its end.  In a child, raises
+    L{_Become}.  A request C{stale} finds a reason to refuse is answered with
+    it: the supervisor replaces us.
     """
     children: dict[int, int] = {}  # pidfd: pid
     while True:
@@ -252,7 +154,10 @@ def serve(sock: socket.socket) -> None:
                     request["fds"]
                 ):
                     raise OSError(f"received {len(fds)} of {len(request['fds'])} fds")
-                pid = _fork(request, fds)  # the child leaves here (_Become)
+                why = stale(request)
+                if why:
+                    _send(sock, {"forked": request["id"], "stale": why})
+                pid = 0 if why else _fork(request, fds)  # a child leaves: _Become
             except OSError as e:
                 pid = 0
                 _send(sock, {"forked": request["id"], "error": str(e)})
@@ -278,10 +183,10 @@ def _fork(request: dict[str, Any], fds: list[int]) -> int:
     return pid
 
 
-def become(request: dict[str, Any], fds: list[int], name: str) -> None:
+def become(request: dict[str, Any], fds: list[int], name: str | None) -> None:
     """
     In a fresh child: place its fds where its handoff table says, close every
-    other, take its environment and name.
+    other, take its environment, directory and (a worker) name.
     """
     targets: list[int] = request["fds"]
     floor = max([*targets, *fds, SOCKET_FD]) + 1
@@ -299,8 +204,10 @@ def become(request: dict[str, Any], fds: list[int], name: str) -> None:
     os.closerange(start, os.sysconf("SC_OPEN_MAX"))
     os.environ.clear()
     os.environ.update(request["env"])
-    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _Guard)]
-    _setName(name)
+    if "cwd" in request:
+        os.chdir(request["cwd"])
+    if name is not None:
+        _setName(name)
 
 
 def _setName(name: str) -> None:
@@ -317,17 +224,83 @@ def _setName(name: str) -> None:
 
 
 def main(args: Sequence[str]) -> int:
-    kind, target, name, *argv = args
+    zygote = args[0] in ZYGOTES
+    kind, target, name, *argv = args[1:] if zygote else args
     sock = socket.socket(fileno=SOCKET_FD)
-    guard = _Guard()
-    sys.meta_path.insert(0, guard)
+    sys.meta_path.insert(0, Guard())
+    if zygote:
+        template = _zygoteOf(sock, kind, target, argv[0], args[0] == ZYGOTES[1])
+        sock.detach()  # become() closes it
+        become(template.request, template.fds, None)
+        sock = socket.socket(fileno=SOCKET_FD)  # now the template's own
+    run: list[Callable[[], object]] = []
+    worker = _forkServer(
+        sock,
+        lambda: run.append(prepare(kind, target, argv)),
+        f"{argv[0]}: the application",
+        lambda request: None,
+    )
+    # A worker, out of the except block: as if nothing had come before.
+    sock.detach()
+    become(worker.request, worker.fds, name)
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, Guard)]
+    run[0]()
+    return 0
+
+
+def _zygoteOf(
+    sock: socket.socket, kind: str, target: str, program: str, kept: bool
+) -> _Become:
+    """
+    Be the zygote (L{txflip.run._zygote}): import what every template would,
+    then fork templates while that is still what a fresh interpreter would
+    import; return in each template.
+    """
+    from txflip.run._zygote import Stamps, changed, fingerprint
+
+    global _zygote
+    _zygote = True
+    stamps: Stamps = {}
+
+    def prepare() -> None:
+        warmFor(kind, target)
+        if kept:
+            warm()
+        stamps.update(fingerprint())
+
+    def stale(request: dict[str, Any]) -> str | None:
+        try:
+            os.chdir(request.get("cwd", os.curdir))
+        except OSError as e:
+            return f"cannot enter the command's directory: {e}"
+        if not request.get("check", True):  # our first: we have just imported
+            return None
+        if searchPath(kind, target) != sys.path[0]:
+            return f"{sys.path[0]} is not where the command's modules are now"
+        env = {k: v for k, v in request["env"].items() if k.startswith("PYTHON")}
+        if env != {k: v for k, v in os.environ.items() if k.startswith("PYTHON")}:
+            return "the interpreter's PYTHON* environment changed"
+        path = changed(stamps)
+        return f"{path} changed" if path else None
+
+    return _forkServer(sock, prepare, f"{program}: preloading", stale)
+
+
+def _forkServer(
+    sock: socket.socket,
+    prepare: Callable[[], object],
+    what: str,
+    stale: Callable[[dict[str, Any]], str | None],
+) -> _Become:
+    """
+    Prepare (or tell the supervisor why we cannot, and exit), then serve fork
+    requests until retired (then exit): return in each forked child.
+    """
     try:
-        run = prepare(kind, target, argv)
+        prepare()
         why = unforkable()
         if why:
-            raise SystemExit(
-                f"{argv[0]}: the application {why}; use txflip run --no-preload"
-            )
+            raise SystemExit(f"{what} {why}; use txflip run --no-preload")
     except BaseException as e:  # noqa: BLE001 - told to the supervisor, then exit
         if isinstance(e, SystemExit) and isinstance(e.code, str):
             error = e.code
@@ -341,21 +314,14 @@ def main(args: Sequence[str]) -> int:
         _send(sock, {"error": error.splitlines()[-1] if error else type(e).__name__})
         _exit(1)
     # What we imported stays out of the collector's reach: a collection in a
-    # worker would otherwise write to (and so copy) every page of it.
+    # child would otherwise write to (and so copy) every page of it.
     gc.freeze()
     _send(sock, {"ready": os.getpid()})
-    child: _Become | None = None
     try:
-        serve(sock)
+        serve(sock, stale)
     except _Become as forked:
-        child = forked
-    if child is None:
-        _exit(0)
-    # A worker, out of the except block: as if nothing had come before.
-    sock.detach()  # become() closes it; the object must not close it again
-    become(child.request, child.fds, name)
-    run()
-    return 0
+        return forked
+    _exit(0)
 
 
 def _flush() -> None:
@@ -378,7 +344,7 @@ def unforkable() -> str | None:
     reactor installed (one epoll set for every worker), or a file left open (a
     log, a database: a worker's fds take those numbers, or are closed).
     """
-    if _REACTOR in sys.modules:
+    if REACTOR in sys.modules:
         return "installed the reactor on import; it cannot be forked"
     try:
         listed = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))

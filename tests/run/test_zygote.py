@@ -1,0 +1,191 @@
+"""
+C{txflip run --warm}: one zygote, kept between upgrades, forks every
+generation's template while nothing it imported has changed on disk; a change
+to any of it, and a fresh zygote replaces it (real processes, the preloading
+tests' application; L{txflip.run._zygote} in a subprocess).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import pidAlive, waitFor
+from tests.run.test_preload import PreloadApp, template
+from tests.run.test_run import _ppid, echo, zombies
+from tests.supervised import Supervised, txflip
+
+#: An endpoint-parser plugin: the zygote loads it, and the module it imports.
+PARSER = """\
+from twisted.internet.interfaces import IStreamServerEndpointStringParser
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+import depcode
+
+
+@implementer(IPlugin, IStreamServerEndpointStringParser)
+class Parser:
+    prefix = "preloaddep"
+
+    def parseStreamServer(self, reactor, *args, **kwargs):
+        raise NotImplementedError(depcode.VALUE)
+
+
+parser = Parser()
+"""
+#: The application also says which version of the zygote's module it sees.
+APP = """\
+import os
+
+import depcode
+from appcode import VERSION
+from txflip.echo import Options, makeService as _makeService
+
+
+def makeService(options):
+    with open(f"seen-{os.getpid()}", "w") as f:
+        f.write(f"{VERSION} {depcode.VALUE}")
+    return _makeService(options)
+"""
+
+
+@pytest.fixture
+def warm(tmp_path: Path) -> Iterator[tuple[PreloadApp, Supervised]]:
+    app = PreloadApp(tmp_path)
+    (tmp_path / "twisted" / "plugins" / "preloaddep.py").write_text(PARSER)
+    (tmp_path / "preloadapp.py").write_text(APP)
+    (tmp_path / "depcode.py").write_text('VALUE = "a"\n')
+    run = Supervised(
+        tmp_path, app.command, "--workers", "2", "--probation", "0", env=app.env
+    )
+    try:
+        yield app, run
+    finally:
+        run.close()
+
+
+def zygoteOf(run: Supervised, pids: list[int]) -> int:
+    """
+    The zygote that forked the template of C{pids}, a child of the supervisor.
+    """
+    zygote = _ppid(template(run, pids))
+    assert zygote != run.pid and _ppid(zygote) == run.pid
+    run.track(zygote)
+    return zygote
+
+
+def upgraded(run: Supervised) -> list[int]:
+    result = run.upgrade()
+    assert result.returncode == 0, result.stderr + run.tail()
+    return [int(pid) for pid in result.stdout.split()]
+
+
+def test_oneZygoteForksEveryUpgradesTemplate(
+    warm: tuple[PreloadApp, Supervised],
+) -> None:
+    """
+    By default the zygote stays: the next upgrade's template is its child too,
+    and imports the application anew (its module changed on disk is seen).
+    """
+    app, run = warm
+    first = run.waitReady()
+    zygote = zygoteOf(run, first)
+    assert {app.seen(pid) for pid in first} == {"1 a"}
+    app.code('VERSION = "2"\n')
+    second = upgraded(run)
+    assert {app.seen(pid) for pid in second} == {"2 a"}
+    assert zygoteOf(run, second) == zygote, run.logText()
+    assert "preloading zygote" not in run.logText()
+
+
+def test_aChangedDependencyReplacesTheZygote(
+    warm: tuple[PreloadApp, Supervised],
+) -> None:
+    """
+    A module the zygote imported changes on disk: a fresh zygote imports it
+    anew and forks the template, and the stale one is retired; the log says why.
+    """
+    app, run = warm
+    first = run.waitReady()
+    zygote = zygoteOf(run, first)
+    (app.dir / "depcode.py").write_text('VALUE = "b"\n')
+    second = upgraded(run)
+    assert {app.seen(pid) for pid in second} == {"1 b"}
+    assert zygoteOf(run, second) != zygote
+    waitFor(lambda: not pidAlive(zygote), 10, what="the stale zygote's exit")
+    (line,) = [x for x in run.logText().splitlines() if "preloading zygote" in x]
+    assert f"replaces pid {zygote}: {app.dir / 'depcode.py'} changed" in line, line
+
+
+def test_aKilledZygoteIsReplacedAtTheNextUpgrade(
+    warm: tuple[PreloadApp, Supervised],
+) -> None:
+    """
+    Its template and workers serve on (now the supervisor's descendants); the
+    next upgrade starts a new zygote, and leaves no zombie.
+    """
+    _, run = warm
+    first = run.waitReady()
+    zygote = zygoteOf(run, first)
+    os.kill(zygote, signal.SIGKILL)
+    waitFor(lambda: not pidAlive(zygote), 10, what="the zygote's end")
+    assert echo(run.port) == b"hello\n"
+    second = upgraded(run)
+    assert zygoteOf(run, second) != zygote and echo(run.port) == b"hello\n"
+    waitFor(lambda: not any(map(pidAlive, first)), 30, what="generation 1")
+    assert not zombies(run.pid)
+
+
+def test_warmNeedsPreloading(tmp_path: Path) -> None:
+    refused = txflip("run", "--warm", "--no-preload", "--", sys.executable, "x.py")
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        "txflip run: --warm needs preloading; drop --no-preload\n"
+    )
+
+
+FRESHNESS = """\
+import importlib.util, os, sys
+from txflip.run._zygote import changed, fingerprint
+
+sys.path.insert(0, sys.argv[1])
+import dep  # noqa: E402
+
+spec = importlib.util.find_spec("lazydep")
+loader = importlib.util.LazyLoader(spec.loader)
+spec.loader = loader
+lazy = importlib.util.module_from_spec(spec)
+sys.modules["lazydep"] = lazy
+loader.exec_module(lazy)
+
+stamps = fingerprint()
+assert changed(stamps) is None, changed(stamps)
+assert type(lazy) is not type(sys), "the fingerprint loaded a lazy module"
+with open(dep.__file__, "a") as f:
+    f.write("# changed\\n")
+print(changed(stamps))
+"""
+
+
+def test_theFingerprintSeesAChangedFileAndLoadsNothing(tmp_path: Path) -> None:
+    """
+    A module's file appended to is seen; taking the fingerprint imports nothing
+    (a lazy module stays unloaded), so that it never changes by itself.
+    """
+    (tmp_path / "dep.py").write_text("X = 1\n")
+    (tmp_path / "lazydep.py").write_text("LOADED = True\n")
+    result = subprocess.run(
+        [sys.executable, "-c", FRESHNESS, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{tmp_path / 'dep.py'}\n"

@@ -1,0 +1,94 @@
+"""
+The zygote's freshness: whether what it imported is still what a fresh
+interpreter would import.
+
+With C{txflip run --warm} (the default; L{txflip.run._preload}), one
+interpreter, the I{zygote}, imports what every generation's template imports
+before the application -- Twisted, twisted.web, txflip, the endpoint-parser
+plugins -- and each generation's template is forked from it, then imports the
+application anew.  An upgrade then costs a fork and the application's own
+imports instead of an interpreter's start.  The price is that the zygote's
+modules are not loaded again: they must be what loading them again would give.
+So before every fork the zygote compares, with what they were when it had
+imported them, every file its modules came from (source, bytecode, extension:
+inode, size and modification time), and the importable names (modules,
+packages, C{.pth} files, distributions) in every directory of a package it
+imported (a module or plugin added) and on C{sys.path} (a distribution
+installed or removed).  Any difference, and a fresh zygote replaces it before
+the template is forked.
+
+What it cannot see: a module that read something other than code on import (a
+data file, the time) -- the application's own modules are not the zygote's, and
+always load anew.  Standard library only: it runs in the zygote.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from importlib.machinery import all_suffixes
+
+#: A file's stamp: inode, size, modification time; a directory's: what in it an
+#: import could find (L{None}: absent).
+Stamps = dict[str, "tuple[int, int, int] | frozenset[str] | None"]
+#: Names in a directory that change what an import finds there: modules,
+#: extensions, packages, C{.pth} files, distributions' metadata.
+_IMPORTABLE = (*all_suffixes(), ".pth", ".egg-link")
+_METADATA = (".dist-info", ".egg-info", ".egg")
+
+
+def _importable(name: str) -> bool:
+    if name.endswith(_METADATA):
+        return True
+    for suffix in _IMPORTABLE:
+        if name.endswith(suffix):
+            return name[: -len(suffix)].isidentifier()
+    return name.isidentifier() and name != "__pycache__"
+
+
+def _stamp(path: str) -> tuple[int, int, int] | frozenset[str] | None:
+    try:
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            # Not its time: a log or a pid file written there changes it.
+            return frozenset(filter(_importable, os.listdir(path)))
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _paths() -> set[str]:
+    paths = {os.path.abspath(entry or os.curdir) for entry in sys.path}
+    for module in list(sys.modules.values()):
+        # Its own attributes only, past any __getattr__ or lazy module's
+        # __getattribute__, which may import more.
+        try:
+            attributes = object.__getattribute__(module, "__dict__")
+        except AttributeError:
+            continue
+        where = attributes.get("__file__")
+        if isinstance(where, str):
+            paths.add(where)
+        for directory in attributes.get("__path__") or ():
+            if isinstance(directory, str):
+                paths.add(directory)
+    return paths
+
+
+def fingerprint() -> Stamps:
+    """
+    Every path the loaded modules came from, and its stamp.
+    """
+    return {path: _stamp(path) for path in _paths()}
+
+
+def changed(before: Stamps) -> str | None:
+    """
+    A path that changed since C{before} was taken (or that a module loaded since
+    came from), if any.
+    """
+    for path in sorted(_paths()):
+        if path not in before or _stamp(path) != before[path]:
+            return path
+    return None
