@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import pidAlive, waitFor
-from tests.run.test_preload import PreloadApp, template
+from tests.run.test_preload import PLUGIN, PreloadApp, template
 from tests.run.test_run import _ppid, echo, zombies
 from tests.supervised import Supervised, txflip
 
@@ -189,3 +189,57 @@ def test_theFingerprintSeesAChangedFileAndLoadsNothing(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"{tmp_path / 'dep.py'}\n"
+
+
+PARSE = """\
+import os, sys
+from txflip.run import _template as t
+
+sys.meta_path.insert(0, t.Guard())
+parse = os.environ["PARSE"] == "1"
+work, inWorker = t.prepare("twistd", sys.argv[1], sys.argv[1:], parse=parse)
+print(inWorker, "preloadapp" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("parse, said", [(True, "False True"), (False, "True False")])
+def test_aTemplateToldNotToParseLeavesItToTheWorker(
+    tmp_path: Path, parse: bool, said: str
+) -> None:
+    """
+    Told that the last template's plugin imported the reactor, a template does
+    not try parsing twistd's options again (nor import the plugin's module), and
+    says that its workers parse them.
+    """
+    app = PreloadApp(tmp_path)
+    argv = app.command
+    result = subprocess.run(
+        [argv[0], "-c", PARSE, *argv[1:]],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, **app.env, "PARSE": str(int(parse))},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[-2] == said, result.stdout
+
+
+def test_aPluginThatImportsTheReactorIsNotTriedAgain(
+    warm: tuple[PreloadApp, Supervised],
+) -> None:
+    """
+    Once a template found that the plugin imports the reactor, the next ones
+    leave the parsing to their workers at once (the plugin's module, which
+    notes each process that imports it, is not imported by the template).
+    """
+    app, run = warm
+    run.waitReady()
+    plugin = app.dir / "twisted" / "plugins" / "preloadtest.py"
+    noted = 'import os\nopen(f"imported-{os.getpid()}", "w").close()\n'
+    reactor = "from twisted.internet import reactor  # noqa: F401\n"
+    plugin.write_text(noted + reactor + PLUGIN)
+    tried = template(run, upgraded(run))
+    assert (app.dir / f"imported-{tried}").exists()
+    second = upgraded(run)
+    assert not (app.dir / f"imported-{template(run, second)}").exists()
+    assert all((app.dir / f"imported-{pid}").exists() for pid in second)

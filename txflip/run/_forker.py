@@ -44,6 +44,8 @@ class Forker:
         self._idle = idle
         self.pid = 0
         self.ready = self.gone = False
+        #: What it said as it became ready.
+        self.said: dict[str, Any] = {}
         self._error: str | None = None
         self._reason: Failure | None = None
         self._queue: list[ForkedChild] = []
@@ -125,6 +127,7 @@ class Forker:
     def _message(self, message: dict[str, Any]) -> None:
         if "ready" in message:
             self.ready = True
+            self.said = message
             self._next()
         elif "error" in message:
             self._error = str(message["error"])

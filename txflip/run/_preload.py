@@ -52,11 +52,13 @@ class Template(Forker):
         spawn: Spawn,
         idle: Callable[[Template], None],
         forkedBy: Callable[[_TemplateProcess], None],
+        parse: bool = True,
     ) -> None:
         super().__init__(reactor, idle)
         self.generation = spawn.generation
         self.upgradeId = spawn.environ.get(UPGRADE_ID)
         self.process = _TemplateProcess(self, reactor, spawn)
+        self.process.parse = parse
         self.process.give({2: self.stderr.childEnd, SOCKET_FD: self.theirs.fileno()})
         self.started()
         forkedBy(self.process)
@@ -75,6 +77,8 @@ class _TemplateProcess(ForkedChild):
         self.reactor = reactor
         self.template = template
         self.cwd = spawn.command.cwd
+        #: Whether it is to try parsing twistd's options.
+        self.parse = True
 
     def forked(self, pid: int) -> None:
         self.template.pid = pid
@@ -145,7 +149,7 @@ class Zygote(Forker, ProcessProtocol):
         # file written as often (a log in a directory on sys.path) would have
         # every new zygote replaced in turn.
         assert isinstance(child, _TemplateProcess)
-        extra: dict[str, Any] = {"check": self._checks}
+        extra: dict[str, Any] = {"check": self._checks, "parse": child.parse}
         self._checks = True
         if child.cwd is not None:
             extra["cwd"] = child.cwd
@@ -186,6 +190,7 @@ class Preloader:
         self._warm = warm
         self._zygote: Zygote | None = None
         self._templates: dict[int, Template] = {}
+        self._last: Template | None = None
         #: Every forker not yet gone, for the reaper and for L{close}.
         self._alive: set[Forker] = set()
 
@@ -199,12 +204,24 @@ class Preloader:
             or template.gone
             or (upgradeId is not None and upgradeId != template.upgradeId)
         ):
-            template = Template(reactor, spawn, self._retire, self._zygoteFor)
+            template = Template(
+                reactor, spawn, self._retire, self._zygoteFor, self._parse
+            )
             self._templates[spawn.generation] = template
+            self._last = template
             self._alive.add(template)
         worker = PreloadedWorker(reactor, spawn, afterReady)
         template.fork(worker)
         return worker
+
+    @property
+    def _parse(self) -> bool:
+        """
+        Whether a new template is to try parsing twistd's options: not if the
+        last one found that its plugin imports the reactor.
+        """
+        last = self._last
+        return last is None or not last.said.get("parsesInWorker", False)
 
     def _zygoteFor(self, template: ForkedChild) -> None:
         """

@@ -76,10 +76,16 @@ class _Become(BaseException):
         self.fds = fds
 
 
-def prepare(kind: str, target: str, argv: list[str]) -> Callable[[], object]:
+def prepare(
+    kind: str, target: str, argv: list[str], parse: bool = True
+) -> tuple[Callable[[], object], bool]:
     """
     Import what C{kind} needs (not the reactor); what the worker runs after the
-    fork.
+    fork, and whether it parses twistd's options itself.
+
+    @param parse: whether to try parsing twistd's options here; not if the last
+        generation's template found its plugin imports the reactor: the try
+        costs its time again (the worker parses anyway).
     """
     from txflip.run._runners import entryPoint
 
@@ -93,14 +99,17 @@ def prepare(kind: str, target: str, argv: list[str]) -> Callable[[], object]:
         import runpy
 
         if kind == "module":
-            return lambda: runpy.run_module(target, run_name="__main__", alter_sys=True)
-        return lambda: runpy.run_path(target, run_name="__main__")
+            return (
+                lambda: runpy.run_module(target, run_name="__main__", alter_sys=True)
+            ), False
+        return (lambda: runpy.run_path(target, run_name="__main__")), False
     from twisted.python import usage
     from twisted.scripts import twistd
 
-    if any(a == "-r" or a.startswith("--reactor") for a in argv[1:]):
-        warm()  # twistd installs the reactor it is told of: parse in the worker
-        return twistd.run
+    # twistd installs the reactor it is told of: parse in the worker.
+    if not parse or any(a == "-r" or a.startswith("--reactor") for a in argv[1:]):
+        warm()
+        return twistd.run, True
     # twistd re-exports its platform's ServerOptions: what twistd.run parses.
     config = twistd.ServerOptions()  # type: ignore[attr-defined]
     # Every worker is a txflip child: what the options read at parse time must
@@ -120,8 +129,8 @@ def prepare(kind: str, target: str, argv: list[str]) -> Callable[[], object]:
         del os.environ[_MARKER]
     if refused:
         warm()
-        return twistd.run
-    return lambda: twistd.runApp(config)
+        return twistd.run, True
+    return (lambda: twistd.runApp(config)), False
 
 
 def _send(sock: socket.socket, message: dict[str, Any]) -> None:
@@ -228,17 +237,22 @@ def main(args: Sequence[str]) -> int:
     kind, target, name, *argv = args[1:] if zygote else args
     sock = socket.socket(fileno=SOCKET_FD)
     sys.meta_path.insert(0, Guard())
+    parse = True
     if zygote:
         template = _zygoteOf(sock, kind, target, argv[0], args[0] == ZYGOTES[1])
         sock.detach()  # become() closes it
         become(template.request, template.fds, None)
         sock = socket.socket(fileno=SOCKET_FD)  # now the template's own
+        parse = template.request.get("parse", True)
     run: list[Callable[[], object]] = []
+
+    def prepareTemplate() -> dict[str, Any]:
+        work, parsesInWorker = prepare(kind, target, argv, parse)
+        run.append(work)
+        return {"parsesInWorker": parsesInWorker}
+
     worker = _forkServer(
-        sock,
-        lambda: run.append(prepare(kind, target, argv)),
-        f"{argv[0]}: the application",
-        lambda request: None,
+        sock, prepareTemplate, f"{argv[0]}: the application", lambda request: None
     )
     # A worker, out of the except block: as if nothing had come before.
     sock.detach()
@@ -262,11 +276,12 @@ def _zygoteOf(
     _zygote = True
     stamps: Stamps = {}
 
-    def prepare() -> None:
+    def prepare() -> dict[str, Any]:
         warmFor(kind, target)
         if kept:
             warm()
         stamps.update(fingerprint())
+        return {}
 
     def stale(request: dict[str, Any]) -> str | None:
         try:
@@ -288,7 +303,7 @@ def _zygoteOf(
 
 def _forkServer(
     sock: socket.socket,
-    prepare: Callable[[], object],
+    prepare: Callable[[], dict[str, Any]],
     what: str,
     stale: Callable[[dict[str, Any]], str | None],
 ) -> _Become:
@@ -297,7 +312,7 @@ def _forkServer(
     requests until retired (then exit): return in each forked child.
     """
     try:
-        prepare()
+        said = prepare()
         why = unforkable()
         if why:
             raise SystemExit(f"{what} {why}; use txflip run --no-preload")
@@ -316,7 +331,7 @@ def _forkServer(
     # What we imported stays out of the collector's reach: a collection in a
     # child would otherwise write to (and so copy) every page of it.
     gc.freeze()
-    _send(sock, {"ready": os.getpid()})
+    _send(sock, {"ready": os.getpid(), **said})
     try:
         serve(sock, stale)
     except _Become as forked:

@@ -28,14 +28,28 @@ import os
 import stat
 import sys
 from importlib.machinery import all_suffixes
+from typing import NamedTuple
 
-#: A file's stamp: inode, size, modification time; a directory's: what in it an
-#: import could find (L{None}: absent).
-Stamps = dict[str, "tuple[int, int, int] | frozenset[str] | None"]
 #: Names in a directory that change what an import finds there: modules,
 #: extensions, packages, C{.pth} files, distributions' metadata.
 _IMPORTABLE = (*all_suffixes(), ".pth", ".egg-link")
 _METADATA = (".dist-info", ".egg-info", ".egg")
+
+
+class _Directory(NamedTuple):
+    """
+    A directory's stamp: its modification time, and what in it an import could
+    find, which is what counts (a log or a pid file written there changes the
+    time); the time spares reading it again while it is the same.
+    """
+
+    mtime: int
+    names: frozenset[str]
+
+
+#: A file's stamp is its inode, size and modification time (L{None}: absent).
+Stamp = tuple[int, int, int] | _Directory | None
+Stamps = dict[str, Stamp]
 
 
 def _importable(name: str) -> bool:
@@ -47,15 +61,24 @@ def _importable(name: str) -> bool:
     return name.isidentifier() and name != "__pycache__"
 
 
-def _stamp(path: str) -> tuple[int, int, int] | frozenset[str] | None:
+def _stamp(path: str, before: Stamp = None) -> Stamp:
     try:
         st = os.stat(path)
-        if stat.S_ISDIR(st.st_mode):
-            # Not its time: a log or a pid file written there changes it.
-            return frozenset(filter(_importable, os.listdir(path)))
+        if not stat.S_ISDIR(st.st_mode):
+            return (st.st_ino, st.st_size, st.st_mtime_ns)
+        if isinstance(before, _Directory) and before.mtime == st.st_mtime_ns:
+            return before
+        return _Directory(
+            st.st_mtime_ns, frozenset(filter(_importable, os.listdir(path)))
+        )
     except OSError:
         return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _same(now: Stamp, before: Stamp) -> bool:
+    if isinstance(now, _Directory) and isinstance(before, _Directory):
+        return now.names == before.names
+    return now == before
 
 
 def _paths() -> set[str]:
@@ -89,6 +112,6 @@ def changed(before: Stamps) -> str | None:
     came from), if any.
     """
     for path in sorted(_paths()):
-        if path not in before or _stamp(path) != before[path]:
+        if path not in before or not _same(_stamp(path, before[path]), before[path]):
             return path
     return None
