@@ -6,11 +6,18 @@ C{txflip run}, to a newer worker) when we stop.
 The service keeps its listeners and their trackers; this module decides which of
 them may move (not through TLS: the session lives in this process) and finds the
 channel to move them over (L{txflip.move._spawn}).
+
+Each side is imported when it is first needed, not with the service: the
+receiving side (L{txflip.move._in}) by a generation that inherits a channel, the
+moving side (L{txflip.move._out}, with its transport surgery) by one that ends
+with a successor to move to.  A first generation starts without either, and
+neither costs a start anything when moving is off.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
@@ -19,9 +26,11 @@ from txflip.drain._served import Served
 from txflip.drain._tracker import ConnectionTracker
 from txflip.generation._ending import Ending
 from txflip.generation._machine import Upgrader
-from txflip.move._in import Receiver
-from txflip.move._out import ChannelMover
 from txflip.move._spawn import CHANNEL_NAME, inheritedChannel
+
+if TYPE_CHECKING:
+    from txflip.move._in import Receiver
+    from txflip.move._out import ChannelMover
 
 
 class ServiceMoves:
@@ -61,6 +70,8 @@ class ServiceMoves:
         if not self._move:
             sock.close()  # the previous generation sees it closed, and drains
             return
+        from txflip.move._in import Receiver
+
         self._receiver = Receiver(self._reactor, sock, self._movableTracker)
 
     def stopReceiving(self) -> None:
@@ -90,6 +101,8 @@ class ServiceMoves:
             sock = self._upgrader.parent.successorChannel()
         if sock is None:
             return None
+        from txflip.move._out import ChannelMover
+
         keys = {
             each.tracker: str(each.listener.spec)
             for each in self._streams
