@@ -239,7 +239,7 @@ class UpgradeService(Service):
         # Outside twistd, privilegedStartService may never have been called.
         self._installSignalHandlers()
         self._adopt()
-        self._moves.receive()
+        self._moves.claim()
         self.upgrader.whenParentExited().addCallback(self._parentExited)
         self.upgrader.whenExit().addCallback(self._exit)
         self._reactor.callWhenRunning(self._ready)
@@ -333,6 +333,9 @@ class UpgradeService(Service):
         except TxflipError as e:
             self.fatal(str(e))
             return
+        # Before the reactor reads anything: the previous generation moves
+        # connections only once it hears that we serve.
+        self._moves.receive()
         self.reports.ready()
         logContext.ready()  # the upgrade that started us is over, for us
         if self.admin is not None:
