@@ -1,5 +1,6 @@
 """
-No import cycle between txflip's modules, counting the imports inside functions.
+No import cycle between txflip's modules, counting the imports inside functions;
+and what a server's start imports, in real processes.
 
 A function-level import hides a cycle from Python (it runs after both modules are
 loaded), and one under C{if TYPE_CHECKING:} never runs at all, but neither hides it
@@ -11,10 +12,16 @@ wherever it stands.
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import txflip
+from tests.harness import waitFor, waitForUpgrade
 
 #: The package as Python imports it: the checkout, or an installed wheel.
 PACKAGE = Path(txflip.__file__).resolve().parent
@@ -127,3 +134,104 @@ def test_theCheckSeesCyclesAndFunctionLevelImports(tmp_path: Path) -> None:
     (tmp_path / "a.py").write_text("import c\n")
     graph["a"] = {"c"}
     assert cycles(graph) == [["a", "c"]]
+
+
+# --- what a start imports ------------------------------------------------------------
+
+#: What a server in direct mode starts without (without --control, --admin or
+#: systemd's sockets): each is imported when it is first used, and every module
+#: imported costs every generation's start (the HUP -> ready of every upgrade).
+#: Moving's receiving side comes once the generation serves, its moving side and
+#: the metrics at its end.
+LAZY = (
+    "txflip.move._in",
+    "txflip.move._out",
+    "txflip.move._wire",
+    "txflip.move._carry",
+    "txflip.move._transport",
+    "txflip.control._server",
+    "txflip.control._metrics",
+    "txflip.control._admin",
+    "twisted.python.systemd",
+    "txflip.run",
+    "txflip.check",
+)
+
+#: Written where PYTHONPATH puts it first: as a process declares that it serves
+#: (renames its pid file into place: an audited os.rename), it writes the names of
+#: the modules it holds then in modules-PID.
+_DUMP_AT_READY = """\
+import os, sys
+
+def _dump(event, args):
+    if event == "os.rename" and str(args[1]).endswith("twistd.pid"):
+        path = os.path.join({where!r}, f"modules-{{os.getpid()}}")
+        with open(path + ".part", "w") as f:
+            f.write("\\n".join(sorted(n for n, m in list(sys.modules.items()) if m)))
+        os.rename(path + ".part", path)
+
+sys.addaudithook(_dump)
+"""
+
+
+def lazyIn(loaded: Iterable[str]) -> list[str]:
+    """
+    The modules of L{LAZY} (or below them) among C{loaded}.
+    """
+    return sorted(
+        n for n in loaded if any(n == k or n.startswith(k + ".") for k in LAZY)
+    )
+
+
+def test_importingLoadsNothingLazy() -> None:
+    """
+    Importing the package, its twistd support and flipecho, in a fresh
+    interpreter, imports none of L{LAZY}: an import at the top of a module would.
+    """
+    code = "import sys, txflip, txflip.echo; print(' '.join(sys.modules))"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)},
+        cwd=PACKAGE.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    loaded = result.stdout.split()
+    assert "txflip.service" in loaded
+    assert lazyIn(loaded) == []
+
+
+def modulesAtReady(pid: int, where: Path) -> list[str]:
+    """
+    The modules process C{pid} (started with L{_DUMP_AT_READY}) held as it
+    declared that it serves.
+    """
+    dump = where / f"modules-{pid}"
+    waitFor(dump.exists, 10, what=f"pid {pid}'s modules")
+    return dump.read_text().split()
+
+
+def test_aStartLoadsNothingLazy(flip: Any, tmp_path: Path) -> None:
+    """
+    A flipecho, the first generation and the one an upgrade started, holds none
+    of L{LAZY} when it declares that it serves: what its start costs, and what
+    an upgrade's HUP -> ready waits for.  (The second takes its moves channel,
+    and imports L{txflip.move._in}, right after.)
+    """
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_DUMP_AT_READY.format(where=str(tmp_path)))
+    server = flip(env={"PYTHONPATH": f"{site}:{PACKAGE.parent}"})
+    first = server.serving()
+    loaded = modulesAtReady(first, tmp_path)
+    assert "txflip.service" in loaded
+    assert lazyIn(loaded) == []
+
+    os.kill(first, signal.SIGHUP)
+    second = waitForUpgrade(server.pidfile, first, timeout=30)[0]
+    server.track(second)
+    loaded = modulesAtReady(second, tmp_path)
+    assert "txflip.service" in loaded
+    assert lazyIn(loaded) == []
+    waitFor(lambda: "moves channel closed" in server.logText(), 10, what="the channel")

@@ -24,6 +24,10 @@ DEFAULT_DRAIN_TIMEOUT = 30.0
 #: How long an idle connection is kept while draining, to close with the reply to
 #: its next request:
 DEFAULT_IDLE_GRACE = 1.0
+#: How long a control socket client has to send its request (and to read an
+#: error reply) before it is cut off (here, not with the control server, so that
+#: a server started without --control does not import it):
+DEFAULT_REQUEST_TIMEOUT = 5.0
 
 
 class SettingError(TxflipError, ValueError):

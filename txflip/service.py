@@ -28,10 +28,13 @@ from txflip._errors import (
 )
 from txflip._jsonlog import context as logContext
 from txflip._reactor import Reactor, asReactor
-from txflip._settings import DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_GRACE, seconds
-from txflip.control._metrics import drained
+from txflip._settings import (
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_IDLE_GRACE,
+    DEFAULT_REQUEST_TIMEOUT,
+    seconds,
+)
 from txflip.control._reports import Reports
-from txflip.control._server import REQUEST_TIMEOUT, ControlFactory
 from txflip.drain._served import Served
 from txflip.drain._tracker import ConnectionTracker, drainAll
 from txflip.generation._handoff import BALANCE
@@ -164,12 +167,15 @@ class UpgradeService(Service):
         return listener
 
     def listenControl(
-        self, path: str, requestTimeout: float = REQUEST_TIMEOUT
+        self, path: str, requestTimeout: float = DEFAULT_REQUEST_TIMEOUT
     ) -> Listener:
         """
         Open the control socket at C{path} (mode 0600) for C{txflip upgrade} and
         C{txflip status}.
         """
+        # Imported by a server that has a control socket only.
+        from txflip.control._server import ControlFactory
+
         self.upgrader.parent.checkControl(path)
         spec = ListenSpec("unix", path=os.path.abspath(path), mode=0o600)
         return self._listenOwn(spec, ControlFactory(self, requestTimeout))
@@ -233,7 +239,7 @@ class UpgradeService(Service):
         # Outside twistd, privilegedStartService may never have been called.
         self._installSignalHandlers()
         self._adopt()
-        self._moves.receive()
+        self._moves.claim()
         self.upgrader.whenParentExited().addCallback(self._parentExited)
         self.upgrader.whenExit().addCallback(self._exit)
         self._reactor.callWhenRunning(self._ready)
@@ -327,6 +333,9 @@ class UpgradeService(Service):
         except TxflipError as e:
             self.fatal(str(e))
             return
+        # Before the reactor reads anything: the previous generation moves
+        # connections only once it hears that we serve.
+        self._moves.receive()
         self.reports.ready()
         logContext.ready()  # the upgrade that started us is over, for us
         if self.admin is not None:
@@ -413,6 +422,8 @@ class UpgradeService(Service):
         Count what became of our connections: in our metrics, or (a worker of
         C{txflip run}) in the supervisor's.
         """
+        from txflip.control._metrics import drained  # at the end only
+
         drain = drained(opened, moved, aborted)
         if self.admin is not None:
             self.admin.finished(drain)

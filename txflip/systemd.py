@@ -31,12 +31,15 @@ import stat
 import sys
 import time
 from collections.abc import MutableMapping
+from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
-from twisted.python.systemd import ListenFDs
 
 from txflip.listen._addresses import KINDS, ListenSpec
 from txflip.listen._fds import Listener
+
+if TYPE_CHECKING:
+    from twisted.python.systemd import ListenFDs
 
 _log = Logger()
 _LISTEN_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
@@ -135,6 +138,8 @@ def _endpointsFDs() -> ListenFDs:
     imported.  Only a private attribute holds it (C{_SystemdParser._sddaemon});
     if Twisted moved it, say so instead of silently ignoring socket activation.
     """
+    from twisted.python.systemd import ListenFDs
+
     endpoints = sys.modules["twisted.internet.endpoints"]
     found = getattr(getattr(endpoints, "_SystemdParser", None), "_sddaemon", None)
     if not isinstance(found, ListenFDs):
@@ -160,12 +165,20 @@ def listenFDs(
     """
     if environ is None:
         environ = os.environ
-    if "LISTEN_FDS" in environ or "twisted.internet.endpoints" not in sys.modules:
-        found = ListenFDs.fromEnvironment(environ)
-    else:
+    if "LISTEN_FDS" in environ:
+        from twisted.python.systemd import ListenFDs
+
+        found: ListenFDs | None = ListenFDs.fromEnvironment(environ)
+    elif "twisted.internet.endpoints" in sys.modules:
         found = _endpointsFDs()
+    else:
+        # Not socket-activated (ListenFDs would find nothing): a start outside
+        # systemd does without importing Twisted's systemd support.
+        found = None
     for variable in _LISTEN_VARIABLES:
         environ.pop(variable, None)
+    if found is None:
+        return []
     listeners = []
     names = found.inheritedNamedDescriptors()
     nameOf = {fd: name for name, fd in names.items()}

@@ -48,11 +48,11 @@ from txflip._log import pidObserver, twistdObserverFactory
 from txflip._settings import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_IDLE_GRACE,
+    DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_UPGRADE_TIMEOUT,
     SettingError,
     seconds,
 )
-from txflip.control._server import REQUEST_TIMEOUT
 from txflip.generation import _handoff
 from txflip.generation._machine import Upgrader
 from txflip.generation._process import failStartup
@@ -119,7 +119,7 @@ class UpgradeOptions(usage.Options):
         [
             "control-timeout",
             None,
-            REQUEST_TIMEOUT,
+            DEFAULT_REQUEST_TIMEOUT,
             "Seconds a control socket client has to send its request (and to read"
             " an error reply) before it is cut off.",
             _duration("control-timeout"),

@@ -26,10 +26,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txflip._reactor import Clock
+from txflip._settings import DEFAULT_REQUEST_TIMEOUT
 from txflip.drain._tracker import IDrainable
 
 MAX_REQUEST = 1024
-REQUEST_TIMEOUT = 5.0
+REQUEST_TIMEOUT = DEFAULT_REQUEST_TIMEOUT
 COMMANDS = ("upgrade", "status")
 
 

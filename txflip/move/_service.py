@@ -1,16 +1,24 @@
 """
 Moving connections, as the service does it: take what the previous generation
-moves to us when we start, and move ours to the next generation (or, under
+moves to us once we serve, and move ours to the next generation (or, under
 C{txflip run}, to a newer worker) when we stop.
 
 The service keeps its listeners and their trackers; this module decides which of
 them may move (not through TLS: the session lives in this process) and finds the
 channel to move them over (L{txflip.move._spawn}).
+
+Each side is imported when it is first needed, not with the service: the
+receiving side (L{txflip.move._in}) by a generation that inherited a channel,
+once it serves; the moving side (L{txflip.move._out}, with its transport surgery)
+by one that ends with a successor to move to.  A first generation starts without
+either, and no generation's start waits for them.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
@@ -19,9 +27,11 @@ from txflip.drain._served import Served
 from txflip.drain._tracker import ConnectionTracker
 from txflip.generation._ending import Ending
 from txflip.generation._machine import Upgrader
-from txflip.move._in import Receiver
-from txflip.move._out import ChannelMover
 from txflip.move._spawn import CHANNEL_NAME, inheritedChannel
+
+if TYPE_CHECKING:
+    from txflip.move._in import Receiver
+    from txflip.move._out import ChannelMover
 
 
 class ServiceMoves:
@@ -48,11 +58,15 @@ class ServiceMoves:
         self._move = move
         if move:
             upgrader.openChannel(CHANNEL_NAME)
+        #: The channel claimed from the previous generation, until we serve.
+        self._channel: socket.socket | None = None
         self._receiver: Receiver | None = None
 
-    def receive(self) -> None:
+    def claim(self) -> None:
         """
-        Take the connections the previous generation moves to us (if it does).
+        Claim the channel the previous generation moves its connections over (if
+        it passed one), as the service starts: inherited fds nobody claims are
+        closed.
         """
         fd = self._upgrader.claimInheritedFD(CHANNEL_NAME)
         sock = inheritedChannel(fd) if fd is not None else None
@@ -61,9 +75,26 @@ class ServiceMoves:
         if not self._move:
             sock.close()  # the previous generation sees it closed, and drains
             return
+        self._channel = sock
+
+    def receive(self) -> None:
+        """
+        Take the connections the previous generation moves to us: called as this
+        generation declares that it serves (L{Upgrader.ready}), which is what the
+        previous one waits for before it moves any, so that the receiving side's
+        import is no part of the start it waits for.
+        """
+        sock, self._channel = self._channel, None
+        if sock is None:
+            return
+        from txflip.move._in import Receiver
+
         self._receiver = Receiver(self._reactor, sock, self._movableTracker)
 
     def stopReceiving(self) -> None:
+        if self._channel is not None:
+            self._channel.close()  # never served: nothing came over it
+            self._channel = None
         if self._receiver is not None:
             self._receiver.close()
 
@@ -90,6 +121,8 @@ class ServiceMoves:
             sock = self._upgrader.parent.successorChannel()
         if sock is None:
             return None
+        from txflip.move._out import ChannelMover
+
         keys = {
             each.tracker: str(each.listener.spec)
             for each in self._streams
