@@ -38,8 +38,16 @@ WARM = (
     "txflip.echo",
     "txflip.run._runners",
 )
-#: What every worker of C{txflip run} imports as it starts, whatever it runs.
-WORKER_SIDE = ("txflip.run._channel", "txflip.run._balance")
+#: What every worker of C{txflip run} imports as it starts, whatever it runs,
+#: and as it ends (moving its connections; a server imports them lazily).
+WORKER_SIDE = (
+    "txflip.run._channel",
+    "txflip.run._balance",
+    "txflip.move._in",
+    "txflip.move._out",
+    "txflip.move._transport",
+    "txflip.control._metrics",
+)
 
 
 class ReactorImported(BaseException):
