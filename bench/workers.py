@@ -10,11 +10,14 @@ left, ``txflip run``'s default runs alone) and each N, one supervisor over N wor
 of bench/hello.py's tiny twisted.web application (``twistd -n flip web --class
 bench.hello.Hello``, ``--probation 0``):
 
-  - SIGHUP -> every new worker serving (polling the control socket's status every
-    5 ms for N ready workers of the next generation), and -> every old worker gone
-    (their pids), medians of ``--upgrades`` upgrades;
+  - ``txflip upgrade`` -> every new worker serving (its answer, sent as the last
+    one is ready: polling the status every 5 ms, as SIGHUP would need, loaded
+    the supervisor while it forked the workers, and took up to 3x as long with
+    8 of them), and -> every old worker gone (their pids), medians of
+    ``--upgrades`` upgrades;
   - memory, idle, after the upgrades: the PSS summed over the supervisor and every
-    process below it (workers, a preloading template) (``/proc/PID/smaps_rollup``: shared pages counted once) and the RSS sum;
+    process below it (workers, templates, the zygote) (``/proc/PID/smaps_rollup``:
+    shared pages counted once) and the RSS sum;
   - requests/s: one wrk run (50 keep-alive connections, ``--seconds``) on the load
     CPU, the workers unpinned (with 2 cores, N > 1 shares them with wrk);
   - each N's upgrade time over N=2's (the target of issue 27: N=8 within 1.5x).
@@ -99,7 +102,7 @@ def knownModes(modes: dict[str, list[str]]) -> dict[str, list[str]]:
 def measure(count: int, args: Sequence[str], upgrades: int, seconds: float) -> Figures:
     server = supervised(count, args, app="web")
     try:
-        toServing, toGone = upgradeTimes(server, count, upgrades, hup=True)
+        toServing, toGone = upgradeTimes(server, count, upgrades)
         time.sleep(1.0)  # idle
         pids = family(server.proc.pid)
         pss = sum(map(pssKib, pids))
@@ -119,7 +122,7 @@ def main() -> None:
     counts = [int(n) for n in args.counts.split(",")]
     header(
         "(w) txflip run --workers N: upgrade time, memory and throughput",
-        f"bench.hello's twisted.web app; {args.upgrades} SIGHUP upgrades per N"
+        f"bench.hello's twisted.web app; {args.upgrades} upgrades per N"
         f" (--probation 0), then idle memory, then wrk for {args.seconds:g} s",
     )
     modes = knownModes(parseModes(args.modes))
@@ -144,7 +147,7 @@ def main() -> None:
         table(
             [
                 "mode, N",
-                "HUP -> all new serving",
+                "upgrade -> all new serving",
                 "-> old gone",
                 "PSS sum MiB",
                 "RSS sum MiB",
