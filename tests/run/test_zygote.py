@@ -243,3 +243,18 @@ def test_aPluginThatImportsTheReactorIsNotTriedAgain(
     second = upgraded(run)
     assert not (app.dir / f"imported-{template(run, second)}").exists()
     assert all((app.dir / f"imported-{pid}").exists() for pid in second)
+
+
+def test_aStuckZygoteIsKilledAsTheSupervisorStops(
+    warm: tuple[PreloadApp, Supervised],
+) -> None:
+    """
+    A stopped (SIGSTOP) zygote never reads its end of file: the supervisor
+    kills it after CLOSE_TIMEOUT seconds, and exits without leaving it behind.
+    """
+    _, run = warm
+    zygote = zygoteOf(run, run.waitReady())
+    os.kill(zygote, signal.SIGSTOP)
+    run.signal(signal.SIGTERM)
+    assert run.proc.waitExit(30) == 0, run.tail()
+    assert not pidAlive(zygote)

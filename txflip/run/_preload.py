@@ -37,6 +37,8 @@ from txflip.run._runners import Runner
 from txflip.run._template import SOCKET_FD
 
 _log = Logger()
+#: Seconds a retired zygote has to exit as the supervisor stops.
+CLOSE_TIMEOUT = 5.0
 
 
 class Template(Forker):
@@ -174,6 +176,15 @@ class Zygote(Forker, ProcessProtocol):
     def kill(self) -> None:
         self._process.signalProcess("KILL")
 
+    def stop(self) -> Deferred[None]:
+        """
+        Retire it; fires once it is gone, killed if it has not exited within
+        L{CLOSE_TIMEOUT} seconds of end of file.
+        """
+        self.retire()
+        late = self._reactor.callLater(CLOSE_TIMEOUT, self.kill)
+        return self.whenGone.addBoth(lambda _: late.active() and late.cancel())
+
     def processEnded(self, reason: Failure) -> None:
         self.ended(reason)
         self.whenGone.callback(None)
@@ -279,5 +290,4 @@ class Preloader:
         zygote, self._zygote = self._zygote, None
         if zygote is None or zygote.gone:
             return succeed(None)
-        zygote.retire()
-        return zygote.whenGone
+        return zygote.stop()
