@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 
 from tests.harness import pidAlive, waitFor
 from tests.run.test_preload import PLUGIN, PreloadApp, template
-from tests.run.test_run import _ppid, echo, zombies
+from tests.run.test_run import _ppid, children, echo, zombies
 from tests.supervised import Supervised, txflip
 
 #: An endpoint-parser plugin: the zygote loads it, and the module it imports.
@@ -79,6 +80,13 @@ def zygoteOf(run: Supervised, pids: list[int]) -> int:
     assert zygote != run.pid and _ppid(zygote) == run.pid
     run.track(zygote)
     return zygote
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:
+        return ""
 
 
 def upgraded(run: Supervised) -> list[int]:
@@ -258,3 +266,93 @@ def test_aStuckZygoteIsKilledAsTheSupervisorStops(
     run.signal(signal.SIGTERM)
     assert run.proc.waitExit(30) == 0, run.tail()
     assert not pidAlive(zygote)
+
+
+PATH_FILE = """\
+import os, sys
+from txflip.run._zygote import changed, fingerprint
+
+site = sys.argv[1]
+sys.path.append(site)
+pth = os.path.join(site, "__editable__.app-1.0.pth")
+stamps = fingerprint()
+with open(pth, "w") as f:
+    f.write("/srv/v2\\n")  # the same name, another release
+print(changed(stamps))
+"""
+
+
+def test_aPathFileRewrittenIsAChange(tmp_path: Path) -> None:
+    """
+    C{pip install -e} of another release rewrites the same C{.pth} file (its
+    name is no identifier): seen, by its contents' stamp.
+    """
+    (tmp_path / "__editable__.app-1.0.pth").write_text("/srv/v1\n")
+    result = subprocess.run(
+        [sys.executable, "-c", PATH_FILE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{tmp_path / '__editable__.app-1.0.pth'}\n"
+
+
+def test_aFileChangedAsTheZygoteImportedIsNotSettled(tmp_path: Path) -> None:
+    """
+    A file stamped as modified after the zygote started may have been imported
+    half written, or before its change: such a zygote is used once.
+    """
+    from txflip.run._zygote import fingerprint, settled
+
+    before = time.time_ns()
+    old = fingerprint()
+    assert settled(old, before)
+    sys.path.append(str(tmp_path))
+    try:
+        (tmp_path / "zygotedep.py").write_text("X = 1\n")
+        __import__("zygotedep")
+        assert not settled(fingerprint(), before)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("zygotedep", None)
+
+
+#: Imported by the zygote (through the parser plugin): hangs if asked to.
+HANGS = """\
+import os, time
+
+VALUE = "c"
+if os.path.exists(os.path.join(os.path.dirname(__file__), "hang")):
+    time.sleep(3600)
+"""
+
+
+def test_aZygoteStuckImportingIsGivenUp(tmp_path: Path) -> None:
+    """
+    A fresh zygote hangs importing (its dependency blocks): the upgrade times
+    out, and the zygote is killed with the template it never forked, so that
+    the next upgrade starts another instead of queueing behind it.
+    """
+    app = PreloadApp(tmp_path)
+    (tmp_path / "twisted" / "plugins" / "preloaddep.py").write_text(PARSER)
+    (tmp_path / "preloadapp.py").write_text(APP)
+    (tmp_path / "depcode.py").write_text('VALUE = "a"\n')
+    run = Supervised(
+        tmp_path,
+        app.command,
+        *("--probation", "0", "--upgrade-timeout", "3"),
+        env=app.env,
+    )
+    try:
+        first = run.waitReady()
+        (tmp_path / "hang").touch()
+        (tmp_path / "depcode.py").write_text(HANGS)
+        assert run.upgrade().returncode != 0
+        assert run.waitReady() == first
+        (tmp_path / "hang").unlink()
+        second = upgraded(run)
+        assert {app.seen(pid) for pid in second} == {"1 c"}
+        zygotes = [p for p in children(run.pid) if "zygote" in cmdline(p)]
+        assert zygotes == [zygoteOf(run, second)]
+    finally:
+        run.close()

@@ -349,7 +349,7 @@ def register(subparsers: Any) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="with preloading, keep the interpreter that imported Twisted, txflip"
-        " and the endpoint plugins (never the application) between upgrades, and"
+        " and the endpoint plugins (not the application) between upgrades, and"
         " fork each upgrade's template from it while no file or directory it"
         " imported from has changed (else a fresh one replaces it): an upgrade"
         " costs a fork and the application's imports instead of an interpreter's"

@@ -94,6 +94,11 @@ class Forker:
             return
         self._asked[self._ids] = child
 
+    def _isReady(self) -> None:
+        """
+        It is ready, and said L{said}.
+        """
+
     def _extra(self, child: ForkedChild) -> dict[str, Any]:
         """
         What else each request says.
@@ -128,6 +133,7 @@ class Forker:
         if "ready" in message:
             self.ready = True
             self.said = message
+            self._isReady()
             self._next()
         elif "error" in message:
             self._error = str(message["error"])
@@ -150,12 +156,12 @@ class Forker:
         else:
             child.notForked(f"{self.role}: {answer['error']}")
 
-    def _busy(self) -> bool:
+    def busy(self) -> bool:
         return bool(self._queue or self._asked or self._children)
 
     def _checkIdle(self) -> None:
         self._queue = [c for c in self._queue if not c.gone]
-        if not (self.gone or self._busy()):
+        if not (self.gone or self.busy()):
             self._idle(self)
 
     def retire(self) -> None:

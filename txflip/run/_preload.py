@@ -20,10 +20,11 @@ neither templates nor workers: their forkers report their exit statuses
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -35,6 +36,7 @@ from txflip.run._forked import ForkedChild, PreloadedWorker
 from txflip.run._forker import Forker
 from txflip.run._runners import Runner
 from txflip.run._template import SOCKET_FD
+from txflip.run._zygote import SINCE
 
 _log = Logger()
 #: Seconds a retired zygote has to exit as the supervisor stops.
@@ -119,6 +121,7 @@ class Zygote(Forker, ProcessProtocol):
         stale: Callable[[Zygote, str, list[ForkedChild]], None],
     ) -> None:
         super().__init__(reactor, idle)
+        self._idleNow = idle
         self._stale = stale
         self.isStale = False
         self._checks = False
@@ -129,7 +132,7 @@ class Zygote(Forker, ProcessProtocol):
                     self,
                     runner.interpreter,
                     runner.templateArgs(zygote=True, warm=warm),
-                    env=child.environ,
+                    env={**child.environ, SINCE: str(time.time_ns())},
                     path=child.cwd,
                     childFDs={
                         0: 0,
@@ -139,12 +142,26 @@ class Zygote(Forker, ProcessProtocol):
                     },
                 )
         except BaseException:
+            reactor.removeReader(self)
             self._sock.close()
+            self.stderr.close()
             raise
         finally:
             self.started()
         self._process = process
         self.pid = process.pid or 0
+
+    @property
+    def settled(self) -> bool:
+        """
+        Whether nothing it imported changed while it imported it (else it is
+        used once, and not kept).
+        """
+        return bool(self.said.get("settled", True))
+
+    def _isReady(self) -> None:
+        if not self.settled:
+            self._idleNow(self)
 
     def _extra(self, child: ForkedChild) -> dict[str, Any]:
         # Its first request follows its imports by milliseconds: no check, or a
@@ -169,7 +186,7 @@ class Zygote(Forker, ProcessProtocol):
         if not self.isStale:
             super()._next()
 
-    def _busy(self) -> bool:
+    def busy(self) -> bool:
         # Its templates outlive it: only what it is still asked for keeps it.
         return bool(self._queue or self._asked)
 
@@ -259,7 +276,22 @@ class Preloader:
         zygote.fork(template)
 
     def _idle(self, zygote: Zygote) -> None:
-        if zygote is not self._zygote:
+        """
+        Keep the current zygote while it is ready, settled and has nothing to
+        fork; retire any other once it has nothing to fork (one that is not
+        ready then is stuck importing: its template was given up on).
+        """
+        if zygote is self._zygote and zygote.ready and zygote.settled:
+            return
+        if zygote is self._zygote:
+            self._zygote = None
+            if zygote.ready:
+                _log.info(
+                    "txflip run: the preloading zygote pid {pid} is not kept: a"
+                    " file it imported changed as it imported it",
+                    pid=zygote.pid,
+                )
+        if not zygote.busy():
             zygote.retire()
 
     def _replace(self, stale: Zygote, why: str, waiting: list[ForkedChild]) -> None:
@@ -285,9 +317,8 @@ class Preloader:
 
     def close(self) -> Deferred[None]:
         """
-        Retire the zygote (the supervisor stops); fires once it is gone.
+        Retire every zygote (the supervisor stops); fires once all are gone.
         """
-        zygote, self._zygote = self._zygote, None
-        if zygote is None or zygote.gone:
-            return succeed(None)
-        return zygote.stop()
+        self._zygote = None
+        zygotes = [z for z in self._alive if isinstance(z, Zygote) and not z.gone]
+        return gatherResults([z.stop() for z in zygotes]).addCallback(lambda _: None)

@@ -134,7 +134,14 @@ def prepare(
 
 
 def _send(sock: socket.socket, message: dict[str, Any]) -> None:
-    sock.send(json.dumps(message).encode())
+    """
+    Tell the supervisor; if it closed its end, we are retired (one forked but
+    never reported, its forker dead, learns it here): exit.
+    """
+    try:
+        sock.send(json.dumps(message).encode())
+    except OSError:
+        _exit(0)
 
 
 def serve(sock: socket.socket, stale: Callable[[dict[str, Any]], str | None]) -> None:
@@ -270,18 +277,19 @@ def _zygoteOf(
     then fork templates while that is still what a fresh interpreter would
     import; return in each template.
     """
-    from txflip.run._zygote import Stamps, changed, fingerprint
+    from txflip.run._zygote import SINCE, Stamps, changed, fingerprint, settled
 
     global _zygote
     _zygote = True
     stamps: Stamps = {}
+    since = int(os.environ.pop(SINCE, "0"))
 
     def prepare() -> dict[str, Any]:
         warmFor(kind, target)
         if kept:
             warm()
         stamps.update(fingerprint())
-        return {}
+        return {"settled": settled(stamps, since)}
 
     def stale(request: dict[str, Any]) -> str | None:
         try:

@@ -30,10 +30,15 @@ import sys
 from importlib.machinery import all_suffixes
 from typing import NamedTuple
 
+#: The environment variable that tells the zygote when the supervisor started it
+#: (C{time.time_ns()}), before any of its imports.
+SINCE = "TXFLIP_ZYGOTE_SINCE"
 #: Names in a directory that change what an import finds there: modules,
-#: extensions, packages, C{.pth} files, distributions' metadata.
-_IMPORTABLE = (*all_suffixes(), ".pth", ".egg-link")
+#: extensions, packages, distributions' metadata, and the files that extend
+#: C{sys.path} (whose contents count too: each is stamped as a file).
+_IMPORTABLE = all_suffixes()
 _METADATA = (".dist-info", ".egg-info", ".egg")
+_PATH_FILES = (".pth", ".egg-link")
 
 
 class _Directory(NamedTuple):
@@ -53,7 +58,7 @@ Stamps = dict[str, Stamp]
 
 
 def _importable(name: str) -> bool:
-    if name.endswith(_METADATA):
+    if name.endswith(_METADATA + _PATH_FILES):
         return True
     for suffix in _IMPORTABLE:
         if name.endswith(suffix):
@@ -81,8 +86,29 @@ def _same(now: Stamp, before: Stamp) -> bool:
     return now == before
 
 
+def _siteDirectories() -> list[str]:
+    """
+    Where C{site} reads C{.pth} files, whether they exist yet or not.
+    """
+    try:
+        import site
+
+        return [*site.getsitepackages(), site.getusersitepackages()]
+    except AttributeError:  # an old virtualenv's site module
+        return []
+
+
 def _paths() -> set[str]:
-    paths = {os.path.abspath(entry or os.curdir) for entry in sys.path}
+    directories = {os.path.abspath(entry or os.curdir) for entry in sys.path}
+    paths = {*directories, *_siteDirectories()}
+    for directory in directories:
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        paths.update(
+            os.path.join(directory, n) for n in names if n.endswith(_PATH_FILES)
+        )
     for module in list(sys.modules.values()):
         # Its own attributes only, past any __getattr__ or lazy module's
         # __getattribute__, which may import more.
@@ -104,6 +130,22 @@ def fingerprint() -> Stamps:
     Every path the loaded modules came from, and its stamp.
     """
     return {path: _stamp(path) for path in _paths()}
+
+
+def settled(stamps: Stamps, since: int) -> bool:
+    """
+    Whether no file of C{stamps} was modified after C{since} (C{time.time_ns()}
+    before the imports began): one that was may have been imported half
+    written, or before the change its stamp records (a C{pip install} running
+    meanwhile); such a zygote must not be kept.
+    """
+    margin = 10_000_000  # a file system's clock is coarser than ours
+    return not any(
+        stamp is not None
+        and not isinstance(stamp, _Directory)
+        and stamp[2] >= since - margin
+        for stamp in stamps.values()
+    )
 
 
 def changed(before: Stamps) -> str | None:
