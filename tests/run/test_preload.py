@@ -396,7 +396,10 @@ def fakeWorker(reasons: list[str]) -> tuple[Any, PreloadedWorker]:
     from txflip.generation._exits import howItEnded
 
     reactor = MemoryReactorClock()
-    spawn = Spawn(Command(sys.executable, (sys.executable,), "/"), {}, 2, [], 5.0)
+    # Its extra fd: one it holds a copy of until its request is sent.
+    spawn = Spawn(
+        Command(sys.executable, (sys.executable,), "/"), {}, 2, [], 5.0, {"x": 0}
+    )
     worker = PreloadedWorker(
         reactor, spawn, lambda reason: reasons.append(howItEnded(reason))
     )

@@ -30,7 +30,12 @@ class ChildPipes:
         self._reactor = reactor
         self._received = received
         self._ready, self.readyChildEnd = os.pipe()
-        self.parentChildEnd, self._parent = os.pipe()
+        try:
+            self.parentChildEnd, self._parent = os.pipe()
+        except OSError:  # EMFILE: leave no fd behind
+            os.close(self._ready)
+            os.close(self.readyChildEnd)
+            raise
         os.set_blocking(self._ready, False)
 
     def fileno(self) -> int:
@@ -41,9 +46,14 @@ class ChildPipes:
 
     def started(self) -> None:
         "The child has its ends: close our copies, start reading."
-        os.close(self.readyChildEnd)
-        os.close(self.parentChildEnd)
+        self._closeChildEnds()
         self._reactor.addReader(self)
+
+    def _closeChildEnds(self) -> None:
+        for fd in (self.readyChildEnd, self.parentChildEnd):
+            if fd >= 0:
+                os.close(fd)
+        self.readyChildEnd = self.parentChildEnd = -1
 
     def doRead(self) -> None:
         try:
@@ -61,7 +71,11 @@ class ChildPipes:
         self._reactor.removeReader(self)
 
     def close(self) -> None:
-        "The child is gone: read what it wrote before it died, close our ends."
+        """
+        The child is gone (or never started): read what it wrote before it died,
+        close our ends (and its, if it never had them).
+        """
+        self._closeChildEnds()
         if self._ready == -1:
             return
         self._reactor.removeReader(self)

@@ -42,6 +42,22 @@ def exitReason(status: int | None) -> Failure:
     return Failure(ProcessTerminated(code, None, status))
 
 
+def duplicates(fds: dict[int, int]) -> dict[int, int]:
+    """
+    A copy of each of C{fds} (target: ours), or, if one cannot be made
+    (C{EMFILE}), the error and none left open.
+    """
+    copies: dict[int, int] = {}
+    try:
+        for target, fd in fds.items():
+            copies[target] = os.dup(fd)
+    except OSError:
+        for fd in copies.values():
+            os.close(fd)
+        raise
+    return copies
+
+
 class ForkedChild:
     """
     A process one of ours forks on request (a template's worker, a zygote's
@@ -50,15 +66,12 @@ class ForkedChild:
     first, we see by its pidfd and reap ourselves (L{parentGone}).
 
     @ivar environ: its environment.
-    @ivar targets: the fd numbers it is to have; L{fds} are our copies of them
-        (sent to its parent, then closed).
     """
 
     def __init__(self, reactor: Any, environ: dict[str, str]) -> None:
         self.pid = 0
         self.environ = environ
-        self.targets: list[int] = []
-        self.fds: list[int] = []
+        self._held: dict[int, int] = {}
         #: Called once it is gone (its parent may be idle then).
         self.onEnd: Callable[[], None] = lambda: None
         self._reactor = reactor
@@ -70,13 +83,34 @@ class ForkedChild:
     def give(self, fds: dict[int, int]) -> None:
         """
         Copy C{fds} (target: ours) to send; the caller keeps and closes its own.
+        If a copy fails (C{EMFILE}), none is kept.
         """
-        self.targets = sorted(fds)
-        self.fds = [os.dup(fds[target]) for target in self.targets]
+        self._held.update(duplicates(fds))
+
+    @property
+    def fds(self) -> list[int]:
+        "Our copies of the fds it is to have, held until its request is sent."
+        return list(self._held.values())
+
+    def toSend(self) -> dict[int, int]:
+        """
+        The fds it is to have (target: ours), made now that its request is to
+        be sent; they are closed with L{closeFDs} once it is.
+
+        @raise OSError: one could not be made (none is left behind).
+        """
+        return dict(self._held)
+
+    def sent(self) -> None:
+        """
+        Its request is answered (a zygote found stale sends it again to the
+        next): close ours.
+        """
+        self.closeFDs()
 
     def closeFDs(self) -> None:
-        fds, self.fds = self.fds, []
-        for fd in fds:
+        held, self._held = self._held, {}
+        for fd in held.values():
             os.close(fd)
 
     def forked(self, pid: int) -> None:
@@ -163,20 +197,48 @@ class PreloadedWorker(ForkedChild, ChildOutcome):
         self._failure: Exception | None = None
         self.childError: str | None = None
         self._buffer = b""
+        self._generation = spawn.generation
+        self._listeners = list(spawn.listeners)
+        self._pipes: ChildPipes | None = None
         marker, childFDs = _handoff.plan(
             spawn.generation, spawn.listeners, spawn.extraFDs
         )
         self.environ[_handoff.MARKER] = marker
-        self._pipes = ChildPipes(reactor, self._received)
-        childFDs[_handoff.READY_FD] = self._pipes.readyChildEnd
-        childFDs[_handoff.PARENT_FD] = self._pipes.parentChildEnd
         if spawn.stderr is not None:
             childFDs[2] = spawn.stderr
-        self.give({target: int(fd) for target, fd in childFDs.items()})
-        self._pipes.started()
+        # Its caller closes its extra fds and its stderr once we return: we hold
+        # copies.  The rest (0, 1, the listeners, the pipes) are made only as its
+        # request is sent (L{toSend}): a generation's workers queued while their
+        # template imports would each hold a dozen fds, and hit EMFILE.
+        lasting = self._lasting()
+        self.give({t: int(fd) for t, fd in childFDs.items() if lasting.get(t) != fd})
         self._timeout: IDelayedCall | None = reactor.callLater(
             spawn.timeout, self._timedOut, spawn.timeout
         )
+
+    def _lasting(self) -> dict[int, int | str]:
+        """
+        The fds it is to have that stay ours (0, 1, 2, the listeners), and its
+        pipes (C{"r"}, C{"w"}), as they are now.
+        """
+        return _handoff.plan(self._generation, self._listeners)[1]
+
+    def toSend(self) -> dict[int, int]:
+        fds = {
+            target: fd
+            for target, fd in self._lasting().items()
+            if isinstance(fd, int) and target not in self._held
+        }
+        self._pipes = ChildPipes(self._reactor, self._received)
+        fds[_handoff.READY_FD] = self._pipes.readyChildEnd
+        fds[_handoff.PARENT_FD] = self._pipes.parentChildEnd
+        self.give(fds)
+        return super().toSend()
+
+    def sent(self) -> None:
+        super().sent()
+        if self._pipes is not None:
+            self._pipes.started()
 
     def _lateMessage(self, timeout: float) -> str:
         if not self.pid:  # no child yet: its template is still importing
@@ -217,7 +279,8 @@ class PreloadedWorker(ForkedChild, ChildOutcome):
             self._end(None)
 
     def _ending(self, reason: Failure | None) -> None:
-        self._pipes.close()  # first: what it wrote before it died decides
+        if self._pipes is not None:  # first: what it wrote before it died decides
+            self._pipes.close()
         self._cancelTimeout()
         if self._ready:
             self._afterReady(reason or exitReason(None))

@@ -56,7 +56,12 @@ class Forker:
             socket.AF_UNIX, socket.SOCK_SEQPACKET
         )
         self._sock.setblocking(False)
-        self.stderr = StderrTail(reactor)
+        try:
+            self.stderr = StderrTail(reactor)
+        except OSError:  # EMFILE: leave no fd behind
+            self._sock.close()
+            self.theirs.close()
+            raise
         reactor.addReader(self)
 
     def __repr__(self) -> str:
@@ -68,6 +73,15 @@ class Forker:
         """
         self.theirs.close()
         self.stderr.started()
+
+    def abandon(self) -> None:
+        """
+        It could not be started (C{EMFILE}): close every fd of ours.
+        """
+        self._reactor.removeReader(self)
+        self._sock.close()
+        self.started()
+        self.stderr.close()
 
     def fork(self, child: ForkedChild) -> None:
         child.onEnd = self._checkIdle
@@ -84,14 +98,16 @@ class Forker:
                 self._ask(child)
 
     def _ask(self, child: ForkedChild) -> None:
-        self._ids += 1
-        request = {"id": self._ids, "env": child.environ, "fds": child.targets}
-        request.update(self._extra(child))
         try:
-            socket.send_fds(self._sock, [json.dumps(request).encode()], child.fds)
+            fds = child.toSend()
+            request = {"id": self._ids + 1, "env": child.environ, "fds": sorted(fds)}
+            request.update(self._extra(child))
+            message = json.dumps(request).encode()
+            socket.send_fds(self._sock, [message], [fds[t] for t in sorted(fds)])
         except OSError as e:
             child.notForked(f"cannot ask {self.role} to fork: {e}")
             return
+        self._ids += 1
         self._asked[self._ids] = child
 
     def _isReady(self) -> None:
@@ -135,11 +151,11 @@ class Forker:
             self.said = message
             self._isReady()
             self._next()
-        elif "error" in message:
-            self._error = str(message["error"])
-        elif "forked" in message:
+        elif "forked" in message:  # first: a fork that failed says "error" too
             self._answered(self._asked.pop(int(message["forked"])), message)
             self._next()
+        elif "error" in message:
+            self._error = str(message["error"])
         elif "exited" in message:
             ended = self._children.pop(int(message["exited"]), None)
             if ended is not None:
@@ -149,7 +165,7 @@ class Forker:
         self._reactor.callLater(0, self._checkIdle)
 
     def _answered(self, child: ForkedChild, answer: dict[str, Any]) -> None:
-        child.closeFDs()
+        child.sent()
         if "pid" in answer:
             self._children[int(answer["pid"])] = child
             child.forked(int(answer["pid"]))

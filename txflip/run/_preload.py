@@ -63,7 +63,13 @@ class Template(Forker):
         self.upgradeId = spawn.environ.get(UPGRADE_ID)
         self.process = _TemplateProcess(self, reactor, spawn)
         self.process.parse = parse
-        self.process.give({2: self.stderr.childEnd, SOCKET_FD: self.theirs.fileno()})
+        try:
+            self.process.give(
+                {2: self.stderr.childEnd, SOCKET_FD: self.theirs.fileno()}
+            )
+        except OSError:
+            self.abandon()
+            raise
         self.started()
         forkedBy(self.process)
 
@@ -142,12 +148,9 @@ class Zygote(Forker, ProcessProtocol):
                     },
                 )
         except BaseException:
-            reactor.removeReader(self)
-            self._sock.close()
-            self.stderr.close()
+            self.abandon()
             raise
-        finally:
-            self.started()
+        self.started()
         self._process = process
         self.pid = process.pid or 0
 
