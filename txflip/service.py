@@ -325,7 +325,9 @@ class UpgradeService(Service):
         @param join: if an upgrade is already in progress, wait for its outcome
             instead of being refused (what C{txflip upgrade} wants).
         """
-        return self.reports.upgrade(join)
+        upgraded = self.reports.upgrade(join)
+        self._reactor.callLater(0, self._moves.prepare)  # once the spawn is off
+        return upgraded
 
     def _ready(self) -> None:
         try:

@@ -91,6 +91,15 @@ class ServiceMoves:
 
         self._receiver = Receiver(self._reactor, sock, self._movableTracker)
 
+    def prepare(self) -> None:
+        """
+        An upgrade starts: import the moving side now, while the next generation
+        starts, and not once it serves, when its import would delay our drain
+        (and the connections' move) by as long.
+        """
+        if self._move:
+            import txflip.move._out  # noqa: F401
+
     def stopReceiving(self) -> None:
         if self._channel is not None:
             self._channel.close()  # never served: nothing came over it
