@@ -2,7 +2,7 @@
 (w) ``txflip run --workers N``: how upgrade time, memory and throughput grow with N.
 
     python -m bench.workers [--counts 1,2,4,8] [--upgrades 3] [--seconds 3]
-                            [--modes "exec=--no-preload preload=--preload"]
+                            [--modes "exec=--no-preload fresh=--no-warm warm=--warm"]
 
 For each mode (a set of extra ``txflip run`` arguments, ``NAME=ARG[,ARG...]``; a
 mode whose options ``txflip run --help`` does not know is skipped, and with none
@@ -46,7 +46,7 @@ from bench._common import (
 from bench.supervisor import supervised, upgradeTimes
 from bench.web import wrk
 
-DEFAULT_MODES = "exec=--no-preload preload=--preload"
+DEFAULT_MODES = "exec=--no-preload fresh=--no-warm warm=--warm"
 
 
 @dataclass
