@@ -5,11 +5,12 @@ application once: an upgrade costs one template whatever the number of workers,
 and the workers share the template's pages copy-on-write.
 
 Every template is forked by a zygote (L{txflip.run._zygote}), an interpreter that
-imported what every template imports before the application.  Without C{--warm}
-each upgrade starts a new zygote, used for its one template and retired: every
-upgrade loads everything anew.  With C{--warm} the zygote stays, and forks each
-upgrade's template while none of the files it imported has changed (then a new
-zygote replaces it): an upgrade costs a fork and the application's imports.
+imported what every template imports before the application.  With
+C{--no-warm} each upgrade starts a new zygote, used for its one template and
+retired: every upgrade loads everything anew.  With C{--warm} (the default) the
+zygote stays, and forks each upgrade's template while none of the files it
+imported has changed (then a new zygote replaces it): an upgrade costs a fork and
+the application's imports.
 
 A crashed worker is replaced by its generation's template if it is still there
 (a fork), by a new one otherwise.  A template is retired (its socket closed: it
