@@ -339,7 +339,7 @@ def register(subparsers: Any) -> None:
         "--preload",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="start each generation's workers by forking one interpreter that"
+        help="start each generation's workers by forking one process that"
         " imported the application (a twistd, python -m or Python script"
         " command, on Linux): the default where it can; --no-preload starts"
         " each worker anew",
