@@ -138,7 +138,7 @@ class Zygote(Forker, ProcessProtocol):
                 process = reactor.spawnProcess(
                     self,
                     runner.interpreter,
-                    runner.templateArgs(zygote=True, warm=warm),
+                    runner.zygoteArgs(warm),
                     env={**child.environ, SINCE: str(time.time_ns())},
                     path=child.cwd,
                     childFDs={

@@ -1,7 +1,7 @@
 """
 Which worker commands C{txflip run} can preload (L{txflip.run._preload}), and how.
 
-A preloading template is the command's own interpreter running
+A preloading zygote and its templates are the command's own interpreter running
 L{txflip.run._template}, so the command must be a Python program started in a
 way the template can reproduce after its fork.  Three are known:
 
@@ -32,7 +32,7 @@ from txflip.generation._command import Command
 _FLAGS = frozenset({"-u", "-B", "-O", "-OO", "-s", "-E"})
 _PYTHON = re.compile(r"python[0-9.]*\Z")
 _TWISTD_MODULE = "twisted.scripts.twistd"
-#: How a template starts: C{python -c BOOTSTRAP TXFLIP_PATH KIND ...}.  The
+#: How a zygote starts: C{python -c BOOTSTRAP TXFLIP_PATH ROLE KIND ...}.  The
 #: command's interpreter may find txflip only as its program does (a script that
 #: extends C{sys.path} itself): the supervisor's own txflip is then the last
 #: resort, never ahead of the application's.
@@ -60,20 +60,19 @@ class Runner:
     #: The worker's process name (C{/proc/PID/comm}), as exec would have set it.
     name: str
 
-    def templateArgs(self, zygote: bool = False, warm: bool = False) -> list[str]:
+    def zygoteArgs(self, warm: bool) -> list[str]:
         """
-        The command line (argv, the interpreter first) of a template, or of a
-        zygote (L{txflip.run._zygote}) that forks them, and imports every
+        The command line (argv, the interpreter first) of a zygote
+        (L{txflip.run._zygote}), which forks the templates, and imports every
         module a template may need up front if it is to be kept (C{warm}).
         """
-        role = ["warm-zygote" if warm else "zygote"] if zygote else []
         return [
             self.interpreter,
             *self.flags,
             "-c",
             BOOTSTRAP,
             os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
-            *role,
+            "warm-zygote" if warm else "zygote",
             self.kind,
             self.target,
             self.name,

@@ -3,18 +3,17 @@ The preloading template: one interpreter per generation of C{txflip run} that
 imports the application, then forks the generation's workers, which share its
 pages copy-on-write.
 
-Run as C{txflip.run._template KIND TARGET NAME ARGV...} (see
+Run as C{txflip.run._template [warm-]zygote KIND TARGET NAME ARGV...} (see
 L{txflip.run._runners.Runner}) with fd 3 a C{SOCK_SEQPACKET} socket to the
-supervisor (L{txflip.run._preload}).  It says C{{"ready": PID}} once its imports
-are done (or C{{"error": ...}} and exits), then serves fork requests: each carries
-a worker's environment and, with C{SCM_RIGHTS}, its fds and the numbers to place
-them at; the answer is the worker's pid, and later its exit status (we are its
-parent: we reap it).  End of file on the socket: we are retired, and exit.
-
-Run as C{txflip.run._template zygote KIND ...}, it is the zygote
-(L{txflip.run._zygote}) first: it imports what every template would before the
-application, and serves the same requests for templates, each forked with its
-own socket as fd 3, which then goes on as above.
+supervisor (L{txflip.run._preload}), it is first the zygote
+(L{txflip.run._zygote}): it imports what every template would before the
+application, says C{{"ready": PID}} (or C{{"error": ...}} and exits), then
+serves fork requests: each carries a child's environment and, with
+C{SCM_RIGHTS}, its fds and the numbers to place them at; the answer is the
+child's pid, and later its exit status (we are its parent: we reap it).  End of
+file on the socket: we are retired, and exit.  Each child is a template, with its
+own socket as fd 3: it imports the application, says it is ready, and serves the
+same requests for its generation's workers.
 
 Nothing here imports the reactor before the fork (L{txflip.run._preimport}): a
 plugin that imports it (twistd's own C{web} does) is parsed in the worker
@@ -57,9 +56,10 @@ SOCKET_FD = 3
 MAX_MESSAGE = 1 << 20
 MAX_FDS = 253
 _MARKER = "TXFLIP_HANDOFF"
-#: The first argument that makes us the zygote (L{txflip.run._zygote}): one
-#: forking a single template, or a kept one, which imports L{txflip.run._preimport.WARM} for all.
-ZYGOTES = ("zygote", "warm-zygote")
+#: The first argument of a zygote that is kept (L{txflip.run._zygote}), and
+#: imports L{txflip.run._preimport.WARM} for all its templates; C{zygote} forks
+#: a single template.
+WARM_ZYGOTE = "warm-zygote"
 PR_SET_NAME = 15
 #: Whether we are (or were forked from) a zygote, which warmed what we need.
 _zygote = False
@@ -240,17 +240,14 @@ def _setName(name: str) -> None:
 
 
 def main(args: Sequence[str]) -> int:
-    zygote = args[0] in ZYGOTES
-    kind, target, name, *argv = args[1:] if zygote else args
+    role, kind, target, name, *argv = args
     sock = socket.socket(fileno=SOCKET_FD)
     sys.meta_path.insert(0, Guard())
-    parse = True
-    if zygote:
-        template = _zygoteOf(sock, kind, target, argv[0], args[0] == ZYGOTES[1])
-        sock.detach()  # become() closes it
-        become(template.request, template.fds, None)
-        sock = socket.socket(fileno=SOCKET_FD)  # now the template's own
-        parse = template.request.get("parse", True)
+    template = _zygoteOf(sock, kind, target, argv[0], role == WARM_ZYGOTE)
+    sock.detach()  # become() closes it
+    become(template.request, template.fds, None)
+    sock = socket.socket(fileno=SOCKET_FD)  # now the template's own
+    parse = template.request.get("parse", True)
     run: list[Callable[[], object]] = []
 
     def prepareTemplate() -> dict[str, Any]:
