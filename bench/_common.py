@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import functools
 import os
 import platform
 import resource
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import twisted
+from bench.plain_echo import PLUGIN
 
 # freePort, readPidFile and pidAlive are the benchmarks' too: re-exported ("as").
 from tests.harness import freePort as freePort
@@ -328,6 +330,27 @@ def naiveRestart(server: list[str]) -> list[str]:
     return [sys.executable, str(naive), "--restart", "--forever", *server]
 
 
+@functools.cache
+def pluginPath() -> str:
+    """
+    A directory of our own holding C{twisted/plugins/} with the plain echo
+    plugin (L{bench.plain_echo.PLUGIN}): on C{PYTHONPATH}, twistd finds it.
+    """
+    top = Path(tempfile.mkdtemp(prefix="txflip-bench-plugin-"))
+    atexit.register(shutil.rmtree, top, ignore_errors=True)
+    plugins = top / "twisted" / "plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "bench_plain_echo.py").write_text(PLUGIN)
+    return str(top)
+
+
+def pythonPath(name: str) -> str:
+    """The C{PYTHONPATH} server C{name} runs with: L{CODE}, and its plugin's."""
+    if name == "plainplugin":
+        return os.pathsep.join([str(CODE), pluginPath()])
+    return str(CODE)
+
+
 def command(
     name: str,
     port: int,
@@ -366,6 +389,9 @@ def command(
     if name == "plain":
         tac = BENCH / "plain_echo.tac"
         return [*twistd(), "-n", "--pidfile", str(pidfile), "-y", str(tac)]
+    if name == "plainplugin":  # the same server, found by plugin discovery
+        plugin = ["plainecho", "--port", str(port)]
+        return [*twistd(), "-n", "--pidfile", str(pidfile), *plugin]
     if name == "naive":
         return naiveRestart(command("plain", port, pidfile))
     if name == "reuseport":
@@ -389,7 +415,7 @@ def start(
     pidfile = directory / "server.pid"
     fullEnv = {
         **os.environ,
-        "PYTHONPATH": str(CODE),
+        "PYTHONPATH": pythonPath(name),
         "BENCH_PORT": str(port),
         **(env or {}),
     }

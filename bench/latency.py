@@ -53,8 +53,8 @@ def coldStart(name: str) -> float:
     port = freePort()
     with tempfile.TemporaryDirectory(prefix="txflip-bench-") as directory:
         pidfile = Path(directory) / "server.pid"
-        code = str(_common.CODE)
-        env = {**os.environ, "PYTHONPATH": code, "BENCH_PORT": str(port)}
+        path = _common.pythonPath(name)
+        env = {**os.environ, "PYTHONPATH": path, "BENCH_PORT": str(port)}
         started = time.monotonic()
         proc = subprocess.Popen(
             command(name, port, pidfile),
@@ -67,7 +67,7 @@ def coldStart(name: str) -> float:
         try:
             deadline = started + 30
             while time.monotonic() < deadline:
-                if name == "plain" and accepts(port):
+                if name in ("plain", "plainplugin") and accepts(port):
                     break
                 if name == "flipecho" and readPidFile(pidfile) == proc.pid:
                     break

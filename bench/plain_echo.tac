@@ -1,53 +1,16 @@
 """
-The baseline: flipecho's line echo protocol on a plain C{listenTCP}, no txflip.
+The baseline (L{bench.plain_echo}) as a C{.tac}: twistd discovers no plugin.
 
-    BENCH_PORT=8080 twistd -n --pidfile plain.pid -y bench/plain_echo.tac
+    BENCH_PORT=8080 PYTHONPATH=. twistd -n --pidfile plain.pid -y bench/plain_echo.tac
 
-Upgrading it means restarting it (see tests/naive_server.py --restart).  It imports nothing of
-txflip, so that its memory and start-up time are Twisted's alone.
+Upgrading it means restarting it (see tests/naive_server.py --restart).
 """
 
 import os
 
-from twisted.application import internet, service
-from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Factory, Protocol
-from zope.interface import implementer
+from twisted.application import service
 
-MAX_LINE = 1 << 20
-
-
-@implementer(IHalfCloseableProtocol)
-class Echo(Protocol):
-    """
-    txflip.echo.Echo without the draining: every complete line written back.
-    """
-
-    _pending = b""
-
-    def dataReceived(self, data):
-        pending = self._pending + data
-        end = pending.rfind(b"\n") + 1
-        self._pending = pending[end:]
-        if end:
-            self.transport.write(pending[:end])
-        if len(self._pending) > MAX_LINE:
-            self.transport.write(b"error: line too long\n")
-            self.transport.loseConnection()
-
-    def readConnectionLost(self):
-        if self._pending:
-            self.transport.write(self._pending)
-            self._pending = b""
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self):
-        self.transport.loseConnection()
-
+from bench.plain_echo import echoService
 
 application = service.Application("plain-echo")
-internet.TCPServer(
-    int(os.environ.get("BENCH_PORT", "8080")),
-    Factory.forProtocol(Echo),
-    interface="127.0.0.1",
-).setServiceParent(application)
+echoService(int(os.environ.get("BENCH_PORT", "8080"))).setServiceParent(application)

@@ -46,6 +46,17 @@ def twistdCommand() -> list[str]:
     return [sys.executable, twistd]
 
 
+def txflipScript() -> str:
+    """
+    The C{txflip} script installed next to the test interpreter: what a
+    supervisor's configuration names (said at once when missing, not as a server
+    that never listens).
+    """
+    txflip = shutil.which("txflip", path=os.path.dirname(sys.executable))
+    assert txflip, "the txflip script is not installed next to the test interpreter"
+    return txflip
+
+
 class Flip:
     """
     One flipecho service under test: its first process, pid file, log and port.

@@ -11,12 +11,11 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, twistdCommand
+from tests.conftest import ROOT, twistdCommand, txflipScript
 from tests.harness import canConnect, freePort, waitFor
 from tests.realsystemd import TOOLS, require
 
@@ -102,7 +101,7 @@ def test_txflipRunAsPid1UpgradesAndDrains(tmp_path: Path) -> None:
     require()
     port = freePort()
     control = tmp_path / "control.sock"
-    txflip = str(Path(sys.executable).with_name("txflip"))
+    txflip = txflipScript()
     argv = [
         "unshare", "--pid", "--fork", "--mount-proc", txflip, "run",
         "--control", str(control), "--", *twistdCommand(), "-n", "--pidfile=",

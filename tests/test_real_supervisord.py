@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, twistdCommand
+from tests.conftest import ROOT, twistdCommand, txflipScript
 from tests.harness import canConnect, freePort, killedAtEnd, waitFor
 from tests.realsystemd import TOOLS, require
 
@@ -85,7 +85,7 @@ def supervisord(tmp_path: Path) -> Iterator[object]:
 def test_txflipRunStaysRunningWithOnePid(supervisord, tmp_path: Path) -> None:
     port = freePort()
     control = tmp_path / "control.sock"
-    txflip = Path(sys.executable).with_name("txflip")
+    txflip = txflipScript()
     sd = supervisord(
         f"{txflip} run --control {control} -- {' '.join(twistdCommand())} -n"
         f" --pidfile= flipecho --listen tcp:{port}:interface=127.0.0.1"
