@@ -23,6 +23,7 @@ from tests.supervised import Supervised, flipecho, txflip
 from txflip.generation._command import Command
 from txflip.generation._spawn import Spawn
 from txflip.run._forked import PreloadedWorker, exitReason
+from txflip.run._preimport import namedIn
 from txflip.run._runners import Runner, entryPoint, preloadable
 
 PLUGIN = """\
@@ -287,6 +288,102 @@ def test_theTemplateLoadsTheEndpointParsersForItsWorkers() -> None:
     )
     argv = [*twistd[1:], "-n", "flipecho", "--listen", "tcp:0"]
     subprocess.run([twistd[0], "-c", code, *argv], check=True, cwd=ROOT)
+
+
+# An application named by twistd web's --class: it says which process imported it.
+NAMED_APP = """\
+import os
+
+from twisted.web.resource import Resource
+
+with open(f"imported-{os.getpid()}", "w"):
+    pass
+
+
+class Hello(Resource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        return b"hello"
+"""
+
+
+def test_theTemplateImportsTheApplicationTwistdWebNames(tmp_path: Path) -> None:
+    """
+    twistd's C{web} plugin imports the reactor, so each worker parses its
+    options, which would import the application its C{--class} names in each
+    worker, unshared: the template imports it first (and twistd's plugins).
+    """
+    (tmp_path / "namedapp.py").write_text(NAMED_APP)
+    twistd = twistdCommand()
+    code = (
+        "import os, sys; from txflip.run import _template as t;"
+        " sys.meta_path.insert(0, t.Guard());"
+        " _, inWorker = t.prepare('twistd', sys.argv[1], sys.argv[1:]);"
+        " assert inWorker;"
+        " missing = {'namedapp', 'twisted.plugins.twisted_web'} - set(sys.modules);"
+        " assert not missing, missing;"
+        " assert 'twisted.internet.reactor' not in sys.modules;"
+        " assert os.listdir() == [f'imported-{os.getpid()}'], os.listdir()"
+    )
+    web = ["flip", "web", "--listen", "flip:tcp:0", "--class", "namedapp.Hello"]
+    run = tmp_path / "run"
+    run.mkdir()
+    subprocess.run(
+        [twistd[0], "-c", code, *twistd[1:], "-n", *web],
+        check=True,
+        cwd=run,
+        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"},
+    )
+
+
+@pytest.mark.parametrize(
+    "argv, names",
+    [
+        (["twistd", "-n", "web", "--class", "a.B", "--wsgi=c.d"], ["a.B", "c.d"]),
+        (
+            ["twistd", "-n", "flip", "web", "--listen", "tcp:0", "--wsgi", "e.f"],
+            ["e.f"],
+        ),
+        (["twistd", "-n", "web", "--path", "."], []),
+        (["twistd", "-n", "other", "--class", "a.B"], []),
+        (["twistd", "-n", "web", "--class"], []),
+    ],
+)
+def test_namesTwistdWebImports(argv: list[str], names: list[str]) -> None:
+    assert namedIn(argv) == names
+
+
+def test_workersShareTheApplicationTwistdWebNames(tmp_path: Path) -> None:
+    """
+    Under C{txflip run}, C{flip web --class} workers answer with the
+    application their template imported: one import per generation, by the
+    workers' parent.
+    """
+    (tmp_path / "namedapp.py").write_text(NAMED_APP)
+    web = ["flip", "web", "--listen", "flip:tcp:0:interface=127.0.0.1"]
+    web += ["--class", "namedapp.Hello", "--logfile", "access.log"]
+    run = Supervised(
+        tmp_path,
+        [*twistdCommand(), "-n", *web],
+        "--workers",
+        "2",
+        "--probation",
+        "0",
+        env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"},
+    )
+    try:
+        for _ in range(2):
+            workers = run.waitReady()
+            parent = template(run, workers)
+            imported = {p.name for p in tmp_path.glob("imported-*")}
+            assert f"imported-{parent}" in imported
+            assert not {f"imported-{pid}" for pid in workers} & imported
+            result = run.upgrade()
+            assert result.returncode == 0, result.stderr + run.tail()
+        assert len(list(tmp_path.glob("imported-*"))) == 3
+    finally:
+        run.close()
 
 
 @pytest.mark.parametrize(

@@ -84,27 +84,73 @@ def warm() -> None:
             pass
 
 
-def warmEndpointParsers() -> None:
+def warmPlugins() -> None:
     """
     Load every endpoint-parser plugin, as C{serverFromString} does in each
-    worker for a prefix no built-in parser has (C{flip:}): once here, shared.
-    Autobahn's, when installed, brings Autobahn, txaio and cffi, which parses C
-    sources on import: tens of ms a worker.  One that would import the reactor,
-    or fails, is left to the worker, which logs it as twistd would (here,
-    C{getPlugins} would log it, and every worker would replay that log).
+    worker for a prefix no built-in parser has (C{flip:}), and every twistd
+    plugin, as twistd's option parsing does in each worker that parses them
+    (C{flip web}'s: see L{warmNamed}): once here, shared.  Autobahn's parser,
+    when installed, brings Autobahn, txaio and cffi, which parses C sources on
+    import: tens of ms a worker; twistd's dozen plugin modules, about 5 ms.  One
+    that would import the reactor, or fails, is left to the worker, which logs it
+    as twistd would (here, C{getPlugins} would log it, and every worker would
+    replay that log).
     """
+    from twisted.application.service import IServiceMaker
     from twisted.internet.interfaces import IStreamServerEndpointStringParser
     from twisted.plugin import getCache
 
     import twisted.plugins
 
+    wanted = (IStreamServerEndpointStringParser, IServiceMaker)
     for dropin in getCache(twisted.plugins).values():
         for plugin in dropin.plugins:
-            if IStreamServerEndpointStringParser in plugin.provided:
+            if any(interface in plugin.provided for interface in wanted):
                 try:
                     plugin.load()
                 except (ReactorImported, Exception):  # noqa: BLE001 - see above
                     pass
+
+
+#: The options of twistd's C{web} plugin whose value is an object's dotted name,
+#: imported as they are parsed (L{warmNamed}).
+NAMING = ("--class", "--wsgi")
+
+
+def namedIn(argv: list[str]) -> list[str]:
+    """
+    The dotted names that twistd's C{web} plugin is given in C{argv} (a twistd
+    command line) by an option of L{NAMING}, after the word C{web}.
+    """
+    if "web" not in argv:
+        return []
+    after = argv[argv.index("web") + 1 :]
+    names = []
+    for arg, following in zip(after, [*after[1:], None], strict=True):
+        option, equals, value = arg.partition("=")
+        if option in NAMING:
+            name = value if equals else following
+            if name:
+                names.append(name)
+    return names
+
+
+def warmNamed(argv: list[str]) -> None:
+    """
+    Import the application twistd's C{web} plugin names (C{--class},
+    C{--wsgi}), here in the template, so that the workers share it.  That
+    plugin's module imports the reactor, so each worker parses its options, and
+    the parsing would import the application in each worker: a Django or Flask
+    application each time, unshared.  One that fails, or imports the reactor, is
+    left to the worker, which reports it as twistd does.
+    """
+    from twisted.python.reflect import namedAny
+
+    for name in namedIn(argv):
+        try:
+            namedAny(name)
+        except (ReactorImported, Exception):  # noqa: BLE001 - see above
+            pass
 
 
 def searchPath(kind: str, target: str) -> str:
@@ -122,6 +168,6 @@ def warmFor(kind: str, target: str) -> None:
     command's) and txflip's worker side.
     """
     sys.path[0] = searchPath(kind, target)
-    warmEndpointParsers()
+    warmPlugins()
     for name in WORKER_SIDE:
         __import__(name)

@@ -48,6 +48,7 @@ from txflip.run._preimport import (
     searchPath,
     warm,
     warmFor,
+    warmNamed,
 )
 
 #: The socket to the supervisor.
@@ -109,6 +110,7 @@ def prepare(
     # twistd installs the reactor it is told of: parse in the worker.
     if not parse or any(a == "-r" or a.startswith("--reactor") for a in argv[1:]):
         warm()
+        warmNamed(argv)
         return twistd.run, True
     # twistd re-exports its platform's ServerOptions: what twistd.run parses.
     config = twistd.ServerOptions()  # type: ignore[attr-defined]
@@ -129,6 +131,7 @@ def prepare(
         del os.environ[_MARKER]
     if refused:
         warm()
+        warmNamed(argv)
         return twistd.run, True
     return (lambda: twistd.runApp(config)), False
 
