@@ -314,6 +314,9 @@ class Running:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+#: The resource C{txflip-web-N} serves (C{bench.workers --app}).
+WEB_APP = "bench.hello.Hello"
+
 #: The HTTP servers: C{twistd web} serving bench/www, on a plain port, behind
 #: C{flip:}, and restarted by a supervisor when SIGHUP kills it.
 WEB = ("web", "flipweb", "naiveweb")
@@ -384,7 +387,7 @@ def command(
         if name.startswith("txflip-run-"):
             return [*run, *twistd(), "-n", "flipecho", *listenArgs]
         web = ["flip", "web", "--listen", f"flip:{listenArgs[1]}"]
-        web += ["--class", "bench.hello.Hello", "--logfile", "access.log"]
+        web += ["--class", WEB_APP, "--logfile", "access.log"]
         return [*run, *twistd(), "-n", *web]
     if name == "plain":
         tac = BENCH / "plain_echo.tac"

@@ -3,12 +3,14 @@
 
     python -m bench.workers [--counts 1,2,4,8] [--upgrades 3] [--seconds 3]
                             [--modes "exec=--no-preload fresh=--no-warm warm=--warm"]
+                            [--app bench.bigapp.Hello]
 
 For each mode (a set of extra ``txflip run`` arguments, ``NAME=ARG[,ARG...]``; a
 mode whose options ``txflip run --help`` does not know is skipped, and with none
 left, ``txflip run``'s default runs alone) and each N, one supervisor over N workers
 of bench/hello.py's tiny twisted.web application (``twistd -n flip web --class
-bench.hello.Hello``, ``--probation 0``):
+bench.hello.Hello``, ``--probation 0``), or ``--app``'s (bench/bigapp.py imports
+and builds at import what a real application would):
 
   - ``txflip upgrade`` -> every new worker serving (its answer, sent as the last
     one is ready: polling the status every 5 ms, as SIGHUP would need, loaded
@@ -115,14 +117,20 @@ def measure(count: int, args: Sequence[str], upgrades: int, seconds: float) -> F
 
 def main() -> None:
     args = options(
-        __doc__, counts="1,2,4,8", upgrades=3, seconds=3, modes=DEFAULT_MODES
+        __doc__,
+        counts="1,2,4,8",
+        upgrades=3,
+        seconds=3,
+        modes=DEFAULT_MODES,
+        app=_common.WEB_APP,
     )
+    _common.WEB_APP = args.app
     if shutil.which("wrk") is None:
         raise SystemExit("bench: wrk is not installed (apt-get install wrk)")
     counts = [int(n) for n in args.counts.split(",")]
     header(
         "(w) txflip run --workers N: upgrade time, memory and throughput",
-        f"bench.hello's twisted.web app; {args.upgrades} upgrades per N"
+        f"{args.app} (twisted.web); {args.upgrades} upgrades per N"
         f" (--probation 0), then idle memory, then wrk for {args.seconds:g} s",
     )
     modes = knownModes(parseModes(args.modes))
