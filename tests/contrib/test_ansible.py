@@ -79,6 +79,7 @@ def generations(services: list[Supervised]) -> list[int]:
     return [service.status()["generation"] for service in services]
 
 
+@pytest.mark.slow
 def test_rollingUpgradeStopsAtTheFirstFailure(tmp_path: Path) -> None:
     """
     All three hosts upgraded one at a time, with 0 client errors; then a bad deploy
