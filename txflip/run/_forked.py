@@ -189,8 +189,10 @@ class PreloadedWorker(ForkedChild, ChildOutcome):
         afterReady: Callable[[Failure], None],
     ) -> None:
         super().__init__(reactor, {**spawn.environ, **dict(spawn.command.extraEnv)})
+        #: Its pid once forked; fails if it never is (its consumer, the
+        #: L{txflip.run._workers.Worker}, handles that: swallowing it here would
+        #: hand that consumer's callback a L{None} instead of a pid).
         self.started: Deferred[int] = Deferred()
-        self.started.addErrback(lambda _: None)
         self.result: Deferred[int] = Deferred()
         self._afterReady = afterReady
         self._ready = False

@@ -35,6 +35,7 @@ from txflip.generation._signals import signalsHeld
 from txflip.generation._spawn import Spawn
 from txflip.run._forked import ForkedChild, PreloadedWorker
 from txflip.run._forker import Forker
+from txflip.run._limits import describe
 from txflip.run._runners import Runner
 from txflip.run._template import SOCKET_FD
 from txflip.run._zygote import SINCE
@@ -273,7 +274,7 @@ class Preloader:
                     self._replace,
                 )
             except OSError as e:
-                template.notForked(f"cannot start the preloading zygote: {e}")
+                template.notForked(f"cannot start the preloading zygote: {describe(e)}")
                 return
             self._alive.add(zygote)
         self._zygote = zygote if self._warm else None

@@ -38,6 +38,7 @@ from txflip.control._metrics import Counts
 from txflip.generation._command import Command
 from txflip.run._backoff import STABLE, backoff
 from txflip.run._balance import MAX_WORKERS, Table
+from txflip.run._limits import describe
 from txflip.run._status import supervisorStatus
 from txflip.run._workers import Sockets, Worker, WorkerSpawner, spawnWorker
 from txflip.systemd import Notifier
@@ -216,8 +217,9 @@ def spawn(c: _Inputs, s: _Core, generation: int) -> Worker | None:
             s.counted,
         )
     except Exception as e:  # noqa: BLE001 - reported as the worker's failure
-        s.log.error("txflip run: cannot start a worker: {e}", e=e)
-        s.reactor.callLater(0, c.spawnFailed, f"cannot start: {e}")
+        why = describe(e)
+        s.log.error("txflip run: cannot start a worker: {why}", why=why)
+        s.reactor.callLater(0, c.spawnFailed, f"cannot start: {why}")
         return None
     s.workers.append(worker)
     return worker

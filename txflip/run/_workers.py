@@ -210,11 +210,12 @@ class Worker:
             theirs.close()
             movesTheirs.close()
             self._stderr.started()
+        # A worker never forked fails its start; its result says why.
+        self._attempt.started.addCallbacks(self._started, lambda _: None)
         self.pid = self._attempt.pid
         self._channel = ChannelServer(
             reactor, ours, sockets.bind, lambda: successorFor(self), counted
         )
-        self._attempt.started.addCallback(self._started)
         self._attempt.result.addCallbacks(self._ready, self._failed)
 
     def _started(self, pid: int) -> int:
