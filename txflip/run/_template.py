@@ -40,7 +40,6 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from txflip.run._plugins import Scan, reuse, scan
 from txflip.run._preimport import (
     REACTOR,
     Guard,
@@ -254,12 +253,9 @@ def main(args: Sequence[str]) -> int:
     parse = template.request.get("parse", True)
     run: list[Callable[[], object]] = []
 
-    scanned: list[Scan] = []
-
     def prepareTemplate() -> dict[str, Any]:
         work, parsesInWorker = prepare(kind, target, argv, parse)
         run.append(work)
-        scanned.append(scan())
         return {"parsesInWorker": parsesInWorker}
 
     worker = _forkServer(
@@ -269,7 +265,6 @@ def main(args: Sequence[str]) -> int:
     sock.detach()
     become(worker.request, worker.fds, name)
     sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, Guard)]
-    reuse(scanned[0])
     run[0]()
     return 0
 
