@@ -125,41 +125,6 @@ def test_aQueuedWorkerHoldsOnlyTheFdsItsCallerCloses() -> None:
         os.close(extra)
 
 
-def test_aTemplatesRequestsGoAheadWithinItsWindow() -> None:
-    """
-    A template's next requests are out before it answers the last (it forks the
-    next worker at once, not after a turn of our reactor), at most
-    L{_preload.Template.window} of them: the rest wait for answers.
-    """
-    reactor = Reactor()
-    forker = Played(reactor)
-    forker.window = _preload.Template.window
-    assert forker.window > 1
-    workers = [
-        PreloadedWorker(reactor, spawnFor(None, {}), lambda r: None)
-        for _ in range(forker.window + 2)
-    ]
-    try:
-        for worker in workers:
-            worker.started.addErrback(lambda f: None)
-            worker.result.addErrback(lambda f: None)
-            forker.fork(worker)
-        forker.say({"ready": 1})
-        ids = [forker.request()[0]["id"] for _ in range(forker.window)]
-        assert ids == list(range(1, forker.window + 1))
-        forker.process.setblocking(False)
-        with pytest.raises(BlockingIOError):
-            forker.request()  # the window is full
-        forker.say({"forked": 2, "error": "no"})  # answers come in any order
-        assert forker.request()[0]["id"] == forker.window + 1
-        assert workers[1].gone and not workers[0].gone
-    finally:
-        for n in range(1, len(workers) + 1):
-            if n != 2 and not workers[n - 1].gone:
-                workers[n - 1].notForked("the test ends")
-        forker.close()
-
-
 def failingAt(monkeypatch: pytest.MonkeyPatch, n: int) -> Callable[[], bool]:
     """
     Make the C{n}th fd made (C{os.dup}, C{os.pipe}, C{socket.socketpair}) fail

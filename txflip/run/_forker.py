@@ -3,11 +3,9 @@ The supervisor's end of a process that forks children on request
 (L{txflip.run._template}'s loop): a template, whose children are its
 generation's workers, or the zygote, whose children are templates.
 
-A few requests are out at a time (L{Forker.window}): each carries a child's
-environment and fds, and a burst of them (every worker of a generation at once)
-would fill the socket's buffer (C{EAGAIN}) or pass more fds than may be in
-flight; one at a time, each fork would wait for our answer to the last (a turn
-of our reactor, slow under load).  The forker is the
+One request is out at a time: each carries a child's environment and fds, and a
+burst of them (every worker of a generation at once) would fill the socket's
+buffer (C{EAGAIN}) or pass more fds than may be in flight.  The forker is the
 children's parent and reports their exit statuses; if it dies first, each child
 (a L{txflip.run._forked.ForkedChild}) is followed by its pidfd and reaped by us.
 """
@@ -40,8 +38,6 @@ class Forker:
 
     #: What L{Forker._why} calls the process.
     role = "a preloading process"
-    #: How many requests may be out at once.
-    window = 1
 
     def __init__(self, reactor: Any, idle: Callable[[Any], None]) -> None:
         self._reactor = reactor
@@ -96,12 +92,7 @@ class Forker:
         self._next()
 
     def _next(self) -> None:
-        while (
-            self.ready
-            and not self.gone
-            and len(self._asked) < self.window
-            and self._queue
-        ):
+        while self.ready and not self.gone and not self._asked and self._queue:
             child = self._queue.pop(0)
             if not child.gone:
                 self._ask(child)

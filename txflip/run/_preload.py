@@ -51,10 +51,6 @@ class Template(Forker):
     """
 
     role = "the preloading template"
-    #: Its workers' requests are sent ahead: it forks the next one as soon as
-    #: it has answered the last, not once we have read that answer.  (A
-    #: zygote's stay one at a time: one found stale sends the rest elsewhere.)
-    window = 4
 
     def __init__(
         self,
