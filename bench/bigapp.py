@@ -1,9 +1,9 @@
 """
 A stand-in for a real application in C{bench.workers --app bench.bigapp.Hello}:
-bench.hello's answer, behind what a Django or Flask application does at import,
-some twenty standard-library packages and a table built in memory (about 50 MB,
-0.3 s), so that what preloading shares, and what each worker would otherwise
-import on its own, shows in the figures.
+bench.hello's answer, behind what a Django or Flask application does at import:
+sixteen standard-library modules (and what they import) and a table built in
+memory (about 50 MB, 0.3 s), so that what preloading shares, and what each
+worker would otherwise import on its own, shows in the figures.
 """
 
 from __future__ import annotations

@@ -279,3 +279,21 @@ def test_aTemplateForkedByAZygoteThatDiedBeforeItSaidSoExits() -> None:
         assert template.gone and eof(theirs)
     finally:
         zygote.close()
+
+
+def test_aForkerRetiredWithItsReportsUnreadExitsQuietly() -> None:
+    """
+    The supervisor closes its end of a zygote's (or a template's) socket with
+    reports still unread in it, as it stops: the loop reads a reset, not an
+    end of file, and ends as it does at an end of file (it had died with a
+    traceback in the supervisor's log).
+    """
+    from txflip.run._template import _send, serve
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        _send(ours, {"exited": 1, "status": 0})  # a report the supervisor never reads
+        theirs.close()
+        serve(ours, lambda request: None)  # returns: retired
+    finally:
+        ours.close()

@@ -259,6 +259,7 @@ def test_stopLeavesNoProcess(preloaded: tuple[PreloadApp, Supervised]) -> None:
     run.signal(signal.SIGTERM)
     assert run.proc.waitExit(30) == 0, run.tail()
     assert not any(map(pidAlive, [zygote, parent, *pids]))
+    assert "Traceback" not in run.logText(), run.tail()
 
 
 def test_templateImportsNoReactor() -> None:

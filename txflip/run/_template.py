@@ -164,7 +164,10 @@ def serve(sock: socket.socket, stale: Callable[[dict[str, Any]], str | None]) ->
                 _, status = os.waitpid(pid, 0)
                 _send(sock, {"exited": pid, "status": status})
                 continue
-            message, fds, flags, _ = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
+            try:
+                message, fds, flags, _ = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
+            except ConnectionResetError:  # closed with our last reports unread
+                return
             if not message:
                 return
             request = json.loads(message)
