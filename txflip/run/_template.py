@@ -109,9 +109,7 @@ def prepare(
 
     # twistd installs the reactor it is told of: parse in the worker.
     if not parse or any(a == "-r" or a.startswith("--reactor") for a in argv[1:]):
-        warm()
-        warmNamed(argv)
-        return twistd.run, True
+        return _parsedInWorker(argv)
     # twistd re-exports its platform's ServerOptions: what twistd.run parses.
     config = twistd.ServerOptions()  # type: ignore[attr-defined]
     # Every worker is a txflip child: what the options read at parse time must
@@ -130,10 +128,20 @@ def prepare(
     finally:
         del os.environ[_MARKER]
     if refused:
-        warm()
-        warmNamed(argv)
-        return twistd.run, True
+        return _parsedInWorker(argv)
     return (lambda: twistd.runApp(config)), False
+
+
+def _parsedInWorker(argv: list[str]) -> tuple[Callable[[], object], bool]:
+    """
+    Leave twistd's options to the worker, with what they would import
+    preloaded: Twisted, twisted.web, txflip, and the application C{web} names.
+    """
+    from twisted.scripts import twistd
+
+    warm()
+    warmNamed(argv)
+    return twistd.run, True
 
 
 def _send(sock: socket.socket, message: dict[str, Any]) -> None:
