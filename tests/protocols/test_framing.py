@@ -48,8 +48,12 @@ class Served:
         self, meanwhile: Callable[[], object] = lambda: None
     ) -> tuple[int, int]:
         """
-        SIGHUP; once the new generation serves, call C{meanwhile} (the old one
-        drains); wait for the old one to exit.
+        SIGHUP; once the new generation serves and the old one drains, call
+        C{meanwhile}; wait for the old one to exit.
+
+        Not as soon as the pid file names the new generation: the old one may
+        not have heard yet, and would answer what C{meanwhile} sends as it
+        serves, without closing; its drain would then wait for the idle grace.
         """
         old = self.server.serving()
         os.kill(old, signal.SIGHUP)
@@ -59,6 +63,7 @@ class Served:
             what="the new generation",
         )
         self.server.track(new)
+        waitLine(self.server, old, "txflip: draining")
         meanwhile()
         waitForUpgrade(self.server.pidfile, old, timeout=30)
         return old, new
