@@ -49,7 +49,15 @@ class Supervised:
         *options: str,
         env: dict[str, str] | None = None,
         prefix: list[str] | None = None,
+        pidNamespace: bool = False,
     ) -> None:
+        """
+        @param prefix: what runs the supervisor (C{unshare ...}, a limit).
+        @param pidNamespace: C{prefix} gives it a PID namespace of its own: the
+            pids it reports are that namespace's, not ours (its worker 2 is our
+            kthreadd), so none is tracked; killing its session ends them all.
+        """
+        self.pidNamespace = pidNamespace
         self.dir = tmp
         self.pidfile = tmp / "run.pid"
         self.control = tmp / "ctl"
@@ -88,6 +96,8 @@ class Supervised:
         return status
 
     def track(self, pid: int) -> None:
+        if self.pidNamespace:
+            return
         self.seen.add(pid)
         self.proc.track(pid)
 

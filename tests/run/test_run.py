@@ -659,6 +659,7 @@ def test_pid1InANewPidNamespace(supervised: Any) -> None:
         supervised.tmp,
         ["sh", "-c", orphan, "sh", *flipecho()],
         prefix=["unshare", "--pid", "--fork", "--mount-proc"],
+        pidNamespace=True,
     )
     supervised.started.append(run)
     old = run.waitReady()
