@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IProtocolFactory, IReactorCore
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
@@ -315,7 +316,10 @@ class UpgradeService(Service):
 
     def _onQUIT(self) -> None:
         self._log.info("txflip: SIGQUIT: stopping gracefully")
-        self._stopReactor()
+        # On the next turn: a SIGTERM that came with this one has queued
+        # Twisted's own stop behind us, and it then goes first.
+        self._quietWhileStopping()
+        self._reactor.callLater(0, self._stopReactor)
 
     def upgrade(self, join: bool = False) -> Deferred[int]:
         """
@@ -362,9 +366,20 @@ class UpgradeService(Service):
         self._stopReactor()
 
     def _stopReactor(self) -> None:
-        # Not once stopService has begun: the reactor is stopping already.
+        """
+        Stop the reactor (and with it, gracefully, this service), unless it is
+        stopping already: not once stopService has begun, nor after Twisted's
+        own stop for a SIGINT or SIGTERM that came first (Ctrl-C or C{timeout}
+        reach a whole process group: with C{txflip run}, every worker hears
+        the SIGINT, then its supervisor's SIGQUIT), which the reactor answers
+        with L{ReactorNotRunning}.  From now on, those signals only say so.
+        """
         if self._reactor.running and self.running:
-            self._reactor.stop()
+            self._quietWhileStopping()
+            try:
+                self._reactor.stop()
+            except ReactorNotRunning:
+                pass
 
     def stopService(self) -> Deferred[None]:
         """

@@ -455,6 +455,30 @@ def test_termWhileDrainingAfterAnUpgradeIsQuiet(flip) -> None:
     alone(server, new)
 
 
+@pytest.mark.parametrize(
+    "signals",
+    [("INT", "QUIT"), ("QUIT", "INT"), ("TERM", "QUIT"), ("QUIT", "TERM")],
+    ids="+".join,
+)
+def test_quitWithAnotherStopSignalIsQuiet(flip, signals: tuple[str, str]) -> None:
+    """
+    SIGQUIT and SIGINT or SIGTERM at once (a Ctrl-C or C{timeout} reach a
+    worker of txflip run, then its supervisor's SIGQUIT): whichever the reactor
+    hears first stops it, gracefully, and the other is no ReactorNotRunning
+    traceback.  Both orders: Python runs pending handlers by signal number, so
+    a SIGQUIT's comes before a SIGTERM's and after a SIGINT's.
+    """
+    server = flip()
+    pid, port = server.serving(), server.port
+    assert echo(port) == b"hello\n"
+    for name in signals:
+        os.kill(pid, getattr(signal, f"SIG{name}"))
+    server.proc.waitExit(20)
+    waitLine(server, pid, "generation 1 finished")
+    log = server.logText()
+    assert "Traceback" not in log and "ReactorNotRunning" not in log, log
+
+
 # --- an unusable pid file or address: at first start, or for a later generation --
 
 
