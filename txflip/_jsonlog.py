@@ -20,7 +20,6 @@ import json
 import os
 import uuid
 from collections.abc import Mapping, MutableMapping
-from dataclasses import replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Protocol
 
@@ -137,7 +136,7 @@ class _TaggingSpawner:
     def __call__(self, reactor: Reactor, spawn: Spawn) -> Attempt:
         upgradeId = context.upgradeId = newUpgradeId()
         environ = {**spawn.environ, UPGRADE_ID: upgradeId}
-        attempt = self._inner(reactor, replace(spawn, environ=environ))
+        attempt = self._inner(reactor, spawn._replace(environ=environ))
 
         def failed(reason: Failure) -> Failure:
             # Once the failure is logged, our lines are no upgrade's any more.

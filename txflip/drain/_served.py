@@ -5,7 +5,7 @@ all see it: one typed record instead of a tuple each of them unpacks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from twisted.internet.interfaces import IProtocolFactory
 
@@ -13,8 +13,7 @@ from txflip.drain._tracker import ConnectionTracker
 from txflip.listen._fds import Listener
 
 
-@dataclass(frozen=True)
-class Served:
+class Served(NamedTuple):
     """
     A stream listener and what it serves.
 

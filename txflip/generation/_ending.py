@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Successor:
+class Successor(NamedTuple):
     """
     The generation that replaced this one.
 
@@ -25,11 +25,10 @@ class Successor:
     """
 
     pid: int
-    channels: Mapping[str, socket.socket] = field(default_factory=dict)
+    channels: Mapping[str, socket.socket] = MappingProxyType({})
 
 
-@dataclass(frozen=True)
-class Ending:
+class Ending(NamedTuple):
     """
     How this generation ended: replaced by a L{Successor}, or stopped for good
     (C{successor} is L{None}: no generation of ours serves after us).

@@ -23,7 +23,6 @@ trust its table refuses to start, and its parent keeps serving.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import json
 import os
@@ -264,7 +263,7 @@ def decode(value: str) -> Handoff:
                 raise HandoffError(f"malformed handoff table: {where} has bad host")
             host = address.compressed
         spec = ListenSpec(kind, host=host, port=port, path=path)
-        requested = dataclasses.replace(spec, port=requestedPort)
+        requested = spec._replace(port=requestedPort)
         names = entry.get("aliases", [])
         if not isinstance(names, list) or not all(
             isinstance(n, str) and n.isprintable() for n in names

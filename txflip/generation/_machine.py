@@ -69,7 +69,7 @@ import os
 import socket
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from automat import TypeMachineBuilder, pep614
 from twisted.internet.defer import Deferred
@@ -181,8 +181,7 @@ class _Generation(Protocol):
         "The pid of the generation that replaced us, once one has."
 
 
-@dataclass
-class _Upgrade:
+class _Upgrade(NamedTuple):
     """
     An upgrade in progress: the starting child, and who waits for its outcome.
     """
@@ -193,8 +192,7 @@ class _Upgrade:
     channels: Channels
 
 
-@dataclass
-class _Killing:
+class _Killing(NamedTuple):
     upgrade: _Upgrade
     stopped: Deferred[None]
 

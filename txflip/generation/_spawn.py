@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from types import MappingProxyType
+from typing import NamedTuple, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessExitedAlready
@@ -45,8 +45,7 @@ from txflip.generation._signals import signalsHeld
 from txflip.listen._fds import Listener
 
 
-@dataclass(frozen=True)
-class Spawn:
+class Spawn(NamedTuple):
     """
     What to start as the next generation: all a L{Spawner} is told besides the
     reactor, in one value.
@@ -61,7 +60,7 @@ class Spawn:
     timeout: float
     #: Our fds to pass besides the listeners, by the name the child finds them
     #: under (the handoff table's C{fds}).
-    extraFDs: Mapping[str, int] = field(default_factory=dict)
+    extraFDs: Mapping[str, int] = MappingProxyType({})
     #: The child's fd 2, if not ours (a supervisor reads its workers' stderr).
     stderr: int | None = None
 

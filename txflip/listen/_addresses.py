@@ -14,8 +14,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Literal, NamedTuple, cast
 
 from txflip._errors import ListenError
 
@@ -42,8 +41,7 @@ _ALLOWED = {
 DEFAULT_BACKLOG = 128
 
 
-@dataclass(frozen=True)
-class ListenSpec:
+class ListenSpec(NamedTuple):
     """
     One listener as asked for: what kind of socket, bound where.
 
