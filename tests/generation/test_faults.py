@@ -497,10 +497,13 @@ def test_pidfileParentIsAFileAtFirstStart(tmp_path: Path) -> None:
     assert blocker.read_text() == "not a directory"
 
 
-def failedUpgrade(server: Flip, reason: str, pid: int | None = None) -> str:
+def failedUpgrade(
+    server: Flip, reason: str, pid: int | None = None, traceback: bool = False
+) -> str:
     """
     SIGHUP; the upgrade fails for C{reason}, stated in the old generation's log
-    line; it serves on.
+    line; it serves on.  The log has a traceback only if C{traceback}: the
+    child's start raised.
     """
     pid = pid or server.serving()
     os.kill(pid, signal.SIGHUP)
@@ -508,10 +511,24 @@ def failedUpgrade(server: Flip, reason: str, pid: int | None = None) -> str:
     line = waitLine(server, pid, "upgrade failed")
     assert f"child pid={child} exited with status 1 before it was ready" in line
     assert reason in line, line
-    assert "Traceback" not in server.logText()
+    assert ("Traceback" in server.logText()) == traceback
     waitFor(lambda: not pidAlive(child), 10, what="the failed child to be gone")
     assert echo(server.port) == b"hello\n"
     return line
+
+
+def test_aChildsExceptionIsNamedInTheFailedUpgrade(flip, fault: Path) -> None:
+    """
+    A new generation whose start raises (here the plugin's makeService, before
+    the generation made its Upgrader) tells its parent the exception on one
+    line, and the parent's failed upgrade names it; the traceback is still
+    the log's.
+    """
+    server = flip(env={"FLIPAPP_FAULT": str(fault)}, app=True)
+    fault.write_text("fail-in-makeservice")
+    failedUpgrade(
+        server, ": RuntimeError: flipapp: makeService fails on purpose", traceback=True
+    )
 
 
 @contextlib.contextmanager

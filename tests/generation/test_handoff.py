@@ -20,6 +20,7 @@ import pytest_twisted
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
 
 from tests.harness import isOpen
 from txflip._errors import HandoffError
@@ -34,6 +35,7 @@ from txflip.generation._handoff import (
     plan,
     tellParentReady,
 )
+from txflip.generation._process import SUMMARY_WIDTH, summarize
 from txflip.listen._addresses import ListenSpec
 from txflip.listen._fds import Listener
 
@@ -939,3 +941,25 @@ def test_extraFDsChecked(fds: FDs) -> None:
     refused(base | {"fds": {"moves": "7"}}, "is not a int")
     refused(base | {"fds": {"moves": readyW}}, "fd 'moves' is bad")
     refused(base | {"fds": {"moves": FIRST_HIGH_FD + 900}}, "'moves'", "closed")
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no words")
+
+
+def test_anExceptionToldToTheParentIsOneBoundedLine() -> None:
+    """
+    What a child that dies of an exception tells its parent: type and message,
+    as the parent's one-line error ends.
+    """
+    taken = OSError(98, "Address already in use")
+    assert summarize(CannotListenError("127.0.0.1", 80, taken)) == (
+        "CannotListenError: Couldn't listen on 127.0.0.1:80:"
+        " [Errno 98] Address already in use"
+    )
+    long = summarize(ValueError("first\n  second " + "x" * 1000))
+    assert long.startswith("ValueError: first second xx") and "\n" not in long
+    assert len(long) == SUMMARY_WIDTH and long.endswith("\N{HORIZONTAL ELLIPSIS}")
+    assert summarize(_Unprintable()) == "_Unprintable"
+    assert summarize(KeyboardInterrupt()) == "KeyboardInterrupt"

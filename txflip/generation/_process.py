@@ -11,7 +11,9 @@ it is a first generation.  Tests give each Upgrader its own L{ProcessState}.
 from __future__ import annotations
 
 import os
-from collections.abc import MutableMapping
+import sys
+from collections.abc import Callable, MutableMapping
+from types import TracebackType
 from typing import NoReturn
 
 from txflip._errors import TxflipError
@@ -78,6 +80,9 @@ class ProcessState:
 #: The state of the running process.
 thisProcess = ProcessState()
 
+#: The longest summary of an uncaught exception told to the parent.
+SUMMARY_WIDTH = 300
+
 
 def tellParentError(message: str) -> None:
     """
@@ -97,3 +102,56 @@ def failStartup(message: str) -> NoReturn:
     """
     tellParentError(message)
     raise SystemExit(f"txflip: {message}")
+
+
+def summarize(error: BaseException) -> str:
+    """
+    C{CannotListenError: Couldn't listen on 127.0.0.1:8080: [Errno 98] Address
+    already in use}: C{error} on one bounded line, for the parent's one-line
+    error (the traceback is the log's).
+    """
+    try:
+        text = " ".join(str(error).split()).removesuffix(".")
+    except Exception:  # noqa: BLE001 - a broken __str__ still has a type
+        text = ""
+    line = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    if len(line) > SUMMARY_WIDTH:
+        line = line[: SUMMARY_WIDTH - 1] + "\N{HORIZONTAL ELLIPSIS}"
+    return line
+
+
+ExceptHook = Callable[
+    [type[BaseException], BaseException, TracebackType | None], object
+]
+
+
+def tellingParent(hook: ExceptHook) -> ExceptHook:
+    """
+    C{hook} (what prints the traceback), then tell the parent, if the exception
+    ends a child before it said it was ready, what it was.
+
+    The one place every entry point's start-up exceptions pass: twistd lets an
+    exception from C{makeService} or C{privilegedStartService} (a port in use)
+    propagate out of C{run()}, after logging nothing of its own; so do a preloaded
+    worker's template and a C{flip:} endpoint's program.  Without this the
+    parent would only know the exit status, and the reason would be in a log
+    it does not read (twistd's log holds C{sys.stderr}: a supervisor sees
+    nothing of the traceback).
+    """
+
+    def excepthook(
+        kind: type[BaseException], error: BaseException, tb: TracebackType | None
+    ) -> None:
+        try:
+            hook(kind, error, tb)
+        finally:
+            thisProcess.tellParentError(summarize(error))
+
+    return excepthook
+
+
+# Installed on import, not when an Upgrader claims the handoff: a plugin's
+# makeService may fail before it makes one, and a preloaded worker inherits
+# whatever its template installed.  Whether there is a parent to tell is
+# decided when the exception comes; a first generation only prints it.
+sys.excepthook = tellingParent(sys.excepthook)
