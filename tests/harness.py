@@ -283,20 +283,26 @@ def startLogged(
     *,
     cwd: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
+    errors: str | os.PathLike[str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """
     Start C{argv} in a session of its own (signals aimed at the runner do not reach
     it, and the session finds every process it starts), reading nothing, with its
     output appended to C{logPath}.  The tests' servers and the benchmarks' alike.
+
+    @param errors: where its stderr is appended instead, for a test of what it
+        says there apart from its log.
     """
-    with open(logPath, "ab") as log:
+    with contextlib.ExitStack() as files:
+        log = files.enter_context(open(logPath, "ab"))
+        stderr = log if errors is None else files.enter_context(open(errors, "ab"))
         return subprocess.Popen(
             [os.fspath(a) for a in argv],
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
-            stderr=subprocess.STDOUT,
+            stderr=stderr,
             start_new_session=True,
         )
 
@@ -317,7 +323,11 @@ class ServerProcess:
         *,
         cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
+        errors: str | os.PathLike[str] | None = None,
     ) -> None:
+        """
+        @param errors: where its stderr goes instead of the log (L{startLogged}).
+        """
         self.logPath = os.fspath(logPath)
         self._tracked: set[int] = set()
         self._logStart = (
@@ -326,7 +336,9 @@ class ServerProcess:
         # Unbuffered output so logText() sees messages as they happen;
         # callers can override it through ``env``.
         fullEnv = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self._popen = startLogged(argv, self.logPath, cwd=cwd, env=fullEnv)
+        self._popen = startLogged(
+            argv, self.logPath, cwd=cwd, env=fullEnv, errors=errors
+        )
 
     @property
     def pid(self) -> int:

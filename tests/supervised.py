@@ -50,18 +50,22 @@ class Supervised:
         env: dict[str, str] | None = None,
         prefix: list[str] | None = None,
         pidNamespace: bool = False,
+        errors: bool = False,
     ) -> None:
         """
         @param prefix: what runs the supervisor (C{unshare ...}, a limit).
         @param pidNamespace: C{prefix} gives it a PID namespace of its own: the
             pids it reports are that namespace's, not ours (its worker 2 is our
             kthreadd), so none is tracked; killing its session ends them all.
+        @param errors: its stderr goes to C{run.err} (L{errors}), not the log.
         """
         self.pidNamespace = pidNamespace
         self.dir = tmp
         self.pidfile = tmp / "run.pid"
         self.control = tmp / "ctl"
         self.log = tmp / "run.log"
+        #: Its stderr, if apart from the log.
+        self.errors = tmp / "run.err" if errors else None
         argv = [
             *(prefix or []),
             sys.executable,
@@ -77,7 +81,9 @@ class Supervised:
             *command,
         ]
         fullEnv = {"PYTHONPATH": str(ROOT), **(env or {})}
-        self.proc = ServerProcess(argv, self.log, cwd=tmp, env=fullEnv)
+        self.proc = ServerProcess(
+            argv, self.log, cwd=tmp, env=fullEnv, errors=self.errors
+        )
         self.seen: set[int] = set()
 
     @property

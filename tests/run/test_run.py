@@ -5,6 +5,7 @@ C{txflip run}: a supervisor whose PID never changes, over real flipecho workers.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -16,13 +17,16 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, twistdCommand
 from tests.harness import (
     Load,
     allGone,
+    freePort,
     killedAtEnd,
+    oneLine,
     pidAlive,
     readPidFile,
+    sessionProcesses,
     waitFor,
 )
 from tests.harness import (
@@ -44,8 +48,10 @@ DIES = (
 def supervised(tmp_path: Path) -> Iterator[Any]:
     started: list[Supervised] = []
 
-    def start(command: list[str], *options: str, wait: bool = True) -> Supervised:
-        run = Supervised(tmp_path, command, *options)
+    def start(
+        command: list[str], *options: str, wait: bool = True, errors: bool = False
+    ) -> Supervised:
+        run = Supervised(tmp_path, command, *options, errors=errors)
         started.append(run)
         if wait:
             run.waitReady()
@@ -459,6 +465,39 @@ def test_firstStartFailureExitsWithTheReason(supervised: Any) -> None:
         run.logText()
     )
     assert not run.pidfile.exists() and not run.control.exists()
+
+
+@pytest.mark.parametrize("preload", ["--preload", "--no-preload"])
+def test_workersEachBindingOnePortSayHowToShareIt(
+    supervised: Any, preload: str
+) -> None:
+    """
+    A plain C{tcp:} listener is bound by each worker itself: the second finds
+    the port taken.  twistd only logs the exception (its log holds stderr), so
+    the worker tells the supervisor, whose one line on stderr names it, with
+    the way out; then every process of the service is gone.
+    """
+    www = supervised.tmp / "www"
+    www.mkdir()
+    listen = f"tcp:{freePort()}:interface=127.0.0.1"
+    command = [*twistdCommand(), "-n", "flip", "web", "--listen", listen]
+    run = supervised(
+        [*command, "--path", str(www)],
+        preload,
+        *("--workers", "2", "--probation", "0"),
+        wait=False,
+        errors=True,
+    )
+    assert run.proc.waitExit(30) == 1
+    said = run.errors.read_text().strip()
+    oneLine(said, "txflip run: child pid=", "Address already in use", "flip:tcp:")
+    assert "Traceback" in run.logText()  # the log has it, as before
+    workers = [
+        int(pid) for pid in re.findall(r"started worker pid (\d+)", run.logText())
+    ]
+    assert len(workers) == 2, run.tail()
+    waitFor(allGone(*workers), 10, what="the workers gone")
+    assert sessionProcesses(run.pid) == []  # its templates too
 
 
 @pytest.mark.slow

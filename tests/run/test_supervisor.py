@@ -19,7 +19,7 @@ from txflip._errors import Stopping, UpgradeError
 from txflip.generation._command import Command
 from txflip.generation._spawn import Spawn
 from txflip.listen._fds import Listeners
-from txflip.run._supervisor import Supervisor
+from txflip.run._supervisor import SHARE_PORT, Supervisor
 from txflip.run._workers import Sockets
 from txflip.systemd import Notifier
 
@@ -249,3 +249,34 @@ def test_stoppingRefusesTheQueuedUpgrade() -> None:
     for d in (upgrade, queued):
         failure = f.result(d)
         assert isinstance(failure, Failure) and failure.check(Stopping)
+
+
+TAKEN = "OSError: [Errno 98] Address already in use"
+
+
+@pytest.mark.parametrize(
+    "workers, why, hint",
+    [
+        (2, TAKEN, True),
+        (1, TAKEN, False),  # nobody of ours holds it
+        # The supervisor's own bind of a flip: listener: a stranger holds it.
+        (2, "cannot listen on tcp:127.0.0.1:80: address already in use", False),
+    ],
+)
+def test_aPortTakenWhileAnotherWorkerRunsSaysHowToShareIt(
+    workers: int, why: str, hint: bool
+) -> None:
+    f = Fixture(workers=workers, probation=0)
+    f.supervisor.start()
+    f.processes[-1].failBeforeReady(why)
+    assert f.supervisor.failure == (f"{why}; {SHARE_PORT}" if hint else why)
+
+
+def test_anUpgradesPortTakenByTheOldWorkerSaysHowToShareIt() -> None:
+    f = Fixture(workers=1, probation=0)
+    f.started()
+    upgrade = f.supervisor.upgrade()
+    f.processes[-1].failBeforeReady(TAKEN)
+    failure = f.result(upgrade)
+    assert isinstance(failure, Failure)
+    assert failure.getErrorMessage() == f"{TAKEN}; {SHARE_PORT}"

@@ -333,6 +333,28 @@ def gone(c: _Inputs, s: _Core, worker: Worker, reason: str, after: bool) -> None
         c._allGone()
 
 
+#: How the system says a port is taken (C{EADDRINUSE}); txflip's own words for
+#: a C{flip:} listener the supervisor could not bind are lower case.
+PORT_TAKEN = "Address already in use"
+#: What to do when a worker's own listener collides with another worker's.
+SHARE_PORT = (
+    "each worker binds a plain tcp: listener itself: listen on flip:tcp:PORT"
+    " so that the supervisor shares one socket"
+)
+
+
+def hinted(s: _Core, reason: str) -> str:
+    """
+    C{reason}, a worker's failure to start, with the way out when the cause is
+    most likely ours: a port the system says is taken while another of our
+    workers runs (several workers, or an upgrade's new one beside the old) is
+    one its plain C{tcp:} listener bound first.
+    """
+    if PORT_TAKEN in reason and len(s.workers) > 1:
+        return f"{reason}; {SHARE_PORT}"
+    return reason
+
+
 # -- the rules --------------------------------------------------------------------
 
 
@@ -349,7 +371,7 @@ def _makeMachine() -> Any:
     everyState = (Idle, Starting, Serving, *busy, Stopping, Stopped)
 
     def workerFailed(c: _Inputs, s: _Core, worker: Worker, reason: str) -> None:
-        gone(c, s, worker, reason, after=False)
+        gone(c, s, worker, hinted(s, reason), after=False)
 
     def workerEnded(c: _Inputs, s: _Core, worker: Worker, how: str) -> None:
         gone(c, s, worker, f"{how} after ready", after=True)
