@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import pidAlive, waitFor
+from tests.harness import pidAlive, sessionProcesses, waitFor
 from tests.run.test_preload import PLUGIN, PreloadApp, template
 from tests.run.test_run import _ppid, children, echo, zombies
 from tests.supervised import Supervised, txflip
@@ -130,6 +130,15 @@ def test_aChangedDependencyReplacesTheZygote(
     waitFor(lambda: not pidAlive(zygote), 10, what="the stale zygote's exit")
     (line,) = [x for x in run.logText().splitlines() if "preloading zygote" in x]
     assert f"replaces pid {zygote}: {app.dir / 'depcode.py'} changed" in line, line
+    # The template the stale zygote forked before its check (killed unheard) is
+    # gone too, reaped: only the new generation's processes are left.
+    expected = {run.pid, zygoteOf(run, second), template(run, second), *second}
+
+    def onlyThose() -> bool:
+        found = sessionProcesses(run.pid)
+        return {p for p, _ in found} == expected and "Z" not in dict(found).values()
+
+    waitFor(onlyThose, 10, what=f"only {sorted(expected)} left, none a zombie")
 
 
 def test_aKilledZygoteIsReplacedAtTheNextUpgrade(

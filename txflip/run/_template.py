@@ -35,6 +35,7 @@ import gc
 import json
 import os
 import select
+import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -53,6 +54,9 @@ from txflip.run._preimport import (
 
 #: The socket to the supervisor.
 SOCKET_FD = 3
+#: A template's pipe from its zygote, which forks it before it checks that what
+#: it imported is still fresh: one byte, C{y}, says it is (L{awaitVerdict}).
+VERDICT_FD = 4
 #: Bigger than any request: a worker's environment and fd numbers.
 MAX_MESSAGE = 1 << 20
 MAX_FDS = 253
@@ -155,12 +159,20 @@ def _send(sock: socket.socket, message: dict[str, Any]) -> None:
         _exit(0)
 
 
-def serve(sock: socket.socket, stale: Callable[[dict[str, Any]], str | None]) -> None:
+Check = Callable[[dict[str, Any]], str | None]
+
+
+def serve(sock: socket.socket, stale: Check, check: Check | None = None) -> None:
     """
     Fork children on request (a template's workers, a zygote's templates) and
     report their ends, until the supervisor closes its end.  In a child, raises
-    L{_Become}.  A request C{stale} finds a reason to refuse is answered with
-    it: the supervisor replaces us.
+    L{_Become}.  A request C{stale} or C{check} finds a reason to refuse is
+    answered with it: the supervisor replaces us.
+
+    C{check} is the slow part (a zygote stats every file it imported, about
+    10 ms): it runs once the child is forked, while the child starts on its
+    imports, instead of before; the child waits for our verdict on
+    L{VERDICT_FD} before it says anything, and a stale one is killed unheard.
     """
     children: dict[int, int] = {}  # pidfd: pid
     while True:
@@ -179,20 +191,26 @@ def serve(sock: socket.socket, stale: Callable[[dict[str, Any]], str | None]) ->
             if not message:
                 return
             request = json.loads(message)
+            pid, go = 0, None
             try:
                 if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC) or len(fds) != len(
                     request["fds"]
                 ):
                     raise OSError(f"received {len(fds)} of {len(request['fds'])} fds")
                 why = stale(request)
+                if not why:  # a child leaves here: _Become
+                    pid, go = _fork(request, fds, verdict=check is not None)
+                if go is not None and check is not None:
+                    why = check(request)
                 if why:
                     _send(sock, {"forked": request["id"], "stale": why})
-                pid = 0 if why else _fork(request, fds)  # a child leaves: _Become
             except OSError as e:
-                pid = 0
-                _send(sock, {"forked": request["id"], "error": str(e)})
+                why = str(e)
+                _send(sock, {"forked": request["id"], "error": why})
             for each in fds:
                 os.close(each)
+            if why:
+                pid, go = _unfork(pid, go)
             if not pid:
                 continue
             try:
@@ -201,16 +219,67 @@ def serve(sock: socket.socket, stale: Callable[[dict[str, Any]], str | None]) ->
                 _, status = os.waitpid(pid, 0)
                 _send(sock, {"forked": request["id"], "pid": pid})
                 _send(sock, {"exited": pid, "status": status})
+                _unfork(0, go)
                 continue
             _send(sock, {"forked": request["id"], "pid": pid})
+            if go is not None:  # after its pid: the supervisor knows it first
+                os.write(go, b"y")
+                os.close(go)
 
 
-def _fork(request: dict[str, Any], fds: list[int]) -> int:
+def _fork(
+    request: dict[str, Any], fds: list[int], verdict: bool = False
+) -> tuple[int, int | None]:
+    """
+    Fork the child C{request} asks for; with a C{verdict}, it also has the
+    reading end of a pipe at L{VERDICT_FD}, whose other end we return.
+    """
+    go = None
+    if verdict:
+        theirs, go = os.pipe()
+        request = {**request, "fds": [*request["fds"], VERDICT_FD]}
+        fds = [*fds, theirs]
     _flush()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        if go is not None:
+            os.close(fds[-1])
+        _unfork(0, go)
+        raise
     if pid == 0:
         raise _Become(request, list(fds))
-    return pid
+    if go is not None:
+        os.close(fds[-1])  # the child has its copy
+    return pid, go
+
+
+def _unfork(pid: int, go: int | None) -> tuple[int, None]:
+    """
+    Kill and reap C{pid}, forked before a check that found us stale (it has
+    said nothing yet: it waits for a verdict that never comes), and close its
+    pipe.
+    """
+    if pid:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    if go is not None:
+        os.close(go)
+    return 0, None
+
+
+def awaitVerdict() -> None:
+    """
+    In a template: wait until the zygote that forked us has checked that what
+    it imported is still fresh, before saying anything (an error included: a
+    stale module may be its cause).  A stale zygote kills us instead.
+    """
+    try:
+        said = os.read(VERDICT_FD, 1)
+    finally:
+        os.close(VERDICT_FD)
+    if said != b"y":
+        raise SystemExit("the preloading zygote exited before its freshness check")
 
 
 def become(request: dict[str, Any], fds: list[int], name: str | None) -> None:
@@ -265,7 +334,10 @@ def main(args: Sequence[str]) -> int:
     run: list[Callable[[], object]] = []
 
     def prepareTemplate() -> dict[str, Any]:
-        work, parsesInWorker = prepare(kind, target, argv, parse)
+        try:
+            work, parsesInWorker = prepare(kind, target, argv, parse)
+        finally:
+            awaitVerdict()
         run.append(work)
         return {"parsesInWorker": parsesInWorker}
 
@@ -292,14 +364,16 @@ def _zygoteOf(
 
     global _zygote
     _zygote = True
-    stamps: Stamps = {}
+    stamps = Stamps()
     since = int(os.environ.pop(SINCE, "0"))
 
     def prepare() -> dict[str, Any]:
         warmFor(kind, target)
         if kept:
             warm()
-        stamps.update(fingerprint())
+        taken = fingerprint()
+        stamps.update(taken)
+        stamps.loaded = taken.loaded
         return {"settled": settled(stamps, since)}
 
     def stale(request: dict[str, Any]) -> str | None:
@@ -314,17 +388,23 @@ def _zygoteOf(
         env = {k: v for k, v in request["env"].items() if k.startswith("PYTHON")}
         if env != {k: v for k, v in os.environ.items() if k.startswith("PYTHON")}:
             return "the interpreter's PYTHON* environment changed"
+        return None
+
+    def check(request: dict[str, Any]) -> str | None:
+        if not request.get("check", True):
+            return None
         path = changed(stamps)
         return f"{path} changed" if path else None
 
-    return _forkServer(sock, prepare, f"{program}: preloading", stale)
+    return _forkServer(sock, prepare, f"{program}: preloading", stale, check)
 
 
 def _forkServer(
     sock: socket.socket,
     prepare: Callable[[], dict[str, Any]],
     what: str,
-    stale: Callable[[dict[str, Any]], str | None],
+    stale: Check,
+    check: Check | None = None,
 ) -> _Become:
     """
     Prepare (or tell the supervisor why we cannot, and exit), then serve fork
@@ -352,7 +432,7 @@ def _forkServer(
     gc.freeze()
     _send(sock, {"ready": os.getpid(), **said})
     try:
-        serve(sock, stale)
+        serve(sock, stale, check)
     except _Become as forked:
         return forked
     _exit(0)
