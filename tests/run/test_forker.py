@@ -56,6 +56,16 @@ def spawnFor(stderr: int | None, extra: dict[str, int]) -> Spawn:
     return Spawn(command, {}, 2, [], 5.0, extra, stderr=stderr)
 
 
+def expectingFailure(worker: PreloadedWorker) -> PreloadedWorker:
+    """
+    C{worker}, whose failure to start (and so to run) the test expects: neither
+    is left unhandled (logged as an error when collected).
+    """
+    for outcome in (worker.started, worker.result):
+        outcome.addErrback(lambda f: None)
+    return worker
+
+
 class Played(Forker):
     """
     A forker whose process is the test, on the other end of its socket.
@@ -107,8 +117,7 @@ def test_aQueuedWorkerHoldsOnlyTheFdsItsCallerCloses() -> None:
             for _ in range(20)
         ]
         for worker in workers:
-            worker.result.addErrback(lambda f: None)
-            forker.fork(worker)
+            forker.fork(expectingFailure(worker))
         assert len(openFDs()) - before == 2 * len(workers)
         forker.say({"ready": 1})
         request, fds = forker.request()
@@ -194,7 +203,7 @@ def test_aTemplateIsRetiredOnceAWorkerCancelledWhileForkedIsGone() -> None:
     worker = PreloadedWorker(reactor, spawnFor(None, {}), lambda r: None)
     child = subprocess.Popen(["sleep", "30"])
     try:
-        forker.fork(worker)
+        forker.fork(expectingFailure(worker))
         forker.say({"ready": 1})
         forker.request()
         worker.cancel()
@@ -235,8 +244,7 @@ def test_aWorkerForkedByATemplateThatDiedBeforeItSaidSoStops(killed: bool) -> No
     reactor = Reactor()
     forker = Played(reactor)
     worker = PreloadedWorker(reactor, spawnFor(None, {}), lambda r: None)
-    worker.result.addErrback(lambda f: None)
-    forker.fork(worker)
+    forker.fork(expectingFailure(worker))
     forker.say({"ready": 1})
     request, fds = forker.request(keep=True)
     parent = fds[request["fds"].index(_handoff.PARENT_FD)]
