@@ -7,6 +7,7 @@ tests' application; L{txflip.run._zygote} in a subprocess).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -206,6 +207,50 @@ def test_theFingerprintSeesAChangedFileAndLoadsNothing(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"{tmp_path / 'dep.py'}\n"
+
+
+#: A zygote (C{serve} in a child of ours) whose check outlasts its template,
+#: which dies on import: what it then says, until our end of its socket closes.
+DIES_BEFORE_VERDICT = """\
+import json, os, socket, time
+from txflip.run import _template as t
+
+ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+zygote = os.fork()
+if zygote == 0:
+    ours.close()
+    try:
+        t.serve(theirs, lambda request: None, lambda request: time.sleep(0.5))
+    except t._Become:
+        os._exit(7)  # the template, dead before its verdict
+    os._exit(0)
+theirs.close()
+r, w = os.pipe()
+socket.send_fds(ours, [json.dumps({"id": 1, "env": {}, "fds": [5]}).encode()], [r])
+said = [json.loads(ours.recv(1 << 16)) for _ in range(2)]
+ours.close()
+print(json.dumps(said), os.waitstatus_to_exitcode(os.waitpid(zygote, 0)[1]))
+"""
+
+
+def test_aTemplateDeadBeforeItsVerdictLeavesTheZygoteServing() -> None:
+    """
+    A template forked before its zygote's check, and dead before the check
+    ends (its import crashed), is reported like any child; the zygote, whose
+    verdict then finds no reader, serves on, and exits cleanly when retired.
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", DIES_BEFORE_VERDICT],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    replies, status = result.stdout.rsplit(" ", 1)
+    forked, exited = json.loads(replies)
+    assert forked == {"forked": 1, "pid": forked["pid"]}
+    assert exited == {"exited": forked["pid"], "status": 7 << 8}
+    assert status.strip() == "0", result.stderr
 
 
 PARSE = """\

@@ -223,8 +223,7 @@ def serve(sock: socket.socket, stale: Check, check: Check | None = None) -> None
                 continue
             _send(sock, {"forked": request["id"], "pid": pid})
             if go is not None:  # after its pid: the supervisor knows it first
-                os.write(go, b"y")
-                os.close(go)
+                _release(go)
 
 
 def _fork(
@@ -266,6 +265,19 @@ def _unfork(pid: int, go: int | None) -> tuple[int, None]:
     if go is not None:
         os.close(go)
     return 0, None
+
+
+def _release(go: int) -> None:
+    """
+    Tell a child forked before its check that we are fresh.  One that died
+    meanwhile (its import crashed) reads nothing: its pidfd reports its end.
+    """
+    try:
+        os.write(go, b"y")
+    except BrokenPipeError:
+        pass
+    finally:
+        os.close(go)
 
 
 def awaitVerdict() -> None:
