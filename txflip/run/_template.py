@@ -380,12 +380,11 @@ def _zygoteOf(
     since = int(os.environ.pop(SINCE, "0"))
 
     def prepare() -> dict[str, Any]:
+        nonlocal stamps
         warmFor(kind, target)
         if kept:
             warm()
-        taken = fingerprint()
-        stamps.update(taken)
-        stamps.loaded = taken.loaded
+        stamps = fingerprint()
         return {"settled": settled(stamps, since)}
 
     def stale(request: dict[str, Any]) -> str | None:
